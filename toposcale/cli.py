@@ -1,0 +1,50 @@
+"""`toposcale` console script: one subcommand per service.
+
+Each subcommand lives in a module exposing `add_arguments(parser)` and `main(args) -> int`; those modules keep
+heavy imports inside `main` so `toposcale --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+SUBCOMMANDS = {
+    "adapter": ("toposcale.adapter.cli", "external.metrics.k8s.io API server for the HPA"),
+    "extender": ("toposcale.extender.cli", "kube-scheduler extender scoring GPU topology"),
+    "agent": ("toposcale.extender.agent.cli", "node agent publishing GPU topology and allocation"),
+    "simulate": ("toposcale.simulate.cli", "replay a GPU workload over a fleet, compare placement policies"),
+    "demo": ("toposcale.demo.cli", "the whole loop on one machine: load, autoscaling, placement"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toposcale", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"toposcale {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (modname, help_text) in SUBCOMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name and modname.startswith(exc.name):
+                continue  # subcommand not built yet
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(_main=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._main(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
