@@ -4,7 +4,11 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ROOTS = {"toposcale": ROOT / "toposcale", "toposcale.adapter": ROOT / "adapter", "toposcale.extender": ROOT / "extender"}
+ROOTS = {
+    "toposcale": ROOT / "toposcale",
+    "toposcale.adapter": ROOT / "adapter",
+    "toposcale.extender": ROOT / "extender",
+}
 
 
 def test_every_package_is_listed_in_pyproject() -> None:
