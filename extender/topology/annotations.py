@@ -1,7 +1,8 @@
 """The Node annotations the agent writes and the extender reads: names, JSON documents, validation.
 
 The JSON Schema (`annotations.schema.json`, beside this file) is the published contract; this module turns
-documents into the model and back. Validation failures raise `AnnotationError` with a message a person can act on.
+documents into the model and back. Validation failures raise `AnnotationError` with a message a person can
+act on.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ def topology_from_doc(raw: str | dict[str, Any]) -> Topology:
         for g in doc["gpus"]
     ]
     try:
-        return Topology(gpus=gpus, links=doc["links"], resource=doc["resource"], unknown=doc.get("unknown", []))
+        return Topology(
+            gpus=gpus, links=doc["links"], resource=doc["resource"], unknown=doc.get("unknown", [])
+        )
     except ValueError as exc:
         raise AnnotationError(f"{TOPOLOGY_ANNOTATION}: {exc}") from None
 

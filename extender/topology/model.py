@@ -90,7 +90,10 @@ class GPU:
 
 @dataclass(slots=True)
 class Topology:
-    """GPUs of one node and the symmetric link-code matrix between them (`links[i][j]`, "X" on the diagonal)."""
+    """GPUs of one node and the symmetric link-code matrix between them.
+
+    `links[i][j]` is the code between gpus[i] and gpus[j], "X" on the diagonal.
+    """
 
     gpus: list[GPU]
     links: list[list[str]]
@@ -110,7 +113,8 @@ class Topology:
                 if not is_valid_link(code):
                     raise ValueError(f"links[{i}][{j}]: {code!r} is not an nvidia-smi topo -m link code")
                 if code != self.links[j][i]:
-                    raise ValueError(f"links is not symmetric at [{i}][{j}]: {code!r} vs {self.links[j][i]!r}")
+                    other = self.links[j][i]
+                    raise ValueError(f"links is not symmetric at [{i}][{j}]: {code!r} vs {other!r}")
         ids = [g.id for g in self.gpus]
         if len(set(ids)) != len(ids):
             raise ValueError("GPU ids must be unique")
