@@ -1,0 +1,119 @@
+"""GPU fleet dashboard: NVIDIA DCGM exporter metrics per node and GPU.
+
+Label names are the exporter's own (NVIDIA/dcgm-exporter): `Hostname` (the node: the GPU Operator sets it from
+NODE_NAME), `gpu` (index), `UUID`, `modelName`, and `namespace`/`pod`/`container` of the pod holding the GPU.
+Framebuffer values are MiB, power W, temperature C; `DCGM_FI_PROF_*` are 0..1 ratios that exist only where the
+DCGM profiling (DCP) counters are enabled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dashboards.grafana import Panel, Row, Target, Variable, dashboard, dashboard_links
+
+UID = "toposcale-gpu-fleet"
+SEL = 'Hostname=~"$node", gpu=~"$gpu"'
+GPU_LEGEND = "{{Hostname}} GPU {{gpu}}"
+
+
+def build() -> dict[str, Any]:
+    variables = [
+        Variable("node", "Node", "DCGM_FI_DEV_GPU_UTIL", "Hostname"),
+        Variable("gpu", "GPU", 'DCGM_FI_DEV_GPU_UTIL{Hostname=~"$node"}', "gpu"),
+    ]
+    overview = Row("Fleet", [
+        Panel("stat", "GPUs reporting", [Target(f"count(DCGM_FI_DEV_GPU_UTIL{{{SEL}}})", instant=True)],
+              description="GPUs whose DCGM exporter answered the last scrape.", width=4, height=4),
+        Panel("stat", "Mean GPU utilisation", [Target(f"avg(DCGM_FI_DEV_GPU_UTIL{{{SEL}}})")],
+              unit="percent", min=0, max=100, width=4, height=4,
+              thresholds=((None, "blue"), (30, "green"), (90, "orange"))),
+        Panel("stat", "Framebuffer used", [Target(
+            f"sum(DCGM_FI_DEV_FB_USED{{{SEL}}}) / "
+            f"(sum(DCGM_FI_DEV_FB_USED{{{SEL}}}) + sum(DCGM_FI_DEV_FB_FREE{{{SEL}}}))"
+        )], unit="percentunit", min=0, max=1, decimals=1, width=4, height=4,
+              thresholds=((None, "green"), (0.9, "orange"), (0.97, "red"))),
+        Panel("stat", "Power draw", [Target(f"sum(DCGM_FI_DEV_POWER_USAGE{{{SEL}}})")],
+              unit="watt", width=4, height=4),
+        Panel("stat", "Hottest GPU", [Target(f"max(DCGM_FI_DEV_GPU_TEMP{{{SEL}}})")],
+              unit="celsius", width=4, height=4, thresholds=((None, "green"), (80, "orange"), (87, "red"))),
+        Panel("stat", "GPUs with an XID error", [Target(f"sum(DCGM_FI_DEV_XID_ERRORS{{{SEL}}} != bool 0)")],
+              description="GPUs whose last XID error code is non-zero (DCGM_FI_DEV_XID_ERRORS holds the code "
+                          "of the most recent XID, not a count). 48, 63, 64, 74, 79, 94, 95 usually mean the "
+                          "GPU needs a reset or a drain.",
+              width=4, height=4, thresholds=((None, "green"), (1, "red"))),
+    ])
+    topology = Row("Topology: GPUs grouped by node", [
+        Panel("status-history", "Utilisation per GPU, grouped by node", [
+            Target(f"DCGM_FI_DEV_GPU_UTIL{{{SEL}}}", legend=GPU_LEGEND),
+        ], description="One row per GPU, sorted by node then index, so a node whose GPUs are half idle (a "
+                       "tensor-parallel group split across PCIe or sockets) stands out from nodes that are "
+                       "uniformly busy.",
+              unit="percent", min=0, max=100, width=24, height=10,
+              thresholds=((None, "#1f3d7a"), (10, "#2f7ed8"), (40, "green"), (75, "yellow"), (95, "red"))),
+        Panel("table", "Nodes", [
+            Target(f"count by (Hostname, modelName) (DCGM_FI_DEV_GPU_UTIL{{{SEL}}})",
+                   instant=True, table=True),
+            Target(f"avg by (Hostname) (DCGM_FI_DEV_GPU_UTIL{{{SEL}}})", instant=True, table=True),
+            Target(f"sum by (Hostname) (DCGM_FI_DEV_FB_USED{{{SEL}}}) / (sum by (Hostname) "
+                   f"(DCGM_FI_DEV_FB_USED{{{SEL}}}) + sum by (Hostname) (DCGM_FI_DEV_FB_FREE{{{SEL}}}))",
+                   instant=True, table=True),
+            Target(f"sum by (Hostname) (DCGM_FI_DEV_POWER_USAGE{{{SEL}}})", instant=True, table=True),
+            Target(f"max by (Hostname) (DCGM_FI_DEV_GPU_TEMP{{{SEL}}})", instant=True, table=True),
+        ], description="One line per node: GPU count and model, mean utilisation, framebuffer used, power "
+                       "and the hottest GPU.",
+              width=24, height=8,
+              transformations=[
+                  {"id": "merge", "options": {}},
+                  {"id": "organize", "options": {
+                      "excludeByName": {"Time": True},
+                      "renameByName": {"Hostname": "Node", "modelName": "Model", "Value #A": "GPUs",
+                                       "Value #B": "Mean util %", "Value #C": "FB used",
+                                       "Value #D": "Power W", "Value #E": "Max temp C"},
+                  }},
+              ],
+              overrides=[{"matcher": {"id": "byName", "options": "FB used"},
+                          "properties": [{"id": "unit", "value": "percentunit"}]}]),
+    ])
+    per_gpu = Row("Per GPU", [
+        Panel("timeseries", "GPU utilisation", [Target(f"DCGM_FI_DEV_GPU_UTIL{{{SEL}}}", legend=GPU_LEGEND)],
+              description="DCGM_FI_DEV_GPU_UTIL: share of time a kernel was running (coarse: a GPU running "
+                          "one small kernel all the time reads 100%). SM activity is the finer measure.",
+              unit="percent", min=0, max=100),
+        Panel("timeseries", "SM activity (profiling counters)", [
+            Target(f"DCGM_FI_PROF_SM_ACTIVE{{{SEL}}}", legend=GPU_LEGEND),
+        ], description="DCGM_FI_PROF_SM_ACTIVE: fraction of cycles an SM had a warp resident. Needs the DCGM "
+                       "profiling counters (DCP): empty on GPUs or exporters without them.",
+              unit="percentunit", min=0, max=1),
+        Panel("timeseries", "Tensor core activity (profiling counters)", [
+            Target(f"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{{{SEL}}}", legend=GPU_LEGEND),
+        ], description="DCGM_FI_PROF_PIPE_TENSOR_ACTIVE: fraction of cycles the tensor pipe was busy; "
+                       "what an LLM spends its FLOPs on. Needs the DCGM profiling counters.",
+              unit="percentunit", min=0, max=1),
+        Panel("timeseries", "Framebuffer used", [
+            Target(f"DCGM_FI_DEV_FB_USED{{{SEL}}} / "
+                   f"(DCGM_FI_DEV_FB_USED{{{SEL}}} + DCGM_FI_DEV_FB_FREE{{{SEL}}})", legend=GPU_LEGEND),
+        ], description="DCGM_FI_DEV_FB_USED / (used + free). vLLM pre-allocates its KV cache "
+                       "(--gpu-memory-utilization): a serving GPU sits near that fraction whatever the load.",
+              unit="percentunit", min=0, max=1),
+        Panel("timeseries", "Framebuffer free", [Target(f"DCGM_FI_DEV_FB_FREE{{{SEL}}}", legend=GPU_LEGEND)],
+              unit="decmbytes", min=0),
+        Panel("timeseries", "Power draw", [Target(f"DCGM_FI_DEV_POWER_USAGE{{{SEL}}}", legend=GPU_LEGEND)],
+              unit="watt", min=0),
+        Panel("timeseries", "Temperature", [Target(f"DCGM_FI_DEV_GPU_TEMP{{{SEL}}}", legend=GPU_LEGEND)],
+              unit="celsius", thresholds=((None, "green"), (80, "orange"), (87, "red"))),
+        Panel("timeseries", "Last XID error code", [
+            Target(f"DCGM_FI_DEV_XID_ERRORS{{{SEL}}}", legend=GPU_LEGEND),
+        ], description="The code of the most recent XID error per GPU (0 = none since the exporter started).",
+              unit="none", min=0, decimals=0),
+    ])
+    return dashboard(
+        uid=UID,
+        title="toposcale / GPU fleet",
+        description="NVIDIA DCGM exporter: utilisation, memory, power, temperature, SM activity and XID "
+                    "errors per node and GPU.",
+        tags=["toposcale", "gpu", "dcgm"],
+        variables=variables,
+        rows=[overview, topology, per_gpu],
+        links=dashboard_links(),
+    )
