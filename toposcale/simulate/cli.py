@@ -1,0 +1,142 @@
+"""`toposcale simulate`: compare placement policies over one fleet and one workload.
+
+toposcale simulate --fleet examples/fleets/mixed-100.yaml --pods 2000 --seed 1 [--json] [--plot out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+POLICY_NAMES = ("toposcale", "spread", "binpack", "random")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return v
+
+
+def _policies(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in POLICY_NAMES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown policy {', '.join(bad) or '(none)'}; choose from {', '.join(POLICY_NAMES)}"
+        )
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError("a policy is named twice")
+    return names
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from toposcale.logs import add_log_level_argument
+
+    parser.add_argument("--fleet", required=True, help="fleet YAML: nodes: [{topology: FILE, count: N}, ...]")
+    parser.add_argument("--pods", type=_positive_int, default=2000, help="pods to replay (default 2000)")
+    parser.add_argument("--seed", type=int, default=1, help="seed for arrivals and tie-breaks (default 1)")
+    parser.add_argument(
+        "--trace", help="CSV trace (time,pod,gpus,duration in seconds) instead of generated pods"
+    )
+    parser.add_argument("--mix", default="4:0.7,2:0.15,1:0.15", help="GPUS:WEIGHT,... of generated pods")
+    parser.add_argument(
+        "--load", type=float, default=0.95, help="offered load: GPU demand / fleet GPUs (default 0.95)"
+    )
+    parser.add_argument(
+        "--mean-duration", type=float, default=3600.0, help="mean pod lifetime in seconds (default 3600)"
+    )
+    parser.add_argument(
+        "--policies", type=_policies, default=list(POLICY_NAMES), help="comma-separated (default: all four)"
+    )
+    parser.add_argument(
+        "--extender-weight", type=_positive_int, default=5, help="extender weight in the scheduler config"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--plot", metavar="PNG", help="write a figure of tier shares and stranded GPUs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_log_level_argument(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    import json
+    import logging
+    import sys
+
+    from toposcale import logs
+
+    logs.setup(args.log_level)
+    log = logging.getLogger("toposcale.simulate")
+
+    def fail(msg: str, **extra: Any) -> int:
+        log.error("simulate failed", extra={"error": msg, **extra})
+        print(f"toposcale simulate: error: {msg}", file=sys.stderr)
+        return 2
+
+    from .extender_api import ExtenderUnavailable
+    from .fleet import FleetError, load_fleet
+    from .workload import WorkloadError, generate, load_trace, parse_mix
+
+    try:
+        fleet = load_fleet(args.fleet)
+        if args.trace:
+            pods = load_trace(args.trace, limit=args.pods)
+        else:
+            pods = generate(
+                args.pods,
+                seed=args.seed,
+                fleet_gpus=fleet.gpus,
+                mix=parse_mix(args.mix),
+                load=args.load,
+                mean_duration=args.mean_duration,
+            )
+    except (FleetError, WorkloadError) as exc:
+        return fail(str(exc))
+    too_big = sorted({p.gpus for p in pods if p.gpus > fleet.max_node_gpus})
+    if too_big:
+        log.warning(
+            "some pods ask more GPUs than any node has; they stay pending",
+            extra={"gpus": too_big, "max_node_gpus": fleet.max_node_gpus},
+        )
+    log.info(
+        "simulating",
+        extra={"nodes": fleet.nodes, "gpus": fleet.gpus, "pods": len(pods), "policies": args.policies},
+    )
+
+    from .compare import compare
+    from .progress import ProgressBar
+    from .report import legend, table, to_json
+
+    try:
+        results = compare(
+            fleet,
+            pods,
+            args.policies,
+            seed=args.seed,
+            extender_weight=args.extender_weight,
+            progress=None if args.no_progress else (lambda name: ProgressBar(name)),
+        )
+    except ExtenderUnavailable as exc:
+        return fail(str(exc))
+    if args.plot:
+        from .plot import plot
+
+        try:
+            plot(
+                results,
+                args.plot,
+                title=f"{args.fleet}: {fleet.nodes} nodes, {fleet.gpus} GPUs, {len(pods)} pods",
+            )
+        except OSError as exc:
+            return fail(f"cannot write {args.plot}: {exc.strerror or exc}")
+    if args.json:
+        print(json.dumps(to_json(results)))
+    else:
+        source = f"trace {args.trace}" if args.trace else f"seed {args.seed}, load {args.load}"
+        print(f"fleet {args.fleet}: {fleet.nodes} nodes, {fleet.gpus} GPUs; {len(pods)} pods ({source})")
+        print(table(results))
+        print(legend())
+    return 0

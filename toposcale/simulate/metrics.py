@@ -1,0 +1,53 @@
+"""What one policy's run produced, and the shares the report prints.
+
+Shares over zero pods are None (undefined), never 0: a policy that placed no multi-GPU pod did not place them
+badly either."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from toposcale.extender.topology.model import Tier
+
+STRANDED_UNIT = 4  # stranded GPUs: free, but not usable by a 4-GPU (TP 4) pod on that node
+
+
+@dataclass(slots=True)
+class PolicyResult:
+    policy: str
+    pods: int = 0
+    placed: int = 0
+    pending: int = 0
+    multi: int = 0  # placed pods of 2+ GPUs: the denominator of every share
+    tiers: list[int] = field(default_factory=lambda: [0] * len(Tier))
+    single_numa: int = 0
+    best_tier: int = 0
+    first_4gpu_miss_load: float | None = None  # allocated/fleet GPUs when a 4-GPU pod first found no node
+    stranded_mean: float = 0.0  # time-weighted over the run (first to last arrival)
+    utilization_mean: float = 0.0
+    series: list[tuple[float, int, int]] = field(default_factory=list)  # (time s, stranded GPUs, used GPUs)
+    decisions: int = 0
+    decision_seconds: float = 0.0
+    fleet_gpus: int = 0
+
+    def share(self, count: int) -> float | None:
+        return count / self.multi if self.multi else None
+
+    def tier_share(self, tier: Tier) -> float | None:
+        return self.share(self.tiers[tier])
+
+    @property
+    def single_numa_share(self) -> float | None:
+        return self.share(self.single_numa)
+
+    @property
+    def best_tier_share(self) -> float | None:
+        return self.share(self.best_tier)
+
+    @property
+    def cross_socket_share(self) -> float | None:
+        return self.tier_share(Tier.CROSS_SOCKET)
+
+    @property
+    def decisions_per_s(self) -> float | None:
+        return self.decisions / self.decision_seconds if self.decision_seconds > 0 else None

@@ -1,0 +1,66 @@
+"""Placement policies: each scores a node for a pod of k GPUs from the node's type and free-GPU mask.
+
+The highest total wins; ties go uniformly at random, as kube-scheduler's selectHost does. Every policy filters
+the same way (NodeResourcesFit: enough free GPUs); only scoring differs.
+
+- `spread`: NodeResourcesFit LeastAllocated on the GPU count (kube-scheduler's default strategy).
+- `binpack`: NodeResourcesFit MostAllocated.
+- `random`: no preference among nodes that fit.
+- `toposcale`: kube-scheduler with the toposcale extender: LeastAllocated plus the extender's own 0..10 score
+  (imported from the extender, see `extender_api`) times the extender weight, scaled as the scheduler does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from toposcale.extender.topology.model import Topology
+
+from .noderesources import extender_points, least_allocated, most_allocated
+
+# (topology, free mask, free count, k) -> score; higher is better, negative: filtered out
+ScoreFn = Callable[[Topology, int, int, int], int]
+
+POLICIES = ("toposcale", "spread", "binpack", "random")
+DEFAULT_EXTENDER_WEIGHT = 5  # deploy/ configures the extender with weight 5 (up to 500 of ~1,700 points)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    score: ScoreFn
+
+
+def _spread(topo: Topology, free: int, nfree: int, k: int) -> int:
+    n = len(topo)
+    return least_allocated(n - nfree + k, n)
+
+
+def _binpack(topo: Topology, free: int, nfree: int, k: int) -> int:
+    n = len(topo)
+    return most_allocated(n - nfree + k, n)
+
+
+def _random(topo: Topology, free: int, nfree: int, k: int) -> int:
+    return 0
+
+
+def make_policy(name: str, *, extender_weight: int = DEFAULT_EXTENDER_WEIGHT) -> Policy:
+    if name == "spread":
+        return Policy(name, _spread)
+    if name == "binpack":
+        return Policy(name, _binpack)
+    if name == "random":
+        return Policy(name, _random)
+    if name == "toposcale":
+        from .extender_api import node_score  # raises ExtenderUnavailable with the module it needs
+
+        def _toposcale(topo: Topology, free: int, nfree: int, k: int) -> int:
+            s = node_score(topo, free, k)
+            if s is None:
+                return -1
+            return extender_points(s, extender_weight) + _spread(topo, free, nfree, k)
+
+        return Policy(name, _toposcale)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
