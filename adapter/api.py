@@ -1,0 +1,312 @@
+"""HTTP routes: discovery, the metric GET, health, OpenAPI and /metrics.
+
+Every error is a metav1.Status with the apiserver's code and reason. Each metric request is bounded in time
+(`request_timeout`) and in concurrency (`max_inflight`, then 429); values are cached for `cache_ttl`
+seconds with
+request coalescing, so a hundred HPAs asking the same thing cost one source query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import wire
+from .cache import TTLCache
+from .errors import AdapterError, BadRequest, NotFound, SourceUnavailable, TooManyRequests
+from .metrics import AdapterMetrics
+from .model import MetricValue
+from .quantity import QuantityError
+from .rules import Rule, RuleSet
+from .selectors import SelectorError, parse_selector
+from .sources.base import Source
+
+logger = logging.getLogger("toposcale.adapter.api")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+BASE = f"/apis/{wire.GROUP_VERSION}"
+
+RULES_KEY = web.AppKey("rules", RuleSet)
+SOURCE_KEY = web.AppKey("source", object)
+METRICS_KEY = web.AppKey("metrics", AdapterMetrics)
+HANDLERS_KEY = web.AppKey("handlers", object)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def status_response(
+    code: int, reason: str, message: str, details: dict[str, Any] | None = None
+) -> web.Response:
+    return json_response(wire.status(code, reason, message, details), status=code)
+
+
+class Handlers:
+    def __init__(
+        self,
+        rules: RuleSet,
+        source: Source,
+        metrics: AdapterMetrics,
+        *,
+        cache_ttl: float,
+        request_timeout: float,
+        max_inflight: int,
+    ) -> None:
+        self.rules = rules.by_name()
+        self.rule_set = rules
+        self.source = source
+        self.metrics = metrics
+        self.cache: TTLCache[list[MetricValue]] = TTLCache(cache_ttl)
+        self.request_timeout = request_timeout
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self._discovery = orjson.dumps(wire.api_resource_list(rules.rules))
+        self._group = orjson.dumps(wire.api_group())
+        self._groups = orjson.dumps(wire.api_group_list())
+        self._ready_cache: TTLCache[str | None] = TTLCache(2.0)
+
+    @staticmethod
+    def _raw(body: bytes) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    async def apis(self, request: web.Request) -> web.Response:
+        return self._raw(self._groups)
+
+    async def api(self, request: web.Request) -> web.Response:
+        return json_response(wire.api_versions())
+
+    async def group(self, request: web.Request) -> web.Response:
+        return self._raw(self._group)
+
+    async def resources(self, request: web.Request) -> web.Response:
+        return self._raw(self._discovery)
+
+    async def metric(self, request: web.Request) -> web.Response:
+        namespace = request.match_info["namespace"]
+        name = request.match_info["metric"]
+        if self.inflight >= self.max_inflight:
+            raise TooManyRequests(f"more than {self.max_inflight} metric requests in flight; try again")
+        if len(namespace) > 63 or not _NAMESPACE.match(namespace):
+            raise BadRequest(f'invalid namespace "{namespace[:80]}": must be a DNS label (RFC 1123)')
+        rule = self.rules.get(name)
+        if rule is None:
+            raise NotFound(
+                f'external metric "{name[:100]}" not found '
+                f"(this adapter serves: {', '.join(sorted(self.rules))})",
+            )
+        try:
+            selector = parse_selector(request.query.get("labelSelector"))
+        except SelectorError as exc:
+            raise BadRequest(f"invalid labelSelector: {exc}") from exc
+        key = (name, namespace, tuple(sorted(selector.requirements, key=lambda r: (r.key, r.op, r.values))))
+        self.inflight += 1
+        self.metrics.inflight.inc()
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                values, how = await self.cache.get(key, lambda: self._load(rule, namespace, selector))
+        except TimeoutError as exc:
+            self.metrics.source_error(self.source.kind, "timeout")
+            raise SourceUnavailable(
+                f"{name}: no answer from the {self.source.kind} source within {self.request_timeout:g}s"
+            ) from exc
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.dec()
+        self.metrics.cache.labels(how).inc()
+        try:
+            body = wire.metric_value_list(name, values)
+        except QuantityError as exc:
+            raise SourceUnavailable(f"{name}: {exc}") from exc
+        return json_response(body)
+
+    async def _load(self, rule: Rule, namespace: str, selector: Any) -> list[MetricValue]:
+        return await self.source.fetch(rule, namespace, selector)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        why, _ = await self._ready_cache.get("ready", self.source.ready)
+        if why is not None:
+            return web.Response(status=503, text=f"[-]source failed: {why}\nreadyz check failed\n")
+        return web.Response(text="ok")
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi_v2(self, request: web.Request) -> web.Response:
+        return json_response(openapi_v2(list(self.rules)))
+
+    async def openapi_v3(self, request: web.Request) -> web.Response:
+        return json_response(
+            {
+                "paths": {
+                    f"apis/{wire.GROUP_VERSION}": {
+                        "serverRelativeURL": "/openapi/v3/apis/" + wire.GROUP_VERSION
+                    }
+                }
+            }
+        )
+
+    async def openapi_v3_group(self, request: web.Request) -> web.Response:
+        return json_response(openapi_v3(list(self.rules)))
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Status bodies for every failure, request metrics, and a log line for errors."""
+    metrics = request.app[METRICS_KEY]
+    start = time.perf_counter()
+    route = _route_name(request)
+    try:
+        response = await handler(request)
+    except AdapterError as exc:
+        response = status_response(exc.code, exc.reason, str(exc))
+        level = logging.WARNING if exc.code >= 500 or exc.code == 429 else logging.INFO
+        logger.log(
+            level,
+            "request failed",
+            extra={
+                "path": request.path[:200],
+                "code": exc.code,
+                "reason": exc.reason,
+                "error": str(exc)[:500],
+            },
+        )
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            response = status_response(
+                404,
+                "NotFound",
+                f"the server could not find the requested resource ({request.method} {request.path[:200]})",
+            )
+        elif exc.status == 405:
+            response = status_response(405, "MethodNotAllowed", f"{request.method} is not supported here")
+        elif exc.status >= 400:
+            response = status_response(
+                exc.status, "BadRequest" if exc.status < 500 else "InternalError", exc.reason or "error"
+            )
+        else:
+            raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        logger.exception("unexpected error", extra={"path": request.path[:200]})
+        response = status_response(500, "InternalError", f"internal error: {type(exc).__name__}")
+    metrics.requests.labels(route, str(response.status)).inc()
+    metrics.latency.labels(route).observe(time.perf_counter() - start)
+    return response
+
+
+def add_routes(app: web.Application, handlers: Handlers) -> None:
+    r = app.router
+    r.add_get("/apis", handlers.apis)
+    r.add_get("/apis/", handlers.apis)
+    r.add_get("/api", handlers.api)
+    r.add_get(f"/apis/{wire.GROUP}", handlers.group)
+    r.add_get(BASE, handlers.resources)
+    r.add_get(BASE + "/namespaces/{namespace}/{metric}", handlers.metric)
+    for path in ("/healthz", "/livez"):
+        r.add_get(path, handlers.healthz)
+    r.add_get("/readyz", handlers.readyz)
+    r.add_get("/metrics", handlers.metrics_page)
+    r.add_get("/openapi/v2", handlers.openapi_v2)
+    r.add_get("/openapi/v3", handlers.openapi_v3)
+    r.add_get(f"/openapi/v3/apis/{wire.GROUP_VERSION}", handlers.openapi_v3_group)
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "io.k8s.metrics.pkg.apis.external_metrics.v1beta1.ExternalMetricValueList": {
+            "type": "object",
+            "required": ["items"],
+            "properties": {
+                "kind": {"type": "string"},
+                "apiVersion": {"type": "string"},
+                "metadata": {"type": "object"},
+                "items": {
+                    "type": "array",
+                    "items": {
+                        "$ref": "#/definitions/io.k8s.metrics.pkg.apis.external_metrics.v1beta1."
+                        "ExternalMetricValue"
+                    },
+                },
+            },
+            "x-kubernetes-group-version-kind": [
+                {"group": wire.GROUP, "kind": wire.KIND_LIST, "version": wire.VERSION}
+            ],
+        },
+        "io.k8s.metrics.pkg.apis.external_metrics.v1beta1.ExternalMetricValue": {
+            "type": "object",
+            "required": ["metricName", "metricLabels", "timestamp", "value"],
+            "properties": {
+                "metricName": {"type": "string"},
+                "metricLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "timestamp": {"type": "string", "format": "date-time"},
+                "window": {"type": "integer", "format": "int64"},
+                "value": {"type": "string"},
+            },
+        },
+    }
+
+
+def openapi_v2(metrics: list[str]) -> dict[str, Any]:
+    ref = "#/definitions/io.k8s.metrics.pkg.apis.external_metrics.v1beta1.ExternalMetricValueList"
+    paths = {
+        f"{BASE}/namespaces/{{namespace}}/{m}": {
+            "get": {
+                "operationId": f"readNamespacedExternalMetric_{m}",
+                "produces": ["application/json"],
+                "parameters": [
+                    {"name": "namespace", "in": "path", "required": True, "type": "string"},
+                    {"name": "labelSelector", "in": "query", "type": "string"},
+                ],
+                "responses": {"200": {"description": "OK", "schema": {"$ref": ref}}},
+                "x-kubernetes-action": "get",
+                "x-kubernetes-group-version-kind": {
+                    "group": wire.GROUP,
+                    "kind": wire.KIND_LIST,
+                    "version": wire.VERSION,
+                },
+            }
+        }
+        for m in metrics
+    }
+    return {
+        "swagger": "2.0",
+        "info": {"title": "toposcale adapter", "version": wire.VERSION},
+        "paths": paths,
+        "definitions": _schemas(),
+    }
+
+
+def openapi_v3(metrics: list[str]) -> dict[str, Any]:
+    doc = openapi_v2(metrics)
+    schemas = orjson.loads(
+        orjson.dumps(doc["definitions"]).replace(b"#/definitions/", b"#/components/schemas/")
+    )
+    paths = orjson.loads(orjson.dumps(doc["paths"]).replace(b"#/definitions/", b"#/components/schemas/"))
+    for item in paths.values():
+        get = item["get"]
+        get.pop("produces", None)
+        for p in get["parameters"]:
+            p["schema"] = {"type": p.pop("type")}
+        schema = get["responses"]["200"].pop("schema")
+        get["responses"]["200"]["content"] = {"application/json": {"schema": schema}}
+    return {"openapi": "3.0.0", "info": doc["info"], "paths": paths, "components": {"schemas": schemas}}

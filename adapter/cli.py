@@ -1,0 +1,151 @@
+"""`toposcale adapter`: the external.metrics.k8s.io/v1beta1 server for the HPA.
+
+Sources (pick one): `--prometheus-url URL` queries Prometheus; `--scrape-targets FILE` scrapes a static
+list of
+endpoints (no cluster needed); with neither, pods are found through the Kubernetes API and scraped directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from toposcale.logs import add_log_level_argument
+
+logger = logging.getLogger("toposcale.adapter")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("source (one of)")
+    src.add_argument("--prometheus-url", help="query this Prometheus (or Thanos/Mimir query endpoint)")
+    src.add_argument(
+        "--scrape-targets",
+        metavar="FILE",
+        help="scrape the endpoints listed in FILE (YAML list of {url, labels: {namespace, pod, ...}})",
+    )
+    src.add_argument(
+        "--kubeconfig",
+        help="scrape pods found through the Kubernetes API with this kubeconfig (default: in-cluster)",
+    )
+    parser.add_argument(
+        "--rules", metavar="FILE", help="metric rules YAML replacing the built-in default rules"
+    )
+    parser.add_argument("--port", type=int, default=6443, help="listen port (default 6443)")
+    parser.add_argument("--bind-address", default="", help="listen address (default: all interfaces)")
+    parser.add_argument("--cache-ttl", type=float, default=2.0, help="seconds a value is reused (default 2)")
+    parser.add_argument("--request-timeout", type=float, default=10.0, help="seconds per metric request")
+    parser.add_argument("--max-inflight", type=int, default=1024, help="metric requests answered at once")
+    prom = parser.add_argument_group("Prometheus source")
+    prom.add_argument("--prometheus-timeout", type=float, default=5.0, help="seconds per query (default 5)")
+    prom.add_argument("--prometheus-workers", type=int, default=8, help="threads querying Prometheus")
+    prom.add_argument("--prometheus-bearer-token-file", help="send 'Authorization: Bearer <file content>'")
+    prom.add_argument("--prometheus-ca-file", help="CA bundle to verify Prometheus' TLS certificate")
+    prom.add_argument("--prometheus-insecure-skip-verify", action="store_true", help="do not verify TLS")
+    prom.add_argument(
+        "--prometheus-header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="extra request header, e.g. 'X-Scope-OrgID: tenant-1' (repeatable)",
+    )
+    scrape = parser.add_argument_group("direct scrape source")
+    scrape.add_argument("--scrape-timeout", type=float, default=3.0, help="seconds per target (default 3)")
+    scrape.add_argument("--scrape-max-body-bytes", type=int, default=8 * 1024 * 1024)
+    scrape.add_argument("--scrape-concurrency", type=int, default=64, help="scrapes in flight at once")
+    add_log_level_argument(parser)
+
+
+def parse_headers(values: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for v in values:
+        name, sep, value = v.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"--prometheus-header {v!r}: expected 'NAME: VALUE'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> Any:
+    from .sources.pods import KubePods, StaticTargets, load_targets
+    from .sources.prometheus import PrometheusSource
+    from .sources.scrape import ScrapeSource
+
+    if args.prometheus_url and args.scrape_targets:
+        raise ValueError("use either --prometheus-url or --scrape-targets, not both")
+    if args.prometheus_url:
+        return PrometheusSource(
+            args.prometheus_url,
+            timeout=args.prometheus_timeout,
+            workers=args.prometheus_workers,
+            bearer_token_file=args.prometheus_bearer_token_file,
+            ca_file=args.prometheus_ca_file,
+            insecure_skip_verify=args.prometheus_insecure_skip_verify,
+            headers=parse_headers(args.prometheus_header),
+            on_error=metrics.source_error,
+        )
+    if args.scrape_targets:
+        finder: Any = StaticTargets(load_targets(args.scrape_targets))
+    else:
+        from toposcale import kube
+
+        finder = KubePods(await kube.api_client(args.kubeconfig), ttl=max(args.cache_ttl, 1.0))
+    return ScrapeSource(
+        finder,
+        rules,
+        ttl=args.cache_ttl,
+        timeout=args.scrape_timeout,
+        max_body_bytes=args.scrape_max_body_bytes,
+        concurrency=args.scrape_concurrency,
+        on_error=metrics.source_error,
+    )
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from .metrics import AdapterMetrics
+    from .rules import load_rules
+    from .server import build_app, serve
+
+    rules = load_rules(args.rules)
+    metrics = AdapterMetrics()
+    source = await build_source(args, rules, metrics)
+    app = build_app(
+        rules,
+        source,
+        cache_ttl=args.cache_ttl,
+        request_timeout=args.request_timeout,
+        max_inflight=args.max_inflight,
+        metrics=metrics,
+    )
+    logger.info(
+        "adapter starting",
+        extra={
+            "source": source.kind,
+            "metrics": [r.name for r in rules.rules],
+            "rules": args.rules or "built-in",
+        },
+    )
+    await serve(app, host=args.bind_address or None, port=args.port)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    from kubernetes_asyncio.config import ConfigException
+
+    from toposcale import logs
+
+    from .rules import RulesError
+
+    logs.setup(args.log_level)
+    try:
+        return asyncio.run(_run(args))
+    except (RulesError, ValueError, ConfigException) as exc:
+        logger.error("adapter cannot start", extra={"error": str(exc)})
+        print(f"toposcale adapter: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        logger.error("adapter cannot start", extra={"error": str(exc)})
+        print(f"toposcale adapter: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,78 @@
+"""PromQL for a rule: the value and the age of its newest sample, in one query (pure string building).
+
+The two parts come back as two series told apart by the `toposcale_part` label, so staleness costs no second
+round trip. Generations (`series` with several names) use `or`, which keeps a pod's newer series and adds the
+older name only for pods that lack it (set operators match label sets without the metric name).
+"""
+
+from __future__ import annotations
+
+from .rules import Rule
+from .selectors import Selector, _promql_string
+
+PART_LABEL = "toposcale_part"
+
+
+def matchers(rule: Rule, namespace: str, selector: Selector) -> str:
+    return ",".join([f"{rule.namespace_label}={_promql_string(namespace)}", *selector.promql_matchers()])
+
+
+def _series(rule: Rule, names: list[str], namespace: str, selector: Selector) -> str:
+    if rule.gpu_owner is not None:
+        # GPU series carry the owning pod in labels; keep those whose owner is a selected workload pod.
+        owner = f"{rule.gpu_owner.owner_series}{{{matchers(rule, namespace, selector)}}}"
+        ns_only = f"{rule.namespace_label}={_promql_string(namespace)}"
+        on = f"on({rule.namespace_label}, {rule.pod_label})"
+        parts = [f"({n}{{{ns_only}}} and {on} {owner})" for n in names]
+    else:
+        m = matchers(rule, namespace, selector)
+        parts = [f"{n}{{{m}}}" for n in names]
+    return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
+
+
+def value_query(rule: Rule, namespace: str, selector: Selector) -> str:
+    if rule.prometheus_query is not None:
+        return rule.prometheus_query.replace("{matchers}", matchers(rule, namespace, selector)).replace(
+            "{window}", f"{rule.window_seconds or 300}s"
+        )
+    if rule.aggregation == "histogram_quantile":
+        m = matchers(rule, namespace, selector)
+        return (
+            f"histogram_quantile({rule.quantile}, sum by (le) "
+            f"(rate({rule.series[0]}_bucket{{{m}}}[{rule.window_seconds}s])))"
+        )
+    if rule.aggregation == "ratio":
+        num = _series(rule, rule.series, namespace, selector)
+        den = " + ".join(f"sum({_series(rule, [d], namespace, selector)})" for d in rule.denominator)
+        return f"sum({num}) / ({den})"
+    inner = _series(rule, rule.series, namespace, selector)
+    if rule.per_pod == "none" or (
+        rule.per_pod == rule.aggregation and rule.aggregation in ("sum", "max", "min")
+    ):
+        return f"{rule.aggregation}({inner})"
+    return f"{rule.aggregation}({rule.per_pod} by ({rule.namespace_label}, {rule.pod_label}) ({inner}))"
+
+
+def age_query(rule: Rule, namespace: str, selector: Selector) -> str:
+    # timestamp() gives a sample's own time only when applied straight to a selector, so it goes innermost.
+    names = [rule.series[0] + "_bucket"] if rule.aggregation == "histogram_quantile" else rule.series
+    m = matchers(rule, namespace, selector)
+    if rule.gpu_owner is not None:
+        ns_only = f"{rule.namespace_label}={_promql_string(namespace)}"
+        on = f"on({rule.namespace_label}, {rule.pod_label})"
+        owner = f"{rule.gpu_owner.owner_series}{{{m}}}"
+        parts = [f"(timestamp({n}{{{ns_only}}}) and {on} {owner})" for n in names]
+    else:
+        parts = [f"timestamp({n}{{{m}}})" for n in names]
+    inner = " or ".join(parts)
+    # The newest sample's age: the smallest (now - last sample time) over the series.
+    return f"min(time() - ({inner}))"
+
+
+def combined_query(rule: Rule, namespace: str, selector: Selector) -> str:
+    value = value_query(rule, namespace, selector)
+    age = age_query(rule, namespace, selector)
+    return (
+        f'label_replace({value}, "{PART_LABEL}", "value", "", "") or '
+        f'label_replace({age}, "{PART_LABEL}", "age", "", "")'
+    )

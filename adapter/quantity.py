@@ -1,0 +1,75 @@
+"""Kubernetes `resource.Quantity` canonical formatting (k8s.io/apimachinery/pkg/api/resource).
+
+The rules mirrored here (quantity.go `CanonicalizeBytes`, amount.go `AsCanonicalBytes`, suffix.go):
+- zero is "0";
+- DecimalSI: strip trailing decimal zeros from the mantissa, then lower the exponent to a multiple of three
+  (scaling the mantissa up) and pick the suffix n, u, m, "", k, M, G, T, P, E:
+  "1.5" -> "1500m", "2000" -> "2k", "1500000" -> "1500k", "12" -> "12";
+- BinarySI (only when asked): values with |v| < 1024 or that are not whole numbers are written DecimalSI;
+  otherwise strip factors of 1024 and use Ki, Mi, Gi, Ti, Pi, Ei ("1536Mi").
+
+Values finer than a milli-unit are rounded up, away from zero, to the next milli-unit (as Quantity.RoundUp and
+MilliValue, which the HPA reads, do), so a tiny non-zero value never prints as "0".
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_UP, Decimal
+
+_DECIMAL_SUFFIXES = {-9: "n", -6: "u", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T", 15: "P", 18: "E"}
+_BINARY_SUFFIXES = {1: "Ki", 2: "Mi", 3: "Gi", 4: "Ti", 5: "Pi", 6: "Ei"}
+_MILLI = Decimal("0.001")
+
+
+class QuantityError(ValueError):
+    """The value has no Quantity form (NaN or infinite)."""
+
+
+def _to_decimal(value: float | int | Decimal | str) -> Decimal:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            raise QuantityError(f"{value!r} cannot be written as a Kubernetes Quantity")
+        # repr() is the shortest string that round-trips, so 0.1 stays 0.1 and not 0.1000000000000000055...
+        return Decimal(repr(value))
+    dec = Decimal(value)
+    if not dec.is_finite():
+        raise QuantityError(f"{value!r} cannot be written as a Kubernetes Quantity")
+    return dec
+
+
+def format_quantity(value: float | int | Decimal | str, *, binary: bool = False) -> str:
+    """Return the canonical Kubernetes Quantity string for `value`."""
+    dec = _to_decimal(value)
+    if dec.as_tuple().exponent < -3:  # type: ignore[operator]
+        dec = dec.quantize(_MILLI, rounding=ROUND_UP)
+    if dec == 0:
+        return "0"
+    if binary and abs(dec) >= 1024 and dec == dec.to_integral_value():
+        return _binary(int(dec))
+    return _decimal(dec)
+
+
+def _decimal(dec: Decimal) -> str:
+    sign, digits, exponent = dec.as_tuple()
+    mantissa = int("".join(map(str, digits)))
+    exp = int(exponent)
+    while mantissa % 10 == 0:
+        mantissa //= 10
+        exp += 1
+    shift = exp % 3  # Python's modulo is never negative: always lowers the exponent to a multiple of 3
+    mantissa *= 10**shift
+    exp -= shift
+    if exp > 18:  # beyond exa there is no suffix: keep "E" and grow the mantissa (still parses the same)
+        mantissa *= 10 ** (exp - 18)
+        exp = 18
+    return f"{'-' if sign else ''}{mantissa}{_DECIMAL_SUFFIXES[exp]}"
+
+
+def _binary(value: int) -> str:
+    sign = "-" if value < 0 else ""
+    mantissa, power = abs(value), 0
+    while mantissa % 1024 == 0 and power < 6:
+        mantissa //= 1024
+        power += 1
+    return f"{sign}{mantissa}{_BINARY_SUFFIXES.get(power, '')}"

@@ -1,0 +1,174 @@
+"""Metric rules: which external metrics exist and how each is computed (pydantic-validated YAML).
+
+One rule describes a metric once; both sources (Prometheus and direct scrape) derive their work from it, so
+the
+two modes answer the same question. A bad file fails at start with the file, the field and why.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .selectors import SelectorError, parse_selector
+
+_METRIC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+_SERIES_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+DEFAULT_RULES = "default.yaml"
+
+
+class RulesError(ValueError):
+    """The rules file cannot be used; the message names the file, the field and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScrapeSpec(_Strict):
+    """How direct scraping reaches a pod's metrics when pods come from Kubernetes (not a targets file)."""
+
+    port: int = Field(8000, ge=1, le=65535)
+    path: str = "/metrics"
+    scheme: Literal["http", "https"] = "http"
+
+
+class GpuOwner(_Strict):
+    """The series are per GPU, published by an exporter (DCGM) with the owning pod in labels.
+
+    Scrape mode: the exporters are the targets/pods matching `exporters`; a GPU counts when its
+    `namespace_label`/`pod_label` name a selected pod. Prometheus mode: the GPU series are joined
+    `and on(namespace, pod)` with `owner_series`, a series every selected workload pod exposes.
+    """
+
+    exporters: str = "app.kubernetes.io/name=dcgm-exporter"
+    owner_series: str = "vllm:num_requests_running"
+    port: int = Field(9400, ge=1, le=65535)
+    path: str = "/metrics"
+
+    @field_validator("exporters")
+    @classmethod
+    def _selector(cls, v: str) -> str:
+        try:
+            parse_selector(v)
+        except SelectorError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
+
+class Rule(_Strict):
+    name: str = Field(description="external metric name, as the HPA asks for it")
+    help: str = ""
+    series: list[str] = Field(
+        min_length=1,
+        description="source series; later names are older generations, used for a pod only when it lacks "
+        "the earlier ones (vllm:kv_cache_usage_perc, then vllm:gpu_cache_usage_perc)",
+    )
+    aggregation: Literal["sum", "avg", "max", "min", "ratio", "histogram_quantile"]
+    per_pod: Literal["sum", "avg", "max", "none"] = Field(
+        "sum", description="how one pod's several series (vLLM engines) combine before aggregating pods"
+    )
+    denominator: list[str] = Field(default_factory=list, description="ratio: summed series under the line")
+    quantile: float | None = Field(None, gt=0, lt=1)
+    window_seconds: int | None = Field(None, ge=1, le=3600)
+    namespace_label: str = "namespace"
+    pod_label: str = "pod"
+    max_staleness_seconds: float = Field(60, gt=0, le=3600)
+    gpu_owner: GpuOwner | None = None
+    scrape: ScrapeSpec = ScrapeSpec()
+    prometheus_query: str | None = Field(
+        None, description="PromQL replacing the generated one; {matchers} and {window} are substituted"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _METRIC_NAME.match(v) or len(v) > 253:
+            raise ValueError("must be lowercase [a-z0-9_.-], start and end alphanumeric (a URL path segment)")
+        return v
+
+    @field_validator("series", "denominator")
+    @classmethod
+    def _series(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not _SERIES_NAME.match(s):
+                raise ValueError(f"{s!r} is not a Prometheus metric name")
+        return v
+
+    @field_validator("namespace_label", "pod_label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not _LABEL_NAME.match(v):
+            raise ValueError(f"{v!r} is not a Prometheus label name")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        if self.aggregation == "ratio" and not self.denominator:
+            raise ValueError("aggregation 'ratio' needs 'denominator'")
+        if self.aggregation != "ratio" and self.denominator:
+            raise ValueError("'denominator' only applies to aggregation 'ratio'")
+        if self.aggregation == "histogram_quantile":
+            if self.quantile is None or self.window_seconds is None:
+                raise ValueError("aggregation 'histogram_quantile' needs 'quantile' and 'window_seconds'")
+            if len(self.series) != 1:
+                raise ValueError("aggregation 'histogram_quantile' takes exactly one histogram in 'series'")
+        elif self.quantile is not None:
+            raise ValueError("'quantile' only applies to aggregation 'histogram_quantile'")
+        if self.prometheus_query is not None and "{matchers}" not in self.prometheus_query:
+            raise ValueError("'prometheus_query' must contain {matchers} so selectors and namespaces apply")
+        return self
+
+
+class RuleSet(_Strict):
+    rules: list[Rule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RuleSet:
+        seen: set[str] = set()
+        for r in self.rules:
+            if r.name in seen:
+                raise ValueError(f"metric {r.name!r} is defined twice")
+            seen.add(r.name)
+        return self
+
+    def by_name(self) -> dict[str, Rule]:
+        return {r.name: r for r in self.rules}
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid metric rules"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  {loc or '<top>'}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RulesError(f"{source}: not valid YAML: {exc}") from exc
+    try:
+        return RuleSet.model_validate(data)
+    except ValidationError as exc:
+        raise RulesError(_format_errors(source, exc)) from exc
+
+
+def load_rules(path: str | Path | None = None) -> RuleSet:
+    """Load `path`, or the built-in default rules (package data `rules/default.yaml`) when None."""
+    if path is None:
+        ref = resources.files("toposcale.adapter").joinpath("rules", DEFAULT_RULES)
+        return parse_rules(ref.read_text(encoding="utf-8"), f"(built-in) rules/{DEFAULT_RULES}")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"{p}: cannot read rules file: {exc.strerror or exc}") from exc
+    return parse_rules(text, str(p))

@@ -1,0 +1,95 @@
+"""Application assembly: `build_app(...)` returns the aiohttp Application; `serve(...)` runs it.
+
+Extra middlewares (authentication, authorization) run before the adapter's own error handling sees the
+request;
+`serve` takes an optional ssl.SSLContext. Both are the seams the security layer plugs into.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from .api import HANDLERS_KEY, METRICS_KEY, RULES_KEY, SOURCE_KEY, Handlers, add_routes, errors_middleware
+from .metrics import AdapterMetrics
+from .rules import RuleSet
+from .sources.base import Source
+
+logger = logging.getLogger("toposcale.adapter")
+MAX_REQUEST_BODY = 64 * 1024
+
+
+def build_app(
+    rules: RuleSet,
+    source: Source,
+    *,
+    cache_ttl: float = 2.0,
+    request_timeout: float = 10.0,
+    max_inflight: int = 1024,
+    middlewares: Sequence[Any] = (),
+    metrics: AdapterMetrics | None = None,
+) -> web.Application:
+    metrics = metrics or AdapterMetrics()
+    if getattr(source, "on_error", False) is None:
+        source.on_error = metrics.source_error  # type: ignore[attr-defined]
+    app = web.Application(
+        middlewares=[errors_middleware, *middlewares],
+        client_max_size=MAX_REQUEST_BODY,
+        handler_args={"max_line_size": 16 * 1024, "max_field_size": 16 * 1024},
+    )
+    handlers = Handlers(
+        rules,
+        source,
+        metrics,
+        cache_ttl=cache_ttl,
+        request_timeout=request_timeout,
+        max_inflight=max_inflight,
+    )
+    app[RULES_KEY] = rules
+    app[SOURCE_KEY] = source
+    app[METRICS_KEY] = metrics
+    app[HANDLERS_KEY] = handlers
+    add_routes(app, handlers)
+
+    async def _close(app: web.Application) -> None:
+        await source.close()
+
+    app.on_cleanup.append(_close)
+    return app
+
+
+async def serve(
+    app: web.Application,
+    *,
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (or `stop` is set), then shut down cleanly."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host=host or None, port=port, ssl_context=ssl_context, shutdown_timeout=5)
+    await site.start()
+    logger.info(
+        "adapter listening",
+        extra={"address": host or "all interfaces", "port": port, "tls": ssl_context is not None},
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    try:
+        await stop.wait()
+    finally:
+        logger.info("adapter stopping")
+        await runner.cleanup()

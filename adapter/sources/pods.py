@@ -1,0 +1,167 @@
+"""Where direct scraping finds pods: a static targets file, or Kubernetes (kubernetes-asyncio).
+
+targets.yaml is a list of `{url: http://host:port/metrics, labels: {namespace: ..., pod: ..., <any>:
+...}}`; the
+labels act as the pod's labels for selectors and namespaces. With Kubernetes, pods are listed by namespace and
+label selector and scraped at `http://<podIP>:<rule.scrape.port><rule.scrape.path>` (DCGM exporters at the
+rule's `gpu_owner` port and path), Running pods with an IP only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from ..cache import TTLCache
+from ..errors import SourceUnavailable
+from ..rules import Rule, RulesError
+from ..selectors import Selector, SelectorError, parse_selector, validate_key, validate_value
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: str
+    namespace: str
+    pod: str
+    labels: Mapping[str, str]
+
+
+class PodFinder(Protocol):
+    async def namespace_exists(self, namespace: str) -> bool: ...
+    async def workload(self, rule: Rule, namespace: str, selector: Selector) -> list[Target]: ...
+    async def exporters(self, rule: Rule) -> list[Target]: ...
+    async def close(self) -> None: ...
+
+
+class TargetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$")
+    labels: dict[str, str]
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in ("namespace", "pod"):
+            if not v.get(key):
+                raise ValueError(f"needs a non-empty {key!r} label")
+        for k, val in v.items():
+            try:
+                validate_key(k)
+                validate_value(val)
+            except SelectorError as exc:
+                raise ValueError(str(exc)) from exc
+        return v
+
+
+_TARGETS = TypeAdapter(list[TargetSpec])
+
+
+def load_targets(path: str | Path) -> list[Target]:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RulesError(f"{p}: cannot read scrape targets: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise RulesError(f"{p}: not valid YAML: {exc}") from exc
+    try:
+        specs = _TARGETS.validate_python(data)
+    except ValidationError as exc:
+        lines = [f"{p}: invalid scrape targets (a list of {{url, labels: {{namespace, pod, ...}}}})"]
+        lines += [f"  {'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors()]
+        raise RulesError("\n".join(lines)) from exc
+    return [Target(s.url, s.labels["namespace"], s.labels["pod"], dict(s.labels)) for s in specs]
+
+
+class StaticTargets:
+    def __init__(self, targets: list[Target]):
+        self.targets = targets
+        self._namespaces = {t.namespace for t in targets}
+
+    async def namespace_exists(self, namespace: str) -> bool:
+        return namespace in self._namespaces
+
+    async def workload(self, rule: Rule, namespace: str, selector: Selector) -> list[Target]:
+        return [t for t in self.targets if t.namespace == namespace and selector.matches(t.labels)]
+
+    async def exporters(self, rule: Rule) -> list[Target]:
+        assert rule.gpu_owner is not None
+        sel = parse_selector(rule.gpu_owner.exporters)
+        return [t for t in self.targets if sel.matches(t.labels)]
+
+    async def close(self) -> None:
+        return None
+
+
+class KubePods:
+    """Pods from the Kubernetes API; lists are cached briefly (and coalesced) like metric values."""
+
+    def __init__(self, api_client: Any, *, ttl: float = 5.0, timeout: float = 5.0):
+        from kubernetes_asyncio import client
+
+        self._api = api_client
+        self._core = client.CoreV1Api(api_client)
+        self._timeout = timeout
+        self._cache: TTLCache[Any] = TTLCache(ttl)
+
+    async def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            return await fn(_request_timeout=self._timeout, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise SourceUnavailable(f"Kubernetes API: {what} failed: {exc.status} {exc.reason}") from exc
+        except Exception as exc:
+            raise SourceUnavailable(f"Kubernetes API: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def namespace_exists(self, namespace: str) -> bool:
+        async def load() -> Any:
+            return await self._call(f"get namespace {namespace}", self._core.read_namespace, name=namespace)
+
+        ns, _ = await self._cache.get(("ns", namespace), load)
+        return ns is not None
+
+    async def _pods(self, namespace: str | None, selector: str) -> list[Any]:
+        async def load() -> Any:
+            if namespace is None:
+                return await self._call(
+                    "list pods", self._core.list_pod_for_all_namespaces, label_selector=selector
+                )
+            return await self._call(
+                f"list pods in {namespace}",
+                self._core.list_namespaced_pod,
+                namespace=namespace,
+                label_selector=selector,
+            )
+
+        pods, _ = await self._cache.get(("pods", namespace, selector), load)
+        if pods is None:
+            return []
+        return [p for p in pods.items if p.status and p.status.phase == "Running" and p.status.pod_ip]
+
+    @staticmethod
+    def _target(pod: Any, port: int, path: str, scheme: str = "http") -> Target:
+        ip = pod.status.pod_ip
+        host = f"[{ip}]" if ":" in ip else ip
+        labels = dict(pod.metadata.labels or {})
+        return Target(f"{scheme}://{host}:{port}{path}", pod.metadata.namespace, pod.metadata.name, labels)
+
+    async def workload(self, rule: Rule, namespace: str, selector: Selector) -> list[Target]:
+        pods = await self._pods(namespace, str(selector))
+        s = rule.scrape
+        return [self._target(p, s.port, s.path, s.scheme) for p in pods]
+
+    async def exporters(self, rule: Rule) -> list[Target]:
+        assert rule.gpu_owner is not None
+        pods = await self._pods(None, rule.gpu_owner.exporters)
+        return [self._target(p, rule.gpu_owner.port, rule.gpu_owner.path) for p in pods]
+
+    async def close(self) -> None:
+        await self._api.close()

@@ -1,0 +1,165 @@
+"""Prometheus source: one instant query per rule through prometheus-api-client, off the event loop.
+
+prometheus-api-client is synchronous (requests), so calls run in a bounded thread pool; a semaphore bounds how
+many wait for it, each call has a timeout, and there are no client-side retries (the HPA asks again anyway).
+Bearer token file (re-read so rotated tokens work), CA file and custom headers serve Thanos/Mimir-style
+endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..errors import SourceUnavailable, TooManyRequests
+from ..model import MetricValue
+from ..promql import PART_LABEL, combined_query
+from ..rules import Rule
+from ..selectors import Selector
+
+logger = logging.getLogger("toposcale.adapter.prometheus")
+TOKEN_REREAD_SECONDS = 60.0
+
+
+class PrometheusSource:
+    kind = "prometheus"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        workers: int = 8,
+        max_waiting: int = 256,
+        bearer_token_file: str | None = None,
+        ca_file: str | None = None,
+        insecure_skip_verify: bool = False,
+        headers: Mapping[str, str] | None = None,
+        on_error: Any = None,
+    ) -> None:
+        import requests
+        from prometheus_api_client import PrometheusConnect
+        from urllib3.util.retry import Retry
+
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._token_file = Path(bearer_token_file) if bearer_token_file else None
+        self._token_read_at = -math.inf
+        self._base_headers = dict(headers or {})
+        session = requests.Session()
+        session.verify = False if insecure_skip_verify else (ca_file or True)
+        self._client = PrometheusConnect(
+            url=self.url,
+            headers=self._headers(),
+            session=session,
+            retry=Retry(total=0, raise_on_status=False),
+            timeout=timeout,  # type: ignore[arg-type]
+        )
+        # requests' default pool holds 10 connections per host; match the number of threads.
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=1, pool_maxsize=workers, max_retries=Retry(total=0, raise_on_status=False)
+        )
+        session.mount(self.url, adapter)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
+        self._slots = asyncio.Semaphore(workers + max_waiting)
+        self.on_error = on_error
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(self._base_headers)
+        if self._token_file is not None:
+            try:
+                token = self._token_file.read_text().strip()
+            except OSError as exc:
+                raise SourceUnavailable(
+                    f"cannot read Prometheus bearer token file {self._token_file}: {exc}"
+                ) from exc
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _refresh_token(self) -> None:
+        now = time.monotonic()
+        if self._token_file is not None and now - self._token_read_at > TOKEN_REREAD_SECONDS:
+            self._client.headers = self._headers()
+            self._token_read_at = now
+
+    async def query(self, promql: str) -> list[dict[str, Any]]:
+        """Run an instant query; errors become SourceUnavailable (503) with the reason."""
+        from prometheus_api_client import PrometheusApiClientException
+        from requests import RequestException
+
+        if self._slots.locked():
+            raise TooManyRequests("too many Prometheus queries waiting; try again")
+        async with self._slots:
+            self._refresh_token()
+            loop = asyncio.get_running_loop()
+            try:
+                return await asyncio.wait_for(
+                    loop.run_in_executor(self._pool, self._client.custom_query, promql),
+                    timeout=self.timeout + 1,
+                )
+            except (
+                TimeoutError,
+                RequestException,
+                PrometheusApiClientException,
+                ValueError,
+                KeyError,
+            ) as exc:
+                self._error(type(exc).__name__)
+                msg = str(exc) or type(exc).__name__
+                if len(msg) > 300:
+                    msg = msg[:300] + "..."
+                raise SourceUnavailable(f"Prometheus at {self.url} failed: {msg}") from exc
+
+    def _error(self, kind: str) -> None:
+        if self.on_error is not None:
+            self.on_error("prometheus", kind)
+
+    async def fetch(self, rule: Rule, namespace: str, selector: Selector) -> list[MetricValue]:
+        result = await self.query(combined_query(rule, namespace, selector))
+        value: tuple[float, float] | None = None
+        age: float | None = None
+        for series in result:
+            try:
+                part = series["metric"].get(PART_LABEL)
+                ts, text = series["value"]
+                number = float(text)
+            except (KeyError, TypeError, ValueError) as exc:
+                self._error("garbage")
+                raise SourceUnavailable(f"Prometheus at {self.url} answered an unexpected result") from exc
+            if part == "value":
+                value = (float(ts), number)
+            elif part == "age":
+                age = number
+        if value is None:
+            if age is not None:
+                raise SourceUnavailable(
+                    f"{rule.name}: Prometheus has series but the expression gave no value"
+                )
+            return []
+        if age is not None and age > rule.max_staleness_seconds:
+            self._error("stale")
+            raise SourceUnavailable(
+                f"{rule.name}: newest sample is {age:.0f}s old "
+                f"(max_staleness_seconds {rule.max_staleness_seconds:g})"
+            )
+        ts, number = value
+        if math.isnan(number) or math.isinf(number):
+            raise SourceUnavailable(f"{rule.name}: value is {number} (no observations or division by zero)")
+        window = rule.window_seconds if rule.aggregation == "histogram_quantile" else None
+        return [MetricValue(value=number, timestamp=ts, window_seconds=window)]
+
+    async def ready(self) -> str | None:
+        try:
+            await self.query("vector(1)")
+        except Exception as exc:  # readiness reports any failure as text
+            return str(exc)
+        return None
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,305 @@
+"""Direct scrape source: fetch the selected pods' /metrics concurrently and aggregate here.
+
+Each target's scrape is cached for the TTL and coalesced, so several metrics (and many HPAs) asking about one
+pod cost one HTTP request. Requests are bounded: per-target timeout, body size limit, global concurrency.
+The text is parsed with prometheus-client's parser; only the series the rules use are kept (vLLM's counters
+bring `_created` companions, which are timestamps, and are never confused with data because names match
+exactly). One unreachable pod does not fail a metric; all unreachable does.
+Histogram quantiles need increases: each scrape of a histogram is remembered for the rule's window and the
+quantile is taken over the increase since the oldest remembered scrape inside the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from ..cache import TTLCache
+from ..errors import NotFound, SourceUnavailable
+from ..model import MetricValue, PodSamples, Sample, aggregate, bucket_increase, parse_le
+from ..rules import Rule, RuleSet
+from ..selectors import Selector
+from .pods import PodFinder, Target
+
+logger = logging.getLogger("toposcale.adapter.scrape")
+_ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
+
+
+class ScrapeError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class Scrape:
+    at: float  # wall clock, for the item's timestamp
+    mono: float
+    samples: list[Sample]
+
+
+@dataclass(slots=True)
+class _History:
+    snapshots: deque[tuple[float, dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, float]]]] = field(
+        default_factory=deque
+    )
+
+
+def wanted_names(rules: RuleSet) -> set[str]:
+    names: set[str] = set()
+    for r in rules.rules:
+        if r.aggregation == "histogram_quantile":
+            names.add(r.series[0] + "_bucket")
+        else:
+            names.update(r.series)
+            names.update(r.denominator)
+    return names
+
+
+def parse_exposition(text: str, wanted: set[str]) -> list[Sample]:
+    """Samples named in `wanted` from Prometheus text exposition; garbage raises ScrapeError."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: list[Sample] = []
+    try:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name in wanted:
+                    out.append(Sample(s.name, s.labels, float(s.value)))
+    except Exception as exc:  # the parser raises ValueError, IndexError, ... on garbage
+        raise ScrapeError(f"not Prometheus text format: {type(exc).__name__}: {str(exc)[:200]}") from exc
+    return out
+
+
+def _group_key(s: Sample) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+
+
+class ScrapeSource:
+    kind = "scrape"
+
+    def __init__(
+        self,
+        finder: PodFinder,
+        rules: RuleSet,
+        *,
+        ttl: float = 2.0,
+        timeout: float = 3.0,
+        max_body_bytes: int = 8 * 1024 * 1024,
+        concurrency: int = 64,
+        on_error: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.finder = finder
+        self.timeout = timeout
+        self.max_body_bytes = max_body_bytes
+        self._wanted = wanted_names(rules)
+        self._hist_windows = {
+            r.series[0] + "_bucket": float(r.window_seconds or 0)
+            for r in rules.rules
+            if r.aggregation == "histogram_quantile"
+        }
+        self._scrapes: TTLCache[Scrape] = TTLCache(ttl)
+        self._limit = asyncio.Semaphore(concurrency)
+        self._session: aiohttp.ClientSession | None = None
+        self._history: dict[str, _History] = {}
+        self.on_error = on_error
+        self._clock = clock
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+                headers={"Accept": _ACCEPT, "User-Agent": "toposcale-adapter"},
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def _fetch_text(self, url: str) -> str:
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with self._limit:
+            try:
+                async with self._client().get(url, timeout=timeout, allow_redirects=False) as resp:
+                    if resp.status != 200:
+                        raise ScrapeError(f"HTTP {resp.status}")
+                    if resp.content_length is not None and resp.content_length > self.max_body_bytes:
+                        raise ScrapeError(f"body of {resp.content_length} bytes over {self.max_body_bytes}")
+                    body = await resp.content.read(self.max_body_bytes + 1)
+                    if len(body) > self.max_body_bytes:
+                        raise ScrapeError(f"body over {self.max_body_bytes} bytes")
+                    # read(n) may stop early; drain the rest within the same limit.
+                    while not resp.content.at_eof():
+                        chunk = await resp.content.read(self.max_body_bytes + 1 - len(body))
+                        if not chunk:
+                            break
+                        body += chunk
+                        if len(body) > self.max_body_bytes:
+                            raise ScrapeError(f"body over {self.max_body_bytes} bytes")
+            except TimeoutError as exc:
+                raise ScrapeError(f"timed out after {self.timeout:g}s") from exc
+            except aiohttp.ClientError as exc:
+                raise ScrapeError(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ScrapeError("body is not UTF-8 text") from exc
+
+    async def scrape(self, url: str) -> Scrape:
+        async def load() -> Scrape:
+            text = await self._fetch_text(url)
+            if len(text) > 256 * 1024:
+                samples = await asyncio.to_thread(parse_exposition, text, self._wanted)
+            else:
+                samples = parse_exposition(text, self._wanted)
+            scrape = Scrape(time.time(), self._clock(), samples)
+            self._remember(url, scrape)
+            return scrape
+
+        value, _ = await self._scrapes.get(url, load)
+        return value
+
+    def _remember(self, url: str, scrape: Scrape) -> None:
+        if not self._hist_windows:
+            return
+        snap: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, float]] = {}
+        for s in scrape.samples:
+            if s.name in self._hist_windows:
+                try:
+                    le = parse_le(s.labels.get("le"))
+                except SourceUnavailable:
+                    continue
+                snap.setdefault(_group_key(s), {})[le] = s.value
+        if not snap:
+            return
+        hist = self._history.setdefault(url, _History())
+        window = max(self._hist_windows.values())
+        # keep at most ~64 snapshots per target over the window
+        if hist.snapshots and scrape.mono - hist.snapshots[-1][0] < window / 64:
+            return
+        hist.snapshots.append((scrape.mono, snap))
+        while hist.snapshots and scrape.mono - hist.snapshots[0][0] > window * 1.5:
+            hist.snapshots.popleft()
+
+    def _increase(self, url: str, rule: Rule, scrape: Scrape) -> tuple[list[Sample], float] | None:
+        """Bucket samples holding the increase over the window, and the span they cover; None: no history."""
+        name = rule.series[0] + "_bucket"
+        window = float(rule.window_seconds or 0)
+        hist = self._history.get(url)
+        if hist is None:
+            return None
+        base = next(
+            (snap for t, snap in hist.snapshots if scrape.mono - t <= window and scrape.mono - t > 0.001),
+            None,
+        )
+        base_t = next((t for t, s in hist.snapshots if s is base), None)
+        if base is None or base_t is None:
+            return None
+        now: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, float]] = {}
+        for s in scrape.samples:
+            if s.name == name:
+                now.setdefault(_group_key(s), {})[parse_le(s.labels.get("le"))] = s.value
+        out: list[Sample] = []
+        for key, buckets in now.items():
+            inc = bucket_increase(buckets, base.get(key, {}))
+            for le, v in inc.items():
+                out.append(Sample(name, {**dict(key[1]), "le": _format_le(le)}, v))
+        return out, scrape.mono - base_t
+
+    def _error(self, kind: str) -> None:
+        if self.on_error is not None:
+            self.on_error("scrape", kind)
+
+    async def _scrape_all(self, targets: list[Target]) -> tuple[dict[str, Scrape], list[str]]:
+        results = await asyncio.gather(*(self.scrape(t.url) for t in targets), return_exceptions=True)
+        ok: dict[str, Scrape] = {}
+        errors: list[str] = []
+        for t, r in zip(targets, results, strict=True):
+            if isinstance(r, Scrape):
+                ok[t.url] = r
+            elif isinstance(r, ScrapeError):
+                self._error("target")
+                errors.append(f"{t.namespace}/{t.pod} ({t.url}): {r}")
+            else:
+                self._error("target")
+                errors.append(f"{t.namespace}/{t.pod} ({t.url}): {type(r).__name__}: {r}")
+        for e in errors:
+            logger.warning("scrape failed", extra={"target": e})
+        return ok, errors
+
+    async def fetch(self, rule: Rule, namespace: str, selector: Selector) -> list[MetricValue]:
+        if not await self.finder.namespace_exists(namespace):
+            raise NotFound(f'namespace "{namespace}" not found')
+        pods = await self.finder.workload(rule, namespace, selector)
+        if not pods:
+            return []
+        if rule.gpu_owner is not None:
+            sources = await self.finder.exporters(rule)
+            if not sources:
+                raise SourceUnavailable(
+                    f"{rule.name}: no GPU exporter targets match {rule.gpu_owner.exporters!r}"
+                )
+        else:
+            sources = pods
+        scrapes, errors = await self._scrape_all(sources)
+        if not scrapes:
+            raise SourceUnavailable(
+                f"{rule.name}: all {len(sources)} targets failed: " + "; ".join(errors[:3])
+            )
+        per_pod, span = self._assign(rule, pods, sources, scrapes)
+        value = aggregate(rule, per_pod)
+        if value is None:
+            return []
+        if value != value:  # NaN
+            raise SourceUnavailable(f"{rule.name}: value is NaN")
+        at = min(s.at for s in scrapes.values())
+        window = round(span) if span is not None else None
+        return [MetricValue(value=value, timestamp=at, window_seconds=window)]
+
+    def _assign(
+        self, rule: Rule, pods: list[Target], sources: list[Target], scrapes: dict[str, Scrape]
+    ) -> tuple[list[PodSamples], float | None]:
+        by_pod = {(p.namespace, p.pod): PodSamples(p.namespace, p.pod) for p in pods}
+        histogram = rule.aggregation == "histogram_quantile"
+        spans: list[float] = []
+        missing_history = 0
+        for t in sources:
+            scrape = scrapes.get(t.url)
+            if scrape is None:
+                continue
+            samples: Iterable[Sample] = scrape.samples
+            if histogram:
+                inc = self._increase(t.url, rule, scrape)
+                if inc is None:
+                    missing_history += 1
+                    continue
+                samples, span = inc
+                spans.append(span)
+            if rule.gpu_owner is not None:
+                for s in samples:
+                    owner = (s.labels.get(rule.namespace_label, ""), s.labels.get(rule.pod_label, ""))
+                    if owner in by_pod:
+                        by_pod[owner].samples.append(s)
+            else:
+                by_pod[(t.namespace, t.pod)].samples.extend(samples)
+        if histogram and not spans and missing_history:
+            raise SourceUnavailable(
+                f"{rule.name}: a quantile over {rule.window_seconds}s needs two scrapes of a target; "
+                "the first was just taken, ask again in a few seconds"
+            )
+        return list(by_pod.values()), (min(spans) if spans else None)
+
+    async def ready(self) -> str | None:
+        return None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.finder.close()
+
+
+def _format_le(le: float) -> str:
+    return "+Inf" if le == float("inf") else repr(le)
