@@ -1,0 +1,1 @@
+"""The node agent (`toposcale agent`): NVML discovery, kubelet pod-resources, Node annotation publishing."""

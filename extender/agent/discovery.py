@@ -1,0 +1,234 @@
+"""GPU topology discovery over an `NvmlBackend`: the model the agent publishes, and what it could not learn.
+
+No I/O of its own: the backend is the only source (the real driver, or a replayed capture). Any single NVML
+answer may be missing; discovery records each gap in `Topology.unknown` and goes on. A GPU that NVML reports
+lost stays in the model (the scheduler must not count on it) and is listed as unhealthy.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+from toposcale.extender.topology.model import GPU, SELF, Topology
+
+from .cpuset import format_cpuset
+from .nvml import (
+    ANCESTOR_CODES,
+    MAX_NVLINKS,
+    NVLINK_DEVICE_GPU,
+    NVLINK_DEVICE_SWITCH,
+    UNKNOWN_BUS_ID,
+    NvmlBackend,
+    NvmlError,
+)
+
+IdStrategy = Literal["uuid", "index"]
+
+
+class DiscoveryError(RuntimeError):
+    """NVML itself is unusable (no driver, no library, no permission to enumerate): nothing to publish."""
+
+
+@dataclass(slots=True)
+class Discovery:
+    topology: Topology
+    unhealthy: frozenset[str]
+    driver: str | None = None
+    socket_groups: list[list[int]] = field(default_factory=list)  # GPU indices sharing a CPU affinity
+
+
+@dataclass(slots=True)
+class _Links:
+    direct: Counter[str] = field(default_factory=Counter)  # remote GPU bus id -> bonded links
+    switch_links: int = 0
+    switches: set[str] = field(default_factory=set)  # remote NVSwitch bus ids
+    switch_pci_known: bool = True
+
+
+def device_id(strategy: IdStrategy, index: int, uuid: str | None) -> str:
+    """The ID the NVIDIA device plugin advertises for this GPU (deviceIDStrategy)."""
+    if strategy == "index":
+        return str(index)
+    return uuid if uuid else f"GPU{index}"
+
+
+def discover(
+    backend: NvmlBackend, *, resource: str = "nvidia.com/gpu", id_strategy: IdStrategy = "uuid"
+) -> Discovery:
+    try:
+        backend.init()
+    except NvmlError as exc:
+        raise DiscoveryError(f"NVML init failed ({exc.name}): is the NVIDIA driver loaded?") from None
+    try:
+        return _discover(backend, resource, id_strategy)
+    finally:
+        try:
+            backend.shutdown()
+        except NvmlError:
+            pass
+
+
+def _discover(backend: NvmlBackend, resource: str, id_strategy: IdStrategy) -> Discovery:
+    unknown: list[str] = []
+    lost: set[int] = set()
+
+    def ask(i: int | None, what: str, fn, *args):  # type: ignore[no-untyped-def]
+        try:
+            return fn(*args)
+        except NvmlError as exc:
+            where = f"gpu{i}" if i is not None else "node"
+            unknown.append(f"{where}.{what}: {exc.name}")
+            if exc.lost and i is not None:
+                lost.add(i)
+            return None
+
+    driver = ask(None, "driver_version", backend.driver_version)
+    try:
+        n = backend.device_count()
+    except NvmlError as exc:
+        raise DiscoveryError(f"NVML could not count GPUs ({exc.name})") from None
+
+    gpus: list[GPU] = []
+    buses: list[str | None] = []
+    links: list[_Links] = []
+    for i in range(n):
+        uuid = ask(i, "uuid", backend.uuid, i)
+        pci = ask(i, "pci", backend.pci_bus_id, i)
+        name = ask(i, "model", backend.name, i)
+        memory = ask(i, "memory", backend.memory_total, i)
+        numa = _numa(backend, i, ask)
+        cpus = ask(i, "cpus", backend.cpu_affinity, i)
+        mig = ask(i, "mig", backend.mig_mode, i)
+        links.append(_nvlinks(backend, i, ask))
+        gpus.append(
+            GPU(
+                id=device_id(id_strategy, i, uuid),
+                index=i,
+                uuid=uuid,
+                pci=pci,
+                model=name,
+                memory=memory,
+                numa=numa,
+                cpus=format_cpuset(cpus) if cpus else None,
+                mig=None if mig is None else bool(mig),
+            )
+        )
+        buses.append(pci)
+
+    matrix = [[SELF if i == j else "" for j in range(n)] for i in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            code = _nv_code(links[i], links[j], buses[i], buses[j])
+            if code is None:
+                level = ask(i, f"link.gpu{j}", backend.common_ancestor, i, j)
+                if level is None:
+                    level = ask(j, f"link.gpu{i}", backend.common_ancestor, j, i)
+                if level is None or level not in ANCESTOR_CODES:
+                    # SYS promises the least; the gap is recorded so a person can see it was not measured.
+                    unknown.append(f"links[{i}][{j}]: not learned (ancestor {level}); published as SYS")
+                    code = "SYS"
+                else:
+                    code = ANCESTOR_CODES[level]
+            matrix[i][j] = matrix[j][i] = code
+
+    groups = socket_groups(gpus)
+    topo = Topology(gpus=gpus, links=matrix, resource=resource, unknown=unknown)
+    return Discovery(
+        topology=topo,
+        unhealthy=frozenset(gpus[i].id for i in lost),
+        driver=driver,
+        socket_groups=groups,
+    )
+
+
+def _numa(backend: NvmlBackend, i: int, ask) -> int:  # type: ignore[no-untyped-def]
+    """NVML's NUMA id, else the kernel's (sysfs), else the one node NVML's memory affinity names (what
+    nvidia-smi prints as "NUMA Affinity"); -1 when none of them knows. Gaps are recorded only when the answer
+    stays unknown: a VM with one NUMA node answers NotSupported and -1 first, then node 0."""
+    tried: list[str] = []
+    for what, fn in (("nvml", backend.numa_node_id), ("sysfs", backend.sysfs_numa_node)):
+        try:
+            node = fn(i)
+        except NvmlError as exc:
+            tried.append(f"{what} {exc.name}")
+            continue
+        if node >= 0:
+            return int(node)
+        tried.append(f"{what} {node}")
+    try:
+        nodes = backend.memory_affinity(i)
+    except NvmlError as exc:
+        tried.append(f"memory affinity {exc.name}")
+    else:
+        if len(nodes) == 1:
+            return nodes[0]
+        tried.append(f"memory affinity names {len(nodes)} nodes")
+    ask(i, "numa", _raise, NvmlError(", ".join(tried)))
+    return -1  # unknown, never "node 0"
+
+
+def _nvlinks(backend: NvmlBackend, i: int, ask) -> _Links:  # type: ignore[no-untyped-def]
+    out = _Links()
+    for link in range(MAX_NVLINKS):
+        try:
+            active = backend.nvlink_state(i, link)
+        except NvmlError as exc:
+            end = exc.name in ("InvalidArgument", "NotSupported")
+            if link == 0 or not end:  # past the last link NVML answers InvalidArgument: that is no gap
+                ask(i, f"nvlink{link}", _raise, exc)
+            if end or exc.lost:
+                break
+            continue
+        if not active:
+            continue
+        kind = ask(i, f"nvlink{link}.remote_type", backend.nvlink_remote_type, i, link)
+        remote = ask(i, f"nvlink{link}.remote_pci", backend.nvlink_remote_pci, i, link)
+        if remote == UNKNOWN_BUS_ID:
+            remote = None  # NVML cannot see the far end (NVSwitch not passed through to this VM)
+        if kind == NVLINK_DEVICE_SWITCH:
+            out.switch_links += 1
+            if remote:
+                out.switches.add(remote)
+            else:
+                out.switch_pci_known = False
+        elif kind in (NVLINK_DEVICE_GPU, None):
+            if remote:
+                out.direct[remote] += 1
+            else:
+                ask(i, f"nvlink{link}.peer", _raise, NvmlError("far end unknown; link not counted"))
+    return out
+
+
+def _raise(exc: NvmlError) -> None:
+    raise exc
+
+
+def _nv_code(a: _Links, b: _Links, bus_a: str | None, bus_b: str | None) -> str | None:
+    bonded = max(a.direct[bus_b] if bus_b else 0, b.direct[bus_a] if bus_a else 0)
+    if bonded:
+        return f"NV{bonded}"
+    if a.switch_links and b.switch_links:
+        # One node's switches form one fabric; only switch bus ids NVML did show can prove two GPUs apart.
+        both_known = a.switch_pci_known and b.switch_pci_known and a.switches and b.switches
+        same_fabric = not (both_known and not a.switches & b.switches)
+        if same_fabric:
+            # Every GPU pair on an NVSwitch fabric talks at the bandwidth of the fewer switch links, which is
+            # what nvidia-smi prints (NV18 between every pair of an HGX H100).
+            return f"NV{min(a.switch_links, b.switch_links)}"
+    return None
+
+
+def socket_groups(gpus: list[GPU]) -> list[list[int]]:
+    """GPU indices grouped by CPU affinity, in order of first appearance; [] when affinity is unknown.
+
+    Where NUMA is unknown (VMs, firmware without SRAT proximity), GPUs whose CPU affinities differ sit on
+    different sockets: this grouping is what is left to tell them apart.
+    """
+    if any(g.cpus is None for g in gpus):
+        return []
+    groups: dict[str, list[int]] = {}
+    for g in gpus:
+        groups.setdefault(g.cpus or "", []).append(g.index)
+    return list(groups.values())
