@@ -1,0 +1,505 @@
+"""Runs the demo: the services, the simulated replicas and the HPA, ReplicaSet and scheduler loops.
+
+Data flow each tick: traffic -> replicas (serving model) -> their `/metrics` -> the adapter (scraping them) ->
+the HPA loop (reading `external.metrics.k8s.io` over HTTP) -> desired replicas -> new Pods -> the scheduler
+loop (asking the extender over HTTP) -> a node and its GPUs -> a new replica, a new scrape target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import aiohttp
+import yaml
+
+from . import view
+from .fleet import SimNode, build_fleet, has_free_single_numa_set, single_numa
+from .hpa import ExternalMetric, HPAController, HPASpec, MetricError, Policy, Rules, milli_value
+from .placement import predict_allocation, set_tier
+from .scheduler import ExtenderError, SchedulerClient, pod_object
+from .serving import ServingParams
+from .supervisor import Supervisor, free_port
+from .traffic import TrafficCurve, poisson
+from .vllm_sim import HeldGPU, NodeExporter, ReplicaServer, SimReplica
+
+logger = logging.getLogger("toposcale.demo")
+
+APP_LABELS = {"app": "vllm-qwen"}
+SELECTOR = "app=vllm-qwen"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    duration_s: float = 90.0  # wall seconds
+    speed: float = 10.0  # simulated seconds per wall second
+    seed: int = 0
+    namespace: str = "demo"
+    gpus_per_replica: int = 4
+    min_replicas: int = 1
+    max_replicas: int = 8
+    hpa_sync_s: float = 15.0  # --horizontal-pod-autoscaler-sync-period
+    scale_down_window_s: float = 60.0  # behavior.scaleDown.stabilizationWindowSeconds
+    startup_s: float = 30.0  # pod start to vLLM ready (model load)
+    grace_s: float = 30.0  # terminationGracePeriodSeconds: in-flight requests may finish
+    kv_target: str = "500m"  # vllm_kv_cache_usage, Value target (it is an average already)
+    waiting_target: str = "4"  # vllm_requests_waiting, AverageValue target per replica
+    peak_rps: float = 24.0
+    base_rps: float = 2.0
+    extender_weight: int = 5
+    tick_wall_s: float = 0.1
+    workdir: Path = Path(".")
+    plot: Path | None = None
+    summary_json: Path | None = None
+    service_start_timeout_s: float = 60.0
+
+    @property
+    def sim_duration(self) -> float:
+        return self.duration_s * self.speed
+
+
+@dataclass(slots=True)
+class Replica:
+    pod: str
+    created: float
+    phase: str = "Pending"  # Pending -> Starting -> Ready -> Terminating
+    node: SimNode | None = None
+    gpus: list[int] = field(default_factory=list)
+    started: float = 0.0
+    ready_at: float = 0.0
+    terminating_at: float = 0.0
+    sim: SimReplica | None = None
+    server: ReplicaServer | None = None
+
+
+class Demo:
+    def __init__(self, cfg: DemoConfig, out: TextIO, stop: asyncio.Event) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.stop = stop
+        self.rng = random.Random(cfg.seed)
+        self.sched_rng = random.Random(cfg.seed + 1)
+        self.curve = TrafficCurve(
+            cfg.sim_duration, base_rps=cfg.base_rps, peak_rps=cfg.peak_rps, seed=cfg.seed
+        )
+        self.nodes = build_fleet()
+        self.by_name = {n.name: n for n in self.nodes}
+        self.exporters: dict[str, NodeExporter] = {}
+        self.replicas: dict[str, Replica] = {}
+        self.spec_replicas = cfg.min_replicas
+        self.next_id = 0
+        self.story = view.Story()
+        self.sup = Supervisor(cfg.workdir)
+        self.targets_path = cfg.workdir / "targets.yaml"
+        self.hpa = HPAController(
+            HPASpec(
+                min_replicas=cfg.min_replicas,
+                max_replicas=cfg.max_replicas,
+                metrics=(
+                    ExternalMetric("vllm_kv_cache_usage", SELECTOR, "Value", cfg.kv_target),
+                    ExternalMetric("vllm_requests_waiting", SELECTOR, "AverageValue", cfg.waiting_target),
+                ),
+                scale_down=Rules(cfg.scale_down_window_s, (Policy("Percent", 100, 15),)),
+            )
+        )
+        self.last_kv: float | None = None
+        self.last_gpu: float | None = None
+        self.hpa_note = ""
+        self.t0 = 0.0
+
+    # ---- output -------------------------------------------------------------------------------------------
+    def say(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def now(self) -> float:
+        return (time.monotonic() - self.t0) * self.cfg.speed
+
+    # ---- services -----------------------------------------------------------------------------------------
+    async def start_services(self) -> None:
+        for node in self.nodes:
+            exp = NodeExporter(node)
+            await exp.start()
+            self.exporters[node.name] = exp
+        self.write_targets()
+        aport, eport = free_port(), free_port()
+        self.adapter = self.sup.add(
+            "adapter",
+            [
+                "adapter",
+                "--scrape-targets",
+                str(self.targets_path),
+                "--port",
+                str(aport),
+                "--bind-address",
+                "127.0.0.1",
+                "--insecure-allow-anonymous",
+            ],
+            aport,
+        )
+        self.extender = self.sup.add(
+            "extender",
+            ["extender", "--standalone", "--port", str(eport), "--bind-address", "127.0.0.1"],
+            eport,
+        )
+        for svc in self.sup.services:
+            svc.start()
+        for svc in self.sup.services:
+            await svc.wait_healthy(self.cfg.service_start_timeout_s)
+            assert svc.proc is not None
+            self.say(f"started {svc.name}: pid {svc.proc.pid}, {svc.base_url} (log {svc.log_path})")
+        self.sched = SchedulerClient(self.extender.base_url, self.cfg.extender_weight, self.sched_rng)
+
+    def write_targets(self) -> None:
+        """The adapter's static target list: ready replicas and every node's DCGM exporter."""
+        doc: list[dict[str, Any]] = []
+        for r in self.replicas.values():
+            if r.phase == "Ready" and r.server is not None:
+                doc.append(
+                    {
+                        "url": r.server.url,
+                        "labels": {"namespace": self.cfg.namespace, "pod": r.pod, **APP_LABELS},
+                    }
+                )
+        for name, exp in self.exporters.items():
+            doc.append(
+                {
+                    "url": exp.url,
+                    "labels": {
+                        "namespace": "gpu-operator",
+                        "pod": f"dcgm-exporter-{name}",
+                        "app.kubernetes.io/name": "dcgm-exporter",
+                    },
+                }
+            )
+        tmp = self.targets_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        os.replace(tmp, self.targets_path)  # atomic: the adapter never reads half a file
+
+    # ---- the ReplicaSet controller ------------------------------------------------------------------------
+    def active(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.phase != "Terminating"]
+
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.phase == "Ready"]
+
+    def reconcile_replicaset(self, now: float) -> None:
+        active = self.active()
+        for _ in range(self.spec_replicas - len(active)):
+            pod = f"vllm-qwen-{self.next_id}"
+            self.next_id += 1
+            self.replicas[pod] = Replica(pod, created=now)
+        excess = len(active) - self.spec_replicas
+        if excess > 0:
+            for r in sorted(active, key=self._deletion_rank)[:excess]:
+                self.terminate(r, now)
+
+    def _deletion_rank(self, r: Replica) -> tuple[Any, ...]:
+        """controller.ActivePodsWithRanks order: unscheduled, not ready, more siblings on the node, then the
+        most recently ready, go first."""
+        siblings = sum(1 for o in self.active() if o.node is not None and o.node is r.node)
+        return (r.node is not None, r.phase == "Ready", -siblings, -r.ready_at)
+
+    def terminate(self, r: Replica, now: float) -> None:
+        if r.phase == "Pending":
+            del self.replicas[r.pod]
+            return
+        was_ready = r.phase == "Ready"
+        r.phase = "Terminating"
+        r.terminating_at = now
+        if was_ready:
+            self.write_targets()  # out of the Service's endpoints and the adapter's targets at once
+            if r.sim is not None:  # requests that were only queued go back through the load balancer
+                for req in r.sim.model.take_waiting():
+                    self.route(req)
+
+    async def finish_terminations(self, now: float) -> None:
+        for r in list(self.replicas.values()):
+            if r.phase != "Terminating":
+                continue
+            idle = r.sim is None or r.sim.model.idle
+            if idle or now - r.terminating_at >= self.cfg.grace_s:
+                if r.server is not None:
+                    await r.server.stop()
+                if r.node is not None:
+                    r.node.release(r.pod)
+                    self.story.removals.append((now, r.pod, r.node.name))
+                    self.say(view.removal_line(now, r.pod, r.node.name))
+                del self.replicas[r.pod]
+
+    # ---- the scheduler + kubelet --------------------------------------------------------------------------
+    async def schedule_pending(self, http: aiohttp.ClientSession, now: float) -> None:
+        k = self.cfg.gpus_per_replica
+        for r in [r for r in self.replicas.values() if r.phase == "Pending"]:
+            nodes = [n.node_object() for n in self.nodes]
+            free = {n.name: len(n.free_ids()) for n in self.nodes}
+            pod = pod_object(r.pod, self.cfg.namespace, k, APP_LABELS)
+            try:
+                placement = await self.sched.schedule(http, pod, nodes, free, k)
+            except ExtenderError as exc:
+                self.story.unschedulable.append((now, r.pod, str(exc)))
+                logger.error("scheduling failed", extra={"pod": r.pod, "error": str(exc)})
+                self.say(f"{view.clock(now):>8}  ! {r.pod}: {exc}")
+                continue
+            if placement.node is None:
+                if not self.story.unschedulable or self.story.unschedulable[-1][1] != r.pod:
+                    self.say(f"{view.clock(now):>8}  ! {r.pod} unschedulable: {placement.reason}")
+                self.story.unschedulable.append((now, r.pod, placement.reason))
+                continue
+            node = self.by_name[placement.node]
+            chance = has_free_single_numa_set(node, k)
+            # The kubelet asks the device plugin which GPUs to give (GetPreferredAllocation).
+            ids = predict_allocation(node.topology, node.free_ids(), k, self.sched_rng)
+            node.allocate(r.pod, ids, self.cfg.namespace)
+            idx = node.indices(ids)
+            numas = sorted({node.topology.gpus[i].numa for i in idx})
+            rec = view.PlacementRecord(
+                t=now,
+                pod=r.pod,
+                node=node.name,
+                gpus=tuple(idx),
+                tier=set_tier(node.topology, idx).label,
+                numa="unknown" if -1 in numas else "+".join(map(str, numas)),
+                single_numa=single_numa(node.topology, idx),
+                single_numa_available=chance,
+                score=placement.extender_score,
+            )
+            self.story.placements.append(rec)
+            self.say(view.placement_line(rec))
+            r.node, r.gpus, r.phase, r.started = node, idx, "Starting", now
+            gpus = [HeldGPU(i, node.topology.gpus[i].id, node.gpu_model, node.memory_mib) for i in idx]
+            r.sim = SimReplica(r.pod, self.cfg.namespace, node.name, gpus, ServingParams())
+
+    async def start_ready(self, now: float) -> None:
+        changed = False
+        for r in self.replicas.values():
+            if r.phase == "Starting" and now - r.started >= self.cfg.startup_s:
+                assert r.sim is not None
+                r.server = ReplicaServer(r.sim)
+                await r.server.start()
+                r.phase, r.ready_at = "Ready", now
+                changed = True
+        if changed:
+            self.write_targets()
+
+    # ---- traffic ------------------------------------------------------------------------------------------
+    def route(self, req: Any) -> None:
+        ready = self.ready()
+        if ready:
+            target = self.rng.choice(ready)
+            assert target.sim is not None
+            target.sim.model.submit(req)
+
+    def serve(self, now: float, dt: float) -> float:
+        rate = self.curve.rate(now)
+        ready = self.ready()
+        if ready:
+            template = ready[0].sim
+            assert template is not None
+            for _ in range(poisson(self.rng, rate * dt)):
+                self.route(template.model.new_request(self.rng, now))
+        for r in self.replicas.values():
+            if r.sim is not None and r.phase in ("Ready", "Terminating"):
+                r.sim.model.step(now, dt)
+                done = r.sim.model.finished
+                self.story.served += len(done)
+                self.story.ttft.extend(f.ttft_s for f in done)
+                r.sim.publish(dt)
+        for exp in self.exporters.values():
+            exp.observe({r.pod: r.sim.gpu_util for r in self.replicas.values() if r.sim is not None})
+        return rate
+
+    # ---- the HPA ------------------------------------------------------------------------------------------
+    async def read_metric(
+        self, http: aiohttp.ClientSession, name: str, selector: str
+    ) -> list[int] | Exception:
+        url = (
+            f"{self.adapter.base_url}/apis/external.metrics.k8s.io/v1beta1/namespaces/"
+            f"{self.cfg.namespace}/{name}?labelSelector={quote(selector)}"
+        )
+        try:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status != 200:
+                    msg = body.get("message") if isinstance(body, dict) else None
+                    return MetricError(
+                        f"unable to fetch metrics from external metrics API: {msg or resp.status}"
+                    )
+            items = body.get("items") or []
+            return [milli_value(i["value"]) for i in items]
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, MetricError) as exc:
+            return MetricError(f"unable to fetch metrics from external metrics API: {exc}")
+
+    async def hpa_sync(self, http: aiohttp.ClientSession, now: float) -> None:
+        readings: dict[str, list[int] | Exception] = {}
+        for m in self.hpa.spec.metrics:
+            readings[m.name] = await self.read_metric(http, m.name, m.selector)
+        kv = readings.get("vllm_kv_cache_usage")
+        self.last_kv = sum(kv) / 1000 / len(kv) if isinstance(kv, list) and kv else None
+        gpu = await self.read_metric(http, "gpu_utilization", SELECTOR)
+        self.last_gpu = sum(gpu) / 1000 / len(gpu) if isinstance(gpu, list) and gpu else None
+        decision = self.hpa.reconcile(now, self.spec_replicas, len(self.ready()), readings)
+        if decision.reason == "FailedGetExternalMetric":
+            errs = [str(v) for v in decision.proposals.values() if isinstance(v, str)]
+            self.story.hpa_errors.append((now, "; ".join(errs)))
+            logger.warning("HPA could not read its metrics", extra={"errors": errs})
+            self.hpa_note = "keeps replicas: " + (errs[0][:70] if errs else "metric error")
+        else:
+            props = ", ".join(f"{k.removeprefix('vllm_')}->{v}" for k, v in decision.proposals.items())
+            self.hpa_note = f"{props} => {decision.desired} ({decision.reason})"
+        self.spec_replicas = decision.desired
+        self.reconcile_replicaset(now)
+
+    # ---- main loop ----------------------------------------------------------------------------------------
+    def sample(self, now: float, rate: float) -> view.Sample:
+        ready = self.ready()
+        waiting = sum(len(r.sim.model.waiting) for r in ready if r.sim)
+        running = sum(len(r.sim.model.running) for r in ready if r.sim)
+        return view.Sample(
+            t=now,
+            wall=now / self.cfg.speed,
+            rps=rate,
+            waiting=waiting,
+            running=running,
+            kv=self.last_kv,
+            gpu_util=self.last_gpu,
+            desired=self.spec_replicas,
+            current=len(self.active()),
+            ready=len(ready),
+            hpa_note=self.hpa_note,
+        )
+
+    async def run(self) -> bool:
+        """Returns True when the run went its full length, False when stopped early."""
+        cfg = self.cfg
+        async with aiohttp.ClientSession() as http:
+            # The Deployment starts at minReplicas, placed and warmed up before the clock runs.
+            self.reconcile_replicaset(0.0)
+            await self.schedule_pending(http, 0.0)
+            await self.start_ready(cfg.startup_s)
+            self.say("")
+            self.say(view.HEADER)
+            self.t0 = time.monotonic()
+            last, next_hpa, next_scan, rate = 0.0, cfg.hpa_sync_s, 0.0, 0.0
+            while not self.stop.is_set():
+                now = self.now()
+                if now >= cfg.sim_duration:
+                    break
+                dt = now - last
+                if dt > 0:
+                    rate = self.serve(now, dt)
+                    last = now
+                if now >= next_hpa:
+                    next_hpa += cfg.hpa_sync_s
+                    await self.hpa_sync(http, now)
+                    s = self.sample(now, rate)
+                    self.story.samples.append(s)
+                    self.say(view.status_line(s))
+                await self.schedule_pending(http, now)
+                await self.start_ready(now)
+                await self.finish_terminations(now)
+                if now >= next_scan:
+                    next_scan = now + cfg.speed  # about once a wall second
+                    self.sup.scan_logs()
+                    dead = self.sup.dead()
+                    if dead:
+                        raise RuntimeError(f"{dead[0].name} exited unexpectedly:\n{dead[0].tail()}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), cfg.tick_wall_s)
+            if not self.story.samples or self.story.samples[-1].t < self.now() - 1:
+                self.story.samples.append(self.sample(min(self.now(), cfg.sim_duration), rate))
+        return not self.stop.is_set()
+
+    async def close(self) -> None:
+        for r in self.replicas.values():
+            if r.server is not None:
+                await r.server.stop()
+        for exp in self.exporters.values():
+            await exp.stop()
+        self.sup.stop_all()
+
+
+def problems_text(sup: Supervisor) -> list[str]:
+    return [f"{p.service}: {p.level}: {p.text[:200]}" for p in sup.problems()]
+
+
+async def run_demo(cfg: DemoConfig, out: TextIO, install_signals: bool = True) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    interrupted: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        interrupted.append(signum)
+        stop.set()
+
+    if install_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+    demo = Demo(cfg, out, stop)
+    code = 0
+    try:
+        await demo.start_services()
+        await demo.run()
+    except Exception as exc:
+        logger.exception("demo failed")
+        out.write(f"\ndemo failed: {exc}\n")
+        code = 1
+    finally:
+        await demo.close()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    problems = problems_text(demo.sup)
+    for line in view.summary(
+        demo.story, interrupted=bool(interrupted), problems=problems, workdir=str(cfg.workdir)
+    ):
+        out.write(line + "\n")
+    out.flush()
+    if cfg.summary_json is not None:
+        write_summary_json(cfg.summary_json, demo, problems, interrupted=bool(interrupted), code=code)
+    if cfg.plot is not None and demo.story.samples:
+        from .plot import plot_story
+
+        plot_story(demo.story, cfg.plot, title=f"toposcale demo (seed {cfg.seed}, {cfg.speed:g}x)")
+        out.write(f"plot: {cfg.plot}\n")
+    if code:
+        return code
+    return 130 if interrupted and interrupted[0] == signal.SIGINT else (143 if interrupted else 0)
+
+
+def write_summary_json(path: Path, demo: Demo, problems: list[str], *, interrupted: bool, code: int) -> None:
+    st = demo.story
+    doc = {
+        "peak_replicas": st.peak_replicas,
+        "final_replicas": st.final_replicas,
+        "served": st.served,
+        "interrupted": interrupted,
+        "exit_code": code,
+        "samples": [asdict(s) for s in st.samples],
+        "placements": [asdict(p) for p in st.placements],
+        "removals": st.removals,
+        "unschedulable": st.unschedulable,
+        "hpa_errors": st.hpa_errors,
+        "problems": problems,
+        "services": {
+            s.name: {
+                "pid": s.proc.pid if s.proc else None,
+                "port": s.port,
+                "log": str(s.log_path),
+                "log_lines": s.lines,
+            }
+            for s in demo.sup.services
+        },
+        "exporter_ports": [e.port for e in demo.exporters.values()],
+    }
+    path.write_text(json.dumps(doc, indent=1), encoding="utf-8")

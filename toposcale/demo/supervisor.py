@@ -1,0 +1,179 @@
+"""Starts the real toposcale services as child processes, watches their logs, and always takes them down.
+
+Children run in their own session (Ctrl-C in the terminal reaches only the demo, which then stops them in
+order) and, on Linux, get SIGTERM from the kernel if the demo itself dies (PR_SET_PDEATHSIG), so no run leaves
+a service holding a port behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+logger = logging.getLogger("toposcale.demo.supervisor")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now on loopback (the child binds it a moment later; collisions are retried)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass(frozen=True, slots=True)
+class LogProblem:
+    service: str
+    level: str
+    text: str
+
+
+@dataclass(slots=True)
+class Service:
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    health_path: str = "/healthz"
+    proc: subprocess.Popen[bytes] | None = None
+    _log_pos: int = 0
+    problems: list[LogProblem] = field(default_factory=list)
+    lines: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        log.close()
+        logger.info("service started", extra={"service": self.name, "pid": self.proc.pid, "port": self.port})
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while time.monotonic() < deadline:
+                if not self.running():
+                    raise RuntimeError(
+                        f"{self.name} exited with code {self.proc and self.proc.returncode} "
+                        f"before it was healthy; its log: {self.log_path}\n{self.tail()}"
+                    )
+                try:
+                    async with http.get(self.base_url + self.health_path) as resp:
+                        if resp.status == 200:
+                            return
+                        last = f"HTTP {resp.status}"
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    last = type(exc).__name__
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} not healthy after {timeout_s:.0f}s ({last}); log: {self.log_path}")
+
+    def scan_log(self) -> None:
+        """Reads new log lines: structured error/critical lines and any traceback count as problems."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_pos)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        cut = data.rfind(b"\n") + 1
+        self._log_pos += cut
+        for raw in data[:cut].decode("utf-8", "replace").splitlines():
+            if not raw.strip():
+                continue
+            self.lines += 1
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                rec = None
+            if isinstance(rec, dict):
+                level = str(rec.get("level", "")).lower()
+                if level in ("error", "critical", "fatal"):
+                    self.problems.append(LogProblem(self.name, level, str(rec.get("msg", raw))))
+            elif raw.startswith("Traceback") or "Error" in raw.split(":", 1)[0]:
+                self.problems.append(LogProblem(self.name, "unstructured", raw.strip()))
+
+    def tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, grace_s: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace_s`; returns the exit code."""
+        p = self.proc
+        if p is None:
+            return None
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("service ignored SIGTERM, killing", extra={"service": self.name, "pid": p.pid})
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                p.wait(5)
+        self.scan_log()
+        logger.info("service stopped", extra={"service": self.name, "code": p.returncode})
+        return p.returncode
+
+
+class Supervisor:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.services: list[Service] = []
+
+    def add(self, name: str, args: list[str], port: int, health_path: str = "/healthz") -> Service:
+        argv = [sys.executable, "-m", "toposcale.cli", *args]
+        svc = Service(name, argv, port, self.workdir / f"{name}.log", health_path)
+        self.services.append(svc)
+        return svc
+
+    def scan_logs(self) -> None:
+        for s in self.services:
+            s.scan_log()
+
+    def problems(self) -> list[LogProblem]:
+        return [p for s in self.services for p in s.problems]
+
+    def dead(self) -> list[Service]:
+        return [s for s in self.services if s.proc is not None and not s.running()]
+
+    def stop_all(self) -> None:
+        for s in reversed(self.services):
+            s.stop()
