@@ -228,8 +228,9 @@ def replay(
             waiting.setdefault(pod.gpus, deque()).append((i, pod))
         if progress is not None and (i + 1) % every == 0:
             progress(i + 1, len(pods))
-    if not res.series or res.series[-1][0] < t_end - t_start:
-        res.series.append((t_end - t_start, stranded, used))
+    if res.series and res.series[-1][0] >= t_end - t_start:
+        res.series.pop()  # the end point is the state after the last arrival
+    res.series.append((t_end - t_start, stranded, used))
     span = t_end - t_start
     res.stranded_mean = stranded_area / span if span > 0 else float(stranded)
     res.utilization_mean = (used_area / span if span > 0 else float(used)) / fleet.gpus

@@ -1,0 +1,120 @@
+"""`toposcale simulate` as a user runs it: the installed console script, real files, output and exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toposcale import cli
+from toposcale.simulate.extender_api import SCORING
+
+from .conftest import EXAMPLES, ROOT, TOPOSCALE
+
+POLICY_KEYS = {
+    "placed": int,
+    "pending": int,
+    "single_numa_share": float,
+    "best_tier_share": float,
+    "cross_socket_share": float,
+    "stranded_gpus_mean": float,
+    "decisions_per_s": float,
+}
+
+
+def simulate(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TOPOSCALE), "simulate", *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_acceptance_command_prints_the_json_shape_of_issue_6() -> None:
+    p = simulate("--fleet", "examples/fleets/mixed-100.yaml", "--pods", "2000", "--seed", "1", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)  # exactly one JSON object on stdout
+    assert list(doc) == ["policies"]
+    assert list(doc["policies"]) == ["toposcale", "spread", "binpack", "random"]
+    for name, pol in doc["policies"].items():
+        assert set(pol) == set(POLICY_KEYS), name
+        for key, typ in POLICY_KEYS.items():
+            assert isinstance(pol[key], typ), (name, key, pol[key])
+        assert pol["placed"] + pol["pending"] == 2000
+        for key in ("single_numa_share", "best_tier_share", "cross_socket_share"):
+            assert 0.0 <= pol[key] <= 1.0
+        assert pol["stranded_gpus_mean"] >= 0 and pol["decisions_per_s"] > 0
+    assert "[####" in p.stderr  # the progress bar goes to stderr, never into the JSON
+
+
+def test_table_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "sim.png"
+    fleet = EXAMPLES / "nvlink-pairs.yaml"
+    p = simulate("--fleet", str(fleet), "--pods", "500", "--seed", "3", "--plot", str(out), "--no-progress")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith(f"fleet {fleet}: 60 nodes, 360 GPUs; 500 pods")
+    assert lines[1].split()[:3] == ["policy", "placed", "pending"]
+    assert [ln.split()[0] for ln in lines[3:7]] == ["toposcale", "spread", "binpack", "random"]
+    assert "[####" not in p.stderr
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 1000 and height > 400
+
+
+def test_trace_input(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("time,pod,gpus,duration\n0,a,2,100\n1,b,1,100\n2,c,4,100\n")
+    topo = EXAMPLES.parent / "topologies" / "a100-4gpu-bridged-pairs-two-sockets.txt"
+    (tmp_path / "fleet.yaml").write_text(f"nodes:\n  - topology: {topo}\n    count: 2\n")
+    p = simulate(
+        "--fleet",
+        "fleet.yaml",
+        "--trace",
+        str(trace),
+        "--json",
+        "--policies",
+        "toposcale,spread",
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)["policies"]
+    assert (doc["toposcale"]["placed"], doc["toposcale"]["pending"]) == (3, 0)
+    assert (doc["spread"]["placed"], doc["spread"]["pending"]) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fleet", "nowhere.yaml"], "fleet: cannot read nowhere.yaml"),
+        (["--fleet", "examples/fleets/mixed-100.yaml", "--trace", "nowhere.csv"], "nowhere.csv: cannot read"),
+        (["--fleet", "examples/fleets/mixed-100.yaml", "--mix", "4:x"], "mix entry '4:x'"),
+        (["--fleet", "examples/fleets/mixed-100.yaml", "--load", "-1"], "load must be"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message_and_a_log_line(args: list[str], message: str) -> None:
+    p = simulate(*args)
+    assert p.returncode == 2
+    assert p.stdout == ""
+    assert f"toposcale simulate: error: {message}" in p.stderr
+    logged = [json.loads(ln) for ln in p.stderr.splitlines() if ln.startswith("{")]
+    assert any(e["level"] == "error" and message in e["error"] for e in logged)
+
+
+def test_bad_arguments_are_refused_by_the_parser() -> None:
+    for args in (["--policies", "toposcale,fifo"], ["--pods", "0"], ["--extender-weight", "x"]):
+        p = simulate("--fleet", "examples/fleets/mixed-100.yaml", *args)
+        assert p.returncode == 2 and "error: argument" in p.stderr, args
+
+
+def test_without_the_extender_scoring_the_toposcale_policy_says_what_is_missing(monkeypatch, capsys) -> None:
+    # The simulator has no copy of the scoring: with the module gone, it names it rather than guessing.
+    monkeypatch.setitem(sys.modules, SCORING, None)
+    code = cli.main(
+        ["simulate", "--fleet", str(EXAMPLES / "mixed-100.yaml"), "--pods", "10", "--no-progress"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{SCORING} is not available" in err
