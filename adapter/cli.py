@@ -69,7 +69,7 @@ def parse_headers(values: list[str]) -> dict[str, str]:
 
 
 async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> Any:
-    from .sources.pods import KubePods, StaticTargets, load_targets
+    from .sources.pods import KubePods, TargetsFile
     from .sources.prometheus import PrometheusSource
     from .sources.scrape import ScrapeSource
 
@@ -87,7 +87,7 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
             on_error=metrics.source_error,
         )
     if args.scrape_targets:
-        finder: Any = StaticTargets(load_targets(args.scrape_targets))
+        finder: Any = TargetsFile(args.scrape_targets)  # re-read when it changes
     else:
         from toposcale import kube
 

@@ -9,6 +9,8 @@ rule's `gpu_owner` port and path), Running pods with an IP only.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ from ..cache import TTLCache
 from ..errors import SourceUnavailable
 from ..rules import Rule, RulesError
 from ..selectors import Selector, SelectorError, parse_selector, validate_key, validate_value
+
+logger = logging.getLogger("toposcale.adapter.pods")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,49 @@ class StaticTargets:
 
     async def close(self) -> None:
         return None
+
+
+class TargetsFile:
+    """A targets file, re-read when it changes, so pods can come and go without restarting the adapter.
+
+    Each lookup stats the file (cheap); a new mtime, size or inode reloads it. A file that no longer loads
+    keeps the last good list, logged once per change; a bad file at start still fails the start.
+    Writers should replace the file atomically (write a temp file, rename it over).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._sig = self._signature()
+        self._static = StaticTargets(load_targets(self.path))
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _current(self) -> StaticTargets:
+        sig = self._signature()
+        if sig != self._sig:
+            self._sig = sig
+            try:
+                self._static = StaticTargets(load_targets(self.path))
+            except RulesError as exc:
+                logger.error("scrape targets not reloaded, keeping the last good list",
+                             extra={"error": str(exc)})
+            else:
+                logger.info("scrape targets reloaded", extra={"targets": len(self._static.targets)})
+        return self._static
+
+    async def namespace_exists(self, namespace: str) -> bool:
+        return await self._current().namespace_exists(namespace)
+
+    async def workload(self, rule: Rule, namespace: str, selector: Selector) -> list[Target]:
+        return await self._current().workload(rule, namespace, selector)
+
+    async def exporters(self, rule: Rule) -> list[Target]:
+        return await self._current().exporters(rule)
 
 
 class KubePods:
