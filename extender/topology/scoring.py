@@ -52,6 +52,8 @@ __all__ = [
     "TIER_QUALITY",
     "NodeDecision",
     "choose_gpus",
+    "decide_raw",
+    "materialize",
     "required_scope_tier",
     "score_node",
     "set_span",
@@ -227,6 +229,10 @@ def _max_group(w: Wiring, topo: Topology, mask: int, need: Tier) -> int:
     return hit  # type: ignore[return-value]
 
 
+def _most(count: int) -> str:
+    return f"at most {count}" if count > 1 else "no two"
+
+
 def _ids(topo: Topology, mask: int) -> tuple[str, ...]:
     return tuple(topo.gpus[i].id for i in indices_of(mask))
 
@@ -266,28 +272,31 @@ def _fmt(topo: Topology, mask: int) -> str:
 
 def score_node(topo: Topology, free_mask: int, k: int, scope: str | None = "any") -> NodeDecision:
     """Fit, unresolvability and score of a k-GPU pod on this node; `scope` as in `required_scope_tier`."""
-    need = required_scope_tier(scope)
+    return materialize(decide_raw(topo, free_mask, k, required_scope_tier(scope)), topo)
+
+
+def decide_raw(topo: Topology, free_mask: int, k: int, need: Tier | None) -> NodeDecision:
+    """The memoized decision shared by every node with this wiring: `gpus` holds GPU indices (as strings)
+    and `reason` holds `#i#` placeholders. Hot paths read fits/score from it and call `materialize` only
+    when a person will read the reason; everyone else uses `score_node`."""
     w = wiring(topo)
     n = len(topo)
-    full = (1 << n) - 1
-    free_mask &= full
-    nfree = free_mask.bit_count()
+    free_mask &= (1 << n) - 1
     key = ("decision", free_mask, k, need)
     hit = w.memo.get(key)
-    if hit is not None:
-        return _with_ids(hit, topo)  # type: ignore[arg-type]
-    d = _decide(w, topo, free_mask, k, need, n, nfree)
-    w.memo[key] = d
-    return _with_ids(d, topo)
+    if hit is None:
+        hit = _decide(w, topo, free_mask, k, need, n, free_mask.bit_count())
+        w.memo[key] = hit
+    return hit  # type: ignore[return-value]
 
 
-def _with_ids(d: NodeDecision, topo: Topology) -> NodeDecision:
-    # The memo holds masks-as-indices (ids differ between identical boxes); map to this node's ids.
+def materialize(d: NodeDecision, topo: Topology) -> NodeDecision:
+    """`decide_raw`'s decision with this node's own GPU ids in `gpus` and `reason`."""
     if not d.gpus:
         return d
     ids = tuple(topo.gpus[int(i)].id for i in d.gpus)
     reason = d.reason
-    for i in sorted({int(x) for x in d.gpus}, reverse=True):
+    for i in {int(x) for x in d.gpus}:
         reason = reason.replace(f"#{i}#", topo.gpus[i].id)
     return NodeDecision(
         fits=d.fits, unresolvable=d.unresolvable, reason=reason, gpus=ids, tier=d.tier, residual=d.residual,
@@ -310,7 +319,7 @@ def _decide(
         if best_hw < k:
             return NodeDecision(
                 False, True,
-                f"node has {n} GPUs but at most {best_hw} {_SCOPE_WORDS[need]}; pod needs {k}{scope_txt}",
+                f"node has {n} GPUs but {_most(best_hw)} {_SCOPE_WORDS[need]}; pod needs {k}{scope_txt}",
                 (), None, 0.0, 0,
             )
     if k > nfree:
@@ -322,7 +331,7 @@ def _decide(
         if best_now < k:
             return NodeDecision(
                 False, False,
-                f"{nfree} free GPUs but at most {best_now} {_SCOPE_WORDS[need]}; pod needs {k}{scope_txt}",
+                f"{nfree} free GPUs but {_most(best_now)} {_SCOPE_WORDS[need]}; pod needs {k}{scope_txt}",
                 (), None, 0.0, 0,
             )
     cands = w.candidates(free, k)

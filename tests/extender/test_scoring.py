@@ -127,6 +127,7 @@ def test_keeps_whole_groups_free_when_a_partial_one_fits() -> None:
         ("rtx4090-8gpu-all-sys", [4, 5, 6, 7], 4, "numa", True, False, "GPU0,GPU1,GPU2,GPU3"),
         # ... but with both sockets free the plugin may mix them: not now.
         ("rtx4090-8gpu-all-sys", [], 4, "numa", False, False, "device plugin may hand out"),
+        ("l40s-4gpu-two-per-socket", [], 2, "nvlink", False, True, "no two connected by NVLink"),
     ],
 )
 def test_required_scope(

@@ -1,0 +1,104 @@
+"""`toposcale extender`: the kube-scheduler extender (filter / prioritize by GPU topology)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from toposcale.logs import add_log_level_argument
+
+    parser.add_argument(
+        "--standalone", action="store_true",
+        help="no Kubernetes connection: serve nodeCacheCapable: false payloads (full Node objects) only",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8888, help="listen port (default 8888)")
+    parser.add_argument(
+        "--url-prefix", default="", help="path prefix of every route, as in the scheduler's urlPrefix"
+    )
+    parser.add_argument(
+        "--resource", default="nvidia.com/gpu", help="extended resource the GPUs are counted in"
+    )
+    parser.add_argument(
+        "--kubeconfig", default=None,
+        help="kubeconfig path (default: in-cluster service account, else $KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--max-body-mb", type=int, default=256, help="largest request body accepted, MiB (default 256)"
+    )
+    parser.add_argument(
+        "--max-inflight", type=int, default=4, help="decisions computed at once; more wait, then get 503"
+    )
+    parser.add_argument(
+        "--assume-ttl", type=float, default=120.0,
+        help="seconds a bound pod's GPUs count as taken before the agent's annotation shows them",
+    )
+    add_log_level_argument(parser)
+
+
+def main(args: Any) -> int:
+    import asyncio
+
+    from toposcale.logs import setup
+
+    setup(args.log_level)
+    return asyncio.run(_serve(args))
+
+
+async def _serve(args: Any) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from aiohttp import web
+
+    from .server import Extender, ServerConfig
+    from .state import ClusterState
+
+    log = logging.getLogger("toposcale.extender")
+    config = ServerConfig(
+        host=args.host, port=args.port, url_prefix=args.url_prefix, resource=args.resource,
+        max_body_bytes=args.max_body_mb * 1024 * 1024, max_inflight=args.max_inflight,
+    )
+    state: ClusterState | None = None
+    api = None
+    if not args.standalone:
+        from toposcale.kube import api_client
+
+        try:
+            api = await api_client(args.kubeconfig)
+        except Exception as exc:
+            log.error(
+                "no Kubernetes connection; use --standalone to serve full-Node payloads without one",
+                extra={"error": str(exc)},
+            )
+            return 2
+        state = ClusterState(args.resource, assume_ttl_s=args.assume_ttl)
+        await state.start(api)
+    extender = Extender(config, state)
+    runner = web.AppRunner(extender.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    log.info(
+        "extender serving",
+        extra={
+            "port": config.port, "prefix": extender.prefix, "resource": config.resource,
+            "mode": "standalone" if state is None else "watch",
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        if state is not None:
+            await state.stop()
+        if api is not None:
+            await api.close()
+    return 0

@@ -1,0 +1,135 @@
+"""A Node as the extender sees it: its GPU topology and which GPUs are free, from the agent's annotations.
+
+Parsing and schema-validating an annotation costs far more than scoring, and in `nodeCacheCapable: false`
+mode every request carries every Node again, so parsed documents are cached by their exact text (bounded).
+A node whose annotation is missing or invalid gets a view with `problem` set, never an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from .topology.annotations import (
+    ALLOCATION_ANNOTATION,
+    TOPOLOGY_ANNOTATION,
+    Allocation,
+    AnnotationError,
+    allocation_from_doc,
+    topology_from_doc,
+)
+from .topology.model import Topology
+
+_CACHE_LIMIT = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    name: str
+    topology: Topology | None
+    problem: str | None  # why the topology is unknown: "missing" / "invalid: ..." (None when known)
+    free_mask: int | None  # None: allocation unknown (no or invalid annotation, kubelet unreachable)
+    allocation_problem: str | None
+    allocation: Allocation | None = None
+
+    @property
+    def problem_kind(self) -> str:
+        if self.problem is None:
+            return ""
+        return "missing" if self.problem.startswith("missing") else "invalid"
+
+
+class _Lru(OrderedDict[str, Any]):
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
+        if len(self) > _CACHE_LIMIT:
+            self.popitem(last=False)
+
+
+_topologies: _Lru = _Lru()
+_allocations: _Lru = _Lru()
+
+
+def _topology(text: str) -> Topology | str:
+    hit = _topologies.get(text)
+    if hit is None:
+        try:
+            hit = topology_from_doc(text)
+        except AnnotationError as exc:
+            hit = f"invalid: {exc}"
+        _topologies.put(text, hit)
+    return hit
+
+
+def _allocation(text: str) -> Allocation | str:
+    hit = _allocations.get(text)
+    if hit is None:
+        try:
+            hit = allocation_from_doc(text)
+        except AnnotationError as exc:
+            hit = f"invalid: {exc}"
+        _allocations.put(text, hit)
+    return hit
+
+
+def annotation_digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def free_mask_of(topo: Topology, alloc: Allocation) -> int | None:
+    """Bitmask of GPUs neither allocated nor unhealthy; None when the agent could not learn the allocation."""
+    if alloc.allocated is None:
+        return None
+    mask = (1 << len(topo)) - 1
+    busy = alloc.allocated | alloc.unhealthy
+    if busy:
+        for i, g in enumerate(topo.gpus):
+            if g.id in busy or (g.uuid is not None and g.uuid in busy):
+                mask &= ~(1 << i)
+    return mask
+
+
+def view_from_annotations(name: str, annotations: Any, resource: str) -> NodeView:
+    if not isinstance(annotations, dict):
+        annotations = {}
+    raw_topo = annotations.get(TOPOLOGY_ANNOTATION)
+    if raw_topo is None:
+        return NodeView(name, None, f"missing {TOPOLOGY_ANNOTATION} annotation", None, None)
+    if not isinstance(raw_topo, str):
+        return NodeView(name, None, f"invalid: {TOPOLOGY_ANNOTATION} is not a string", None, None)
+    topo = _topology(raw_topo)
+    if isinstance(topo, str):
+        return NodeView(name, None, topo, None, None)
+    if topo.resource != resource:
+        return NodeView(
+            name, None, f"invalid: topology describes {topo.resource!r}, extender manages {resource!r}",
+            None, None,
+        )
+    raw_alloc = annotations.get(ALLOCATION_ANNOTATION)
+    if not isinstance(raw_alloc, str):
+        return NodeView(name, topo, None, None, f"missing {ALLOCATION_ANNOTATION} annotation")
+    alloc = _allocation(raw_alloc)
+    if isinstance(alloc, str):
+        return NodeView(name, topo, None, None, f"{ALLOCATION_ANNOTATION} {alloc}")
+    free = free_mask_of(topo, alloc)
+    if free is None:
+        return NodeView(
+            name, topo, None, None,
+            f"GPU allocation unknown (agent could not reach the kubelet, observed {alloc.observed})", alloc,
+        )
+    return NodeView(name, topo, None, free, None, alloc)
+
+
+def view_of_node(node: Any, resource: str) -> NodeView | None:
+    """The view of a v1.Node object; None when it has no name (nothing can be answered about it)."""
+    if not isinstance(node, dict):
+        return None
+    meta = node.get("metadata")
+    if not isinstance(meta, dict):
+        return None
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    return view_from_annotations(name, meta.get("annotations"), resource)

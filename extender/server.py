@@ -1,0 +1,343 @@
+"""The extender's HTTP service (aiohttp): filter, prioritize, explain, healthz, metrics.
+
+Paths are `ROUTES` (wire.py) under `--url-prefix`. Every request is bounded: body size (`max_body_bytes`,
+default large enough for 5,000 full Node objects), time to receive the body, and how many decisions run at
+once (beyond that: 503 after a short wait). Malformed input is a 400 with a metav1.Status body and one log
+line; a bad node never fails the request: it is answered for (neutral score, reason) and logged once per node
+and problem, not once per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from . import wire
+from .decisions import Outcome, evaluate, reason_of
+from .nodeview import NodeView, view_of_node
+from .pods import DEFAULT_RESOURCE, PodError, gpu_request, pod_key, required_scope
+from .state import ClusterState
+from .topology.scoring import materialize, required_scope_tier
+
+logger = logging.getLogger("toposcale.extender")
+
+# A full v1.Node with its images list runs to ~20-40 KiB; 5,000 of them fit well under this.
+DEFAULT_MAX_BODY = 256 * 1024 * 1024
+STANDALONE_REASON = (
+    "toposcale extender runs --standalone (no Kubernetes connection, no node cache) and got node names "
+    "only: configure the extender with nodeCacheCapable: false, or run it with cluster access"
+)
+_LOGGED_LIMIT = 100_000
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8888
+    url_prefix: str = ""
+    resource: str = DEFAULT_RESOURCE
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    body_timeout_s: float = 30.0
+    max_inflight: int = 4
+    queue_timeout_s: float = 2.0
+
+
+def normalize_prefix(prefix: str) -> str:
+    p = prefix.strip().rstrip("/")
+    if p and not p.startswith("/"):
+        p = "/" + p
+    return p
+
+
+class BadRequest(Exception):
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+class Extender:
+    def __init__(self, config: ServerConfig, state: ClusterState | None = None) -> None:
+        self.config = config
+        self.state = state
+        self.prefix = normalize_prefix(config.url_prefix)
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.m_latency = Histogram(
+            "toposcale_extender_decision_seconds", "Time to answer one scheduler call, by verb", ["verb"],
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.m_requests = Counter(
+            "toposcale_extender_requests", "Requests answered, by verb and HTTP code", ["verb", "code"],
+            registry=r,
+        )
+        self.m_nodes = Counter(
+            "toposcale_extender_nodes_scored", "Nodes judged, by verb", ["verb"], registry=r
+        )
+        self.m_unknown = Counter(
+            "toposcale_extender_unknown_topology_nodes",
+            "Nodes answered without a usable topology or allocation, by reason", ["reason"], registry=r,
+        )
+        self.m_tier = Counter(
+            "toposcale_extender_chosen_set_tier",
+            "Tier of the GPU set predicted on the best-scored node of each prioritize call", ["tier"],
+            registry=r,
+        )
+        self.m_outcome = Counter(
+            "toposcale_extender_filter_outcomes", "Filter outcomes per node", ["outcome"], registry=r
+        )
+        g_nodes = Gauge("toposcale_extender_cached_nodes", "Nodes in the watch cache", registry=r)
+        g_nodes.set_function(lambda: len(state.base) if state is not None else 0)
+        g_assumed = Gauge(
+            "toposcale_extender_assumed_pods", "Bound GPU pods the extender tracks", registry=r
+        )
+        g_assumed.set_function(lambda: len(state.pods) if state is not None else 0)
+        self._sem = asyncio.Semaphore(config.max_inflight)
+        self._logged: dict[str, str] = {}
+
+    # ------------------------------------------------------------ app
+
+    def routes(self) -> list[tuple[str, str, Any]]:
+        handlers = {
+            "filter": self.filter,
+            "prioritize": self.prioritize,
+            "explain": self.explain_post,
+            "explain_get": self.explain_get,
+            "healthz": self.healthz,
+            "metrics": self.metrics,
+        }
+        return [(method, self.prefix + path, handlers[verb]) for verb, (method, path) in wire.ROUTES.items()]
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        for method, path, handler in self.routes():
+            app.router.add_route(method, path, handler)
+        return app
+
+    # ------------------------------------------------------------ plumbing
+
+    def _error(self, verb: str, code: int, reason: str, message: str) -> web.Response:
+        self.m_requests.labels(verb, str(code)).inc()
+        logger.warning("bad request", extra={"verb": verb, "code": code, "reason": reason, "error": message})
+        return web.Response(
+            status=code, body=wire.status_body(code, reason, message), content_type="application/json"
+        )
+
+    async def _body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self.config.max_body_bytes:
+            raise BadRequest(
+                413, "RequestEntityTooLarge",
+                f"body of {request.content_length} bytes exceeds the limit of {self.config.max_body_bytes}",
+            )
+        try:
+            return await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+        except web.HTTPRequestEntityTooLarge:
+            raise BadRequest(
+                413, "RequestEntityTooLarge", f"body exceeds the limit of {self.config.max_body_bytes} bytes"
+            ) from None
+        except TimeoutError:
+            raise BadRequest(
+                408, "Timeout", f"request body not received within {self.config.body_timeout_s:g}s"
+            ) from None
+
+    async def _run(self, verb: str, request: web.Request, work: Any) -> web.StreamResponse:
+        start = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._sem.acquire(), self.config.queue_timeout_s)
+        except TimeoutError:
+            return self._error(verb, 503, "TooManyRequests", "extender busy: too many requests in flight")
+        try:
+            body = await self._body(request)
+            resp = work(body)
+        except BadRequest as exc:
+            return self._error(verb, exc.code, exc.reason, exc.message)
+        except wire.WireError as exc:
+            return self._error(verb, 400, "BadRequest", str(exc))
+        finally:
+            self._sem.release()
+        self.m_latency.labels(verb).observe(time.perf_counter() - start)
+        self.m_requests.labels(verb, "200").inc()
+        return resp
+
+    def _views(self, args: wire.ExtenderArgs) -> list[tuple[str, NodeView | None]] | None:
+        """(name, view) per input node; None when names came in and there is no cache (standalone)."""
+        if args.nodes is not None:
+            out = [(n["metadata"]["name"], view_of_node(n, self.config.resource)) for n in args.nodes]
+        elif self.state is None:
+            return None
+        else:
+            view = self.state.view
+            out = [(name, view(name)) for name in args.node_names or []]
+        for name, v in out:
+            if v is not None and (v.problem or v.allocation_problem):
+                self._log_node_once(name, v.problem or v.allocation_problem or "")
+        return out
+
+    def _log_node_once(self, name: str, problem: str) -> None:
+        if self._logged.get(name) == problem:
+            return
+        if len(self._logged) >= _LOGGED_LIMIT:
+            self._logged.clear()
+        self._logged[name] = problem
+        logger.warning(
+            "node answered without usable GPU annotations", extra={"node": name, "problem": problem}
+        )
+
+    def _pod(self, args: wire.ExtenderArgs) -> tuple[int, str, str | None]:
+        """(GPUs asked, scope, pod error or None)."""
+        try:
+            return gpu_request(args.pod, self.config.resource), required_scope(args.pod), None
+        except PodError as exc:
+            logger.warning("unusable pod", extra={"pod": pod_key(args.pod), "error": str(exc)})
+            return 0, "any", f"pod {pod_key(args.pod)}: {exc}"
+
+    def _outcomes(self, verb: str, args: wire.ExtenderArgs) -> tuple[list[Outcome], str | None, dict]:
+        """Outcomes for every input node, plus a reason that fails them all (pod error, standalone)."""
+        if args.dropped:
+            logger.warning("node items ignored", extra={"verb": verb, "items": args.dropped[:10]})
+        k, scope, pod_error = self._pod(args)
+        if pod_error:
+            return [], pod_error, {}
+        if k <= 0:
+            return evaluate([(n, None) for n in args.names], 0, None), None, {}
+        listed = self._views(args)
+        if listed is None:
+            return [], STANDALONE_REASON, {}
+        views = dict(listed)
+        outcomes = evaluate(listed, k, required_scope_tier(scope))
+        self.m_nodes.labels(verb).inc(len(outcomes))
+        for o in outcomes:
+            if o.unknown:
+                self.m_unknown.labels(o.unknown).inc()
+        return outcomes, None, views
+
+    # ------------------------------------------------------------ verbs
+
+    async def filter(self, request: web.Request) -> web.StreamResponse:
+        def work(body: bytes) -> web.Response:
+            args = wire.parse_args(body)
+            outcomes, fail_all, views = self._outcomes("filter", args)
+            passing: list[str] = []
+            failed: dict[str, str] = {}
+            unresolvable: dict[str, str] = {}
+            if fail_all is not None:
+                unresolvable = dict.fromkeys(args.names, fail_all)
+                self.m_outcome.labels("never-fits").inc(len(unresolvable))
+            for o in outcomes:
+                if o.passes:
+                    passing.append(o.name)
+                elif o.unresolvable:
+                    unresolvable[o.name] = reason_of(o, views.get(o.name))
+                else:
+                    failed[o.name] = reason_of(o, views.get(o.name))
+            if outcomes:
+                self.m_outcome.labels("fits").inc(len(passing))
+                self.m_outcome.labels("fails-now").inc(len(failed))
+                self.m_outcome.labels("never-fits").inc(len(unresolvable))
+            return _json(wire.filter_result(args, passing, failed, unresolvable))
+
+        return await self._run("filter", request, work)
+
+    async def prioritize(self, request: web.Request) -> web.StreamResponse:
+        def work(body: bytes) -> web.Response:
+            args = wire.parse_args(body)
+            outcomes, fail_all, _ = self._outcomes("prioritize", args)
+            if fail_all is not None:
+                return _json(wire.priority_list([(n, 0) for n in args.names]))
+            best: Outcome | None = None
+            for o in outcomes:
+                if o.passes and o.decision is not None and (best is None or o.score > best.score):
+                    best = o
+            if best is not None and best.decision is not None and best.decision.fits:
+                tier = best.decision.tier
+                self.m_tier.labels(tier.label if tier is not None else "single-gpu").inc()
+            return _json(wire.priority_list([(o.name, o.score) for o in outcomes]))
+
+        return await self._run("prioritize", request, work)
+
+    def _explain_doc(self, args: wire.ExtenderArgs) -> dict[str, Any]:
+        k, scope, pod_error = self._pod(args)
+        doc: dict[str, Any] = {
+            "pod": pod_key(args.pod), "resource": self.config.resource, "gpus": k, "requiredScope": scope,
+        }
+        if pod_error is not None:
+            doc["error"] = pod_error
+            doc["nodes"] = []
+            return doc
+        listed = self._views(args) if k > 0 else [(n, None) for n in args.names]
+        if listed is None:
+            doc["error"] = STANDALONE_REASON
+            doc["nodes"] = []
+            return doc
+        views = dict(listed)
+        rows = []
+        for o in evaluate(listed, k, required_scope_tier(scope)):
+            view = views.get(o.name)
+            row: dict[str, Any] = {
+                "node": o.name,
+                "outcome": "fits" if o.passes else ("never-fits" if o.unresolvable else "fails-now"),
+                "score": o.score,
+                "reason": reason_of(o, view),
+            }
+            if o.unknown:
+                row["unknown"] = o.unknown
+            d = o.decision
+            if d is not None and view is not None and view.topology is not None:
+                d = materialize(d, view.topology)
+                row.update(
+                    gpus=list(d.gpus), tier=d.tier.label if d.tier is not None else None,
+                    quality=d.quality, residual=d.residual, span=d.span, ties=d.ties,
+                )
+            rows.append(row)
+        rows.sort(key=lambda r: (-r["score"], r["outcome"] != "fits", r["node"]))
+        doc["nodes"] = rows
+        return doc
+
+    async def explain_post(self, request: web.Request) -> web.StreamResponse:
+        def work(body: bytes) -> web.Response:
+            return _json(orjson.dumps(self._explain_doc(wire.parse_args(body)), option=orjson.OPT_INDENT_2))
+
+        return await self._run("explain", request, work)
+
+    async def explain_get(self, request: web.Request) -> web.StreamResponse:
+        ref = request.query.get("pod", "")
+        ns, _, name = ref.partition("/")
+        if not ns or not name:
+            return self._error("explain", 400, "BadRequest", "expected ?pod=<namespace>/<name>")
+        if self.state is None:
+            return self._error(
+                "explain", 404, "NotFound",
+                "no cluster connection (--standalone): POST the ExtenderArgs to /explain instead",
+            )
+        try:
+            pod = await asyncio.wait_for(self.state.read_pod(ns, name), 10)
+        except Exception as exc:  # the apiserver failing is not the caller's fault, but say so
+            return self._error("explain", 503, "ServiceUnavailable", f"could not read pod {ref}: {exc}")
+        if pod is None:
+            return self._error("explain", 404, "NotFound", f"pod {ref} not found")
+        args = wire.ExtenderArgs(pod=pod, nodes=None, node_names=sorted(self.state.names()))
+        self.m_requests.labels("explain", "200").inc()
+        return _json(orjson.dumps(self._explain_doc(args), option=orjson.OPT_INDENT_2))
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        body: dict[str, Any] = {"status": "ok", "mode": "standalone" if self.state is None else "watch"}
+        if self.state is not None:
+            body["synced"] = self.state.synced
+            body["nodes"] = len(self.state.base)
+        return _json(orjson.dumps(body))
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")

@@ -1,0 +1,223 @@
+"""The extender's own view of the cluster for `nodeCacheCapable: true`: Nodes and bound GPU pods, watched.
+
+Two reflectors (toposcale/kube.py: list, then watch from the list's resourceVersion, relist on 410 Gone)
+keep every Node's annotations and every pod bound to a node that asks GPUs of the managed resource.
+
+Assumed allocations: the agent publishes which device IDs are held (`toposcale.io/gpu-allocation`) only after
+the kubelet has admitted a pod. A pod this scheduler just bound is therefore invisible in the annotation for a
+while; until then its GPUs are *assumed* taken, as the set `scoring.choose_gpus` predicts. An assumption ends
+when the node's allocation was observed `reflect_grace_s` after the pod was first seen bound (the agent has
+seen the kubelet's answer since), when the pod ends or is deleted, or after `assume_ttl_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from .nodeview import NodeView, view_of_node
+from .pods import PodError, gpu_request
+from .topology.scoring import choose_gpus
+
+logger = logging.getLogger(__name__)
+
+_TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass(slots=True)
+class Assumed:
+    uid: str
+    key: str  # namespace/name
+    node: str
+    k: int
+    seen_wall: float  # time.time() when first seen bound
+    seen_mono: float
+
+
+def _rfc3339(value: str) -> float | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).timestamp()
+    except (ValueError, AttributeError):
+        return None
+
+
+class ClusterState:
+    def __init__(
+        self,
+        resource: str,
+        *,
+        assume_ttl_s: float = 120.0,
+        reflect_grace_s: float = 2.0,
+    ) -> None:
+        self.resource = resource
+        self.assume_ttl_s = assume_ttl_s
+        self.reflect_grace_s = reflect_grace_s
+        self.base: dict[str, NodeView] = {}  # node name -> view from its annotations
+        self.pods: dict[str, Assumed] = {}  # pod uid -> bound GPU pod (assumed until reflected)
+        self._views: dict[str, tuple[NodeView, float]] = {}  # name -> (adjusted view, valid until mono)
+        self.synced_nodes = asyncio.Event()
+        self.synced_pods = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.reflectors: list[Any] = []
+        self.api: Any = None
+
+    # ------------------------------------------------------------ node events
+
+    def nodes_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
+        base: dict[str, NodeView] = {}
+        for obj in items:
+            v = view_of_node(obj, self.resource)
+            if v is not None:
+                base[v.name] = v
+        self.base = base
+        self._views.clear()
+        self.synced_nodes.set()
+
+    def node_event(self, etype: str, obj: dict[str, Any]) -> None:
+        v = view_of_node(obj, self.resource)
+        if v is None:
+            return
+        if etype == "DELETED":
+            self.base.pop(v.name, None)
+        else:
+            self.base[v.name] = v
+        self._views.pop(v.name, None)
+
+    # ------------------------------------------------------------ pod events
+
+    def pods_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
+        keep: dict[str, Assumed] = {}
+        for obj in items:
+            a = self._assumed_from(obj)
+            if a is not None:
+                keep[a.uid] = self.pods.get(a.uid, a)
+        self.pods = keep
+        self._views.clear()
+        self.synced_pods.set()
+
+    def pod_event(self, etype: str, obj: dict[str, Any]) -> None:
+        uid = (obj.get("metadata") or {}).get("uid", "")
+        old = self.pods.get(uid)
+        a = None if etype == "DELETED" else self._assumed_from(obj)
+        if a is None:
+            if old is not None:
+                del self.pods[uid]
+                self._views.pop(old.node, None)
+            return
+        if old is None:
+            self.pods[uid] = a
+        self._views.pop(a.node, None)
+
+    def _assumed_from(self, obj: dict[str, Any]) -> Assumed | None:
+        spec = obj.get("spec") or {}
+        node = spec.get("nodeName")
+        if not node or (obj.get("status") or {}).get("phase") in _TERMINAL:
+            return None
+        try:
+            k = gpu_request(obj, self.resource)
+        except PodError:
+            return None
+        if k <= 0:
+            return None
+        meta = obj.get("metadata") or {}
+        return Assumed(
+            uid=meta.get("uid", ""), key=f"{meta.get('namespace')}/{meta.get('name')}", node=node, k=k,
+            seen_wall=time.time(), seen_mono=time.monotonic(),
+        )
+
+    # ------------------------------------------------------------ reads
+
+    def view(self, name: str) -> NodeView | None:
+        """The node's view with assumed allocations taken out of its free GPUs; None when not cached."""
+        now = time.monotonic()
+        hit = self._views.get(name)
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        base = self.base.get(name)
+        if base is None:
+            return None
+        v, valid = self._adjust(base, now)
+        self._views[name] = (v, valid)
+        return v
+
+    def _adjust(self, base: NodeView, now: float) -> tuple[NodeView, float]:
+        valid_until = now + 3600.0
+        if base.topology is None or base.free_mask is None or base.allocation is None:
+            return base, valid_until
+        observed = _rfc3339(base.allocation.observed)
+        free = base.free_mask
+        pending = sorted(
+            (a for a in self.pods.values() if a.node == base.name), key=lambda a: (a.seen_mono, a.uid)
+        )
+        for a in pending:
+            expires = a.seen_mono + self.assume_ttl_s
+            if now >= expires:
+                continue
+            if observed is not None and observed >= a.seen_wall + self.reflect_grace_s:
+                continue  # the agent has looked at the kubelet since this pod was bound
+            taken = choose_gpus(base.topology, free, a.k)
+            if taken == 0:
+                free = 0  # more assumed than free: nothing left to offer
+            free &= ~taken
+            valid_until = min(valid_until, expires)
+        if free == base.free_mask:
+            return base, valid_until
+        return replace(base, free_mask=free), valid_until
+
+    def names(self) -> list[str]:
+        return list(self.base)
+
+    @property
+    def synced(self) -> bool:
+        return self.synced_nodes.is_set() and self.synced_pods.is_set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self, api: Any) -> None:
+        """Run the Node and Pod reflectors over `api` (a kubernetes-asyncio ApiClient) until `stop`."""
+        from kubernetes_asyncio import client
+
+        from toposcale.kube import Reflector
+
+        self.api = api
+        core = client.CoreV1Api(api)
+        nodes = Reflector(
+            core.list_node, on_relist=self.nodes_relisted, on_event=self.node_event, name="nodes"
+        )
+        pods = Reflector(
+            core.list_pod_for_all_namespaces,
+            on_relist=self.pods_relisted,
+            on_event=self.pod_event,
+            name="pods",
+            field_selector="spec.nodeName!=",
+        )
+        self.reflectors = [nodes, pods]
+        self._tasks = [asyncio.create_task(r.run(), name=f"reflector-{r.name}") for r in self.reflectors]
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One Pod object (for /explain of a pending pod, which the bound-pod watch does not hold)."""
+        from kubernetes_asyncio import client
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        if self.api is None:
+            return None
+        try:
+            pod = await client.CoreV1Api(self.api).read_namespaced_pod(name, namespace)
+            return self.api.sanitize_for_serialization(pod)  # type: ignore[no-any-return]
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []

@@ -1,0 +1,151 @@
+"""The kube-scheduler extender wire format (k8s.io/kube-scheduler/extender/v1/types.go).
+
+The Go types carry no JSON tags, so the scheduler sends and reads PascalCase keys (`Pod`, `Nodes`,
+`NodeNames`; `FailedNodes`, `FailedAndUnresolvableNodes`, `Error`; `Host`, `Score`). Older extender clients
+used lowercase tags (`pod`, `nodes`, `nodenames`): input keys are matched case-insensitively; answers are
+always PascalCase. The Pod and Node objects inside are ordinary v1 objects (camelCase). orjson throughout:
+5,000-node payloads are the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+# Verbs and paths served; deploy/ tests cross-check the KubeSchedulerConfiguration against this table.
+ROUTES: dict[str, tuple[str, str]] = {
+    "filter": ("POST", "/filter"),
+    "prioritize": ("POST", "/prioritize"),
+    "explain": ("POST", "/explain"),
+    "explain_get": ("GET", "/explain"),
+    "healthz": ("GET", "/healthz"),
+    "metrics": ("GET", "/metrics"),
+}
+FILTER_VERB = "filter"
+PRIORITIZE_VERB = "prioritize"
+MIN_PRIORITY = 0  # extenderv1.MinExtenderPriority
+MAX_PRIORITY = 10  # extenderv1.MaxExtenderPriority
+
+
+class WireError(ValueError):
+    """The request is not an ExtenderArgs document (answered 400)."""
+
+
+@dataclass(slots=True)
+class ExtenderArgs:
+    pod: dict[str, Any]
+    nodes: list[dict[str, Any]] | None  # nodeCacheCapable: false - full v1.Node objects
+    node_names: list[str] | None  # nodeCacheCapable: true - names only
+    dropped: list[str] = field(default_factory=list)  # node items that could not be used, for the log
+
+    @property
+    def names(self) -> list[str]:
+        if self.node_names is not None:
+            return self.node_names
+        return [n["metadata"]["name"] for n in self.nodes or []]
+
+
+def _ci(doc: dict[str, Any], key: str) -> Any:
+    if key in doc:
+        return doc[key]
+    low = key.lower()
+    for k, v in doc.items():
+        if isinstance(k, str) and k.lower() == low:
+            return v
+    return None
+
+
+def parse_args(body: bytes) -> ExtenderArgs:
+    """ExtenderArgs from a request body; WireError with a message a person can act on."""
+    if not body:
+        raise WireError("empty request body: expected ExtenderArgs JSON {Pod, Nodes, NodeNames}")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise WireError(f"ExtenderArgs must be a JSON object, got {type(doc).__name__}")
+    pod = _ci(doc, "Pod")
+    if not isinstance(pod, dict):
+        raise WireError("ExtenderArgs.Pod is missing or not an object")
+    raw_nodes = _ci(doc, "Nodes")
+    raw_names = _ci(doc, "NodeNames")
+    nodes: list[dict[str, Any]] | None = None
+    names: list[str] | None = None
+    dropped: list[str] = []
+    if raw_nodes is not None:
+        if not isinstance(raw_nodes, dict):
+            raise WireError("ExtenderArgs.Nodes must be a v1.NodeList object {items: [...]} or null")
+        items = _ci(raw_nodes, "items")
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise WireError("ExtenderArgs.Nodes.items must be a list")
+        nodes = []
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            meta = item.get("metadata") if isinstance(item, dict) else None
+            name = meta.get("name") if isinstance(meta, dict) else None
+            if not isinstance(name, str) or not name:
+                dropped.append(f"Nodes.items[{i}]: no metadata.name")
+                continue
+            if name in seen:
+                dropped.append(f"Nodes.items[{i}]: duplicate node {name}")
+                continue
+            seen.add(name)
+            nodes.append(item)
+    if raw_names is not None:
+        if not isinstance(raw_names, list) or not all(isinstance(n, str) for n in raw_names):
+            raise WireError("ExtenderArgs.NodeNames must be a list of strings or null")
+        names = list(dict.fromkeys(raw_names))
+    if nodes is not None and names is not None:
+        names = None  # the scheduler never sends both; the full objects carry more
+    return ExtenderArgs(pod=pod, nodes=nodes, node_names=names, dropped=dropped)
+
+
+def filter_result(
+    args: ExtenderArgs,
+    passing: list[str],
+    failed: dict[str, str],
+    unresolvable: dict[str, str],
+    error: str = "",
+) -> bytes:
+    """ExtenderFilterResult in the mode the request came in: Nodes (full objects, echoed) or NodeNames."""
+    doc: dict[str, Any] = {
+        "Nodes": None,
+        "NodeNames": None,
+        "FailedNodes": failed,
+        "FailedAndUnresolvableNodes": unresolvable,
+        "Error": error,
+    }
+    if args.nodes is not None:
+        keep = set(passing)
+        doc["Nodes"] = {
+            "metadata": {},
+            "items": [n for n in args.nodes if n["metadata"]["name"] in keep],
+        }
+    else:
+        doc["NodeNames"] = passing
+    return orjson.dumps(doc)
+
+
+def priority_list(scores: list[tuple[str, int]]) -> bytes:
+    """HostPriorityList: a bare JSON array of {Host, Score}."""
+    return orjson.dumps([{"Host": h, "Score": s} for h, s in scores])
+
+
+def status_body(code: int, reason: str, message: str) -> bytes:
+    """A metav1.Status, the body every error answer carries."""
+    return orjson.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        }
+    )
