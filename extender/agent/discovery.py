@@ -74,13 +74,13 @@ def _discover(backend: NvmlBackend, resource: str, id_strategy: IdStrategy) -> D
     unknown: list[str] = []
     lost: set[int] = set()
 
-    def ask(i: int | None, what: str, fn, *args):  # type: ignore[no-untyped-def]
+    def ask(i: int | None, what: str, fn, *args, blame: bool = True):  # type: ignore[no-untyped-def]
         try:
             return fn(*args)
         except NvmlError as exc:
             where = f"gpu{i}" if i is not None else "node"
             unknown.append(f"{where}.{what}: {exc.name}")
-            if exc.lost and i is not None:
+            if exc.lost and i is not None and blame:
                 lost.add(i)
             return None
 
@@ -122,9 +122,10 @@ def _discover(backend: NvmlBackend, resource: str, id_strategy: IdStrategy) -> D
         for j in range(i + 1, n):
             code = _nv_code(links[i], links[j], buses[i], buses[j])
             if code is None:
-                level = ask(i, f"link.gpu{j}", backend.common_ancestor, i, j)
+                # A pair query failing with GpuIsLost does not say which of the two is lost.
+                level = ask(i, f"link.gpu{j}", backend.common_ancestor, i, j, blame=False)
                 if level is None:
-                    level = ask(j, f"link.gpu{i}", backend.common_ancestor, j, i)
+                    level = ask(j, f"link.gpu{i}", backend.common_ancestor, j, i, blame=False)
                 if level is None or level not in ANCESTOR_CODES:
                     # SYS promises the least; the gap is recorded so a person can see it was not measured.
                     unknown.append(f"links[{i}][{j}]: not learned (ancestor {level}); published as SYS")

@@ -1,0 +1,75 @@
+"""A kubelet pod-resources stand-in: a real gRPC server on a unix socket serving `v1.PodResourcesLister` from
+the real kubelet proto (the agent's generated code): the agent's client talks to it exactly as to a kubelet.
+
+State is plain data the test sets: `allocatable` (resource -> device IDs) and `pods` (list of
+`(namespace, name, container, resource, [device IDs])`). `delay` makes every call slow;
+`allocatable_unimplemented` answers GetAllocatableResources with UNIMPLEMENTED, as kubelets before 1.23
+without the feature gate do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+
+import grpc
+from toposcale.extender.agent.podresources import api_pb2, api_pb2_grpc
+
+
+class PodResourcesStandIn(api_pb2_grpc.PodResourcesListerServicer):
+    def __init__(self) -> None:
+        # unix socket paths are limited to 107 bytes: pytest's tmp_path can be longer
+        self._dir = tempfile.mkdtemp(prefix="podres-")
+        self.socket = os.path.join(self._dir, "kubelet.sock")
+        self.allocatable: dict[str, list[str]] = {}
+        self.pods: list[tuple[str, str, str, str, list[str]]] = []
+        self.delay = 0.0
+        self.allocatable_unimplemented = False
+        self.calls: dict[str, int] = {"List": 0, "GetAllocatableResources": 0}
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> PodResourcesStandIn:
+        self._server = grpc.aio.server()
+        api_pb2_grpc.add_PodResourcesListerServicer_to_server(self, self._server)
+        self._server.add_insecure_port(f"unix://{self.socket}")
+        await self._server.start()
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+            self._server = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def List(self, request, context):
+        self.calls["List"] += 1
+        await asyncio.sleep(self.delay)
+        by_pod: dict[tuple[str, str], dict[str, list[api_pb2.ContainerDevices]]] = {}
+        for ns, pod, ctr, resource, ids in self.pods:
+            by_pod.setdefault((ns, pod), {}).setdefault(ctr, []).append(
+                api_pb2.ContainerDevices(resource_name=resource, device_ids=ids)
+            )
+        return api_pb2.ListPodResourcesResponse(
+            pod_resources=[
+                api_pb2.PodResources(
+                    namespace=ns,
+                    name=pod,
+                    containers=[api_pb2.ContainerResources(name=c, devices=devs) for c, devs in ctrs.items()],
+                )
+                for (ns, pod), ctrs in by_pod.items()
+            ]
+        )
+
+    async def GetAllocatableResources(self, request, context):
+        self.calls["GetAllocatableResources"] += 1
+        if self.allocatable_unimplemented:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "unknown method GetAllocatableResources")
+        await asyncio.sleep(self.delay)
+        return api_pb2.AllocatableResourcesResponse(
+            devices=[
+                api_pb2.ContainerDevices(resource_name=r, device_ids=ids)
+                for r, ids in self.allocatable.items()
+            ]
+        )
