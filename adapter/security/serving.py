@@ -1,0 +1,190 @@
+"""The secure listener: an aiohttp site whose connections are bounded in time, header size and number.
+
+aiohttp bounds each header line and field (8190 bytes) but has no deadline for receiving a request's headers,
+so one client dribbling a byte a second (slowloris) would hold a connection forever. Each connection here goes
+through `BoundedProtocol`, which wraps aiohttp's own protocol and
+- closes a connection whose TLS handshake takes longer than `handshake_timeout` (asyncio's
+  ssl_handshake_timeout),
+- gives each request `header_timeout` seconds from its first byte to the end of its headers, else answers 408
+  and closes,
+- answers 431 and closes when a request's headers exceed `max_header_bytes` in total,
+- refuses connections beyond `max_connections` (closed at once; clients retry).
+
+Everything else (keep-alive, request handling) is aiohttp's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_runner import BaseRunner, BaseSite
+
+logger = logging.getLogger(__name__)
+
+_END = b"\r\n\r\n"
+
+
+class Limits:
+    def __init__(self, *, header_timeout: float = 10.0, handshake_timeout: float = 10.0,
+                 max_header_bytes: int = 64 * 1024, max_connections: int = 1000) -> None:
+        self.header_timeout = header_timeout
+        self.handshake_timeout = handshake_timeout
+        self.max_header_bytes = max_header_bytes
+        self.max_connections = max_connections
+
+
+class BoundedProtocol(asyncio.Protocol):
+    def __init__(self, inner: asyncio.Protocol, limits: Limits, counter: dict[str, int],
+                 on_cut: Callable[[str], None]) -> None:
+        self.inner = inner
+        self.limits = limits
+        self.counter = counter
+        self.on_cut = on_cut
+        self.transport: asyncio.Transport | None = None
+        self._in_headers = False
+        self._header_bytes = 0
+        self._tail = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._counted = False
+        self._cut = False
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.counter["open"] >= self.limits.max_connections:
+            self.on_cut("max-connections")
+            transport.close()
+            self._cut = True
+            return
+        self.counter["open"] += 1
+        self._counted = True
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        if self._counted:
+            self.counter["open"] -= 1
+            self._counted = False
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        if self._cut:
+            return None
+        return self.inner.eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        if self._cut:
+            return
+        if not self._in_headers:
+            self._in_headers = True
+            self._header_bytes = 0
+            self._tail = b""
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.limits.header_timeout, self._header_deadline)
+        if self._in_headers:
+            window = self._tail + data
+            end = window.find(_END)
+            if end < 0:
+                self._header_bytes += len(data)
+                self._tail = window[-3:]
+                if self._header_bytes > self.limits.max_header_bytes:
+                    self._reject(431, "Request Header Fields Too Large", "header-size")
+                    return
+            else:
+                self._in_headers = False
+                self._stop_timer()
+                # bytes after the headers (a body, a pipelined request) start no new deadline here; the
+                # next chunk that arrives while not in headers does
+        self.inner.data_received(data)
+
+    # -- limits
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _header_deadline(self) -> None:
+        self._timer = None
+        if self._in_headers and not self._cut:
+            self._reject(408, "Request Timeout", "header-timeout")
+
+    def _reject(self, code: int, text: str, why: str) -> None:
+        self._cut = True
+        self._stop_timer()
+        self.on_cut(why)
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        logger.warning("connection cut", extra={"reason": why, "peer": str(peer)})
+        if self.transport is not None and not self.transport.is_closing():
+            body = f"{code} {text}\n".encode()
+            self.transport.write(
+                f"HTTP/1.1 {code} {text}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode() + body)
+            self.transport.close()
+
+
+class SecureSite(BaseSite):
+    """Like `web.TCPSite`, with `Limits` applied to every connection."""
+
+    __slots__ = ("_bound_port", "_counter", "_host", "_limits", "_on_cut", "_port")
+
+    def __init__(self, runner: BaseRunner, host: str | None, port: int, *, ssl_context: ssl.SSLContext | None,
+                 limits: Limits | None = None, on_cut: Callable[[str], None] | None = None,
+                 backlog: int = 128) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._bound_port: int | None = None
+        self._limits = limits or Limits()
+        self._on_cut = on_cut or (lambda _why: None)
+        self._counter = {"open": 0}
+
+    @property
+    def port(self) -> int:
+        return self._bound_port if self._bound_port is not None else self._port
+
+    @property
+    def open_connections(self) -> int:
+        return self._counter["open"]
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host or '0.0.0.0'}:{self.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+
+        def factory() -> asyncio.Protocol:
+            return BoundedProtocol(server(), self._limits, self._counter, self._on_cut)
+
+        kwargs: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            kwargs["ssl_handshake_timeout"] = self._limits.handshake_timeout
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(factory, self._host, self._port, ssl=self._ssl_context,
+                                                backlog=self._backlog, reuse_address=True, **kwargs)
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+
+async def serve(app: web.Application, host: str | None, port: int, ssl_context: ssl.SSLContext | None,
+                limits: Limits | None = None, on_cut: Callable[[str], None] | None = None
+                ) -> tuple[web.AppRunner, SecureSite]:
+    """Start `app` on a `SecureSite`; the caller keeps the runner and calls `await runner.cleanup()`."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = SecureSite(runner, host, port, ssl_context=ssl_context, limits=limits, on_cut=on_cut)
+    await site.start()
+    return runner, site
