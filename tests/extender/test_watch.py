@@ -1,0 +1,141 @@
+"""`nodeCacheCapable: true`: the extender's own watch of Nodes and Pods through kubernetes-asyncio.
+
+There is no kube-apiserver on the test machines: tests/harness/kube_standin.py serves the real wire format
+(list/watch with resourceVersion, 410 Expired after compaction) to the unmodified kubernetes-asyncio client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from toposcale.extender.state import ClusterState
+
+from tests.extender.conftest import node_obj, pod_obj
+from tests.harness.kube_standin import KubeStandIn
+from toposcale.kube import api_client
+
+
+async def until(cond: Callable[[], Any], what: str, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.02)
+
+
+def stamp(delta_s: float = 0.0) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=delta_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[KubeStandIn]:
+    async with KubeStandIn() as k:
+        yield k
+
+
+@pytest.fixture
+async def state(kube: KubeStandIn, tmp_path: Path) -> AsyncIterator[ClusterState]:
+    kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(-60)))
+    kube.add(node_obj("a6000", "a6000-8gpu-nvlink-bridge-pairs", used=[0], observed=stamp(-60)))
+    api = await api_client(kube.write_kubeconfig(tmp_path / "kubeconfig"))
+    st = ClusterState("nvidia.com/gpu", reflect_grace_s=1.0)
+    await st.start(api)
+    await until(lambda: st.synced, "initial list of nodes and pods")
+    try:
+        yield st
+    finally:
+        await st.stop()
+        await api.close()
+
+
+def names_args(pod: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    return {"Pod": pod, "Nodes": None, "NodeNames": names}
+
+
+async def test_names_only_filter_answers_from_the_watch(serve, state: ClusterState) -> None:
+    async with serve(state=state) as s:
+        pod = pod_obj("vllm", 4, scope="nvlink")
+        code, res = await s.post("/filter", names_args(pod, ["a6000", "hgx", "gpu-9"]))
+        assert code == 200
+        assert res["Nodes"] is None
+        # Only names from the input, in input order; a node the watch has not seen passes nothing it
+        # cannot promise (a required scope), it is "fails now", not "never".
+        assert res["NodeNames"] == ["hgx"]
+        assert "at most 2 connected by NVLink" in res["FailedAndUnresolvableNodes"]["a6000"]
+        assert "not in the extender's cache" in res["FailedNodes"]["gpu-9"]
+        code, prio = await s.post("/prioritize", names_args(pod_obj("vllm", 1), ["hgx", "a6000"]))
+        scores = {h["Host"]: h["Score"] for h in prio}
+        assert scores["a6000"] > scores["hgx"]  # the 1-GPU pod goes where a pair is already broken
+        code, health = await s.get("/healthz")
+        assert '"synced":true' in health
+
+
+async def test_node_changes_arrive_through_the_watch_and_relist_after_410(
+    serve, kube: KubeStandIn, state: ClusterState
+) -> None:
+    nodes_reflector = state.reflectors[0]
+    assert nodes_reflector.relists == 1
+    async with serve(state=state) as s:
+        pod = pod_obj("vllm", 8)
+        _, res = await s.post("/filter", names_args(pod, ["hgx"]))
+        assert res["NodeNames"] == ["hgx"]
+        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4]))  # a watch event
+        await until(lambda: state.view("hgx").free_mask == 0b11100000, "MODIFIED event applied")
+        # The watch drops, changes happen, history is compacted (no await in between, so the reflector
+        # cannot reconnect early): resuming from its old resourceVersion gets 410 Expired, it must relist,
+        # and the changes made in the gap must show up.
+        kube.close_watches()
+        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu"))
+        kube.add(node_obj("new", "dgx-a100-nvswitch-8gpu"))
+        kube.compact()
+        await until(lambda: nodes_reflector.relists >= 2, "relist after 410")
+        await until(lambda: state.view("new") is not None, "node created during the gap")
+        _, res = await s.post("/filter", names_args(pod, ["hgx", "new"]))
+        assert res["NodeNames"] == ["hgx", "new"]
+        kube.delete("Node", "new")
+        await until(lambda: state.view("new") is None, "DELETED event applied")
+
+
+async def test_bound_pods_are_assumed_until_the_agent_catches_up(
+    serve, kube: KubeStandIn, state: ClusterState
+) -> None:
+    async with serve(state=state) as s:
+        big = names_args(pod_obj("big", 8), ["hgx"])
+        _, res = await s.post("/filter", names_args(pod_obj("big", 8, scope="nvlink"), ["hgx"]))
+        assert res["NodeNames"] == ["hgx"]
+        # The scheduler binds a 4-GPU pod to hgx; the annotation (observed a minute ago) cannot show it.
+        kube.add(pod_obj("vllm-0", 4, node="hgx"))
+        await until(lambda: state.view("hgx").free_mask.bit_count() == 4, "4 GPUs assumed taken")
+        _, res = await s.post("/filter", names_args(pod_obj("big", 8, scope="nvlink"), ["hgx"]))
+        assert res["FailedNodes"]["hgx"].startswith("pod needs 8 GPUs, 4 free")
+        _, doc = await s.post("/explain", names_args(pod_obj("four", 4), ["hgx"]))
+        assert len(doc["nodes"][0]["gpus"]) == 4
+        # The agent publishes an allocation observed after the bind: the assumption ends.
+        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[4, 5, 6, 7], observed=stamp(+5)))
+        await until(lambda: state.view("hgx").free_mask == 0b00001111, "annotation replaces assumption")
+        # The pod ends: nothing assumed any more either way.
+        kube.delete("Pod", "vllm-0", "default")
+        await until(lambda: not state.pods, "pod gone")
+        _, res = await s.post("/filter", big)
+        assert res["NodeNames"] == ["hgx"]  # 4 free < 8, no scope: passes, the scheduler counts
+
+
+async def test_explain_get_reads_the_pending_pod(serve, kube: KubeStandIn, state: ClusterState) -> None:
+    kube.add(pod_obj("pending", 2, scope="nvlink"))
+    async with serve(state=state) as s:
+        code, text = await s.get("/explain?pod=default/pending")
+        assert code == 200, text
+        import orjson
+
+        doc = orjson.loads(text)
+        assert doc["gpus"] == 2 and doc["requiredScope"] == "nvlink"
+        assert {r["node"] for r in doc["nodes"]} == {"hgx", "a6000"}
+        assert all(r["tier"] == "nvlink" for r in doc["nodes"])
+        code, text = await s.get("/explain?pod=default/absent")
+        assert code == 404 and "not found" in text
