@@ -98,13 +98,29 @@ def sysfs_numa(pci: str) -> dict[str, Any]:
 
 
 def fabric(h: Any) -> dict[str, Any]:
+    """NVSwitch fabric registration. The versioned call first: the legacy struct read all zeros on a 4x H100
+    VM whose `nvidia-smi -q` said State Completed / Status Success."""
+    if hasattr(nv, "c_nvmlGpuFabricInfo_v3_t") and hasattr(nv, "nvmlDeviceGetGpuFabricInfoV"):
+        info = nv.c_nvmlGpuFabricInfo_v3_t()
+        info.version = nv.nvmlGpuFabricInfo_v3
+
+        def get_v() -> dict[str, Any]:
+            nv.nvmlDeviceGetGpuFabricInfoV(h, nv.byref(info))
+            return {"call": "nvmlDeviceGetGpuFabricInfoV/v3", "state": int(info.state),
+                    "status": int(info.status), "cliqueId": int(info.cliqueId),
+                    "clusterUuid": bytes(info.clusterUuid).hex()}
+
+        got = ask(get_v)
+        if "value" in got:
+            return got
     if not hasattr(nv, "c_nvmlGpuFabricInfo_t"):
         return {"error": "FunctionNotFound"}
-    info = nv.c_nvmlGpuFabricInfo_t()
+    legacy = nv.c_nvmlGpuFabricInfo_t()
 
     def get() -> dict[str, Any]:
-        nv.nvmlDeviceGetGpuFabricInfo(h, nv.byref(info))
-        return {"state": int(info.state), "status": int(info.status), "cliqueId": int(info.cliqueId)}
+        nv.nvmlDeviceGetGpuFabricInfo(h, nv.byref(legacy))
+        return {"call": "nvmlDeviceGetGpuFabricInfo", "state": int(legacy.state),
+                "status": int(legacy.status), "cliqueId": int(legacy.cliqueId)}
 
     return ask(get)
 

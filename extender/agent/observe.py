@@ -68,6 +68,10 @@ def observe_topology(*, topo_file: str | None = None, capture: str | None = None
         raise ObserveError(str(exc)) from None
     if found.topology.unknown:
         logger.info("discovery could not learn everything", extra={"unknown": found.topology.unknown})
+    if len(found.socket_groups) > 1 and any(g.numa < 0 for g in found.topology.gpus):
+        # The extender tells sockets apart by the published `cpus` when NUMA is unknown: show what it sees.
+        logger.info("NUMA unknown; GPUs grouped by CPU affinity",
+                    extra={"socket_groups": found.socket_groups})
     if found.unhealthy:
         logger.warning("GPUs lost", extra={"unhealthy": sorted(found.unhealthy)})
     return Observation(found.topology, found.unhealthy, f"capture:{capture}" if capture else "nvml")

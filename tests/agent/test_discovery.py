@@ -217,3 +217,20 @@ def test_bad_cpusets_are_rejected(bad: str) -> None:
 def test_bus_ids_are_normalised_to_sysfs_form() -> None:
     assert normalize_bus_id(b"00000000:18:00.0\x00") == "0000:18:00.0"
     assert normalize_bus_id("0000:AB:00.0") == "0000:ab:00.0"
+
+
+def test_socket_groups_from_cpu_affinity_when_numa_is_unknown() -> None:
+    cap = load_x4()
+    for i, dev in enumerate(cap["devices"]):
+        dev["memory_affinity_numa_nodes"] = {"error": "NotSupported"}
+        dev["cpu_affinity"] = {"value": "0-31" if i in (0, 2) else "32-63"}
+    found = discover(ReplayBackend(cap))
+    assert {g.numa for g in found.topology.gpus} == {-1}
+    assert found.socket_groups == [[0, 2], [1, 3]]
+    assert [g.cpus for g in found.topology.gpus] == ["0-31", "32-63", "0-31", "32-63"]
+
+
+def test_socket_groups_need_every_gpus_affinity() -> None:
+    cap = load_x4()
+    cap["devices"][3]["cpu_affinity"] = {"error": "NoPermission"}
+    assert discover(ReplayBackend(cap)).socket_groups == []
