@@ -29,6 +29,13 @@ def test_default_mix_is_dominated_by_4_gpu_pods_and_offers_the_asked_load() -> N
     assert all(a.arrival <= b.arrival for a, b in itertools.pairwise(pods))
 
 
+def test_the_same_mix_written_in_another_order_draws_the_same_pods() -> None:
+    a = generate(300, seed=5, fleet_gpus=64, mix=parse_mix("4:0.7,2:0.15,1:0.15"))
+    assert generate(300, seed=5, fleet_gpus=64, mix=parse_mix("1:0.15,4:0.7,2:0.15")) == a
+    assert generate(300, seed=5, fleet_gpus=64) == a  # the default mix is that one
+    assert generate(300, seed=6, fleet_gpus=64) != a
+
+
 def test_mix_parsing() -> None:
     assert parse_mix("4:7, 2:2 ,1:1") == {1: 0.1, 2: 0.2, 4: 0.7}
     for bad, msg in [

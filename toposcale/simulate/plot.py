@@ -25,7 +25,7 @@ def plot(results: Sequence[PolicyResult], path: str | Path, title: str = "") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1, 1.5]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.4), gridspec_kw={"width_ratios": [1, 1.5]})
     names = [r.policy for r in results]
     bottoms = [0.0] * len(results)
     for tier in Tier:
@@ -40,7 +40,7 @@ def plot(results: Sequence[PolicyResult], path: str | Path, title: str = "") -> 
     ax1.set_ylabel("% of placed multi-GPU pods")
     ax1.set_ylim(0, 100)
     ax1.set_title("GPU set tier (worst link within the set)")
-    ax1.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
 
     for r in results:
         xs = [t / 3600 for t, _, _ in r.series]

@@ -82,7 +82,7 @@ def generate(
     if fleet_gpus <= 0:
         raise WorkloadError("the fleet has no GPUs")
     mix = mix or DEFAULT_MIX
-    sizes = list(mix)
+    sizes = sorted(mix)  # the same mix draws the same pods whatever order it was written in
     weights = [mix[s] for s in sizes]
     mean_gpus = sum(s * w for s, w in zip(sizes, weights, strict=True))
     rate = load * fleet_gpus / (mean_gpus * mean_duration)  # arrivals per second
