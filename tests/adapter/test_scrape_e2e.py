@@ -1,6 +1,7 @@
-"""Direct-scrape mode end to end: in-test vLLM/DCGM exporters serving real exporter text, the adapter in front,
-and the real kubectl as the client. No cluster: targets come from a static targets list (the `--scrape-targets`
-mode); the Kubernetes pod-finding path is covered separately against tests/harness/kube_standin.py."""
+"""Direct-scrape mode end to end: in-test vLLM/DCGM exporters serving real exporter text, the adapter in
+front, and the real kubectl as the client. No cluster: targets come from a static targets list (the
+`--scrape-targets` mode); the Kubernetes pod-finding path is covered separately against
+tests/harness/kube_standin.py."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
 from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.scrape import ScrapeSource
+
+from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
 
 from .conftest import kubectl, write_kubeconfig
 

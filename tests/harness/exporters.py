@@ -1,8 +1,9 @@
 """In-test HTTP exporters serving real vLLM and NVIDIA DCGM exporter text with settable values.
 
 The text comes from tests/fixtures/metrics/ (vllm_v1.txt: vLLM >= 0.10 V1 engine, vllm_v0.txt: vLLM 0.6 V0,
-dcgm.txt: dcgm-exporter with pod mapping), each headed by its source; values the tests control are substituted,
-everything else is served as captured (HELP/TYPE lines, `_created` companions, `engine` labels, info metrics).
+dcgm.txt: dcgm-exporter with pod mapping), each headed by its source; values the tests control are
+substituted, everything else is served as captured (HELP/TYPE lines, `_created` companions, `engine` labels,
+info metrics).
 
 Stable API (the dashboards and demo reuse it):
 
@@ -13,7 +14,8 @@ Stable API (the dashboards and demo reuse it):
         vllm.observe_ttft(0.3, n=10)  # adds observations to vllm:time_to_first_token_seconds
         vllm.url                    # "http://127.0.0.1:<port>/metrics"
 
-    async with DcgmExporter([Gpu(0, namespace="ml", pod="vllm-0", util=80, fb_used=60000, fb_free=21000)]) as d:
+    gpus = [Gpu(0, namespace="ml", pod="vllm-0", util=80, fb_used=60000, fb_free=21000)]
+    async with DcgmExporter(gpus) as d:
         d.gpus[0].util = 95         # DCGM_FI_DEV_GPU_UTIL; fb_used/fb_free -> DCGM_FI_DEV_FB_USED/FREE (MiB)
 
     exporter.mode = "ok" | "hang" | "garbage" | "error" | "huge"   # failure modes for bad-input tests

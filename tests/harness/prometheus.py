@@ -2,8 +2,8 @@
 
 Stable API (the dashboards colleague and the demo reuse it):
 
-    prom = PrometheusServer([ScrapeJob("vllm", ["127.0.0.1:8000"], labels={"namespace": "ml", "pod": "vllm-0"})],
-                            scrape_interval="1s")
+    job = ScrapeJob("vllm", ["127.0.0.1:8000"], labels={"namespace": "ml", "pod": "vllm-0"})
+    prom = PrometheusServer([job], scrape_interval="1s")
     prom.start()                      # generated config, temp storage dir; waits until ready
     prom.wait_scraped(["vllm"])       # until every target of those jobs has been scraped and is up
     prom.query("up")                  # instant query -> list of {"metric": {...}, "value": [ts, "v"]}
@@ -11,9 +11,10 @@ Stable API (the dashboards colleague and the demo reuse it):
     prom.stop()                       # SIGTERM, wait; the temp dir is removed
     with PrometheusServer(jobs) as prom: ...   # start + stop
 
-A job scrapes `targets` ("host:port") at `metrics_path`; `labels` are attached to every target of the job (the
-way Kubernetes service discovery attaches namespace/pod); `honor_labels=True` keeps the exporter's own
-namespace/pod labels (as DCGM exporter setups do). Blocking calls: use `asyncio.to_thread` from async tests.
+A job scrapes `targets` ("host:port") at `metrics_path` (every `scrape_interval` if set); `labels` are
+attached to every target of the job (the way Kubernetes service discovery attaches namespace/pod);
+`honor_labels=True` keeps the exporter's own namespace/pod labels (as DCGM exporter setups do).
+Blocking calls: use `asyncio.to_thread` from async tests.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ScrapeJob:
     labels: dict[str, str] = field(default_factory=dict)
     metrics_path: str = "/metrics"
     honor_labels: bool = False
+    scrape_interval: str | None = None  # default: the server's
 
 
 class PrometheusServer:
@@ -77,6 +79,8 @@ class PrometheusServer:
                     "metrics_path": j.metrics_path,
                     "honor_labels": j.honor_labels,
                     "static_configs": [{"targets": j.targets, "labels": j.labels}],
+                    **({"scrape_interval": j.scrape_interval, "scrape_timeout": self.scrape_interval}
+                       if j.scrape_interval else {}),
                 }
                 for j in self.jobs
             ],
@@ -88,7 +92,7 @@ class PrometheusServer:
         self._dir = Path(tempfile.mkdtemp(prefix="toposcale-prom-"))
         cfg = self._dir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(self.config()))
-        self._log = open(self._dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self._dir / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
             [self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self._dir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
@@ -139,7 +143,7 @@ class PrometheusServer:
             if len(ready) >= expected:
                 # a second scrape makes rate() and staleness checks meaningful
                 sel = "|".join(want)
-                res = self.query(f'count_over_time(up{{job=~"{sel}"}}[1m]) >= 2')
+                res = self.query(f'count_over_time(up{{job=~"{sel}"}}[5m]) >= 2')
                 if len(res) >= expected:
                     return
             time.sleep(0.2)

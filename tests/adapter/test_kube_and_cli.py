@@ -1,0 +1,139 @@
+"""Pods found through the Kubernetes API (kubernetes-asyncio against tests/harness/kube_standin.py, the
+in-process API stand-in speaking the real wire format), and the `toposcale adapter` command as a user runs
+it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+from toposcale.adapter.rules import GpuOwner, Rule, RuleSet, ScrapeSpec
+from toposcale.adapter.sources.pods import KubePods
+from toposcale.adapter.sources.scrape import ScrapeSource
+
+from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
+from tests.harness.kube_standin import KubeStandIn
+from toposcale import kube
+
+EXE = Path(sys.executable).parent / "toposcale"
+BASE = "/apis/external.metrics.k8s.io/v1beta1"
+
+
+def pod(name: str, ns: str, labels: dict[str, str], phase: str = "Running", ip: str = "127.0.0.1") -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "vllm/vllm-openai"}]},
+        "status": {"phase": phase, "podIP": ip},
+    }
+
+
+async def test_pods_from_kubernetes_are_scraped(serve_adapter, tmp_path: Path) -> None:
+    vllm = VllmExporter(waiting=2, kv_cache=0.5)
+    dcgm = DcgmExporter([Gpu(0, "ml", "vllm-0", util=40), Gpu(1, "ml", "vllm-1", util=60),
+                         Gpu(2, "ml", "pending-0", util=99)])
+    async with KubeStandIn() as k, vllm, dcgm:
+        k.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"},
+               "status": {"phase": "Active"}})
+        # every pod's IP is loopback, so the rule's port decides which exporter answers
+        k.add(pod("vllm-0", "ml", {"app": "vllm"}))
+        k.add(pod("vllm-1", "ml", {"app": "vllm"}))
+        k.add(pod("pending-0", "ml", {"app": "vllm"}, phase="Pending", ip=""))
+        k.add(pod("chat-0", "ml", {"app": "chat"}))
+        k.add(pod("dcgm-x", "gpu-operator", {"app.kubernetes.io/name": "dcgm-exporter"}))
+        rules = RuleSet(rules=[
+            Rule(name="waiting", series=["vllm:num_requests_waiting"], aggregation="sum",
+                 scrape=ScrapeSpec(port=vllm.port)),
+            Rule(name="gpu", series=["DCGM_FI_DEV_GPU_UTIL"], aggregation="avg", per_pod="none",
+                 gpu_owner=GpuOwner(port=dcgm.port)),
+        ])
+        api = await kube.api_client(k.write_kubeconfig(tmp_path / "kubeconfig"))
+        source = ScrapeSource(KubePods(api, ttl=0.05), rules, ttl=0.05)
+        adapter = await serve_adapter(rules, source, cache_ttl=0.05)
+
+        code, body = await adapter.metric("waiting", selector="app=vllm")
+        assert code == 200, body
+        assert body["items"][0]["value"] == "4"  # two Running pods (same exporter), the Pending one skipped
+        code, body = await adapter.metric("gpu", selector="app=vllm")
+        assert body["items"][0]["value"] == "50"  # GPUs of vllm-0 and vllm-1 only
+        code, body = await adapter.metric("waiting", namespace="absent")
+        assert (code, body["reason"]) == (404, "NotFound")
+        k.delete("Pod", "vllm-1", "ml")
+        await asyncio.sleep(0.1)
+        code, body = await adapter.metric("waiting", selector="app=vllm")
+        assert body["items"][0]["value"] == "2"
+        await k.stop()  # the API server goes away: an error, never a made-up value
+        await asyncio.sleep(0.1)
+        code, body = await adapter.metric("waiting", selector="app=vllm")
+        assert (code, body["reason"]) == (503, "ServiceUnavailable")
+        assert "Kubernetes API" in body["message"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _get_json(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(150):
+            try:
+                async with s.get(url) as r:
+                    return r.status, await r.json()
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing answered {url}")
+
+
+async def test_acceptance_scrape_targets_command(tmp_path: Path) -> None:
+    async with VllmExporter(waiting=3) as a, VllmExporter(generation="v0", waiting=2) as b:
+        targets = tmp_path / "targets.yaml"
+        targets.write_text(yaml.safe_dump([
+            {"url": a.url, "labels": {"namespace": "ml", "pod": "vllm-0", "app": "vllm"}},
+            {"url": b.url, "labels": {"namespace": "ml", "pod": "vllm-1", "app": "vllm", "tier": "old"}},
+        ]))
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            str(EXE), "adapter", "--scrape-targets", str(targets), "--port", str(port),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}{BASE}/namespaces/ml/vllm_requests_waiting"
+            code, body = await _get_json(url + "?labelSelector=app%3Dvllm")
+            assert (code, body["items"][0]["value"]) == (200, "5")
+            code, body = await _get_json(url + "?labelSelector=tier%3Dold")
+            assert body["items"][0]["value"] == "2"
+            code, body = await _get_json(f"http://127.0.0.1:{port}/apis")
+            assert body["kind"] == "APIGroupList"
+            assert body["groups"][0]["name"] == "external.metrics.k8s.io"
+        finally:
+            proc.terminate()
+            _, err = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 0, err
+        lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+        assert any(entry["msg"] == "adapter listening" for entry in lines)  # structured logs
+
+
+def test_bad_rules_file_fails_at_start_naming_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "rules.yaml"
+    bad.write_text(
+        "rules:\n  - name: q\n    series: ['vllm:num_requests_waiting']\n    aggregation: median\n"
+    )
+    res = subprocess.run([str(EXE), "adapter", "--rules", str(bad), "--scrape-targets", "/dev/null",
+                          "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert str(bad) in res.stderr and "rules.0.aggregation" in res.stderr
+
+    targets = tmp_path / "targets.yaml"
+    targets.write_text("- url: ftp://x\n  labels: {namespace: ml}\n")
+    res = subprocess.run([str(EXE), "adapter", "--scrape-targets", str(targets), "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert str(targets) in res.stderr and "0.url" in res.stderr and "'pod'" in res.stderr
