@@ -4,7 +4,7 @@ kube-state-metrics names and labels are from kubernetes/kube-state-metrics inter
 horizontalpodautoscaler.go: every family carries `namespace` and `horizontalpodautoscaler`;
 `..._spec_target_metric` adds `metric_name` and `metric_target_type` (value|utilization|average) and is
 emitted only for integer targets; `..._status_condition` adds `condition` and `status` (true|false|unknown).
-toposcale's own names are the ones its services register (adapter/metrics.py, extender/metrics.py,
+toposcale's own names are the ones its services register (adapter/metrics.py, extender/server.py,
 extender/agent/metrics.py); the dashboard tests scrape the real services, so a rename breaks a test.
 """
 
@@ -19,6 +19,11 @@ HPA = 'namespace=~"$namespace", horizontalpodautoscaler=~"$hpa"'
 RI = "$__rate_interval"
 HPA_LEGEND = "{{namespace}}/{{horizontalpodautoscaler}}"
 KSM = "kube_horizontalpodautoscaler"
+NS = 'namespace=~"$namespace"'
+WAITING = f"vllm:num_requests_waiting{{{NS}}}"
+KV_PER_POD = (f"avg by (namespace, pod) (vllm:kv_cache_usage_perc{{{NS}}}) "
+              f"or avg by (namespace, pod) (vllm:gpu_cache_usage_perc{{{NS}}})")
+METRIC_ROUTE = 'route=~".*/namespaces/.*"'  # the adapter's metric GET, not discovery or health
 
 
 def build() -> dict[str, Any]:
@@ -41,8 +46,7 @@ def build() -> dict[str, Any]:
                    "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]},
               ]),
         Panel("table", "Can the HPA read its metrics?", [
-            Target(f"{KSM}_status_condition{{{HPA}, status=\"true\"}}",
-                   instant=True, table=True),
+            Target(f"{KSM}_status_condition{{{HPA}, status=\"true\"}}", instant=True, table=True),
         ], description="ScalingActive=false usually means FailedGetExternalMetric: the adapter answered an "
                        "error (source down or stale), and the HPA keeps its replicas, by design, instead of "
                        "acting on a made-up value. AbleToScale / ScalingLimited explain the rest.",
@@ -52,74 +56,92 @@ def build() -> dict[str, Any]:
                                     "status": True},
                   "renameByName": {"horizontalpodautoscaler": "HPA", "Value": "true (1) / not (0)"},
               }}]),
-        Panel("timeseries", "HPA targets", [
-            Target(f"{KSM}_spec_target_metric{{{HPA}}}",
-                   legend="{{horizontalpodautoscaler}} {{metric_name}} ({{metric_target_type}})"),
-        ], description="What each HPA aims for (kube-state-metrics emits integer targets only: a 0.8 "
-                       "KV-cache target does not show here).", width=12, min=0),
-        Panel("timeseries", "Queue per replica vs target", [
-            Target('sum by (namespace) (vllm:num_requests_waiting{namespace=~"$namespace"}) / on (namespace) '
-                   f"group_left sum by (namespace) ({KSM}_status_current_replicas{{{HPA}}})",
-                   legend="waiting per replica {{namespace}}"),
-        ], description="The AverageValue the HPA computes from vllm_requests_waiting: sum over the pods, "
-                       "divided by the current replicas.", width=12, min=0),
+    ])
+    signals = Row("What the HPA reads (the adapter's default rules, evaluated in PromQL)", [
+        Panel("timeseries", "vllm_requests_waiting vs the HPA's threshold", [
+            Target(f"sum by (namespace) ({WAITING})", legend="waiting {{namespace}}"),
+            Target(f'sum by (namespace) ({KSM}_spec_target_metric{{{HPA}, '
+                   f'metric_name="vllm_requests_waiting", metric_target_type="average"}} '
+                   f"* on (namespace, horizontalpodautoscaler) "
+                   f"{KSM}_status_current_replicas{{{HPA}}})", legend="scale-out above {{namespace}}"),
+        ], description="The sum the adapter serves for vllm_requests_waiting (requests queued in vLLM over "
+                       "the selected pods), beside the AverageValue target times the current replicas: "
+                       "above the line the HPA adds replicas.", width=8, min=0),
+        Panel("timeseries", "vllm_kv_cache_usage", [
+            Target(f"avg by (namespace) ({KV_PER_POD})", legend="{{namespace}}"),
+        ], description="Mean over pods of each pod's KV-cache usage (engines averaged first), vLLM's new "
+                       "name or the V0 one, as the adapter computes it.",
+              unit="percentunit", min=0, max=1, width=8),
+        Panel("timeseries", "gpu_utilization of the serving pods", [
+            Target('avg by (namespace) (DCGM_FI_DEV_GPU_UTIL{namespace=~"$namespace", pod!=""})',
+                   legend="{{namespace}}"),
+        ], description="DCGM GPU utilisation averaged over the GPUs the pods of each namespace hold (the "
+                       "exporter's pod mapping), the adapter's gpu_utilization.",
+              unit="percent", min=0, max=100, width=8),
     ])
     adapter = Row("Adapter (external.metrics.k8s.io)", [
-        Panel("timeseries", "Values served", [
-            Target("toposcale_adapter_metric_value", legend="{{metric}} {{namespace}}"),
-        ], description="The last value the adapter answered per external metric and namespace: exactly what "
-                       "the HPA read.", width=12),
-        Panel("timeseries", "Requests /s by metric and code", [
-            Target(f"sum by (metric, code) (rate(toposcale_adapter_requests_total[{RI}]))",
-                   legend="{{metric}} {{code}}"),
-        ], unit="reqps", min=0, width=12, stack=True),
-        Panel("timeseries", "Request latency", [
-            Target(f"histogram_quantile({q}, sum by (le) "
-                   f"(rate(toposcale_adapter_request_duration_seconds_bucket[{RI}])))",
-                   legend=f"p{round(q * 100)}") for q in (0.5, 0.99)
-        ], unit="s", min=0, width=8),
-        Panel("timeseries", "Errors /s", [
-            Target(f'sum by (code) (rate(toposcale_adapter_requests_total{{code=~"4..|5.."}}[{RI}]))',
+        Panel("timeseries", "Metric requests /s by code", [
+            Target(f"sum by (code) (rate(toposcale_adapter_requests_total{{{METRIC_ROUTE}}}[{RI}]))",
                    legend="HTTP {{code}}"),
-            Target(f"sum by (source, reason) (rate(toposcale_adapter_source_errors_total[{RI}]))",
-                   legend="source {{source}} {{reason}}"),
-        ], description="5xx: the source (Prometheus or a scraped pod) was down, timed out or stale; the HPA "
-                       "then holds its replicas. 4xx: a bad selector or an unknown metric in an HPA spec.",
-              unit="reqps", min=0, width=8),
-        Panel("timeseries", "Cache hit ratio", [
-            Target(f"sum(rate(toposcale_adapter_cache_hits_total[{RI}])) / "
-                   f"(sum(rate(toposcale_adapter_cache_hits_total[{RI}])) "
-                   f"+ sum(rate(toposcale_adapter_cache_misses_total[{RI}])))", legend="hit ratio"),
-        ], unit="percentunit", min=0, max=1, width=8),
+        ], description="GETs of external metric values (the HPA controller asks every 15 s per metric and "
+                       "HPA). 503: the source was down, timed out or stale and the HPA held its replicas; "
+                       "404/400: an HPA names an unknown metric or a bad selector.",
+              unit="reqps", min=0, width=6, stack=True),
+        Panel("timeseries", "Metric request latency", [
+            Target(f"histogram_quantile({q}, sum by (le) "
+                   f"(rate(toposcale_adapter_request_duration_seconds_bucket{{{METRIC_ROUTE}}}[{RI}])))",
+                   legend=f"p{round(q * 100)}") for q in (0.5, 0.99)
+        ], unit="s", min=0, width=6),
+        Panel("timeseries", "Source errors /s", [
+            Target(f"sum by (source, kind) (rate(toposcale_adapter_source_errors_total[{RI}]))",
+                   legend="{{source}} {{kind}}"),
+        ], description="Failures talking to Prometheus or to scraped pods, by kind (timeout, target, stale, "
+                       "garbage...). One unreachable pod does not fail a metric; all of them do.",
+              unit="ops", min=0, width=6),
+        Panel("timeseries", "Cache outcomes", [
+            Target(f"sum by (result) (rate(toposcale_adapter_cache_requests_total[{RI}]))",
+                   legend="{{result}}"),
+        ], description="hit: answered from the short cache; coalesced: joined a query already in flight; "
+                       "miss: asked the source. Many HPAs on one metric should be mostly hits.",
+              unit="ops", min=0, width=6, stack=True),
     ])
     placement = Row("Placement (scheduler extender and node agent)", [
         Panel("timeseries", "Decision latency by verb", [
             Target(f"histogram_quantile({q}, sum by (le, verb) "
-                   f"(rate(toposcale_extender_decision_duration_seconds_bucket[{RI}])))",
+                   f"(rate(toposcale_extender_decision_seconds_bucket[{RI}])))",
                    legend=f"p{round(q * 100)} {{{{verb}}}}") for q in (0.5, 0.99)
         ], description="kube-scheduler waits for this on every GPU pod (httpTimeout, default 5 s).",
               unit="s", min=0, width=8),
-        Panel("timeseries", "Topology tier of the GPU sets chosen", [
-            Target(f"sum by (tier) (increase(toposcale_extender_chosen_tier_total[{RI}]))",
-                   legend="{{tier}}"),
-        ], description="Best tier first: nvlink > pcie-switch > host-bridge > numa > system. A rising share "
-                       "of numa/system placements means the fleet is fragmented.",
-              unit="short", min=0, width=8, stack=True),
-        Panel("timeseries", "Nodes scored /s", [
+        Panel("bargauge", "Topology tier of the GPU sets chosen", [
+            Target("sum by (tier) (increase(toposcale_extender_chosen_set_tier_total[$__range]))",
+                   legend="{{tier}}", instant=True),
+        ], description="Tier of the GPU set predicted on the best-scored node of each prioritize call, "
+                       "over the dashboard's time range, by its weakest link: nvlink > pcie-switch > "
+                       "host-bridge > numa > cross-socket. A growing share of numa/cross-socket means the "
+                       "fleet is fragmented.",
+              unit="short", min=0, decimals=0, width=8),
+        Panel("timeseries", "Nodes judged /s", [
             Target(f"sum by (verb) (rate(toposcale_extender_nodes_scored_total[{RI}]))", legend="{{verb}}"),
+            Target(f"sum by (outcome) (rate(toposcale_extender_filter_outcomes_total[{RI}]))",
+                   legend="filter {{outcome}}"),
         ], unit="short", min=0, width=8),
-        Panel("stat", "Nodes with unknown topology", [
-            Target("max(toposcale_extender_unknown_topology_nodes)"),
-        ], description="GPU nodes without a valid toposcale.io/gpu-topology annotation: the extender passes "
-                       "them with a neutral score. Check the node agent DaemonSet on them.",
-              width=8, height=6, thresholds=((None, "green"), (1, "orange"))),
-        Panel("timeseries", "Agent publish errors /s", [
-            Target(f"sum by (node) (rate(toposcale_agent_publish_errors_total[{RI}]))", legend="{{node}}"),
-        ], description="Failed Node annotation patches: the extender keeps scoring that node on stale data.",
-              unit="ops", min=0, width=8, height=6),
-        Panel("stat", "GPUs seen by the agents", [
-            Target("sum(toposcale_agent_gpus)"),
-        ], width=8, height=6),
+        Panel("timeseries", "Nodes with unknown topology /s", [
+            Target(f"sum by (reason) (rate(toposcale_extender_unknown_topology_nodes_total[{RI}]))",
+                   legend="{{reason}}"),
+        ], description="Nodes the extender judged without a usable toposcale.io/gpu-topology or allocation "
+                       "annotation: they pass with a neutral score. Check the node agent on them.",
+              unit="short", min=0, width=8),
+        Panel("timeseries", "Node agents: GPUs seen", [
+            Target("sum by (instance) (toposcale_agent_gpus)", legend="{{instance}}"),
+        ], unit="short", min=0, decimals=0, width=8, stack=True),
+        Panel("timeseries", "Node agents: errors /s", [
+            Target(f"sum(rate(toposcale_agent_publish_errors_total[{RI}]))", legend="Node patch failed"),
+            Target(f"sum(rate(toposcale_agent_kubelet_errors_total[{RI}]))", legend="kubelet unreachable"),
+            Target(f"sum(rate(toposcale_agent_discovery_errors_total[{RI}]))",
+                   legend="NVML discovery failed"),
+        ], description="Patch failures leave the extender scoring that node on stale annotations; kubelet "
+                       "errors leave its allocation unknown; discovery errors publish nothing.",
+              unit="ops", min=0, width=8),
     ])
     return dashboard(
         uid=UID,
@@ -128,6 +150,6 @@ def build() -> dict[str, Any]:
                     "scheduler-extender decisions and the topology tier of the GPUs it chose, node agents.",
         tags=["toposcale", "autoscaling", "scheduling"],
         variables=variables,
-        rows=[hpa, adapter, placement],
+        rows=[hpa, signals, adapter, placement],
         links=dashboard_links(),
     )

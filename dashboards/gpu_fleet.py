@@ -17,6 +17,12 @@ SEL = 'Hostname=~"$node", gpu=~"$gpu"'
 GPU_LEGEND = "{{Hostname}} GPU {{gpu}}"
 
 
+def per_gpu(metric: str) -> str:
+    """One series per physical GPU: with Kubernetes mapping on, the exporter's namespace/pod/container labels
+    change whenever a pod takes or frees the GPU, which would split its history into several series."""
+    return f"max by (Hostname, gpu) ({metric}{{{SEL}}})"
+
+
 def build() -> dict[str, Any]:
     variables = [
         Variable("node", "Node", "DCGM_FI_DEV_GPU_UTIL", "Hostname"),
@@ -45,7 +51,7 @@ def build() -> dict[str, Any]:
     ])
     topology = Row("Topology: GPUs grouped by node", [
         Panel("status-history", "Utilisation per GPU, grouped by node", [
-            Target(f"DCGM_FI_DEV_GPU_UTIL{{{SEL}}}", legend=GPU_LEGEND),
+            Target(per_gpu("DCGM_FI_DEV_GPU_UTIL"), legend=GPU_LEGEND),
         ], description="One row per GPU, sorted by node then index, so a node whose GPUs are half idle (a "
                        "tensor-parallel group split across PCIe or sockets) stands out from nodes that are "
                        "uniformly busy.",
@@ -75,35 +81,36 @@ def build() -> dict[str, Any]:
               overrides=[{"matcher": {"id": "byName", "options": "FB used"},
                           "properties": [{"id": "unit", "value": "percentunit"}]}]),
     ])
-    per_gpu = Row("Per GPU", [
-        Panel("timeseries", "GPU utilisation", [Target(f"DCGM_FI_DEV_GPU_UTIL{{{SEL}}}", legend=GPU_LEGEND)],
+    each_gpu = Row("Per GPU", [
+        Panel("timeseries", "GPU utilisation", [Target(per_gpu("DCGM_FI_DEV_GPU_UTIL"), legend=GPU_LEGEND)],
               description="DCGM_FI_DEV_GPU_UTIL: share of time a kernel was running (coarse: a GPU running "
                           "one small kernel all the time reads 100%). SM activity is the finer measure.",
               unit="percent", min=0, max=100),
         Panel("timeseries", "SM activity (profiling counters)", [
-            Target(f"DCGM_FI_PROF_SM_ACTIVE{{{SEL}}}", legend=GPU_LEGEND),
+            Target(per_gpu("DCGM_FI_PROF_SM_ACTIVE"), legend=GPU_LEGEND),
         ], description="DCGM_FI_PROF_SM_ACTIVE: fraction of cycles an SM had a warp resident. Needs the DCGM "
                        "profiling counters (DCP): empty on GPUs or exporters without them.",
               unit="percentunit", min=0, max=1),
         Panel("timeseries", "Tensor core activity (profiling counters)", [
-            Target(f"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{{{SEL}}}", legend=GPU_LEGEND),
+            Target(per_gpu("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"), legend=GPU_LEGEND),
         ], description="DCGM_FI_PROF_PIPE_TENSOR_ACTIVE: fraction of cycles the tensor pipe was busy; "
                        "what an LLM spends its FLOPs on. Needs the DCGM profiling counters.",
               unit="percentunit", min=0, max=1),
         Panel("timeseries", "Framebuffer used", [
-            Target(f"DCGM_FI_DEV_FB_USED{{{SEL}}} / "
-                   f"(DCGM_FI_DEV_FB_USED{{{SEL}}} + DCGM_FI_DEV_FB_FREE{{{SEL}}})", legend=GPU_LEGEND),
+            Target(f'{per_gpu("DCGM_FI_DEV_FB_USED")} / '
+                   f'({per_gpu("DCGM_FI_DEV_FB_USED")} + {per_gpu("DCGM_FI_DEV_FB_FREE")})',
+                   legend=GPU_LEGEND),
         ], description="DCGM_FI_DEV_FB_USED / (used + free). vLLM pre-allocates its KV cache "
                        "(--gpu-memory-utilization): a serving GPU sits near that fraction whatever the load.",
               unit="percentunit", min=0, max=1),
-        Panel("timeseries", "Framebuffer free", [Target(f"DCGM_FI_DEV_FB_FREE{{{SEL}}}", legend=GPU_LEGEND)],
+        Panel("timeseries", "Framebuffer free", [Target(per_gpu("DCGM_FI_DEV_FB_FREE"), legend=GPU_LEGEND)],
               unit="decmbytes", min=0),
-        Panel("timeseries", "Power draw", [Target(f"DCGM_FI_DEV_POWER_USAGE{{{SEL}}}", legend=GPU_LEGEND)],
+        Panel("timeseries", "Power draw", [Target(per_gpu("DCGM_FI_DEV_POWER_USAGE"), legend=GPU_LEGEND)],
               unit="watt", min=0),
-        Panel("timeseries", "Temperature", [Target(f"DCGM_FI_DEV_GPU_TEMP{{{SEL}}}", legend=GPU_LEGEND)],
+        Panel("timeseries", "Temperature", [Target(per_gpu("DCGM_FI_DEV_GPU_TEMP"), legend=GPU_LEGEND)],
               unit="celsius", thresholds=((None, "green"), (80, "orange"), (87, "red"))),
         Panel("timeseries", "Last XID error code", [
-            Target(f"DCGM_FI_DEV_XID_ERRORS{{{SEL}}}", legend=GPU_LEGEND),
+            Target(per_gpu("DCGM_FI_DEV_XID_ERRORS"), legend=GPU_LEGEND),
         ], description="The code of the most recent XID error per GPU (0 = none since the exporter started).",
               unit="none", min=0, decimals=0),
     ])
@@ -114,6 +121,6 @@ def build() -> dict[str, Any]:
                     "errors per node and GPU.",
         tags=["toposcale", "gpu", "dcgm"],
         variables=variables,
-        rows=[overview, topology, per_gpu],
+        rows=[overview, topology, each_gpu],
         links=dashboard_links(),
     )
