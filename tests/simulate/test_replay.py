@@ -73,3 +73,25 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another(fleet_of) -> 
     assert run(7) == first
     assert run(8) != first
     assert all(p["placed"] + p["pending"] == 600 for p in first["policies"].values())
+
+
+def test_fleet_entries_with_the_same_wiring_behave_as_one(tmp_path) -> None:
+    # The same box listed twice (say, two racks) is the same fleet as one entry with both counts.
+    from toposcale.simulate.fleet import load_fleet
+
+    from .conftest import TOPOLOGIES
+
+    topo = TOPOLOGIES / "a6000-8gpu-nvlink-bridge-pairs.txt"
+    (tmp_path / "split.yaml").write_text(
+        f"nodes:\n  - {{topology: {topo}, count: 3, name: rack-a}}\n"
+        f"  - {{topology: {topo}, count: 2, name: rack-b}}\n"
+    )
+    (tmp_path / "one.yaml").write_text(f"nodes:\n  - {{topology: {topo}, count: 5}}\n")
+    pods = generate(400, seed=4, fleet_gpus=40)
+    runs = []
+    for name in ("split", "one"):
+        doc = to_json(compare(load_fleet(tmp_path / f"{name}.yaml"), pods, ["toposcale", "spread"], seed=4))
+        for p in doc["policies"].values():
+            p.pop("decisions_per_s")
+        runs.append(doc)
+    assert runs[0] == runs[1]

@@ -1,6 +1,6 @@
 """The event loop: one policy, one fleet, one list of pods, from the first arrival to the last.
 
-Nodes are kept in buckets keyed by (node type, free-GPU mask): identical boxes in the same state score the
+Nodes are kept in buckets keyed by (wiring, free-GPU mask): identical boxes in the same state score the
 same, so a decision scores each bucket once (memoized) rather than each node, and picks uniformly among the
 nodes of the best buckets. On each placement the node's device plugin picks the GPUs: one of the sets the
 extender's prediction of go-gpuallocator's best-effort policy says it may hand out, at random (the plugin's
@@ -64,16 +64,23 @@ def replay(
     progress: ProgressFn | None = None,
 ) -> PolicyResult:
     types = fleet.types
-    topos = [t.topology for t in types]
+    # Fleet entries with the same wiring (same fingerprint: links, NUMA, CPU affinity) share one bucket set.
+    topos: list[Topology] = []
+    wiring_of: dict[str, int] = {}
+    for t in types:
+        wiring_of.setdefault(t.topology.fingerprint, len(topos))
+        if len(topos) < len(wiring_of):
+            topos.append(t.topology)
     best = [{k: best_tier(t, k) for k in {p.gpus for p in pods}} for t in topos]
     rng = random.Random(f"toposcale-simulate-policy:{seed}:{policy.name}")
     res = PolicyResult(policy=policy.name, pods=len(pods), fleet_gpus=fleet.gpus)
 
-    node_type: list[int] = []
+    node_type: list[int] = []  # per node: its wiring (index into topos)
     free: list[int] = []
     buckets: dict[tuple[int, int], _Bucket] = {}
     nfree_of: dict[tuple[int, int], int] = {}
-    for ti, t in enumerate(types):
+    for t in types:
+        ti = wiring_of[t.topology.fingerprint]
         full = (1 << t.gpus) - 1
         b = buckets.setdefault((ti, full), _Bucket())
         nfree_of[(ti, full)] = t.gpus
