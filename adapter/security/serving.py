@@ -95,12 +95,12 @@ class BoundedProtocol(asyncio.Protocol):
         if self._in_headers:
             window = self._tail + data
             end = window.find(_END)
+            self._header_bytes += len(data) if end < 0 else end + len(_END) - len(self._tail)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._reject(431, "Request Header Fields Too Large", "header-size")
+                return
             if end < 0:
-                self._header_bytes += len(data)
                 self._tail = window[-3:]
-                if self._header_bytes > self.limits.max_header_bytes:
-                    self._reject(431, "Request Header Fields Too Large", "header-size")
-                    return
             else:
                 self._in_headers = False
                 self._stop_timer()

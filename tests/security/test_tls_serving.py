@@ -1,0 +1,268 @@
+"""Secure serving: self-signed generation, TLS versions, plain HTTP refused, certificate rotation without
+dropped connections, and the listener's limits (slow clients, oversized headers, connection and in-flight caps).
+
+Real TLS (OpenSSL through Python's ssl module on both ends), real certificates from tests/harness/certs.py.
+Limits are set small here so the cut-offs happen quickly; nothing asserts on timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography import x509
+from prometheus_client import CollectorRegistry
+from toposcale.adapter.security import serving
+from toposcale.adapter.security.metrics import SecurityMetrics
+from toposcale.adapter.security.middleware import SecurityFilter
+from toposcale.adapter.security.tls import ensure_self_signed, fingerprint
+
+from tests.harness.kube_standin import KubeStandIn
+
+from .conftest import METRIC_PATH, PKI, StartServer, auth_configmap, parse_flags, tls_flags, until
+
+ANON_TLS = ["--insecure-allow-anonymous"]
+
+
+async def raw_request(port: int, ctx: ssl.SSLContext | None, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+def peer_fingerprint(writer: asyncio.StreamWriter) -> str:
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    return fingerprint(x509.load_der_x509_certificate(der))
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    return status, await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+async def test_self_signed_pair_generated_into_cert_dir_and_fingerprint_logged(
+        tmp_path: Path, start_server: StartServer, caplog: pytest.LogCaptureFixture) -> None:
+    cert_dir = tmp_path / "certs"
+    caplog.set_level(logging.INFO)
+    srv = await start_server([*ANON_TLS, "--cert-dir", str(cert_dir)], ca_file=cert_dir / "apiserver.crt")
+    cert_pem = (cert_dir / "apiserver.crt").read_bytes()
+    leaf = x509.load_pem_x509_certificate(cert_pem)
+    assert (cert_dir / "apiserver.key").stat().st_mode & 0o077 == 0, "the private key is private"
+    logged = [getattr(r, "fingerprint", None) for r in caplog.records]
+    assert fingerprint(leaf) in logged
+    code, text = await srv.get("/healthz")  # verified against the generated CA, not skipped
+    assert (code, text) == (200, "ok")
+    # a restart reuses the pair (the APIService caBundle stays valid)
+    again, _, generated = ensure_self_signed(cert_dir)
+    assert not generated and again.read_bytes() == cert_pem
+
+
+async def test_plain_http_on_the_tls_port_is_refused(pki: PKI, kube: KubeStandIn,
+                                                     start_server: StartServer) -> None:
+    kube.add(auth_configmap(pki))
+    srv = await start_server(tls_flags(pki, kube))
+    answer = await raw_request(srv.site.port, None, b"GET /healthz HTTP/1.1\r\nHost: adapter\r\n\r\n")
+    assert not answer.startswith(b"HTTP/"), "a TLS port must not speak plain HTTP"
+    with pytest.raises(aiohttp.ClientError):
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{srv.site.port}/healthz") as r:
+            await r.read()
+    assert (await srv.get("/healthz"))[0] == 200, "and TLS clients are still served"
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+async def test_tls_below_1_2_is_refused(version: ssl.TLSVersion, pki: PKI, kube: KubeStandIn,
+                                        start_server: StartServer) -> None:
+    kube.add(auth_configmap(pki))
+    srv = await start_server(tls_flags(pki, kube))
+    old = srv.client_ssl()
+    old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    old.maximum_version = version
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await raw_request(srv.site.port, old, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    for v in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ok = srv.client_ssl()
+        ok.minimum_version = ok.maximum_version = v
+        assert (await raw_request(srv.site.port, ok, b"GET /healthz HTTP/1.1\r\nHost: a\r\n"
+                                  b"Connection: close\r\n\r\n")).startswith(b"HTTP/1.1 200")
+
+
+async def test_certificate_rotation_applies_without_dropping_connections(
+        pki: PKI, kube: KubeStandIn, start_server: StartServer, tmp_path: Path) -> None:
+    kube.add(auth_configmap(pki))
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki.serving.cert_path, cert_file)
+    shutil.copy(pki.serving.key_path, key_file)
+    flags = tls_flags(pki, kube)
+    flags[1], flags[3] = str(cert_file), str(key_file)
+    srv = await start_server(flags, cert_reload_interval=0.05)
+    old_fp = fingerprint(pki.serving.cert)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.site.port, ssl=srv.client_ssl())
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (await read_response(reader)) == (200, b"ok")
+    assert peer_fingerprint(writer) == old_fp
+
+    # cert-manager rotates: a new pair from the same CA; first the cert alone (mismatched with the old key)
+    new = pki.root.server(pki.ca, "toposcale-adapter", hosts=["127.0.0.1"], file_name="rotated")
+    cert_file.write_bytes(new.cert_path.read_bytes())
+    await until(lambda: 'result="failed",what="serving-cert"' in srv.metrics_text(), "half pair rejected")
+    assert srv.security.tls.reloads == 0, "a cert that does not match the key is not applied"
+    key_file.write_bytes(new.key_path.read_bytes())
+    await until(lambda: srv.security.tls.reloads == 1, "rotated pair loaded")
+
+    # the open connection is still served, with the certificate it started with
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (await read_response(reader)) == (200, b"ok")
+    assert peer_fingerprint(writer) == old_fp
+    writer.close()
+    # new connections get the new certificate
+    _, w2 = await asyncio.open_connection("127.0.0.1", srv.site.port, ssl=srv.client_ssl())
+    assert peer_fingerprint(w2) == fingerprint(new.cert)
+    w2.close()
+    expiry = srv.registry.get_sample_value(
+        "toposcale_adapter_serving_certificate_expiration_timestamp_seconds")
+    assert expiry == new.cert.not_valid_after_utc.timestamp()
+
+
+async def test_slow_client_is_cut_off_while_others_are_served(pki: PKI, kube: KubeStandIn,
+                                                              start_server: StartServer) -> None:
+    kube.add(auth_configmap(pki))
+    srv = await start_server([*tls_flags(pki, kube), "--request-header-timeout", "300ms"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.site.port, ssl=srv.client_ssl())
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")
+    served = 0
+    answer = b""
+    for i in range(200):  # a header line every 50 ms: never finishes on its own
+        try:
+            writer.write(f"X-Slow-{i}: x\r\n".encode())
+            await writer.drain()
+        except ConnectionError:
+            break
+        assert (await srv.get("/healthz"))[0] == 200  # everyone else is served meanwhile
+        served += 1
+        if reader.at_eof():
+            break
+        await asyncio.sleep(0.05)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert served >= 1
+    assert 'toposcale_adapter_connections_rejected_total{reason="header-timeout"} 1.0' in srv.metrics_text()
+
+
+async def test_idle_tls_handshake_is_cut_off(pki: PKI, kube: KubeStandIn, start_server: StartServer) -> None:
+    kube.add(auth_configmap(pki))
+    srv = await start_server([*tls_flags(pki, kube), "--tls-handshake-timeout", "200ms"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.site.port)  # TCP only, never says hello
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+    writer.close()
+    assert (await srv.get("/healthz"))[0] == 200
+
+
+async def test_oversized_headers_are_refused_and_service_continues(pki: PKI, kube: KubeStandIn,
+                                                                   start_server: StartServer) -> None:
+    kube.add(auth_configmap(pki))
+    srv = await start_server([*tls_flags(pki, kube), "--max-request-header-bytes", "16384"])
+    many = b"".join(f"X-Pad-{i}: {'a' * 4000}\r\n".encode() for i in range(8))  # 32 KB in 8 legal lines
+    answer = await raw_request(srv.site.port, srv.client_ssl(),
+                               b"GET /healthz HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+    one_huge = b"X-Huge: " + b"a" * 20000 + b"\r\n"  # beyond aiohttp's per-line limit
+    answer = await raw_request(srv.site.port, srv.client_ssl(),
+                               b"GET /healthz HTTP/1.1\r\nHost: a\r\n" + one_huge + b"\r\n")
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), answer[:80]
+    assert (await srv.get("/healthz"))[0] == 200
+
+
+async def test_connection_cap(pki: PKI, kube: KubeStandIn, start_server: StartServer) -> None:
+    kube.add(auth_configmap(pki))
+    srv = await start_server([*tls_flags(pki, kube), "--max-connections", "2"])
+    held = [await asyncio.open_connection("127.0.0.1", srv.site.port, ssl=srv.client_ssl()) for _ in range(2)]
+    await until(lambda: srv.site.open_connections == 2, "two connections open")
+    try:  # the third is closed as soon as it is accepted: no answer
+        answer = await raw_request(srv.site.port, srv.client_ssl(),
+                                   b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    except (ssl.SSLError, ConnectionError):
+        answer = b""
+    assert answer == b""
+    for _, w in held:
+        w.close()
+    await until(lambda: srv.site.open_connections == 0, "connections closed")
+    assert (await srv.get("/healthz"))[0] == 200
+    assert 'reason="max-connections"' in srv.metrics_text()
+
+
+async def test_requests_in_flight_are_bounded() -> None:
+    """Beyond --max-requests-inflight a request gets 429 Status at once instead of queueing."""
+    release = asyncio.Event()
+
+    async def slow(_request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="done")
+
+    filt = SecurityFilter(None, None, SecurityMetrics(CollectorRegistry()), insecure_allow_anonymous=True,
+                          max_requests_inflight=1)
+    app = web.Application(middlewares=[filt.middleware])
+    app.router.add_get("/slow", slow)
+    runner, site = await serving.serve(app, "127.0.0.1", 0, None)
+    try:
+        async with aiohttp.ClientSession() as s:
+            first = asyncio.create_task(s.get(f"http://127.0.0.1:{site.port}/slow"))
+            await until(lambda: filt.inflight == 1, "first request in flight")
+            async with s.get(f"http://127.0.0.1:{site.port}/slow") as r:
+                assert r.status == 429 and r.headers["Retry-After"] == "1"
+                assert (await r.json())["reason"] == "TooManyRequests"
+            release.set()
+            resp = await first
+            assert resp.status == 200
+            resp.release()
+    finally:
+        await runner.cleanup()
+
+
+async def test_insecure_allow_anonymous(start_server: StartServer, caplog: pytest.LogCaptureFixture,
+                                        tmp_path: Path) -> None:
+    caplog.set_level(logging.WARNING)
+    srv = await start_server(ANON_TLS)  # no TLS flag either: plain HTTP, for local runs and the demo
+    assert srv.url.startswith("http://")
+    async with aiohttp.ClientSession() as s, s.get(srv.url + METRIC_PATH,
+                                                   headers={"X-Remote-User": "system:admin"}) as r:
+        body = await r.json()
+    assert r.status == 200 and body["user"] == "system:anonymous" and body["leaked_headers"] == {}
+    assert any("INSECURE" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+async def test_bad_flags_are_clear_errors(pki: PKI, tmp_path: Path) -> None:
+    from toposcale.adapter.security.options import build_security
+
+    with pytest.raises(ValueError, match="go together"):
+        await build_security(parse_flags(["--tls-cert-file", str(pki.serving.cert_path)]),
+                             CollectorRegistry())
+    with pytest.raises(ValueError, match=r"--client-ca-file: cannot read /nonexistent/ca\.crt"):
+        await build_security(parse_flags(["--client-ca-file", "/nonexistent/ca.crt",
+                                          "--cert-dir", str(tmp_path / "c")]), CollectorRegistry())
+    (tmp_path / "junk.crt").write_text("not a certificate")
+    with pytest.raises(ValueError, match=r"not a PEM certificate bundle|no certificates"):
+        await build_security(parse_flags(["--requestheader-client-ca-file", str(tmp_path / "junk.crt"),
+                                          "--cert-dir", str(tmp_path / "c")]), CollectorRegistry())
+    with pytest.raises(RuntimeError, match="--insecure-allow-anonymous"):
+        await build_security(parse_flags(["--cert-dir", str(tmp_path / "c"), "--authentication-kubeconfig",
+                                          str(tmp_path / "missing-kubeconfig")]), CollectorRegistry())
+    with pytest.raises(ValueError, match="serving certificate"):
+        await build_security(parse_flags(["--tls-cert-file", str(pki.serving.cert_path),
+                                          "--tls-private-key-file", str(pki.alice.key_path),
+                                          "--insecure-allow-anonymous"]), CollectorRegistry())
