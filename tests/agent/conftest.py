@@ -20,6 +20,7 @@ from .podresources_standin import PodResourcesStandIn
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NVML = FIXTURES / "nvml"
 X4 = NVML / "h100-x4-vm-nvswitch"
+X4B = NVML / "h100-x4-vm-nvswitch-b"  # a second 4x H100 machine, captured after the first one's fixes
 VM1 = NVML / "h100-vm-1gpu"
 TOPOLOGIES = FIXTURES / "topologies"
 

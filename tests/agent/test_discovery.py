@@ -6,15 +6,22 @@ and changes the one answer it is about, so everything else is still what the har
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from toposcale.extender.agent.cpuset import format_cpuset, from_mask_words, parse_cpuset
 from toposcale.extender.agent.discovery import DiscoveryError, discover
 from toposcale.extender.agent.nvml import normalize_bus_id
 from toposcale.extender.agent.replay import ReplayBackend, load_capture
-from toposcale.extender.topology.annotations import topology_from_doc, topology_to_doc
+from toposcale.extender.topology.annotations import (
+    ALLOCATION_ANNOTATION,
+    TOPOLOGY_ANNOTATION,
+    topology_from_doc,
+    topology_to_doc,
+)
 from toposcale.extender.topology.topo_text import parse_topo_text
 
-from .conftest import VM1, X4, X4_UUIDS, load_x4
+from .conftest import VM1, X4, X4_UUIDS, X4B, load_x4
 
 
 def test_h100_x4_nvswitch_capture_gives_nv18_between_every_pair() -> None:
@@ -41,14 +48,23 @@ def test_h100_x4_numa_comes_from_memory_affinity_when_nvml_and_sysfs_do_not_know
     assert topo.unknown == []
 
 
-def test_nvml_path_and_topo_m_parser_give_the_same_model_for_the_real_4gpu_machine() -> None:
-    nvml = discover(ReplayBackend(load_x4())).topology
-    text = parse_topo_text((X4 / "topo_m.txt").read_text(), ids=[g.id for g in nvml.gpus])
+@pytest.mark.parametrize("machine", [X4, X4B], ids=lambda p: p.name)
+def test_nvml_path_and_topo_m_parser_give_the_same_model_for_real_4gpu_machines(machine) -> None:
+    nvml = discover(ReplayBackend.from_file(machine / "nvml_capture.json")).topology
+    text = parse_topo_text((machine / "topo_m.txt").read_text(), ids=[g.id for g in nvml.gpus])
     assert text.links == nvml.links
     assert [(g.id, g.index, g.numa, g.cpus) for g in text.gpus] == [
         (g.id, g.index, g.numa, g.cpus) for g in nvml.gpus
     ]
     assert text.fingerprint == nvml.fingerprint  # the extender memoizes scores per fingerprint
+
+
+def test_replay_reproduces_what_the_agent_printed_with_real_nvml_on_that_machine() -> None:
+    # agent_once.json was printed by `toposcale agent --once` through PynvmlBackend on the machine itself.
+    real = json.loads((X4B / "agent_once.json").read_text())
+    replayed = topology_to_doc(discover(ReplayBackend.from_file(X4B / "nvml_capture.json")).topology)
+    assert replayed == real[TOPOLOGY_ANNOTATION]
+    assert real[ALLOCATION_ANNOTATION]["allocated"] is None  # that machine has no kubelet
 
 
 def test_without_memory_affinity_numa_stays_unknown_never_node_0() -> None:
