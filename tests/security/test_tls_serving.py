@@ -1,5 +1,6 @@
 """Secure serving: self-signed generation, TLS versions, plain HTTP refused, certificate rotation without
-dropped connections, and the listener's limits (slow clients, oversized headers, connection and in-flight caps).
+dropped connections, and the listener's limits (slow clients, oversized headers, connection and in-flight
+caps).
 
 Real TLS (OpenSSL through Python's ssl module on both ends), real certificates from tests/harness/certs.py.
 Limits are set small here so the cut-offs happen quickly; nothing asserts on timings.
