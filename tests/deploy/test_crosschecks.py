@@ -543,3 +543,42 @@ def test_readme_paths_metrics_and_annotations_exist() -> None:
         assert metric in rule_names()
     keys = {k.replace("\\.", ".") for k in re.findall(r"toposcale\\?\.io/[\w-]+", text)}
     assert keys and keys <= {getattr(annotations, n) for n in dir(annotations) if n.endswith("_ANNOTATION")}
+
+
+def _adapter_get_routes() -> set[str]:
+    from aiohttp import web
+    from toposcale.adapter.api import add_routes
+
+    class AnyHandler:
+        def __getattr__(self, name: str) -> Any:
+            async def handler(request: web.Request) -> web.Response:
+                return web.Response()
+
+            return handler
+
+    app = web.Application()
+    add_routes(app, AnyHandler())  # type: ignore[arg-type]
+    return {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
+
+
+def test_adapter_probes_hit_routes_kubelet_may_call_without_credentials(builds: dict[str, Build]) -> None:
+    from toposcale.adapter.security.authz import DEFAULT_ALWAYS_ALLOW_PATHS
+
+    c = container(builds["all"].one("Deployment", "toposcale-adapter"))
+    routes = _adapter_get_routes()
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] in routes
+        # the kubelet probes without credentials: only always-allowed paths answer it
+        assert get["path"] in DEFAULT_ALWAYS_ALLOW_PATHS
+        assert get["scheme"] == "HTTPS"
+        assert port_number(c, get["port"]) == int(arg_value(c, "--port") or 0)
+
+
+def test_agent_probes_hit_routes_the_agent_serves(builds: dict[str, Build]) -> None:
+    source = (ROOT / "extender/agent/service.py").read_text()
+    routes = set(re.findall(r"add_get\(\s*\"([^\"]+)\"", source))
+    c = container(builds["agent"].one("DaemonSet", "toposcale-agent"))
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] in routes, routes
+        assert port_number(c, c[probe]["httpGet"]["port"]) == int(arg_value(c, "--port") or 0)
