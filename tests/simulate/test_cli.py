@@ -118,3 +118,21 @@ def test_without_the_extender_scoring_the_toposcale_policy_says_what_is_missing(
     assert code == 2
     err = capsys.readouterr().err
     assert f"{SCORING} is not available" in err
+
+
+def test_a_trace_is_replayed_whole_unless_pods_is_given(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("time,pod,gpus,duration\n" + "".join(f"{i},p{i},1,5\n" for i in range(2500)))
+    fleet = EXAMPLES / "pcie-only.yaml"
+    for extra, total in (([], 2500), (["--pods", "100"], 100)):
+        p = simulate("--fleet", str(fleet), "--trace", str(trace), "--json", "--policies", "spread", *extra)
+        assert p.returncode == 0, p.stderr
+        pol = json.loads(p.stdout)["policies"]["spread"]
+        assert pol["placed"] + pol["pending"] == total
+
+
+def test_an_unwritable_plot_path_fails_before_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "no" / "such" / "x.png"
+    p = simulate("--fleet", "examples/fleets/mixed-100.yaml", "--plot", str(out))
+    assert p.returncode == 2
+    assert "is not a folder" in p.stderr and "[####" not in p.stderr

@@ -6,9 +6,11 @@ toposcale simulate --fleet examples/fleets/mixed-100.yaml --pods 2000 --seed 1 [
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 POLICY_NAMES = ("toposcale", "spread", "binpack", "random")
+DEFAULT_PODS = 2000
 
 
 def _positive_int(text: str) -> int:
@@ -37,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from toposcale.logs import add_log_level_argument
 
     parser.add_argument("--fleet", required=True, help="fleet YAML: nodes: [{topology: FILE, count: N}, ...]")
-    parser.add_argument("--pods", type=_positive_int, default=2000, help="pods to replay (default 2000)")
+    parser.add_argument(
+        "--pods", type=_positive_int, help="pods to replay (default 2000 generated, or the whole trace)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed for arrivals and tie-breaks (default 1)")
     parser.add_argument(
         "--trace", help="CSV trace (time,pod,gpus,duration in seconds) instead of generated pods"
@@ -80,13 +84,17 @@ def main(args: argparse.Namespace) -> int:
     from .fleet import FleetError, load_fleet
     from .workload import WorkloadError, generate, load_trace, parse_mix
 
+    if args.plot:
+        folder = Path(args.plot).resolve().parent
+        if not folder.is_dir():
+            return fail(f"cannot write {args.plot}: {folder} is not a folder")
     try:
         fleet = load_fleet(args.fleet)
         if args.trace:
             pods = load_trace(args.trace, limit=args.pods)
         else:
             pods = generate(
-                args.pods,
+                args.pods or DEFAULT_PODS,
                 seed=args.seed,
                 fleet_gpus=fleet.gpus,
                 mix=parse_mix(args.mix),
