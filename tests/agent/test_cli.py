@@ -124,3 +124,11 @@ async def test_console_script_once_reads_the_kubelet(kubelet: PodResourcesStandI
     docs = json.loads(out)
     assert docs[ALLOCATION_ANNOTATION]["allocated"] == sorted(X4_UUIDS[:2])
     assert docs[ALLOCATION_ANNOTATION]["unhealthy"] == []
+
+
+def test_service_without_kubernetes_credentials_is_a_clear_error(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    rc = main(["agent", "--node-name", "gpu-1", "--kubeconfig", str(tmp_path / "missing"), "--port", "0",
+               "--host", "127.0.0.1", "--from-topo-file", str(X4 / "topo_m.txt")])
+    assert rc == 1
+    assert "no Kubernetes credentials" in capsys.readouterr().err
