@@ -1,0 +1,66 @@
+"""Canonical Kubernetes Quantity strings (k8s.io/apimachinery resource.Quantity CanonicalizeBytes)."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from decimal import ROUND_UP, Decimal
+
+import pytest
+from toposcale.adapter.quantity import QuantityError, format_quantity
+
+CASES = [
+    (0, "0"), (0.0, "0"), (-0.0, "0"), (1, "1"), (12, "12"), (999, "999"), (1000, "1k"), (1500, "1500"),
+    (2000, "2k"), (1_500_000, "1500k"), (1e6, "1M"), (1e9, "1G"), (1e12, "1T"), (1e15, "1P"), (1e18, "1E"),
+    (1e21, "1000E"), (12_345_678, "12345678"), (123_456_789_000, "123456789k"), (100.0, "100"),
+    (1.5, "1500m"), (0.5, "500m"), (0.1, "100m"), (0.3, "300m"), (2.5, "2500m"), (0.001, "1m"),
+    (1.001, "1001m"), (0.425, "425m"), (4.0, "4"), (-1.5, "-1500m"), (-2000, "-2k"),
+    # finer than a milli-unit: rounded up, away from zero (never printed as 0)
+    (0.0001, "1m"), (1e-9, "1m"), (0.0015, "2m"), (0.4219, "422m"), (1 / 3, "334m"), (-0.0001, "-1m"),
+    (Decimal("1.000"), "1"), (Decimal("0.0250"), "25m"), ("7.5", "7500m"),
+]
+
+
+@pytest.mark.parametrize(("value", "want"), CASES)
+def test_decimal_si(value: object, want: str) -> None:
+    assert format_quantity(value) == want  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("value", "want"), [
+    (1536 * 1024 * 1024, "1536Mi"), (1024, "1Ki"), (1023, "1023"), (1025, "1025"), (1000, "1k"),
+    (2**30, "1Gi"), (2**60, "1Ei"), (2**70, "1024Ei"), (2048.5, "2048500m"), (0, "0"), (-2048, "-2Ki"),
+    (0.5, "500m"),
+])
+def test_binary_si_only_when_asked(value: float, want: str) -> None:
+    assert format_quantity(value, binary=True) == want
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, Decimal("NaN"), "inf"])
+def test_no_quantity_for_nan_or_infinity(bad: object) -> None:
+    with pytest.raises(QuantityError):
+        format_quantity(bad)  # type: ignore[arg-type]
+
+
+_SUFFIX = {"m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_CANONICAL = re.compile(r"^(-?)(0|[1-9][0-9]*)(m|k|M|G|T|P|E)?$")
+
+
+def parse(q: str) -> Decimal:
+    m = _CANONICAL.match(q)
+    assert m, f"{q!r} is not canonical DecimalSI"
+    return Decimal(m.group(1) + m.group(2)).scaleb(_SUFFIX[m.group(3) or ""])
+
+
+def test_round_trip_and_canonical_form_over_many_values() -> None:
+    rng = random.Random(7)
+    for _ in range(20_000):
+        x = rng.choice([rng.uniform(-1, 1), rng.uniform(0, 1e4), rng.expovariate(1e-6), rng.random() * 1e-3,
+                        float(rng.randrange(0, 10**12))])
+        q = format_quantity(x)
+        want = Decimal(repr(x)).quantize(Decimal("0.001"), rounding=ROUND_UP)
+        assert parse(q) == want, (x, q)
+        mantissa, suffix = _CANONICAL.match(q).group(2, 3)  # type: ignore[union-attr]
+        if q != "0" and suffix != "E":
+            # the largest suffix is used: a mantissa ending in 000 means a bigger suffix was possible
+            assert not mantissa.endswith("000"), (x, q)
