@@ -8,8 +8,9 @@ lost stays in the model (the scheduler must not count on it) and is listed as un
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from toposcale.extender.topology.model import GPU, SELF, Topology
 
@@ -25,6 +26,7 @@ from .nvml import (
 )
 
 IdStrategy = Literal["uuid", "index"]
+T = TypeVar("T")
 
 
 class DiscoveryError(RuntimeError):
@@ -70,19 +72,32 @@ def discover(
             pass
 
 
-def _discover(backend: NvmlBackend, resource: str, id_strategy: IdStrategy) -> Discovery:
-    unknown: list[str] = []
-    lost: set[int] = set()
+class _Gaps:
+    """What discovery could not learn (for `Topology.unknown`) and which GPUs NVML reported lost."""
 
-    def ask(i: int | None, what: str, fn, *args, blame: bool = True):  # type: ignore[no-untyped-def]
+    def __init__(self) -> None:
+        self.unknown: list[str] = []
+        self.lost: set[int] = set()
+
+    def ask(self, i: int | None, what: str, fn: Callable[..., T], *args: Any, blame: bool = True) -> T | None:
+        """`fn(*args)`, or None with the gap recorded. `blame`: a GpuIsLost answer marks GPU `i` lost."""
         try:
             return fn(*args)
         except NvmlError as exc:
-            where = f"gpu{i}" if i is not None else "node"
-            unknown.append(f"{where}.{what}: {exc.name}")
+            self.note(i, what, exc.name)
             if exc.lost and i is not None and blame:
-                lost.add(i)
+                self.lost.add(i)
             return None
+
+    def note(self, i: int | None, what: str, why: str) -> None:
+        self.unknown.append(f"{'node' if i is None else f'gpu{i}'}.{what}: {why}")
+
+
+def _discover(backend: NvmlBackend, resource: str, id_strategy: IdStrategy) -> Discovery:
+    gaps = _Gaps()
+    ask = gaps.ask
+    unknown = gaps.unknown
+    lost = gaps.lost
 
     driver = ask(None, "driver_version", backend.driver_version)
     try:
@@ -98,10 +113,10 @@ def _discover(backend: NvmlBackend, resource: str, id_strategy: IdStrategy) -> D
         pci = ask(i, "pci", backend.pci_bus_id, i)
         name = ask(i, "model", backend.name, i)
         memory = ask(i, "memory", backend.memory_total, i)
-        numa = _numa(backend, i, ask)
+        numa = _numa(backend, i, gaps)
         cpus = ask(i, "cpus", backend.cpu_affinity, i)
         mig = ask(i, "mig", backend.mig_mode, i)
-        links.append(_nvlinks(backend, i, ask))
+        links.append(_nvlinks(backend, i, gaps))
         gpus.append(
             GPU(
                 id=device_id(id_strategy, i, uuid),
@@ -144,7 +159,7 @@ def _discover(backend: NvmlBackend, resource: str, id_strategy: IdStrategy) -> D
     )
 
 
-def _numa(backend: NvmlBackend, i: int, ask) -> int:  # type: ignore[no-untyped-def]
+def _numa(backend: NvmlBackend, i: int, gaps: _Gaps) -> int:
     """NVML's NUMA id, else the kernel's (sysfs), else the one node NVML's memory affinity names (what
     nvidia-smi prints as "NUMA Affinity"); -1 when none of them knows. Gaps are recorded only when the answer
     stays unknown: a VM with one NUMA node answers NotSupported and -1 first, then node 0."""
@@ -166,11 +181,11 @@ def _numa(backend: NvmlBackend, i: int, ask) -> int:  # type: ignore[no-untyped-
         if len(nodes) == 1:
             return nodes[0]
         tried.append(f"memory affinity names {len(nodes)} nodes")
-    ask(i, "numa", _raise, NvmlError(", ".join(tried)))
+    gaps.note(i, "numa", ", ".join(tried))
     return -1  # unknown, never "node 0"
 
 
-def _nvlinks(backend: NvmlBackend, i: int, ask) -> _Links:  # type: ignore[no-untyped-def]
+def _nvlinks(backend: NvmlBackend, i: int, gaps: _Gaps) -> _Links:
     out = _Links()
     for link in range(MAX_NVLINKS):
         try:
@@ -178,14 +193,16 @@ def _nvlinks(backend: NvmlBackend, i: int, ask) -> _Links:  # type: ignore[no-un
         except NvmlError as exc:
             end = exc.name in ("InvalidArgument", "NotSupported")
             if link == 0 or not end:  # past the last link NVML answers InvalidArgument: that is no gap
-                ask(i, f"nvlink{link}", _raise, exc)
+                gaps.note(i, f"nvlink{link}", exc.name)
+            if exc.lost:
+                gaps.lost.add(i)
             if end or exc.lost:
                 break
             continue
         if not active:
             continue
-        kind = ask(i, f"nvlink{link}.remote_type", backend.nvlink_remote_type, i, link)
-        remote = ask(i, f"nvlink{link}.remote_pci", backend.nvlink_remote_pci, i, link)
+        kind = gaps.ask(i, f"nvlink{link}.remote_type", backend.nvlink_remote_type, i, link)
+        remote = gaps.ask(i, f"nvlink{link}.remote_pci", backend.nvlink_remote_pci, i, link)
         if remote == UNKNOWN_BUS_ID:
             remote = None  # NVML cannot see the far end (NVSwitch not passed through to this VM)
         if kind == NVLINK_DEVICE_SWITCH:
@@ -198,12 +215,8 @@ def _nvlinks(backend: NvmlBackend, i: int, ask) -> _Links:  # type: ignore[no-un
             if remote:
                 out.direct[remote] += 1
             else:
-                ask(i, f"nvlink{link}.peer", _raise, NvmlError("far end unknown; link not counted"))
+                gaps.note(i, f"nvlink{link}.peer", "far end unknown; link not counted")
     return out
-
-
-def _raise(exc: NvmlError) -> None:
-    raise exc
 
 
 def _nv_code(a: _Links, b: _Links, bus_a: str | None, bus_b: str | None) -> str | None:
