@@ -38,9 +38,9 @@ NVLINK_DEVICE_IBMNPU = 1
 NVLINK_DEVICE_SWITCH = 2
 NVLINK_DEVICE_UNKNOWN = 255
 
-# NVML_NVLINK_MAX_LINKS grew over driver generations (6, 12, 18 on H100); asking past a device's links answers
-# InvalidArgument, which ends the scan.
-MAX_NVLINKS = 18
+# NVML_NVLINK_MAX_LINKS grew over driver generations (6, 12, 18; 36 in nvidia-ml-py 13). Asking past a
+# device's last link answers InvalidArgument, which ends the scan: on real H100s that came at link 18.
+MAX_NVLINKS = 36
 
 SYSFS_PCI = Path("/sys/bus/pci/devices")
 
