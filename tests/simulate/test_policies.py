@@ -5,6 +5,8 @@ Every run goes through the extender's own scoring and device-plugin prediction (
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from toposcale.extender.topology.model import Tier
 
@@ -95,3 +97,36 @@ def test_toposcale_prefers_the_nvlink_box_for_a_tensor_parallel_pod(fleet_of) ->
             tiers[r.policy].add(Tier(r.tiers.index(1)))
     assert tiers["toposcale"] == {Tier.NVLINK}
     assert tiers["spread"] == {Tier.NVLINK, Tier.NUMA}
+
+
+def test_the_toposcale_policy_and_the_gpu_pick_are_the_extenders_own_functions(fleet_of, monkeypatch) -> None:
+    # Not a copy: patching the extender's functions changes what the simulator does.
+    from toposcale.extender.topology import allocator, scoring
+
+    seen = {"score": 0, "candidates": 0}
+    real_score, real_candidates = scoring.score_node, allocator.candidates
+
+    def score_node(topo, free, k, scope="any"):
+        seen["score"] += 1
+        return real_score(topo, free, k, scope)
+
+    def candidates(topo, free, k):
+        seen["candidates"] += 1
+        return real_candidates(topo, free, k)
+
+    monkeypatch.setattr(scoring, "score_node", score_node)
+    monkeypatch.setattr(allocator, "candidates", candidates)
+    fleet = fleet_of(rtx4090_8gpu_node_per_socket=1, dgx_a100_nvswitch_8gpu=1)
+    (r,) = compare(fleet, in_order(4), ["toposcale"], seed=1)
+    assert seen["score"] == 2 and seen["candidates"] == 1  # both boxes scored, the chosen one allocated
+    assert r.tiers[Tier.NVLINK] == 1
+
+    # An extender that preferred the PCIe box would move the pod there.
+    def prefer_pcie(topo, free, k, scope="any"):
+        d = real_score(topo, free, k, scope)
+        nvlink = topo.links[0][1].startswith("NV")
+        return dataclasses.replace(d, score=0 if nvlink else 10)
+
+    monkeypatch.setattr(scoring, "score_node", prefer_pcie)
+    (r,) = compare(fleet, in_order(4), ["toposcale"], seed=1)
+    assert r.tiers[Tier.NUMA] == 1
