@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for traffic, requests and tie-breaks")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="write a timeline figure here")
     parser.add_argument("--summary-json", type=Path, metavar="FILE", help="write the run's record as JSON")
-    parser.add_argument("--max-replicas", type=int, default=8, help="HPA maxReplicas (default 8)")
-    parser.add_argument("--peak-rps", type=_positive, default=24.0, help="peak requests/s (default 24)")
+    parser.add_argument("--max-replicas", type=int, default=6, help="HPA maxReplicas (default 6)")
+    parser.add_argument("--peak-rps", type=_positive, default=20.0, help="peak requests/s (default 20)")
     parser.add_argument(
         "--workdir",
         type=Path,

@@ -23,8 +23,8 @@ def plot_story(story: Story, path: Path, title: str = "toposcale demo") -> None:
     import matplotlib.pyplot as plt
 
     t = [s.t / 60 for s in story.samples]
-    fig, (ax_load, ax_kv, ax_rep) = plt.subplots(
-        3, 1, figsize=(10, 8), sharex=True, gridspec_kw={"height_ratios": [2, 1.3, 2]}
+    fig, (ax_load, ax_kv, ax_rep, ax_lanes) = plt.subplots(
+        4, 1, figsize=(10, 10), sharex=True, gridspec_kw={"height_ratios": [2, 1.3, 1.6, 2]}
     )
     ax_load.plot(t, [s.rps for s in story.samples], color="#333333", label="load (requests/s)")
     ax_load.set_ylabel("requests/s")
@@ -56,30 +56,48 @@ def plot_story(story: Story, path: Path, title: str = "toposcale demo") -> None:
     ax_kv.set_ylim(0, 105)
     ax_kv.legend(loc="upper right", fontsize=8)
 
-    ax_rep.step(t, [s.desired for s in story.samples], where="post", color="#e7298a", label="desired (HPA)")
     ax_rep.step(t, [s.current for s in story.samples], where="post", color="#333333", label="current")
     ax_rep.step(
         t, [s.ready for s in story.samples], where="post", color="#999999", linestyle="--", label="ready"
     )
-    seen: set[str] = set()
-    for p in story.placements:
-        y = max((s.current for s in story.samples if s.t <= p.t), default=1)
-        ax_rep.scatter(
-            [p.t / 60],
-            [y],
-            color=TIER_COLORS.get(p.tier, "#666666"),
-            zorder=3,
-            s=40,
-            label=None if p.tier in seen else f"placed: {p.tier}",
-        )
-        seen.add(p.tier)
-        ax_rep.annotate(
-            p.node.removeprefix("gpu-"), (p.t / 60, y), textcoords="offset points", xytext=(4, 4), fontsize=7
-        )
+    ax_rep.step(
+        t,
+        [s.desired for s in story.samples],
+        where="post",
+        color="#e7298a",
+        linestyle=":",
+        linewidth=2,
+        label="desired (HPA)",
+    )
     ax_rep.set_ylabel("replicas")
-    ax_rep.set_xlabel("simulated time (minutes)")
     ax_rep.legend(loc="upper right", fontsize=8)
     ax_rep.yaxis.get_major_locator().set_params(integer=True)
+
+    # One lane per replica: where it ran and the tier of its GPUs.
+    end = story.samples[-1].t / 60
+    gone = {pod: at / 60 for at, pod, _node in story.removals}
+    seen: set[str] = set()
+    for lane, p in enumerate(story.placements):
+        start, stop = p.t / 60, gone.get(p.pod, end)
+        color = TIER_COLORS.get(p.tier, "#666666")
+        ax_lanes.barh(
+            lane, stop - start, left=start, height=0.6, color=color, label=None if p.tier in seen else p.tier
+        )
+        seen.add(p.tier)
+        ax_lanes.text(
+            start,
+            lane,
+            f" {p.node.removeprefix('gpu-')} GPUs {','.join(map(str, p.gpus))}",
+            va="center",
+            fontsize=7,
+        )
+    ax_lanes.set_yticks(
+        range(len(story.placements)), [p.pod.removeprefix("vllm-qwen-") for p in story.placements], fontsize=7
+    )
+    ax_lanes.set_ylabel("replica")
+    ax_lanes.invert_yaxis()
+    ax_lanes.set_xlabel("simulated time (minutes)")
+    ax_lanes.legend(loc="upper right", fontsize=8, title="GPU tier", title_fontsize=8)
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

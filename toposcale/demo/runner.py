@@ -47,14 +47,14 @@ class DemoConfig:
     namespace: str = "demo"
     gpus_per_replica: int = 4
     min_replicas: int = 1
-    max_replicas: int = 8
+    max_replicas: int = 6
     hpa_sync_s: float = 15.0  # --horizontal-pod-autoscaler-sync-period
     scale_down_window_s: float = 60.0  # behavior.scaleDown.stabilizationWindowSeconds
     startup_s: float = 30.0  # pod start to vLLM ready (model load)
     grace_s: float = 30.0  # terminationGracePeriodSeconds: in-flight requests may finish
     kv_target: str = "500m"  # vllm_kv_cache_usage, Value target (it is an average already)
-    waiting_target: str = "4"  # vllm_requests_waiting, AverageValue target per replica
-    peak_rps: float = 24.0
+    waiting_target: str = "8"  # vllm_requests_waiting, AverageValue target per replica
+    peak_rps: float = 20.0
     base_rps: float = 2.0
     extender_weight: int = 5
     tick_wall_s: float = 0.1
@@ -112,6 +112,7 @@ class Demo:
                 scale_down=Rules(cfg.scale_down_window_s, (Policy("Percent", 100, 15),)),
             )
         )
+        self.unschedulable: set[str] = set()
         self.last_kv: float | None = None
         self.last_gpu: float | None = None
         self.hpa_note = ""
@@ -133,25 +134,19 @@ class Demo:
             self.exporters[node.name] = exp
         self.write_targets()
         aport, eport = free_port(), free_port()
-        self.adapter = self.sup.add(
-            "adapter",
-            [
-                "adapter",
-                "--scrape-targets",
-                str(self.targets_path),
-                "--port",
-                str(aport),
-                "--bind-address",
-                "127.0.0.1",
-                "--insecure-allow-anonymous",
-            ],
-            aport,
+        adapter_args = ["adapter", "--scrape-targets", str(self.targets_path), "--port", str(aport)]
+        # The adapter's value cache is meant in real seconds; compressed time shrinks it alike.
+        ttl = f"{max(0.05, 2.0 / self.cfg.speed):.3g}"
+        adapter_args += optional_flags(
+            "toposcale.adapter.cli",
+            {"--bind-address": "127.0.0.1", "--insecure-allow-anonymous": None, "--cache-ttl": ttl},
         )
-        self.extender = self.sup.add(
-            "extender",
-            ["extender", "--standalone", "--port", str(eport), "--bind-address", "127.0.0.1"],
-            eport,
+        self.adapter = self.sup.add("adapter", adapter_args, aport)
+        extender_args = ["extender", "--standalone", "--port", str(eport)]
+        extender_args += optional_flags(
+            "toposcale.extender.cli", {"--bind-address": "127.0.0.1", "--host": "127.0.0.1"}
         )
+        self.extender = self.sup.add("extender", extender_args, eport)
         for svc in self.sup.services:
             svc.start()
         for svc in self.sup.services:
@@ -252,9 +247,10 @@ class Demo:
                 self.say(f"{view.clock(now):>8}  ! {r.pod}: {exc}")
                 continue
             if placement.node is None:
-                if not self.story.unschedulable or self.story.unschedulable[-1][1] != r.pod:
+                if r.pod not in self.unschedulable:  # kube-scheduler retries; say it once per pod
+                    self.unschedulable.add(r.pod)
                     self.say(f"{view.clock(now):>8}  ! {r.pod} unschedulable: {placement.reason}")
-                self.story.unschedulable.append((now, r.pod, placement.reason))
+                    self.story.unschedulable.append((now, r.pod, placement.reason))
                 continue
             node = self.by_name[placement.node]
             chance = has_free_single_numa_set(node, k)
@@ -355,8 +351,9 @@ class Demo:
             logger.warning("HPA could not read its metrics", extra={"errors": errs})
             self.hpa_note = "keeps replicas: " + (errs[0][:70] if errs else "metric error")
         else:
-            props = ", ".join(f"{k.removeprefix('vllm_')}->{v}" for k, v in decision.proposals.items())
-            self.hpa_note = f"{props} => {decision.desired} ({decision.reason})"
+            short = {"vllm_kv_cache_usage": "kv", "vllm_requests_waiting": "queue"}
+            props = " ".join(f"{short.get(k, k)}:{v}" for k, v in decision.proposals.items())
+            self.hpa_note = f"{props} -> {decision.desired} {decision.reason}"
         self.spec_replicas = decision.desired
         self.reconcile_replicaset(now)
 
@@ -388,6 +385,7 @@ class Demo:
             await self.schedule_pending(http, 0.0)
             await self.start_ready(cfg.startup_s)
             self.say("")
+            self.say(view.LEGEND)
             self.say(view.HEADER)
             self.t0 = time.monotonic()
             last, next_hpa, next_scan, rate = 0.0, cfg.hpa_sync_s, 0.0, 0.0
@@ -427,6 +425,22 @@ class Demo:
         for exp in self.exporters.values():
             await exp.stop()
         self.sup.stop_all()
+
+
+def optional_flags(module: str, wanted: dict[str, str | None]) -> list[str]:
+    """The flags of `wanted` that this version of a service's CLI has (loopback-only binding, anonymous
+    access for a local run): asked of its own argument parser, so the demo never passes an unknown flag."""
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(module).add_arguments(parser)
+    known = {opt for action in parser._actions for opt in action.option_strings}
+    out: list[str] = []
+    for flag, value in wanted.items():
+        if flag in known:
+            out += [flag] if value is None else [flag, value]
+    return out
 
 
 def problems_text(sup: Supervisor) -> list[str]:

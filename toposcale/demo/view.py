@@ -62,18 +62,22 @@ def clock(t: float) -> str:
 
 
 HEADER = (
-    f"{'sim time':>8}  {'wall':>5}  {'load':>9}  {'queue':>5}  {'running':>7}  {'KV cache':>8}  "
-    f"{'GPU util':>8}  {'replicas desired/current (ready)':<32}  HPA"
+    f"{'sim time':>8}  {'wall':>4}  {'load':>8}  {'queue':>5}  {'batch':>5}  {'KV':>4}  {'GPU':>4}  "
+    f"{'replicas':<16}  HPA (replicas each metric asks for -> desired)"
+)
+LEGEND = (
+    "load: requests/s offered; queue/batch: requests waiting/running over ready replicas; KV, GPU: the "
+    "adapter's vllm_kv_cache_usage and gpu_utilization; replicas: desired/current (ready)"
 )
 
 
 def status_line(s: Sample) -> str:
-    kv = "   -    " if s.kv is None else f"{s.kv * 100:7.0f}%"
-    gpu = "   -    " if s.gpu_util is None else f"{s.gpu_util:7.0f}%"
+    kv = "-" if s.kv is None else f"{s.kv * 100:.0f}%"
+    gpu = "-" if s.gpu_util is None else f"{s.gpu_util:.0f}%"
     reps = f"{s.desired}/{s.current} ({s.ready})"
     return (
-        f"{clock(s.t):>8}  {s.wall:4.0f}s  {s.rps:5.1f} rps  {s.waiting:5d}  {s.running:7d}  {kv:>8}  "
-        f"{gpu:>8}  {reps:<32}  {s.hpa_note}"
+        f"{clock(s.t):>8}  {s.wall:3.0f}s  {s.rps:4.1f} r/s  {s.waiting:5d}  {s.running:5d}  "
+        f"{kv:>4}  {gpu:>4}  {reps:<16}  {s.hpa_note}"
     )
 
 
