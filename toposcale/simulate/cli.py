@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trace", help="CSV trace (time,pod,gpus,duration in seconds) instead of generated pods"
     )
-    parser.add_argument("--mix", default="4:0.7,2:0.15,1:0.15", help="GPUS:WEIGHT,... of generated pods")
+    parser.add_argument(
+        "--mix", default="4:0.7,2:0.15,1:0.15", help="GPUS:WEIGHT,... of generated pods (default %(default)s)"
+    )
     parser.add_argument(
         "--load", type=float, default=0.95, help="offered load: GPU demand / fleet GPUs (default 0.95)"
     )
@@ -54,10 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mean-duration", type=float, default=3600.0, help="mean pod lifetime in seconds (default 3600)"
     )
     parser.add_argument(
-        "--policies", type=_policies, default=list(POLICY_NAMES), help="comma-separated (default: all four)"
+        "--policies",
+        type=_policies,
+        default=list(POLICY_NAMES),
+        help="comma-separated, of toposcale, spread, binpack, random (default: all)",
     )
     parser.add_argument(
-        "--extender-weight", type=_positive_int, default=5, help="extender weight in the scheduler config"
+        "--extender-weight",
+        type=_positive_int,
+        default=5,
+        help="extender weight in the scheduler config (default %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--plot", metavar="PNG", help="write a figure of tier shares and stranded GPUs")
