@@ -63,6 +63,10 @@ BAD = {
     "not-topo": ("nodes: [{topology: junk.txt, count: 1}]\n", "no header row"),
     "bad-json": ("nodes: [{topology: broken.json, count: 1}]\n", "looks like JSON but is not"),
     "bad-annotation": ("nodes: [{topology: wrong.json, count: 1}]\n", "toposcale.io/gpu-topology"),
+    "node-without-annotation": (
+        "nodes: [{topology: node.json, count: 1}]\n",
+        "has no toposcale.io/gpu-topology",
+    ),
     "twice": ("nodes: [{topology: t.txt, count: 1}, {topology: t.txt, count: 2}]\n", "used twice"),
     "too-many": (
         "nodes: [{topology: t.txt, count: 60000}, {topology: t.txt, count: 60000, name: x}]\n",
@@ -78,6 +82,7 @@ def test_bad_fleet_files_raise_a_clear_error(tmp_path: Path, case: str) -> None:
     (tmp_path / "junk.txt").write_text("hello\nworld\n")
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "wrong.json").write_text(json.dumps({"version": 1, "gpus": "many"}))
+    (tmp_path / "node.json").write_text(json.dumps({"kind": "Node", "metadata": {"annotations": None}}))
     (tmp_path / "fleet.yaml").write_text(text)
     with pytest.raises(FleetError) as err:
         load_fleet(tmp_path / "fleet.yaml")

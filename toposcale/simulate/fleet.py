@@ -99,7 +99,9 @@ def topology_from_text(text: str, what: str) -> Topology:
         except ValueError as exc:
             raise FleetError(f"{what}: looks like JSON but is not: {exc}") from None
         if isinstance(doc, dict) and "metadata" in doc:  # a whole Node object
-            value = (doc.get("metadata") or {}).get("annotations", {}).get(TOPOLOGY_ANNOTATION)
+            meta = doc["metadata"] if isinstance(doc["metadata"], dict) else {}
+            annotations = meta.get("annotations") if isinstance(meta.get("annotations"), dict) else {}
+            value = annotations.get(TOPOLOGY_ANNOTATION)
             if value is None:
                 raise FleetError(f"{what}: the Node object has no {TOPOLOGY_ANNOTATION} annotation")
             doc = value
