@@ -1,0 +1,248 @@
+"""Everything the dashboards read, running for real on loopback, scraped by the real Prometheus.
+
+- vLLM (both metric generations) and the DCGM exporter: the shared harness exporters (tests/harness/
+  exporters.py), with the request-latency histograms and DCGM XID/profiling fields their abridged fixtures
+  leave out added from tests/fixtures/metrics/*_latency.txt and dcgm_profiling.txt. Counters advance on every
+  scrape (fixture value x scrape number), as on a serving pod, so rate() and histogram_quantile() see traffic.
+- kube-state-metrics: its HPA families as ksm prints them (tests/fixtures/metrics/kube-state-metrics-hpa.txt).
+- toposcale's own services, in-process: the adapter (direct-scrape source over the vLLM exporters plus one
+  dead pod), the extender in standalone mode (full-Node payloads, real topologies), the node agent (topology
+  from `nvidia-smi topo -m` text, no kubelet socket), driven by a traffic loop while Prometheus scrapes them.
+  No Kubernetes is needed for these: the extender and agent run without a cluster connection here.
+
+The services run on an asyncio loop in a background thread, so the tests stay plain synchronous functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from toposcale.adapter.metrics import AdapterMetrics
+from toposcale.adapter.rules import load_rules
+from toposcale.adapter.server import build_app
+from toposcale.adapter.sources.pods import StaticTargets, Target
+from toposcale.adapter.sources.scrape import ScrapeSource
+from toposcale.extender.agent.service import AgentService, ServiceConfig
+from toposcale.extender.server import Extender
+from toposcale.extender.server import ServerConfig as ExtenderConfig
+from toposcale.extender.topology.annotations import (
+    ALLOCATION_ANNOTATION,
+    TOPOLOGY_ANNOTATION,
+    Allocation,
+    allocation_to_doc,
+    dumps,
+    now_rfc3339,
+    topology_to_doc,
+)
+from toposcale.extender.topology.topo_text import parse_topo_text
+
+from tests.harness.exporters import FIXTURES, DcgmExporter, Exporter, Gpu, VllmExporter, load_fixture
+from tests.harness.prometheus import PrometheusServer, ScrapeJob, free_port
+
+TOPOLOGIES = Path(__file__).resolve().parent.parent / "fixtures" / "topologies"
+_COUNTER_SAMPLE = re.compile(
+    r"^(?P<name>\S+?(_total|_bucket|_count|_sum))(?P<labels>\{.*\})? (?P<value>\S+)$"
+)
+
+
+def _advance(text: str, scrapes: int) -> str:
+    """Counters and histograms grow with every scrape, like a pod that keeps serving."""
+    out = []
+    for line in text.splitlines():
+        m = _COUNTER_SAMPLE.match(line)
+        if m and not line.startswith("#"):
+            line = f"{m.group('name')}{m.group('labels') or ''} {float(m.group('value')) * max(1, scrapes)!r}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+class ServingVllm(VllmExporter):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._lines = self._lines + load_fixture(f"vllm_{self.generation}_latency.txt")
+
+    def render(self) -> str:
+        return _advance(super().render(), self.scrapes)
+
+
+class BusyDcgm(DcgmExporter):
+    def __init__(self, gpus: list[Gpu], **kwargs: Any) -> None:
+        super().__init__(gpus, **kwargs)
+        self._lines = self._lines + load_fixture("dcgm_profiling.txt")
+
+
+class KubeStateMetrics(Exporter):
+    """kube-state-metrics' /metrics for the HPA families, served as ksm prints them."""
+
+    def render(self) -> str:
+        lines = (FIXTURES / "kube-state-metrics-hpa.txt").read_text().splitlines()
+        return "\n".join(line for line in lines if not line.startswith("# source:")) + "\n"
+
+
+def node(name: str, fixture: str | None, used: list[int]) -> dict[str, Any]:
+    """A v1.Node as the node agent leaves it (fixture None: a GPU node the agent has not annotated)."""
+    annotations: dict[str, str] = {}
+    if fixture is not None:
+        text = (TOPOLOGIES / f"{fixture}.txt").read_text()
+        n = len(parse_topo_text(text))
+        topo = parse_topo_text(text, ids=[f"GPU-{name}-{i}" for i in range(n)])
+        annotations[TOPOLOGY_ANNOTATION] = dumps(topology_to_doc(topo))
+        held = frozenset(topo.gpus[i].id for i in used)
+        allocation = Allocation(held, frozenset(), now_rfc3339())
+        annotations[ALLOCATION_ANNOTATION] = dumps(allocation_to_doc(allocation))
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name},
+                         "annotations": annotations},
+            "spec": {}, "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}}}
+
+
+def extender_args() -> dict[str, Any]:
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "qwen-2", "namespace": "llm", "annotations": {}},
+           "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai",
+                                    "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
+           "status": {"phase": "Pending"}}
+    nodes = [node("gpu-node-a", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]),
+             node("gpu-node-b", "pcie-8gpu-two-switch-trees", []),
+             node("gpu-node-c", None, [])]
+    return {"Pod": pod, "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": None}
+
+
+class LiveStack:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="dashboards-live", daemon=True)
+        self.prometheus: PrometheusServer | None = None
+        self._runners: list[web.AppRunner] = []
+        self._exporters: list[Exporter] = []
+        self._traffic: asyncio.Task[None] | None = None
+        self.traffic_errors: list[str] = []
+
+    def _run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> LiveStack:
+        self.thread.start()
+        jobs = self._run(self._start_services())
+        self.prometheus = PrometheusServer(jobs, scrape_interval="1s").start()
+        self.prometheus.wait_scraped()
+        return self
+
+    def stop(self) -> None:
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        try:
+            self._run(self._stop_services())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+    async def _serve(self, app: web.Application) -> int:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._runners.append(runner)
+        return runner.addresses[0][1]
+
+    async def _start_services(self) -> list[ScrapeJob]:
+        self.vllm = [
+            ServingVllm(generation="v1", engines=2, waiting=[3, 1], running=[8, 6], kv_cache=[0.5, 0.7]),
+            ServingVllm(generation="v1", waiting=5, running=12, kv_cache=0.9),
+        ]
+        self.vllm_legacy = ServingVllm(generation="v0", waiting=2, running=4, kv_cache=0.25)
+        self.dcgm = BusyDcgm([Gpu(i, namespace="llm" if i < 4 else "", pod="qwen-0" if i < 4 else "",
+                                  container="vllm" if i < 4 else "", util=90 if i < 4 else 0,
+                                  fb_used=73000 if i < 4 else 1, fb_free=8000 if i < 4 else 81000)
+                              for i in range(8)], hostname="gpu-node-a")
+        self.ksm = KubeStateMetrics()
+        self._exporters = [*self.vllm, self.vllm_legacy, self.dcgm, self.ksm]
+        for e in self._exporters:
+            await e.start()
+
+        rules = load_rules()
+        dead = f"http://127.0.0.1:{free_port()}/metrics"  # a pod that stopped answering
+        targets = [Target(v.url, "llm", f"qwen-{i}", {"app": "qwen", "namespace": "llm", "pod": f"qwen-{i}"})
+                   for i, v in enumerate(self.vllm)]
+        targets.append(Target(dead, "llm", "qwen-9", {"app": "qwen", "namespace": "llm", "pod": "qwen-9"}))
+        source = ScrapeSource(StaticTargets(targets), rules, ttl=0.05, timeout=0.5)
+        adapter = build_app(rules, source, metrics=AdapterMetrics(), cache_ttl=0.2)
+        self.adapter_port = await self._serve(adapter)
+
+        self.extender = Extender(ExtenderConfig(host="127.0.0.1", port=0), None)
+        self.extender_port = await self._serve(self.extender.app())
+
+        self.agent = AgentService(ServiceConfig(
+            node_name="gpu-node-a", topo_file=str(TOPOLOGIES / "hgx-h100-nvswitch-8gpu.txt"),
+            socket=str(self.tmp / "no-kubelet.sock"), kubelet_timeout=0.2, host="127.0.0.1", port=0))
+        self.agent_port = await self.agent.start_http()
+
+        self._traffic = asyncio.create_task(self._drive())
+        local = "127.0.0.1"
+        return [
+            ScrapeJob("vllm-qwen-0", [self.vllm[0].address], labels={"namespace": "llm", "pod": "qwen-0"}),
+            ScrapeJob("vllm-qwen-1", [self.vllm[1].address], labels={"namespace": "llm", "pod": "qwen-1"}),
+            ScrapeJob("vllm-legacy", [self.vllm_legacy.address],
+                      labels={"namespace": "llm-legacy", "pod": "legacy-0"}),
+            ScrapeJob("dcgm-exporter", [self.dcgm.address], honor_labels=True),
+            ScrapeJob("kube-state-metrics", [self.ksm.address], honor_labels=True),
+            ScrapeJob("toposcale-adapter", [f"{local}:{self.adapter_port}"]),
+            ScrapeJob("toposcale-extender", [f"{local}:{self.extender_port}"]),
+            ScrapeJob("toposcale-agent", [f"{local}:{self.agent_port}"]),
+        ]
+
+    async def _drive(self) -> None:
+        """What the cluster does while Prometheus watches: the HPA polls, the scheduler places pods."""
+        adapter = f"http://127.0.0.1:{self.adapter_port}/apis/external.metrics.k8s.io/v1beta1/namespaces/llm"
+        extender = f"http://127.0.0.1:{self.extender_port}"
+        body = extender_args()
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                try:
+                    for metric in ("vllm_requests_waiting", "vllm_kv_cache_usage", "no_such_metric"):
+                        async with http.get(f"{adapter}/{metric}", params={"labelSelector": "app=qwen"}) as r:
+                            await r.read()
+                    for verb in ("filter", "prioritize"):
+                        async with http.post(f"{extender}/{verb}", json=body) as r:
+                            if r.status != 200:
+                                self.traffic_errors.append(f"extender {verb}: {r.status} {await r.text()}")
+                    await self.agent.step()
+                    for v in self.vllm:
+                        v.observe_ttft(0.18, n=3)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self.traffic_errors.append(repr(exc))
+                await asyncio.sleep(0.25)
+
+    async def _stop_services(self) -> None:
+        if self._traffic is not None:
+            self._traffic.cancel()
+            try:
+                await self._traffic
+            except asyncio.CancelledError:
+                pass
+        await self.agent.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+        for e in self._exporters:
+            await e.stop()
+
+    # ---------------------------------------------------------------- queries
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        assert self.prometheus is not None
+        return self.prometheus.query(promql)
+
+    def series(self, selector: str) -> list[dict[str, str]]:
+        assert self.prometheus is not None
+        return self.prometheus.api("series", **{"match[]": selector, "start": str(time.time() - 600)})

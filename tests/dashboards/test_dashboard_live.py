@@ -1,0 +1,117 @@
+"""Every dashboard query, run against the real Prometheus scraping real exporters and toposcale's services,
+returns data: no panel on a misspelled metric or label, no variable that offers nothing.
+
+See live_stack.py for what runs (vLLM both generations, DCGM exporter, kube-state-metrics, adapter, extender,
+agent). Kubernetes itself is not involved: the services run without a cluster connection here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import (
+    ALL_DASHBOARDS,
+    ALL_QUERIES,
+    Query,
+    label_values_args,
+    queries,
+    query_variables,
+    substitute,
+)
+from .live_stack import LiveStack
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/prometheus").exists(),
+                                reason="needs the Debian prometheus package (scripts/test.sh installs it)")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    live = LiveStack(tmp_path_factory.mktemp("dashboards-live")).start()
+    try:
+        # rate() over counters needs a few scrapes of them moving; wait for the slowest family to show
+        eventually(live, "histogram_quantile(0.5, sum by (le) "
+                         "(rate(toposcale_extender_decision_seconds_bucket[1m])))")
+        yield live
+    finally:
+        live.stop()
+
+
+def finite(result: list[dict[str, Any]]) -> bool:
+    return any(not math.isnan(float(r["value"][1])) for r in result)
+
+
+def eventually(live: LiveStack, promql: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """The query's result once it has a finite value (Prometheus needs a few scrapes), else the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = live.query(promql)
+        if finite(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("query", ALL_QUERIES, ids=[f"{q.dashboard}:{q.where}" for q in ALL_QUERIES])
+def test_query_returns_data(stack: LiveStack, query: Query) -> None:
+    promql = substitute(query.expr)
+    result = eventually(stack, promql)
+    assert result, f"{query.where}: no series for {promql}"
+    assert finite(result), f"{query.where}: only NaN for {promql}: {result}"
+
+
+@pytest.mark.parametrize("name", sorted(ALL_DASHBOARDS))
+def test_each_variable_offers_values_and_a_selection_still_shows_data(stack: LiveStack, name: str) -> None:
+    dash = ALL_DASHBOARDS[name]
+    chosen: dict[str, str] = {}
+    for var in query_variables(dash):
+        selector, label = label_values_args(var["query"]["query"])
+        # label_values(selector, label) is the distinct values of `label` on the series `selector` matches
+        values = sorted({s[label] for s in stack.series(substitute(selector, chosen)) if label in s})
+        assert values, f"variable {var['name']} offers nothing: {var['query']['query']}"
+        chosen[var["name"]] = values[0]
+    for q in queries(dash):
+        promql = substitute(q.expr, chosen)
+        assert eventually(stack, promql), f"{q.where}: no series with {chosen}: {promql}"
+
+
+def test_old_vllm_generation_fills_the_same_panels(stack: LiveStack) -> None:
+    # vLLM 0.6 pods (llm-legacy) only have the V0 names: the KV-cache and inter-token panels must show them
+    legacy = [q for q in queries(ALL_DASHBOARDS["llm-serving"])
+              if "vllm:gpu_cache_usage_perc" in q.expr or "vllm:time_per_output_token_seconds" in q.expr]
+    assert legacy
+    for q in legacy:
+        result = eventually(stack, substitute(q.expr, {"namespace": "llm-legacy"}))
+        assert finite(result), f"{q.where}: nothing for a V0 server"
+
+
+def test_a_server_exposing_both_kv_names_is_counted_once(stack: LiveStack) -> None:
+    # vLLM 0.10 exports kv_cache_usage_perc and the deprecated gpu_cache_usage_perc: one series per pod, with
+    # the engines of qwen-0 averaged (0.5, 0.7) and qwen-1 as is
+    [panel] = [p for p in ALL_DASHBOARDS["llm-serving"]["panels"] if p["title"] == "KV cache usage"]
+    result = stack.query(substitute(panel["targets"][0]["expr"], {"namespace": "llm"}))
+    by_pod = {r["metric"]["pod"]: round(float(r["value"][1]), 4) for r in result}
+    assert by_pod == {"qwen-0": 0.6, "qwen-1": 0.9}
+
+
+def test_queue_sum_is_what_the_adapter_serves(stack: LiveStack) -> None:
+    # the "what the HPA reads" panel shows the same number the adapter answers for vllm_requests_waiting
+    [panel] = [p for p in ALL_DASHBOARDS["autoscaling-placement"]["panels"]
+               if p["title"].startswith("vllm_requests_waiting")]
+    result = stack.query(substitute(panel["targets"][0]["expr"], {"namespace": "llm"}))
+    assert [float(r["value"][1]) for r in result] == [3 + 1 + 5]
+
+
+def test_the_check_catches_a_misspelled_metric_or_label(stack: LiveStack) -> None:
+    # guards the tests above against a Prometheus that answers anything
+    assert stack.query(substitute("sum(vllm:num_request_waiting{namespace=~\"$namespace\"})")) == []
+    assert stack.query('DCGM_FI_DEV_GPU_UTIL{hostname="gpu-node-a"}') == []
+    assert stack.query('DCGM_FI_DEV_GPU_UTIL{Hostname="gpu-node-a"}')
+
+
+def test_traffic_reached_the_services(stack: LiveStack) -> None:
+    assert stack.traffic_errors == []
