@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,8 @@ class AgentService:
         self._publisher: Any = None
         self._runner: web.AppRunner | None = None
         self._discovering: asyncio.Future[Observation] | None = None
+        # Its own worker, shut down without waiting: a hung NVML call must not hold up the agent's exit.
+        self._nvml_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
         self._owns_api = api is None
 
     # ------------------------------------------------------------------ one observation
@@ -76,7 +79,7 @@ class AgentService:
         if self._discovering is not None and not self._discovering.done():
             raise ObserveError("previous NVML discovery still running (hung driver call?)")
         loop = asyncio.get_running_loop()
-        self._discovering = loop.run_in_executor(None, lambda: observe_topology(
+        self._discovering = loop.run_in_executor(self._nvml_thread, lambda: observe_topology(
             topo_file=self.cfg.topo_file, capture=self.cfg.capture, resource=self.cfg.resource,
             id_strategy=self.cfg.id_strategy, backend=self.backend))
         try:
@@ -194,6 +197,7 @@ class AgentService:
                                     refresh_interval=self.cfg.refresh_interval)
 
     async def stop(self) -> None:
+        self._nvml_thread.shutdown(wait=False, cancel_futures=True)
         await self.kubelet.close()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -158,3 +159,40 @@ async def test_run_loop_follows_allocation_changes_until_stopped(
         stop.set()
         await asyncio.wait_for(task, 10)
     assert svc.port is not None
+
+
+class _HangingReplay(ReplayBackend):
+    """The real capture, with the driver hanging in device_count until released (a wedged GPU driver)."""
+
+    def __init__(self) -> None:
+        super().__init__(load_x4())
+        self.release = threading.Event()
+
+    def device_count(self) -> int:
+        self.release.wait(10)
+        return super().device_count()
+
+
+async def test_hung_nvml_is_reported_and_not_stacked(kube: KubeStandIn, api, tmp_path) -> None:
+    kube.add(node("gpu-1"))
+    backend = _HangingReplay()
+    cfg = ServiceConfig(node_name="gpu-1", socket=str(tmp_path / "k.sock"), host="127.0.0.1", port=0,
+                        discovery_timeout=0.2)
+    svc = AgentService(cfg, api=api, backend=backend)
+    await svc.start()
+    try:
+        assert await svc.step() is None
+        assert "longer than 0.2s" in (svc.state.topology_error or "")
+        assert await svc.step() is None
+        assert "still running" in (svc.state.topology_error or "")
+        assert (await _get(svc, "/healthz"))[0] == 503
+        backend.release.set()
+        for _ in range(100):
+            if await svc.step() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert svc.state.topology_error is None
+        assert TOPOLOGY_ANNOTATION in kube.get("Node", "gpu-1")["metadata"]["annotations"]
+    finally:
+        backend.release.set()
+        await svc.stop()
