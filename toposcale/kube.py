@@ -98,6 +98,11 @@ async def _call(cb: Callable[..., Awaitable[None] | None], *args: Any) -> None:
         await result
 
 
+def _ref(obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    return "/".join(x for x in (meta.get("namespace"), meta.get("name")) if x)
+
+
 async def _raise_for_status(resp: Any) -> None:
     if 200 <= resp.status <= 299:
         return
@@ -144,6 +149,7 @@ class Reflector:
         self.relists = 0
         self.last_error: str | None = None
         self.last_contact: float | None = None  # time.monotonic() of the last successful read
+        self.callback_errors = 0  # watch events on_event raised on (skipped)
 
     async def run(self) -> None:
         backoff = self.backoff_initial_s
@@ -176,6 +182,10 @@ class Reflector:
                 need_list = need_list or exc.status >= 400
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # e.g. on_relist failed: must not end the reflector silently
+                logger.exception("list/watch step failed, relisting", extra={"reflector": self.name})
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                need_list = True
             logger.warning(
                 "list/watch failed, retrying",
                 extra={"reflector": self.name, "error": self.last_error, "backoff_s": round(backoff, 3)},
@@ -241,7 +251,16 @@ class Reflector:
                     if rv:
                         self.resource_version = rv
                     continue
-                await _call(self.on_event, etype, obj)
+                try:
+                    await _call(self.on_event, etype, obj)
+                except Exception:
+                    # One object the consumer cannot handle must not stall the stream (resuming from before
+                    # it would hand it over again, forever): log it, count it, move on.
+                    self.callback_errors += 1
+                    logger.exception(
+                        "watch event handler failed; event skipped",
+                        extra={"reflector": self.name, "event": etype, "object": _ref(obj)},
+                    )
                 if rv:
                     self.resource_version = rv
         finally:

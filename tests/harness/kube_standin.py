@@ -827,7 +827,10 @@ class KubeStandIn:
                 except TimeoutError:
                     break
                 if ev is None:
-                    return resp  # connection dropped by close_watches(): no clean end
+                    # close_watches(): drop the connection mid-stream, as an apiserver restart does
+                    if request.transport is not None:
+                        request.transport.close()
+                    return resp
                 await resp.write(json.dumps(ev).encode() + b"\n")
             if _truthy(q.get("allowWatchBookmarks")):
                 bookmark = {
@@ -837,8 +840,8 @@ class KubeStandIn:
                 }
                 await resp.write(json.dumps({"type": "BOOKMARK", "object": bookmark}).encode() + b"\n")
             await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the client went away
         finally:
             with contextlib.suppress(ValueError):
                 self._watchers.remove(watcher)

@@ -332,6 +332,30 @@ async def test_reflector_backs_off_on_server_errors(kube: KubeStandIn, api: clie
             await task
 
 
+async def test_reflector_survives_a_handler_that_raises(kube: KubeStandIn, api: client.ApiClient) -> None:
+    """One object the consumer chokes on is skipped; later events still arrive."""
+    seen: list[str] = []
+
+    def on_event(etype: str, obj: dict[str, Any]) -> None:
+        if obj["metadata"]["name"] == "bad":
+            raise ValueError("cannot handle this node")
+        seen.append(obj["metadata"]["name"])
+
+    refl = Reflector(client.CoreV1Api(api).list_node, on_relist=lambda items, rv: None, on_event=on_event)
+    task = asyncio.create_task(refl.run())
+    try:
+        await asyncio.wait_for(refl.synced.wait(), 10)
+        await until(lambda: kube.open_watches == 1, "watch open")
+        kube.add(node("bad"))
+        kube.add(node("good"))
+        await until(lambda: seen == ["good"], "event after the failing one")
+        assert refl.callback_errors == 1 and refl.relists == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_token_review_and_subject_access_review(kube: KubeStandIn, api: client.ApiClient) -> None:
     kube.tokens["hpa-token"] = {
         "username": "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
