@@ -192,6 +192,11 @@ async def test_paging_and_expired_continue_token(kube: KubeStandIn, api: client.
     with pytest.raises(ApiException) as exc:
         await core.list_node(limit=2, _continue=second.metadata._continue)
     assert exc.value.status == 410 and json.loads(exc.value.body)["reason"] == "Expired"
+    # an exact read at a compacted revision is gone too; "not older than" reads are served from now
+    with pytest.raises(ApiException) as exc:
+        await core.list_node(resource_version=first.metadata.resource_version, resource_version_match="Exact")
+    assert exc.value.status == 410
+    assert len((await core.list_node(resource_version=first.metadata.resource_version)).items) == 6
 
 
 async def test_watch_stream_and_410_error_event(kube: KubeStandIn, api: client.ApiClient) -> None:
