@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in MAIN_PANELS:
             dash = json.loads((ROOT / "dashboards" / f"{name}.json").read_text())
-            print(f"wrote {render(name, dash, prom, start + 120, end, args.out).relative_to(ROOT)}")
+            print(f"wrote {render(name, dash, prom, start + 120, end, args.out)}")
     finally:
         prom.close()
         if not args.keep:
