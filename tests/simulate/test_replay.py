@@ -39,8 +39,8 @@ def test_stranded_gpus_count_free_gpus_a_4_gpu_pod_cannot_use(fleet_of) -> None:
     # 1 GPU for 10 s, then 5 for 10 s, of 8: mean utilisation (10 + 50) / 20 / 8
     assert r.utilization_mean == pytest.approx(60 / 20 / 8)
     # the series samples the state just before each arrival, and ends with the state after the last one
-    assert r.series[0] == (0.0, 0, 0)  # empty box: 8 free, two 4-GPU pods fit
-    assert r.series[-1] == (20.0, 1, 7)  # "last" took 2 of the 3 free: 1 left, stranded
+    assert r.series[0] == (0.0, 0, 0, 0, 0)  # empty box: 8 free, two 4-GPU pods fit
+    assert r.series[-1] == (20.0, 1, 7, 2, 2)  # "last" took 2 of the 3 free: 1 left, stranded
     # shares are over multi-GPU pods only: "four" and "last", both NVLink on an NVSwitch box
     assert r.multi == 2 and r.tier_share(Tier.NVLINK) == 1.0 and r.best_tier_share == 1.0
 
@@ -95,3 +95,16 @@ def test_fleet_entries_with_the_same_wiring_behave_as_one(tmp_path) -> None:
             p.pop("decisions_per_s")
         runs.append(doc)
     assert runs[0] == runs[1]
+
+
+def test_the_figures_best_tier_share_is_over_the_pods_placed_in_each_window() -> None:
+    from toposcale.simulate.metrics import Sample
+    from toposcale.simulate.plot import windowed_best_share
+
+    series = [
+        Sample(3600.0 * i, 0, 0, multi, best)
+        for i, (multi, best) in enumerate([(0, 0), (4, 4), (8, 5), (8, 5)])
+    ]
+    # window 1: 4 of 4 pods best, then 1 of 4; no pod placed in the last window: no point rather than 0
+    assert windowed_best_share(series, window=1) == ([1.0, 2.0], [100.0, 25.0])
+    assert windowed_best_share(series, window=2) == ([2.0, 3.0], [62.5, 25.0])

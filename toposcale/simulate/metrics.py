@@ -6,10 +6,19 @@ badly either."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from toposcale.extender.topology.model import Tier
 
 STRANDED_UNIT = 4  # stranded GPUs: free, but not usable by a 4-GPU (TP 4) pod on that node
+
+
+class Sample(NamedTuple):
+    t: float  # seconds since the first arrival
+    stranded: int  # GPUs free but unusable by a 4-GPU pod
+    used: int  # GPUs allocated
+    multi: int  # multi-GPU pods placed so far
+    best: int  # of those, pods whose set was the best tier their node offers
 
 
 @dataclass(slots=True)
@@ -25,7 +34,7 @@ class PolicyResult:
     first_4gpu_miss_load: float | None = None  # allocated/fleet GPUs when a 4-GPU pod first found no node
     stranded_mean: float = 0.0  # time-weighted over the run (first to last arrival)
     utilization_mean: float = 0.0
-    series: list[tuple[float, int, int]] = field(default_factory=list)  # (time s, stranded GPUs, used GPUs)
+    series: list[Sample] = field(default_factory=list)  # state over time, evenly spaced
     decisions: int = 0
     decision_seconds: float = 0.0
     fleet_gpus: int = 0

@@ -21,7 +21,7 @@ from toposcale.extender.topology.model import Topology
 
 from .extender_api import set_tier
 from .fleet import Fleet
-from .metrics import STRANDED_UNIT, PolicyResult
+from .metrics import STRANDED_UNIT, PolicyResult, Sample
 from .policies import Policy
 from .tiers import best_tier, single_numa
 from .workload import PodSpec
@@ -30,7 +30,7 @@ from .workload import PodSpec
 # depending on Go map order, so the replay picks one uniformly with its seeded generator.
 AllocateFn = Callable[[Topology, int, int], tuple[int, ...]]
 ProgressFn = Callable[[int, int], None]  # (pods done, pods total)
-SAMPLES = 240  # points of the stranded-GPUs-over-time series
+SAMPLES = 240  # points of the over-time series
 
 
 class _Bucket:
@@ -221,7 +221,7 @@ def replay(
         depart_until(now)
         account(now)
         while step and next_sample <= now:
-            res.series.append((next_sample - t_start, stranded, used))
+            res.series.append(Sample(next_sample - t_start, stranded, used, res.multi, res.best_tier))
             next_sample += step
         t0 = perf()
         node = choose(pod.gpus)
@@ -237,7 +237,7 @@ def replay(
             progress(i + 1, len(pods))
     if res.series and res.series[-1][0] >= t_end - t_start:
         res.series.pop()  # the end point is the state after the last arrival
-    res.series.append((t_end - t_start, stranded, used))
+    res.series.append(Sample(t_end - t_start, stranded, used, res.multi, res.best_tier))
     span = t_end - t_start
     res.stranded_mean = stranded_area / span if span > 0 else float(stranded)
     res.utilization_mean = (used_area / span if span > 0 else float(used)) / fleet.gpus
