@@ -1,4 +1,4 @@
-"""Regenerate the Grafana dashboards: `python -m dashboards.generate` (from the repository root).
+"""Regenerate the Grafana dashboards: `python -m dashboards.generate` from the repository root.
 
 `--check` writes nothing and exits 1 when a committed `dashboards/<name>.json` differs from what the code
 makes (CI and tests/dashboards run it). deploy/ builds its Grafana ConfigMaps from these JSON files.
@@ -13,9 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dashboards import autoscaling, gpu_fleet, llm_serving
-
 HERE = Path(__file__).resolve().parent
+if __package__ in (None, ""):  # run as `python dashboards/generate.py`: make the folder importable
+    sys.path.insert(0, str(HERE.parent))
+
+from dashboards import autoscaling, gpu_fleet, llm_serving  # noqa: E402
 
 # file name (without .json) -> builder; the file names are what deploy/ and the README link to.
 DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
