@@ -113,6 +113,7 @@ class Demo:
             )
         )
         self.unschedulable: set[str] = set()
+        self.replica_ports: list[int] = []
         self.last_kv: float | None = None
         self.last_gpu: float | None = None
         self.hpa_note = ""
@@ -283,6 +284,7 @@ class Demo:
                 assert r.sim is not None
                 r.server = ReplicaServer(r.sim)
                 await r.server.start()
+                self.replica_ports.append(r.server.port)
                 r.phase, r.ready_at = "Ready", now
                 changed = True
         if changed:
@@ -413,7 +415,8 @@ class Demo:
                     if dead:
                         raise RuntimeError(f"{dead[0].name} exited unexpectedly:\n{dead[0].tail()}")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), cfg.tick_wall_s)
+                    # at most one simulated second per step, so fast runs model the same as slow ones
+                    await asyncio.wait_for(self.stop.wait(), min(cfg.tick_wall_s, 1.0 / cfg.speed))
             if not self.story.samples or self.story.samples[-1].t < self.now() - 1:
                 self.story.samples.append(self.sample(min(self.now(), cfg.sim_duration), rate))
         return not self.stop.is_set()
@@ -515,5 +518,6 @@ def write_summary_json(path: Path, demo: Demo, problems: list[str], *, interrupt
             for s in demo.sup.services
         },
         "exporter_ports": [e.port for e in demo.exporters.values()],
+        "replica_ports": demo.replica_ports,
     }
     path.write_text(json.dumps(doc, indent=1), encoding="utf-8")
