@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scrape.add_argument("--scrape-timeout", type=float, default=3.0, help="seconds per target (default 3)")
     scrape.add_argument("--scrape-max-body-bytes", type=int, default=8 * 1024 * 1024)
     scrape.add_argument("--scrape-concurrency", type=int, default=64, help="scrapes in flight at once")
+    from .security import options as security_options  # light: flags only, no cryptography import
+
+    security_options.add_arguments(parser)
     add_log_level_argument(parser)
 
 
@@ -106,28 +109,36 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
 async def _run(args: argparse.Namespace) -> int:
     from .metrics import AdapterMetrics
     from .rules import load_rules
+    from .security.options import build_security
     from .server import build_app, serve
 
     rules = load_rules(args.rules)
     metrics = AdapterMetrics()
-    source = await build_source(args, rules, metrics)
-    app = build_app(
-        rules,
-        source,
-        cache_ttl=args.cache_ttl,
-        request_timeout=args.request_timeout,
-        max_inflight=args.max_inflight,
-        metrics=metrics,
-    )
-    logger.info(
-        "adapter starting",
-        extra={
-            "source": source.kind,
-            "metrics": [r.name for r in rules.rules],
-            "rules": args.rules or "built-in",
-        },
-    )
-    await serve(app, host=args.bind_address or None, port=args.port)
+    # TLS, delegated authentication/authorization (or --insecure-allow-anonymous), before anything is served
+    security = await build_security(args, metrics.registry)
+    try:
+        source = await build_source(args, rules, metrics)
+        app = build_app(
+            rules,
+            source,
+            cache_ttl=args.cache_ttl,
+            request_timeout=args.request_timeout,
+            max_inflight=args.max_inflight,
+            metrics=metrics,
+            middlewares=[security.middleware],
+        )
+        logger.info(
+            "adapter starting",
+            extra={
+                "source": source.kind,
+                "metrics": [r.name for r in rules.rules],
+                "rules": args.rules or "built-in",
+            },
+        )
+        await serve(app, host=args.bind_address or None, port=args.port, ssl_context=security.ssl_context,
+                    limits=security.limits, on_cut=security.on_cut)
+    finally:
+        await security.close()
     return 0
 
 
@@ -141,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     try:
         return asyncio.run(_run(args))
-    except (RulesError, ValueError, ConfigException) as exc:
+    except (RulesError, ValueError, ConfigException, RuntimeError) as exc:
         logger.error("adapter cannot start", extra={"error": str(exc)})
         print(f"toposcale adapter: {exc}", file=sys.stderr)
         return 2

@@ -71,11 +71,20 @@ async def serve(
     port: int,
     ssl_context: ssl.SSLContext | None = None,
     stop: asyncio.Event | None = None,
+    limits: Any = None,
+    on_cut: Any = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (or `stop` is set), then shut down cleanly."""
-    runner = web.AppRunner(app, access_log=None)
+    """Serve until SIGINT/SIGTERM (or `stop` is set), then shut down cleanly. `limits`
+    (security.serving.Limits) bounds each connection: handshake and header deadlines, header size, count."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
-    site = web.TCPSite(runner, host=host or None, port=port, ssl_context=ssl_context, shutdown_timeout=5)
+    site: web.BaseSite
+    if limits is not None:
+        from .security.serving import SecureSite
+
+        site = SecureSite(runner, host or None, port, ssl_context=ssl_context, limits=limits, on_cut=on_cut)
+    else:
+        site = web.TCPSite(runner, host=host or None, port=port, ssl_context=ssl_context)
     await site.start()
     logger.info(
         "adapter listening",

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .clientcert import CABundle
+if TYPE_CHECKING:  # cryptography is imported only when certificates are parsed: `toposcale --help` stays fast
+    from .clientcert import CABundle
 
 CONFIGMAP_NAMESPACE = "kube-system"
 CONFIGMAP_NAME = "extension-apiserver-authentication"
@@ -29,6 +31,9 @@ KEY_RH_EXTRA_PREFIXES = "requestheader-extra-headers-prefix"
 DEFAULT_USERNAME_HEADERS = ("x-remote-user",)
 DEFAULT_GROUP_HEADERS = ("x-remote-group",)
 DEFAULT_EXTRA_HEADER_PREFIXES = ("x-remote-extra-",)
+# k8s.io/apiserver NewDelegatingAuthorizationOptions defaults
+DEFAULT_ALWAYS_ALLOW_PATHS = ("/healthz", "/readyz", "/livez")
+DEFAULT_ALWAYS_ALLOW_GROUPS = ("system:masters",)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ def deserialize_strings(value: str | None, key: str) -> tuple[str, ...]:
 
 def from_configmap(data: dict[str, str] | None) -> AuthnSources:
     """Parse the ConfigMap's `data`; a missing key means that method is not configured by the cluster."""
+    from .clientcert import CABundle
+
     data = data or {}
     client_ca = None
     if data.get(KEY_CLIENT_CA, "").strip():

@@ -15,12 +15,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .authconfig import DEFAULT_ALWAYS_ALLOW_GROUPS, DEFAULT_ALWAYS_ALLOW_PATHS
 from .authn import UserInfo
 from .cache import ExpiringLRU
 from .requestinfo import RequestInfo
-
-DEFAULT_ALWAYS_ALLOW_PATHS = ("/healthz", "/readyz", "/livez")
-DEFAULT_ALWAYS_ALLOW_GROUPS = ("system:masters",)
 
 
 class Decision(enum.Enum):

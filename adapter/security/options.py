@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .authconfig import (
+    DEFAULT_ALWAYS_ALLOW_PATHS,
     DEFAULT_EXTRA_HEADER_PREFIXES,
     DEFAULT_GROUP_HEADERS,
     DEFAULT_USERNAME_HEADERS,
@@ -32,7 +33,6 @@ from .authconfig import (
     split_list_flag,
     trim_headers,
 )
-from .authz import DEFAULT_ALWAYS_ALLOW_PATHS
 
 logger = logging.getLogger(__name__)
 
