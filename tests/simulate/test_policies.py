@@ -130,3 +130,15 @@ def test_the_toposcale_policy_and_the_gpu_pick_are_the_extenders_own_functions(f
     monkeypatch.setattr(scoring, "score_node", prefer_pcie)
     (r,) = compare(fleet, in_order(4), ["toposcale"], seed=1)
     assert r.tiers[Tier.NUMA] == 1
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_extender_on_top_of_most_allocated_keeps_a_box_free_for_an_8_gpu_pod(fleet_of, seed: int) -> None:
+    # Two NVSwitch boxes: every set is NVLink, so the extender scores the boxes alike and the scheduler's own
+    # strategy decides. On top of LeastAllocated the two 4-GPU pods go one per box and the 8-GPU pod finds
+    # no box; on top of MostAllocated they share a box and the 8-GPU pod gets the other.
+    fleet = fleet_of(hgx_h100_nvswitch_8gpu=2)
+    res = by_policy(compare(fleet, in_order(4, 4, 8), ["toposcale", "toposcale-binpack"], seed=seed))
+    assert (res["toposcale"].placed, res["toposcale"].pending) == (2, 1)
+    assert (res["toposcale-binpack"].placed, res["toposcale-binpack"].pending) == (3, 0)
+    assert res["toposcale-binpack"].tier_share(Tier.NVLINK) == 1.0

@@ -8,6 +8,8 @@ the same way (NodeResourcesFit: enough free GPUs); only scoring differs.
 - `random`: no preference among nodes that fit.
 - `toposcale`: kube-scheduler with the toposcale extender: LeastAllocated plus the extender's own 0..10 score
   (imported from the extender, see `extender_api`) times the extender weight, scaled as the scheduler does.
+- `toposcale-binpack` (not run by default): the same extender on top of MostAllocated, i.e. a scheduler
+  profile whose NodeResourcesFit scoring strategy is MostAllocated for the GPU resource.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .noderesources import extender_points, least_allocated, most_allocated
 # (topology, free mask, free count, k) -> score; higher is better, negative: filtered out
 ScoreFn = Callable[[Topology, int, int, int], int]
 
-POLICIES = ("toposcale", "spread", "binpack", "random")
+POLICIES = ("toposcale", "spread", "binpack", "random")  # the default comparison
+EXTRA_POLICIES = ("toposcale-binpack",)
 DEFAULT_EXTENDER_WEIGHT = 5  # deploy/ configures the extender with weight 5 (up to 500 of ~1,700 points)
 
 
@@ -53,14 +56,16 @@ def make_policy(name: str, *, extender_weight: int = DEFAULT_EXTENDER_WEIGHT) ->
         return Policy(name, _binpack)
     if name == "random":
         return Policy(name, _random)
-    if name == "toposcale":
+    if name in ("toposcale", "toposcale-binpack"):
         from .extender_api import node_score  # raises ExtenderUnavailable with the module it needs
+
+        base = _spread if name == "toposcale" else _binpack
 
         def _toposcale(topo: Topology, free: int, nfree: int, k: int) -> int:
             s = node_score(topo, free, k)
             if s is None:
                 return -1
-            return extender_points(s, extender_weight) + _spread(topo, free, nfree, k)
+            return extender_points(s, extender_weight) + base(topo, free, nfree, k)
 
         return Policy(name, _toposcale)
-    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES + EXTRA_POLICIES)}")
