@@ -170,6 +170,7 @@ class ServingTLS:
         self.loaded: LoadedCert | None = None
         self.reloads = 0
         self._stat: tuple[Any, ...] | None = None
+        self._failed_stat: tuple[Any, ...] | None = None
         self._build()  # raises: a server must not start without a usable certificate
 
     def _build(self) -> None:
@@ -225,8 +226,8 @@ class ServingTLS:
         """Reload if the files changed; True when a new certificate is in use. A half-written pair
         (cert-manager writes the two files separately) fails to load and is retried at the next check."""
         stat = self._file_stat()
-        if stat == self._stat:
-            return False
+        if stat == self._stat or stat == self._failed_stat:
+            return False  # unchanged, or the same unusable files we already warned about
         try:
             cert_bytes, key_bytes = _read_pair(self.cert_file, self.key_file)
         except OSError as exc:
@@ -241,6 +242,7 @@ class ServingTLS:
         except (OSError, ValueError) as exc:
             logger.warning("new serving certificate not usable yet, keeping the current one",
                            extra={"error": str(exc)})
+            self._failed_stat = stat
             self.on_reload("serving-cert", False)
             return False
         self.reloads += 1
