@@ -18,6 +18,9 @@ from toposcale.adapter.rules import RuleSet, load_rules
 from toposcale.adapter.server import build_app
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
+TOPOSCALE = Path(sys.executable).parent / "toposcale"
+# Issue 3 serves TLS with delegated authn/authz by default; local runs opt out (plain HTTP, anonymous).
+LOCAL = ["--insecure-allow-anonymous"]
 
 
 class Running:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +20,9 @@ from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
 from tests.harness.kube_standin import KubeStandIn
 from toposcale import kube
 
-EXE = Path(sys.executable).parent / "toposcale"
+from .conftest import LOCAL, TOPOSCALE
+
+EXE = TOPOSCALE
 BASE = "/apis/external.metrics.k8s.io/v1beta1"
 
 
@@ -101,7 +102,7 @@ async def test_acceptance_scrape_targets_command(tmp_path: Path) -> None:
         ]))
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
-            str(EXE), "adapter", "--scrape-targets", str(targets), "--port", str(port),
+            str(EXE), "adapter", "--scrape-targets", str(targets), "--port", str(port), *LOCAL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         try:
@@ -126,14 +127,15 @@ def test_bad_rules_file_fails_at_start_naming_file_and_field(tmp_path: Path) -> 
     bad.write_text(
         "rules:\n  - name: q\n    series: ['vllm:num_requests_waiting']\n    aggregation: median\n"
     )
-    res = subprocess.run([str(EXE), "adapter", "--rules", str(bad), "--scrape-targets", "/dev/null",
+    res = subprocess.run([str(EXE), "adapter", *LOCAL, "--rules", str(bad), "--scrape-targets", "/dev/null",
                           "--port", str(free_port())], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert str(bad) in res.stderr and "rules.0.aggregation" in res.stderr
 
     targets = tmp_path / "targets.yaml"
     targets.write_text("- url: ftp://x\n  labels: {namespace: ml}\n")
-    res = subprocess.run([str(EXE), "adapter", "--scrape-targets", str(targets), "--port", str(free_port())],
+    res = subprocess.run([str(EXE), "adapter", *LOCAL, "--scrape-targets", str(targets), "--port",
+                          str(free_port())],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert str(targets) in res.stderr and "0.url" in res.stderr and "'pod'" in res.stderr

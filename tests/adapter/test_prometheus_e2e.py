@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +16,8 @@ from toposcale.adapter.sources.prometheus import PrometheusSource
 
 from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
 from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
+
+from .conftest import LOCAL, TOPOSCALE
 
 pytestmark = pytest.mark.skipif(
     not os.access(PROMETHEUS, os.X_OK), reason="needs the Debian prometheus package"
@@ -120,10 +121,9 @@ async def test_prometheus_mode(serve_adapter, tmp_path: Path) -> None:
 
         # the acceptance command, as a user runs it
         port = free_port()
-        exe = Path(sys.executable).parent / "toposcale"
         proc = await asyncio.create_subprocess_exec(
-            str(exe), "adapter", "--prometheus-url", prom.url, "--port", str(port), "--bind-address",
-            "127.0.0.1", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            str(TOPOSCALE), "adapter", "--prometheus-url", prom.url, "--port", str(port), "--bind-address",
+            "127.0.0.1", *LOCAL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         url = f"http://127.0.0.1:{port}{BASE}/namespaces/ml/vllm_requests_waiting?labelSelector=app%3Dvllm"
         async with aiohttp.ClientSession() as s:
