@@ -11,70 +11,78 @@ waiting may help) or never fits (FailedAndUnresolvableNodes). Rules, in order:
 - otherwise `scoring.decide_raw`; a node short of free GPUs without a required scope still passes with
   score 0: the scheduler's own resource count is authoritative for counts, the annotation may lag.
 
-Decisions are memoized per (wiring, free mask, k, scope) in scoring; within one request identical nodes
-share one lookup here too.
+Outcomes are shared objects, memoized on each node view per (k, scope), so a request over thousands of
+unchanged nodes costs a dictionary lookup per node; `scoring` memoizes per (wiring, free mask, k, scope).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .nodeview import NodeView
 from .topology.model import Tier
 from .topology.scoring import NEUTRAL_SCORE, NodeDecision, decide_raw, materialize
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    name: str
+class Outcome(NamedTuple):
     passes: bool
     unresolvable: bool
     score: int
-    reason: str
-    decision: NodeDecision | None = None  # raw (index-based); `explain` materializes it
+    reason: str  # set for outcomes without a decision; else built on demand by `reason_of`
+    decision: NodeDecision | None = None  # raw (index-based); `reason_of` / explain materialize it
     unknown: str = ""  # "missing" / "invalid" / "uncached" / "allocation" when the extender could not judge
 
 
-def evaluate(
-    views: list[tuple[str, NodeView | None]], k: int, need: Tier | None
-) -> list[Outcome]:
-    """Outcomes in input order. `views`: (node name, its view or None when the extender has none)."""
-    out: list[Outcome] = []
-    if k <= 0:
-        return [Outcome(name, True, False, 0, "pod asks no managed GPU") for name, _ in views]
-    local: dict[tuple[str, int], Outcome] = {}
-    scoped = need is not None
-    for name, view in views:
-        if view is None:
-            out.append(_unknown(name, "uncached", "node not in the extender's cache (yet)", scoped))
-            continue
-        topo = view.topology
-        if topo is None:
-            out.append(_unknown(name, view.problem_kind, f"GPU topology unknown: {view.problem}", scoped))
-            continue
-        free = view.free_mask
-        if free is None:
-            out.append(_unknown(name, "allocation", f"{view.allocation_problem}", scoped))
-            continue
-        key = (topo.fingerprint, free)
-        hit = local.get(key)
-        if hit is None:
-            d = decide_raw(topo, free, k, need)
-            if d.fits:
-                hit = Outcome("", True, False, d.score, "", d)
-            elif d.count_only and not scoped:
-                hit = Outcome("", True, False, 0, "", d)
-            else:
-                hit = Outcome("", False, d.unresolvable, 0, "", d)
-            local[key] = hit
-        out.append(Outcome(name, hit.passes, hit.unresolvable, hit.score, "", hit.decision))
-    return out
+NO_GPU = Outcome(True, False, 0, "pod asks no managed GPU")
 
 
-def _unknown(name: str, kind: str, why: str, scoped: bool) -> Outcome:
+def _unknown(kind: str, why: str, scoped: bool) -> Outcome:
     if scoped:
-        return Outcome(name, False, False, 0, f"{why}: a required scope cannot be checked", unknown=kind)
-    return Outcome(name, True, False, NEUTRAL_SCORE, f"{why}: neutral score", unknown=kind)
+        return Outcome(False, False, 0, f"{why}: a required scope cannot be checked", unknown=kind)
+    return Outcome(True, False, NEUTRAL_SCORE, f"{why}: neutral score", unknown=kind)
+
+
+UNCACHED = {
+    s: _unknown("uncached", "node not in the extender's cache (yet)", s) for s in (False, True)
+}
+
+
+def outcome_for(view: NodeView | None, k: int, need: Tier | None) -> Outcome:
+    """The outcome for one node (memoized on the view)."""
+    scoped = need is not None
+    if view is None:
+        return UNCACHED[scoped]
+    key = (k, need)
+    hit = view.memo.get(key)
+    if hit is not None:
+        return hit  # type: ignore[no-any-return]
+    topo = view.topology
+    if topo is None:
+        hit = _unknown(view.problem_kind, f"GPU topology unknown: {view.problem}", scoped)
+    elif view.free_mask is None:
+        hit = _unknown("allocation", f"{view.allocation_problem}", scoped)
+    else:
+        d = decide_raw(topo, view.free_mask, k, need)
+        if d.fits:
+            hit = Outcome(True, False, d.score, "", d)
+        elif d.count_only and not scoped:
+            hit = Outcome(True, False, 0, "", d)
+        else:
+            hit = Outcome(False, d.unresolvable, 0, "", d)
+    view.memo[key] = hit
+    return hit
+
+
+def evaluate(views: list[NodeView | None], k: int, need: Tier | None) -> list[Outcome]:
+    """Outcomes in input order (one per view; None = the extender has no view of that node)."""
+    if k <= 0:
+        return [NO_GPU] * len(views)
+    key = (k, need)
+    # The memo lookup inline: one dict.get per node in the common (unchanged node) case.
+    return [
+        (v.memo.get(key) or outcome_for(v, k, need)) if v is not None else outcome_for(None, k, need)
+        for v in views
+    ]
 
 
 def reason_of(outcome: Outcome, view: NodeView | None) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .topology.annotations import (
@@ -33,6 +33,8 @@ class NodeView:
     free_mask: int | None  # None: allocation unknown (no or invalid annotation, kubelet unreachable)
     allocation_problem: str | None
     allocation: Allocation | None = None
+    # Outcomes per (k, scope) for this exact view: a view is replaced, never changed, when the node changes.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def problem_kind(self) -> str:
@@ -41,8 +43,8 @@ class NodeView:
         return "missing" if self.problem.startswith("missing") else "invalid"
 
 
-class _Lru(OrderedDict[str, Any]):
-    def put(self, key: str, value: Any) -> None:
+class _Lru(OrderedDict[Any, Any]):
+    def put(self, key: Any, value: Any) -> None:
         self[key] = value
         if len(self) > _CACHE_LIMIT:
             self.popitem(last=False)
@@ -50,6 +52,7 @@ class _Lru(OrderedDict[str, Any]):
 
 _topologies: _Lru = _Lru()
 _allocations: _Lru = _Lru()
+_views: _Lru = _Lru()
 
 
 def _topology(text: str) -> Topology | str:
@@ -95,6 +98,20 @@ def view_from_annotations(name: str, annotations: Any, resource: str) -> NodeVie
     if not isinstance(annotations, dict):
         annotations = {}
     raw_topo = annotations.get(TOPOLOGY_ANNOTATION)
+    raw_alloc = annotations.get(ALLOCATION_ANNOTATION)
+    cacheable = isinstance(raw_topo, str) and (raw_alloc is None or isinstance(raw_alloc, str))
+    key = (name, resource, raw_topo, raw_alloc) if cacheable else None
+    if key is not None:
+        hit = _views.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+    view = _view(name, raw_topo, raw_alloc, resource)
+    if key is not None:
+        _views.put(key, view)
+    return view
+
+
+def _view(name: str, raw_topo: Any, raw_alloc: Any, resource: str) -> NodeView:
     if raw_topo is None:
         return NodeView(name, None, f"missing {TOPOLOGY_ANNOTATION} annotation", None, None)
     if not isinstance(raw_topo, str):
@@ -107,7 +124,6 @@ def view_from_annotations(name: str, annotations: Any, resource: str) -> NodeVie
             name, None, f"invalid: topology describes {topo.resource!r}, extender manages {resource!r}",
             None, None,
         )
-    raw_alloc = annotations.get(ALLOCATION_ANNOTATION)
     if not isinstance(raw_alloc, str):
         return NodeView(name, topo, None, None, f"missing {ALLOCATION_ANNOTATION} annotation")
     alloc = _allocation(raw_alloc)

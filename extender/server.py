@@ -167,19 +167,14 @@ class Extender:
         self.m_requests.labels(verb, "200").inc()
         return resp
 
-    def _views(self, args: wire.ExtenderArgs) -> list[tuple[str, NodeView | None]] | None:
-        """(name, view) per input node; None when names came in and there is no cache (standalone)."""
+    def _views(self, args: wire.ExtenderArgs) -> list[NodeView | None] | None:
+        """The view of each input node (in order); None when names came in and there is no cache."""
         if args.nodes is not None:
-            out = [(n["metadata"]["name"], view_of_node(n, self.config.resource)) for n in args.nodes]
-        elif self.state is None:
+            res = self.config.resource
+            return [view_of_node(n, res) for n in args.nodes]
+        if self.state is None:
             return None
-        else:
-            view = self.state.view
-            out = [(name, view(name)) for name in args.node_names or []]
-        for name, v in out:
-            if v is not None and (v.problem or v.allocation_problem):
-                self._log_node_once(name, v.problem or v.allocation_problem or "")
-        return out
+        return self.state.views(args.node_names or [])
 
     def _log_node_once(self, name: str, problem: str) -> None:
         if self._logged.get(name) == problem:
@@ -199,45 +194,57 @@ class Extender:
             logger.warning("unusable pod", extra={"pod": pod_key(args.pod), "error": str(exc)})
             return 0, "any", f"pod {pod_key(args.pod)}: {exc}"
 
-    def _outcomes(self, verb: str, args: wire.ExtenderArgs) -> tuple[list[Outcome], str | None, dict]:
-        """Outcomes for every input node, plus a reason that fails them all (pod error, standalone)."""
+    def _outcomes(
+        self, verb: str, args: wire.ExtenderArgs
+    ) -> tuple[list[Outcome], list[NodeView | None], str | None]:
+        """Outcome and view per input node, or a reason that fails them all (pod error, standalone)."""
         if args.dropped:
             logger.warning("node items ignored", extra={"verb": verb, "items": args.dropped[:10]})
         k, scope, pod_error = self._pod(args)
         if pod_error:
-            return [], pod_error, {}
+            return [], [], pod_error
         if k <= 0:
-            return evaluate([(n, None) for n in args.names], 0, None), None, {}
-        listed = self._views(args)
-        if listed is None:
-            return [], STANDALONE_REASON, {}
-        views = dict(listed)
-        outcomes = evaluate(listed, k, required_scope_tier(scope))
+            return evaluate([None] * len(args.names), 0, None), [], None
+        views = self._views(args)
+        if views is None:
+            return [], [], STANDALONE_REASON
+        outcomes = evaluate(views, k, required_scope_tier(scope))
         self.m_nodes.labels(verb).inc(len(outcomes))
-        for o in outcomes:
+        unknown: dict[str, int] = {}
+        for o, v in zip(outcomes, views, strict=True):
             if o.unknown:
-                self.m_unknown.labels(o.unknown).inc()
-        return outcomes, None, views
+                unknown[o.unknown] = unknown.get(o.unknown, 0) + 1
+                if v is not None:
+                    self._log_node_once(v.name, v.problem or v.allocation_problem or "")
+        for kind, count in unknown.items():
+            self.m_unknown.labels(kind).inc(count)
+        return outcomes, views, None
 
     # ------------------------------------------------------------ verbs
 
     async def filter(self, request: web.Request) -> web.StreamResponse:
         def work(body: bytes) -> web.Response:
             args = wire.parse_args(body)
-            outcomes, fail_all, views = self._outcomes("filter", args)
+            outcomes, views, fail_all = self._outcomes("filter", args)
+            names = args.names
             passing: list[str] = []
             failed: dict[str, str] = {}
             unresolvable: dict[str, str] = {}
             if fail_all is not None:
-                unresolvable = dict.fromkeys(args.names, fail_all)
+                unresolvable = dict.fromkeys(names, fail_all)
                 self.m_outcome.labels("never-fits").inc(len(unresolvable))
-            for o in outcomes:
-                if o.passes:
-                    passing.append(o.name)
-                elif o.unresolvable:
-                    unresolvable[o.name] = reason_of(o, views.get(o.name))
-                else:
-                    failed[o.name] = reason_of(o, views.get(o.name))
+            elif not views:  # no GPU asked: everything passes
+                passing = list(names)
+            else:
+                passing = [n for n, o in zip(names, outcomes, strict=True) if o.passes]
+                if len(passing) < len(names):
+                    for name, o, v in zip(names, outcomes, views, strict=True):
+                        if o.passes:
+                            continue
+                        if o.unresolvable:
+                            unresolvable[name] = reason_of(o, v)
+                        else:
+                            failed[name] = reason_of(o, v)
             if outcomes:
                 self.m_outcome.labels("fits").inc(len(passing))
                 self.m_outcome.labels("fails-now").inc(len(failed))
@@ -249,9 +256,10 @@ class Extender:
     async def prioritize(self, request: web.Request) -> web.StreamResponse:
         def work(body: bytes) -> web.Response:
             args = wire.parse_args(body)
-            outcomes, fail_all, _ = self._outcomes("prioritize", args)
+            outcomes, _, fail_all = self._outcomes("prioritize", args)
+            names = args.names
             if fail_all is not None:
-                return _json(wire.priority_list([(n, 0) for n in args.names]))
+                return _json(wire.priority_list(names, [0] * len(names)))
             best: Outcome | None = None
             for o in outcomes:
                 if o.passes and o.decision is not None and (best is None or o.score > best.score):
@@ -259,7 +267,7 @@ class Extender:
             if best is not None and best.decision is not None and best.decision.fits:
                 tier = best.decision.tier
                 self.m_tier.labels(tier.label if tier is not None else "single-gpu").inc()
-            return _json(wire.priority_list([(o.name, o.score) for o in outcomes]))
+            return _json(wire.priority_list(names, [o.score for o in outcomes]))
 
         return await self._run("prioritize", request, work)
 
@@ -272,17 +280,16 @@ class Extender:
             doc["error"] = pod_error
             doc["nodes"] = []
             return doc
-        listed = self._views(args) if k > 0 else [(n, None) for n in args.names]
-        if listed is None:
+        views = self._views(args) if k > 0 else [None] * len(args.names)
+        if views is None:
             doc["error"] = STANDALONE_REASON
             doc["nodes"] = []
             return doc
-        views = dict(listed)
         rows = []
-        for o in evaluate(listed, k, required_scope_tier(scope)):
-            view = views.get(o.name)
+        outcomes = evaluate(views, k, required_scope_tier(scope))
+        for name, o, view in zip(args.names, outcomes, views, strict=True):
             row: dict[str, Any] = {
-                "node": o.name,
+                "node": name,
                 "outcome": "fits" if o.passes else ("never-fits" if o.unresolvable else "fails-now"),
                 "score": o.score,
                 "reason": reason_of(o, view),

@@ -97,7 +97,7 @@ def parse_args(body: bytes) -> ExtenderArgs:
             seen.add(name)
             nodes.append(item)
     if raw_names is not None:
-        if not isinstance(raw_names, list) or not all(isinstance(n, str) for n in raw_names):
+        if not isinstance(raw_names, list) or not set(map(type, raw_names)) <= {str}:
             raise WireError("ExtenderArgs.NodeNames must be a list of strings or null")
         names = list(dict.fromkeys(raw_names))
     if nodes is not None and names is not None:
@@ -131,9 +131,9 @@ def filter_result(
     return orjson.dumps(doc)
 
 
-def priority_list(scores: list[tuple[str, int]]) -> bytes:
+def priority_list(hosts: list[str], scores: list[int]) -> bytes:
     """HostPriorityList: a bare JSON array of {Host, Score}."""
-    return orjson.dumps([{"Host": h, "Score": s} for h, s in scores])
+    return orjson.dumps([{"Host": h, "Score": s} for h, s in zip(hosts, scores, strict=True)])
 
 
 def status_body(code: int, reason: str, message: str) -> bytes:
