@@ -1,6 +1,8 @@
 """A short TTL cache with request coalescing: concurrent askers of one key share one load.
 
-Failures are shared by the askers already waiting but never cached, so the next request retries the source.
+The load runs as its own task, so an asker that gives up (its request deadline passed, its client went away)
+neither cancels the load for the others nor loses the value for the next asker. Failures reach everyone
+waiting but are never cached: the next request retries the source.
 """
 
 from __future__ import annotations
@@ -19,43 +21,34 @@ class TTLCache(Generic[T]):
         self.max_entries = max_entries
         self._clock = clock
         self._values: dict[Hashable, tuple[float, T]] = {}
-        self._inflight: dict[Hashable, asyncio.Future[T]] = {}
-        self.hits = 0
-        self.misses = 0
-        self.coalesced = 0
+        self._inflight: dict[Hashable, asyncio.Task[T]] = {}
 
     async def get(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> tuple[T, str]:
         """Return (value, how) where how is "hit", "coalesced" or "miss"."""
-        now = self._clock()
         entry = self._values.get(key)
-        if entry is not None and now - entry[0] < self.ttl:
-            self.hits += 1
+        if entry is not None and self._clock() - entry[0] < self.ttl:
             return entry[1], "hit"
-        pending = self._inflight.get(key)
-        if pending is not None:
-            self.coalesced += 1
-            return await asyncio.shield(pending), "coalesced"
-        self.misses += 1
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        task = self._inflight.get(key)
+        if task is not None:
+            return await asyncio.shield(task), "coalesced"
+        task = asyncio.ensure_future(self._load(key, load))
+        self._inflight[key] = task
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task), "miss"
+
+    async def _load(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
         try:
             value = await load()
-        except BaseException as exc:
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: nobody else may be waiting
-            raise
-        else:
-            fut.set_result(value)
             if self.ttl > 0:
                 if len(self._values) >= self.max_entries:
-                    self._evict(now)
+                    self._evict()
                 self._values[key] = (self._clock(), value)
-            return value, "miss"
+            return value
         finally:
             self._inflight.pop(key, None)
 
-    def _evict(self, now: float) -> None:
+    def _evict(self) -> None:
+        now = self._clock()
         for k in [k for k, (t, _) in self._values.items() if now - t >= self.ttl]:
             del self._values[k]
         while len(self._values) >= self.max_entries:
@@ -63,3 +56,9 @@ class TTLCache(Generic[T]):
 
     def clear(self) -> None:
         self._values.clear()
+
+
+def _retrieve(task: asyncio.Task[object]) -> None:
+    # Everyone may have stopped waiting; mark the exception seen so asyncio does not log it as lost.
+    if not task.cancelled():
+        task.exception()

@@ -107,6 +107,7 @@ class ScrapeSource:
         self._limit = asyncio.Semaphore(concurrency)
         self._session: aiohttp.ClientSession | None = None
         self._history: dict[str, _History] = {}
+        self._remembered = 0
         self.on_error = on_error
         self._clock = clock
 
@@ -183,6 +184,11 @@ class ScrapeSource:
         hist.snapshots.append((scrape.mono, snap))
         while hist.snapshots and scrape.mono - hist.snapshots[0][0] > window * 1.5:
             hist.snapshots.popleft()
+        self._remembered += 1
+        if self._remembered % 256 == 0:  # forget targets that went away
+            for gone in [u for u, h in self._history.items()
+                         if not h.snapshots or scrape.mono - h.snapshots[-1][0] > window * 1.5]:
+                del self._history[gone]
 
     def _increase(self, url: str, rule: Rule, scrape: Scrape) -> tuple[list[Sample], float] | None:
         """Bucket samples holding the increase over the window, and the span they cover; None: no history."""
@@ -256,7 +262,7 @@ class ScrapeSource:
         if value != value:  # NaN
             raise SourceUnavailable(f"{rule.name}: value is NaN")
         at = min(s.at for s in scrapes.values())
-        window = round(span) if span is not None else None
+        window = max(1, round(span)) if span is not None else None
         return [MetricValue(value=value, timestamp=at, window_seconds=window)]
 
     def _assign(

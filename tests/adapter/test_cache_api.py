@@ -48,6 +48,28 @@ async def test_concurrent_askers_share_one_load_and_failures_are_not_cached() ->
     assert await cache.get("e", load) == (3, "miss")
 
 
+async def test_an_asker_giving_up_does_not_cancel_the_load() -> None:
+    cache: TTLCache[str] = TTLCache(10.0)
+    release = asyncio.Event()
+    loads = 0
+
+    async def slow() -> str:
+        nonlocal loads
+        loads += 1
+        await release.wait()
+        return "value"
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):  # the first request's deadline passes
+            await cache.get("k", slow)
+    waiter = asyncio.create_task(cache.get("k", slow))
+    await asyncio.sleep(0)
+    release.set()
+    assert await waiter == ("value", "coalesced")  # the same load went on and answered the next asker
+    assert await cache.get("k", slow) == ("value", "hit")
+    assert loads == 1
+
+
 @pytest.fixture
 async def one_pod(rules, serve_adapter):
     async with VllmExporter(waiting=3, kv_cache=0.5) as e:
