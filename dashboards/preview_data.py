@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 NAMESPACE = "llm"
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
-DEPLOYMENT = "qwen25-7b-instruct"
+DEPLOYMENT = "vllm-qwen"  # deploy/examples/qwen
 PODS = [f"{DEPLOYMENT}-7c9d5b8f6-{s}" for s in ("x2k4p", "m8q7w", "c4t9z", "h6v2n")]
 # (node, GPU model, topology tier a 4-GPU set gets there): pods 0,1 -> node a, pods 2,3 -> node b
 NODES = [("gpu-node-a", "NVIDIA H100 80GB HBM3", "nvlink"), ("gpu-node-b", "NVIDIA H100 PCIe", "pcie-switch")]
 FB_TOTAL_MIB = 81559
-TARGET_WAITING_PER_REPLICA = 8
-KV_TARGET = 0.75
+TARGET_WAITING_PER_REPLICA = 4  # the example HPA: averageValue "4" on vllm_requests_waiting
+KV_TARGET = 0.75  # and value 750m on vllm_kv_cache_usage
 MAX_RUNNING = 48
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -237,7 +237,7 @@ class Scenario:
                     rec.gauge("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
                               "Ratio of cycles the tensor (HMMA) pipe is active.",
                               labels, t, round(0.41 * busy, 4))
-            # the HPA: queue (AverageValue 8 per replica) and KV cache (Value 0.75), the larger proposal wins;
+            # the HPA: queue (AverageValue 4 per replica) and KV cache (Value 0.75), the larger proposal wins;
             # immediate scale-up, 5-minute scale-down stabilisation window
             total_waiting = sum(waiting[p] for p in live)
             kv_avg = sum(kv_by_pod) / len(kv_by_pod) if kv_by_pod else 0.0
