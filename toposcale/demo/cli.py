@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+MAX_SPEED = 100.0
+BASE_RPS = 2.0
+
 
 def _positive(value: str) -> float:
     f = float(value)
@@ -51,20 +54,31 @@ def main(args: argparse.Namespace) -> int:
 
     from .runner import DemoConfig, run_demo
 
+    problems: list[str] = []
+    if args.max_replicas < 1:
+        problems.append("--max-replicas must be at least 1")
+    if args.speed > MAX_SPEED:
+        problems.append(f"--speed above {MAX_SPEED:g} outruns the services' own (real-time) timeouts")
+    if args.duration < 5:
+        problems.append("--duration must be at least 5 seconds")
+    if args.peak_rps < BASE_RPS:
+        problems.append(f"--peak-rps must be at least the quiet-time load, {BASE_RPS:g}")
+    if problems:
+        for p in problems:
+            print(f"toposcale demo: {p}", file=sys.stderr)
+        return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="toposcale-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     log_file = open(workdir / "demo.log", "a", encoding="utf-8")
     logs.setup(args.log_level, stream=log_file)
     logging.getLogger("toposcale.demo").info("demo starting", extra={"workdir": str(workdir)})
-    if args.max_replicas < 1:
-        print("toposcale demo: --max-replicas must be at least 1", file=sys.stderr)
-        return 2
     cfg = DemoConfig(
         duration_s=args.duration,
         speed=args.speed,
         seed=args.seed,
         max_replicas=args.max_replicas,
         peak_rps=args.peak_rps,
+        base_rps=BASE_RPS,
         workdir=workdir,
         plot=args.plot,
         summary_json=args.summary_json,

@@ -113,6 +113,7 @@ class Demo:
             )
         )
         self.unschedulable: set[str] = set()
+        self.extender_failures: set[tuple[str, str]] = set()
         self.replica_ports: list[int] = []
         self.last_kv: float | None = None
         self.last_gpu: float | None = None
@@ -243,9 +244,12 @@ class Demo:
             try:
                 placement = await self.sched.schedule(http, pod, nodes, free, k)
             except ExtenderError as exc:
-                self.story.unschedulable.append((now, r.pod, str(exc)))
-                logger.error("scheduling failed", extra={"pod": r.pod, "error": str(exc)})
-                self.say(f"{view.clock(now):>8}  ! {r.pod}: {exc}")
+                # the pod stays Pending and is retried next round, as after a failed scheduling cycle
+                if (r.pod, str(exc)) not in self.extender_failures:
+                    self.extender_failures.add((r.pod, str(exc)))
+                    self.story.unschedulable.append((now, r.pod, str(exc)))
+                    logger.error("scheduling failed", extra={"pod": r.pod, "error": str(exc)})
+                    self.say(f"{view.clock(now):>8}  ! {r.pod}: {exc}")
                 continue
             if placement.node is None:
                 if r.pod not in self.unschedulable:  # kube-scheduler retries; say it once per pod
@@ -430,6 +434,23 @@ class Demo:
         self.sup.stop_all()
 
 
+async def until_stopped(work: Any, stop: asyncio.Event) -> bool:
+    """Runs `work` unless `stop` comes first (Ctrl-C while services start); True when it finished."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()  # re-raise a failed start
+    return True
+
+
 def optional_flags(module: str, wanted: dict[str, str | None]) -> list[str]:
     """The flags of `wanted` that this version of a service's CLI has (loopback-only binding, anonymous
     access for a local run): asked of its own argument parser, so the demo never passes an unknown flag."""
@@ -465,8 +486,8 @@ async def run_demo(cfg: DemoConfig, out: TextIO, install_signals: bool = True) -
     demo = Demo(cfg, out, stop)
     code = 0
     try:
-        await demo.start_services()
-        await demo.run()
+        if await until_stopped(demo.start_services(), stop):
+            await demo.run()
     except Exception as exc:
         logger.exception("demo failed")
         out.write(f"\ndemo failed: {exc}\n")
