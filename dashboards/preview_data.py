@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 NAMESPACE = "llm"
-MODEL = "Qwen/Qwen2.5-7B-Instruct"
+MODEL = "Qwen2.5-7B-Instruct"  # deploy/examples/qwen: --served-model-name
 DEPLOYMENT = "vllm-qwen"  # deploy/examples/qwen
 PODS = [f"{DEPLOYMENT}-7c9d5b8f6-{s}" for s in ("x2k4p", "m8q7w", "c4t9z", "h6v2n")]
 # (node, GPU model, topology tier a 4-GPU set gets there): pods 0,1 -> node a, pods 2,3 -> node b
