@@ -96,7 +96,8 @@ class Handlers:
             raise TooManyRequests(f"more than {self.max_inflight} metric requests in flight; try again")
         if len(namespace) > 63 or not _NAMESPACE.match(namespace):
             raise BadRequest(f'invalid namespace "{namespace[:80]}": must be a DNS label (RFC 1123)')
-        rule = self.rules.get(name)
+        # Rule names are lowercase; the HPA passes metric.name as the user wrote it, so match case-insensitively.
+        rule = self.rules.get(name) or self.rules.get(name.lower())
         if rule is None:
             raise NotFound(
                 f'external metric "{name[:100]}" not found '
@@ -106,7 +107,7 @@ class Handlers:
             selector = parse_selector(request.query.get("labelSelector"))
         except SelectorError as exc:
             raise BadRequest(f"invalid labelSelector: {exc}") from exc
-        key = (name, namespace, tuple(sorted(selector.requirements, key=lambda r: (r.key, r.op, r.values))))
+        key = (rule.name, namespace, tuple(sorted(selector.requirements, key=lambda r: (r.key, r.op, r.values))))
         self.inflight += 1
         self.metrics.inflight.inc()
         try:
@@ -122,7 +123,7 @@ class Handlers:
             self.metrics.inflight.dec()
         self.metrics.cache.labels(how).inc()
         try:
-            body = wire.metric_value_list(name, values)
+            body = wire.metric_value_list(rule.name, values)
         except QuantityError as exc:
             raise SourceUnavailable(f"{name}: {exc}") from exc
         return json_response(body)

@@ -73,6 +73,12 @@ async def test_sums_over_pods_and_engines(adapter) -> None:
     assert "window" not in item
 
 
+async def test_metric_names_match_case_insensitively(adapter) -> None:
+    code, body = await adapter.metric("VLLM_Requests_Waiting", selector="app=vllm")
+    assert code == 200, body
+    assert body["items"][0]["metricName"] == "vllm_requests_waiting"
+
+
 async def test_kv_cache_averages_pods_across_vllm_generations(adapter) -> None:
     # vllm-a (new names, both exposed): mean of its engines 0.6; vllm-b (only the old name): 0.25
     code, body = await adapter.metric("vllm_kv_cache_usage", selector="app=vllm")
