@@ -12,6 +12,7 @@ certificate in the bundle (put intermediate CAs in the bundle).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -77,7 +78,11 @@ def load_leaf(der: bytes) -> x509.Certificate:
         raise CertificateError(f"unparseable client certificate: {exc}") from None
 
 
+@functools.lru_cache(maxsize=4096)
 def _issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether `ca` signed `leaf`. Memoised (certificates hash and compare by their DER): a caller on a
+    keep-alive connection presents the same certificate on every request, and the signature check is the
+    costly part (~0.2 ms for ECDSA). Dates and usage are checked afresh each time by the caller."""
     if leaf.issuer != ca.subject:
         return False
     try:

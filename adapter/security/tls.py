@@ -179,6 +179,8 @@ class ServingTLS:
         ctx.minimum_version = self.min_version
         ctx.set_ciphers(TLS12_CIPHERS)
         ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+        # aiohttp speaks HTTP/1.1 only; Go clients (the aggregator, kubectl) offer h2 first
+        ctx.set_alpn_protocols(["http/1.1"])
         try:
             ctx.load_cert_chain(self.cert_file, self.key_file)
         except ssl.SSLError as exc:
