@@ -171,6 +171,7 @@ class ServingTLS:
         self.reloads = 0
         self._stat: tuple[Any, ...] | None = None
         self._failed_stat: tuple[Any, ...] | None = None
+        self._pending = False  # a client-CA change waiting for a usable serving pair
         self._build()  # raises: a server must not start without a usable certificate
 
     def _build(self) -> None:
@@ -214,20 +215,33 @@ class ServingTLS:
         bundles = tuple(bundles)
         if tuple(b.pem for b in bundles) == tuple(b.pem for b in self.client_cas):
             return
-        previous = self.client_cas
         self.client_cas = bundles
         try:
             self._build()
+            self._pending = False
             self.on_reload("client-ca", True)
         except (OSError, ValueError) as exc:
-            self.client_cas = previous
+            # e.g. the serving pair is mid-rotation: `check()` retries until it builds
+            self._pending = True
             self.on_reload("client-ca", False)
-            logger.error("client CA change not applied", extra={"error": str(exc)})
+            logger.error("client CA change not applied yet, retrying", extra={"error": str(exc)})
 
     def check(self) -> bool:
         """Reload if the files changed; True when a new certificate is in use. A half-written pair
         (cert-manager writes the two files separately) fails to load and is retried at the next check."""
         stat = self._file_stat()
+        if self._pending:
+            before = self.loaded.digest if self.loaded else b""
+            try:
+                self._build()
+            except (OSError, ValueError):
+                return False
+            self._pending = False
+            self.on_reload("client-ca", True)
+            if self.loaded is not None and self.loaded.digest != before:
+                self.reloads += 1
+                self.on_reload("serving-cert", True)
+            return True
         if stat == self._stat or stat == self._failed_stat:
             return False  # unchanged, or the same unusable files we already warned about
         try:

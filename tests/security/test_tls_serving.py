@@ -267,3 +267,21 @@ async def test_bad_flags_are_clear_errors(pki: PKI, tmp_path: Path) -> None:
         await build_security(parse_flags(["--tls-cert-file", str(pki.serving.cert_path),
                                           "--tls-private-key-file", str(pki.alice.key_path),
                                           "--insecure-allow-anonymous"]), CollectorRegistry())
+
+
+def test_client_ca_change_waits_for_a_usable_serving_pair(pki: PKI, tmp_path: Path) -> None:
+    """A ConfigMap CA change that lands while the serving key is mid-rotation is applied once it is usable."""
+    from toposcale.adapter.security.clientcert import CABundle
+    from toposcale.adapter.security.tls import ServingTLS
+
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(pki.serving.cert_path, cert_file)
+    shutil.copy(pki.serving.key_path, key_file)
+    tls = ServingTLS(cert_file, key_file)
+    assert tls.context.target.verify_mode == ssl.CERT_NONE, "no client CA: no client certificate requested"
+    key_file.write_text("half-written")
+    tls.set_client_cas([CABundle.from_pem(pki.ca.cert_pem, "client-ca-file")])
+    assert tls.context.target.verify_mode == ssl.CERT_NONE, "not applied with an unusable key"
+    shutil.copy(pki.serving.key_path, key_file)
+    assert tls.check() is True
+    assert tls.context.target.verify_mode == ssl.CERT_OPTIONAL
