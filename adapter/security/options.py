@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument_group("delegated authentication")
     a.add_argument("--authentication-kubeconfig", default=None,
                    help="kubeconfig for TokenReviews and the extension-apiserver-authentication ConfigMap "
-                        "(default: in-cluster service account)")
+                        "(default: the pod's service account; outside a pod $KUBECONFIG or ~/.kube/config)")
     a.add_argument("--authentication-token-webhook-cache-ttl", type=go_duration, default=10.0,
                    metavar="DURATION", help="cache TokenReview answers this long (default 10s)")
     a.add_argument("--authentication-skip-lookup", action="store_true",
@@ -96,13 +96,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--requestheader-allowed-names", default="",
                    help="comma-separated common names allowed to act as front proxy; empty: any cert from "
                         "--requestheader-client-ca-file")
-    a.add_argument("--requestheader-username-headers", default=",".join(DEFAULT_USERNAME_HEADERS))
-    a.add_argument("--requestheader-group-headers", default=",".join(DEFAULT_GROUP_HEADERS))
-    a.add_argument("--requestheader-extra-headers-prefix", default=",".join(DEFAULT_EXTRA_HEADER_PREFIXES))
+    a.add_argument("--requestheader-username-headers", default=",".join(DEFAULT_USERNAME_HEADERS),
+                   help="headers holding the user, first non-empty wins (default %(default)s; with "
+                        "--requestheader-client-ca-file)")
+    a.add_argument("--requestheader-group-headers", default=",".join(DEFAULT_GROUP_HEADERS),
+                   help="headers holding groups, all values (default %(default)s)")
+    a.add_argument("--requestheader-extra-headers-prefix", default=",".join(DEFAULT_EXTRA_HEADER_PREFIXES),
+                   help="header prefixes holding user extras (default %(default)s)")
 
     z = parser.add_argument_group("delegated authorization")
     z.add_argument("--authorization-kubeconfig", default=None,
-                   help="kubeconfig for SubjectAccessReviews (default: in-cluster service account)")
+                   help="kubeconfig for SubjectAccessReviews (default: the pod's service account; outside a "
+                        "pod $KUBECONFIG or ~/.kube/config)")
     z.add_argument("--authorization-webhook-cache-authorized-ttl", type=go_duration, default=10.0,
                    metavar="DURATION", help="cache allowed answers this long (default 10s)")
     z.add_argument("--authorization-webhook-cache-unauthorized-ttl", type=go_duration, default=10.0,
