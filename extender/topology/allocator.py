@@ -23,7 +23,8 @@ Two facts decide how exact a prediction can be:
 
 A padded set is never returned (the Go code would hand back a nil device); when only such a split wins, the
 best full sets of the best splits are returned instead. Beyond `EXACT_MAX_GPUS` free GPUs the exact search
-is too large for a request path and the highest-scoring single sets are returned (documented approximation).
+is too large for a request path: sets grown greedily from each free GPU are scored and the best returned
+(documented approximation).
 
 API (pure, no I/O; sets are bitmasks over `topo.gpus` indices, bit i = gpus[i]):
 
@@ -212,16 +213,32 @@ class Wiring:
                 found = [m for m in found if self.set_score(m) == hi]
         return tuple(sorted(found))
 
+    def grow(self, start: int, pool: int, k: int) -> int:
+        """A k-set grown from GPU `start` inside `pool`, adding the GPU with the highest summed pair score
+        to the set each time (ties: lowest index). Polynomial: used where exact search is too large."""
+        chosen = [start]
+        left = [i for i in indices_of(pool) if i != start]
+        while len(chosen) < k and left:
+            best_j, best_s = left[0], -1
+            for j in left:
+                row = self.pairs[j]
+                sc = sum(row[c] for c in chosen)
+                if sc > best_s:
+                    best_j, best_s = j, sc
+            chosen.append(best_j)
+            left.remove(best_j)
+        return mask_of(chosen)
+
     def _greedy(self, free: int, k: int) -> tuple[int, ...]:
         best = _NEG
-        found: list[int] = []
-        for combo in combinations(indices_of(free), k):
-            m = mask_of(combo)
-            s = self.set_score(m)
-            if s > best:
-                best, found = s, [m]
-            elif s == best:
-                found.append(m)
+        found: set[int] = set()
+        for start in indices_of(free):
+            m = self.grow(start, free, k)
+            sc = self.set_score(m)
+            if sc > best:
+                best, found = sc, {m}
+            elif sc == best:
+                found.add(m)
         return tuple(sorted(found))
 
 

@@ -80,6 +80,7 @@ _SCOPE_WORDS = {
     Tier.NUMA: "on one NUMA node",
 }
 _EXACT_PACKING_MAX = 12
+_PICK_MAX = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +148,8 @@ def set_span(topo: Topology, mask: int) -> int:
 def _sizes(n: int) -> tuple[int, ...]:
     out = []
     m = 2
-    while m <= n:
+    top = n if n <= _EXACT_PACKING_MAX else 8  # beyond 12 GPUs: groups up to 8 (bounded greedy work)
+    while m <= top:
         out.append(m)
         m *= 2
     return tuple(out)
@@ -164,10 +166,11 @@ def _pack(w: Wiring, topo: Topology, mask: int, m: int) -> float:
     low = mask & -mask
     rest = mask & ~low
     if w.n > _EXACT_PACKING_MAX:
-        # Greedy beyond 12 GPUs: the best group first. An approximation, documented in the README.
+        # Greedy beyond 12 GPUs (an approximation, documented in the README): the best of the groups grown
+        # from each GPU first, then the rest.
         best_q, best_m = -1.0, 0
-        for combo in combinations(indices_of(mask), m):
-            g = mask_of(combo)
+        for start in indices_of(mask):
+            g = w.grow(start, mask, m)
             q = _quality(w, topo, g)
             if q > best_q:
                 best_q, best_m = q, g
@@ -215,18 +218,38 @@ def _meets(w: Wiring, topo: Topology, mask: int, need: Tier) -> bool:
 
 
 def _max_group(w: Wiring, topo: Topology, mask: int, need: Tier) -> int:
-    """The most GPUs of `mask` that together meet the scope."""
+    """The most GPUs of `mask` that together meet the scope (exact up to 12 GPUs, greedy beyond)."""
     key = ("group", mask, int(need))
     hit = w.memo.get(key)
     if hit is None:
         idx = indices_of(mask)
         hit = min(len(idx), 1)
-        for size in range(len(idx), 1, -1):
-            if any(_meets(w, topo, mask_of(c), need) for c in combinations(idx, size)):
-                hit = size
-                break
+        if w.n > _EXACT_PACKING_MAX:
+            hit = max(hit, _greedy_group(w, topo, idx, need))
+        else:
+            for size in range(len(idx), 1, -1):
+                if any(_meets(w, topo, mask_of(c), need) for c in combinations(idx, size)):
+                    hit = size
+                    break
         w.memo[key] = hit
     return hit  # type: ignore[return-value]
+
+
+def _greedy_group(w: Wiring, topo: Topology, idx: tuple[int, ...], need: Tier) -> int:
+    best = 0
+    for start in idx:  # cliques of "link at least this good", grown greedily
+        group = [start]
+        for j in idx:
+            if j != start and all(link_tier(topo.links[j][g]) <= need for g in group):
+                group.append(j)
+        best = max(best, len(group))
+    if need == Tier.NUMA:  # GPUs sharing one known socket meet `numa` whatever their links
+        counts: dict[object, int] = {}
+        for i in idx:
+            if w.keys[i] is not None:
+                counts[w.keys[i]] = counts.get(w.keys[i], 0) + 1
+        best = max([best, *counts.values()])
+    return best
 
 
 def _most(count: int) -> str:
@@ -253,6 +276,9 @@ def _pick(w: Wiring, topo: Topology, free: int, cands: tuple[int, ...]) -> tuple
     if hit is None:
         best, best_key = 0, (0.0, 0.0)
         q_sum = r_sum = 0.0
+        if len(cands) > _PICK_MAX:  # bound the work on very large boxes: an even sample of the ties
+            step = len(cands) / _PICK_MAX
+            cands = tuple(cands[int(i * step)] for i in range(_PICK_MAX))
         for c in cands:
             q = _quality(w, topo, c)
             e = _excess(w, topo, free, c)

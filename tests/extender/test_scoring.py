@@ -155,3 +155,21 @@ def test_memoized_decisions_carry_each_nodes_own_ids() -> None:
     assert da.gpus == ("a2", "a3") and db.gpus == ("b2", "b3")
     assert "a2,a3" in da.reason and "b2,b3" in db.reason
     assert da.score == db.score
+
+
+def test_sixteen_gpu_box_uses_the_bounded_search() -> None:
+    # HGX-2 style: two 8-GPU NVSwitch islands joined through the CPUs (beyond the exact search's 12 GPUs).
+    from toposcale.extender.topology.model import GPU, Topology
+
+    links = [["X" if i == j else ("NV6" if i // 8 == j // 8 else "SYS") for j in range(16)] for i in range(16)]
+    t = Topology([GPU(id=f"g{i}", index=i, numa=i // 8) for i in range(16)], links)
+    full = (1 << 16) - 1
+    island = indices_of(choose_gpus(t, full, 8))
+    assert island in (tuple(range(8)), tuple(range(8, 16)))
+    d = score_node(t, full, 8, "nvlink")
+    assert d.fits and d.tier is Tier.NVLINK
+    d = score_node(t, full, 9, "nvlink")
+    assert d.unresolvable and "at most 8 connected by NVLink" in d.reason
+    # With 3 GPUs busy on island 0, a 4-GPU pod stays inside island 0's remaining 5.
+    busy = full & ~mask_of([0, 1, 2])
+    assert all(i < 8 for i in indices_of(choose_gpus(t, busy, 4)))
