@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboards.grafana import Panel, Row, Target, Variable, dashboard, dashboard_links
+from dashboards.grafana import CustomVariable, Panel, Row, Target, Variable, dashboard, dashboard_links
 
 UID = "toposcale-gpu-fleet"
 SEL = 'Hostname=~"$node", gpu=~"$gpu"'
 GPU_LEGEND = "{{Hostname}} GPU {{gpu}}"
+
+
+# GPUs per node minus those a pod holds (`or ... * 0`: a node with no pod on it still has a used count, 0)
+FREE_PER_NODE = (f"count by (Hostname) (DCGM_FI_DEV_GPU_UTIL{{{SEL}}}) - ("
+                 f'count by (Hostname) (DCGM_FI_DEV_GPU_UTIL{{{SEL}, pod!=""}}) '
+                 f"or count by (Hostname) (DCGM_FI_DEV_GPU_UTIL{{{SEL}}}) * 0)")
 
 
 def per_gpu(metric: str) -> str:
@@ -27,6 +33,7 @@ def build() -> dict[str, Any]:
     variables = [
         Variable("node", "Node", "DCGM_FI_DEV_GPU_UTIL", "Hostname"),
         Variable("gpu", "GPU", 'DCGM_FI_DEV_GPU_UTIL{Hostname=~"$node"}', "gpu"),
+        CustomVariable("replica_gpus", "GPUs per replica", ["1", "2", "4", "8"], "4"),
     ]
     overview = Row("Fleet", [
         Panel("stat", "GPUs reporting", [Target(f"count(DCGM_FI_DEV_GPU_UTIL{{{SEL}}})", instant=True)],
@@ -48,6 +55,20 @@ def build() -> dict[str, Any]:
                           "of the most recent XID, not a count). 48, 63, 64, 74, 79, 94, 95 usually mean the "
                           "GPU needs a reset or a drain.",
               width=4, height=4, thresholds=((None, "green"), (1, "red"))),
+    ])
+    capacity = Row("Room for the next replica", [
+        Panel("stat", "Nodes with $replica_gpus free GPUs", [
+            Target(f"sum(({FREE_PER_NODE}) >= bool $replica_gpus)"),
+        ], description="Nodes where a pod asking $replica_gpus GPUs still fits by count: GPUs the exporter "
+                       "maps to no pod. 0 while the HPA wants more replicas means the next one will stay "
+                       "Pending. Which of them has a well-connected set is the extender's call (placement "
+                       "row of the autoscaling dashboard).",
+              width=6, height=6, decimals=0, thresholds=((None, "red"), (1, "orange"), (2, "green"))),
+        Panel("bargauge", "Free GPUs per node", [
+            Target(FREE_PER_NODE, legend="{{Hostname}}", instant=True),
+        ], description="GPUs with no pod in the exporter's Kubernetes mapping, per node.",
+              unit="none", min=0, decimals=0, width=18, height=6,
+              thresholds=((None, "red"), (1, "orange"), (4, "green"))),
     ])
     topology = Row("Topology: GPUs grouped by node", [
         Panel("status-history", "Utilisation per GPU, grouped by node", [
@@ -121,6 +142,6 @@ def build() -> dict[str, Any]:
                     "errors per node and GPU.",
         tags=["toposcale", "gpu", "dcgm"],
         variables=variables,
-        rows=[overview, topology, each_gpu],
+        rows=[overview, capacity, topology, each_gpu],
         links=dashboard_links(),
     )

@@ -223,6 +223,30 @@ class Variable:
         }
 
 
+@dataclass(frozen=True)
+class CustomVariable:
+    """A fixed list of values (a number a query compares against), single-select."""
+
+    name: str
+    label: str
+    values: Sequence[str]
+    default: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "type": "custom",
+            "query": ",".join(self.values),
+            "current": {"selected": True, "text": self.default, "value": self.default},
+            "options": [{"selected": v == self.default, "text": v, "value": v} for v in self.values],
+            "multi": False,
+            "includeAll": False,
+            "hide": 0,
+            "skipUrlSync": False,
+        }
+
+
 def datasource_variable() -> dict[str, Any]:
     return {
         "name": "datasource",
@@ -241,7 +265,8 @@ def datasource_variable() -> dict[str, Any]:
 
 
 def dashboard(
-    *, uid: str, title: str, description: str, tags: Sequence[str], variables: Sequence[Variable],
+    *, uid: str, title: str, description: str, tags: Sequence[str],
+    variables: Sequence[Variable | CustomVariable],
     rows: Sequence[Row], links: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     panels = layout(rows)

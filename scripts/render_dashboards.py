@@ -36,10 +36,10 @@ from dashboards.preview_data import Scenario  # noqa: E402
 # Per dashboard file: the stat tiles on top and the main panels below, by title (in dashboard order).
 MAIN_PANELS = {
     "gpu-fleet": (
-        ["GPUs reporting", "Mean GPU utilisation", "Framebuffer used", "Power draw", "Hottest GPU",
-         "GPUs with an XID error"],
-        ["Utilisation per GPU, grouped by node", "GPU utilisation", "SM activity (profiling counters)",
-         "Power draw", "Temperature"],
+        ["GPUs reporting", "Mean GPU utilisation", "Framebuffer used", "Power draw",
+         "Nodes with $replica_gpus free GPUs", "GPUs with an XID error"],
+        ["Utilisation per GPU, grouped by node", "Free GPUs per node", "GPU utilisation",
+         "SM activity (profiling counters)", "Power draw"],
     ),
     "llm-serving": (
         ["Serving pods", "Requests running", "Requests waiting", "KV cache used (mean)",
@@ -115,9 +115,17 @@ class Prometheus:
         self.log.close()
 
 
+CUSTOM: dict[str, str] = {}  # fixed-list variables (e.g. replica_gpus) -> their default, set per dashboard
+
+
 def substitute(expr: str) -> str:
+    """Grafana's interval macros, a custom variable's default, every other variable on "All"."""
     expr = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$__range", "3h")
-    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: CUSTOM.get(m.group(1), ".*"), expr)
+
+
+def panel_title(panel: dict[str, Any]) -> str:
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: CUSTOM.get(m.group(1), m.group(0)), panel["title"])
 
 
 def legend(fmt: str, metric: dict[str, str]) -> str:
@@ -161,6 +169,9 @@ def render(name: str, dash: dict[str, Any], prom: Prometheus, start: float, end:
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
+    CUSTOM.clear()
+    CUSTOM.update({v["name"]: v["current"]["value"] for v in dash["templating"]["list"]
+                   if v["type"] == "custom"})
     by_title: dict[str, dict[str, Any]] = {}
     for p in dash["panels"]:
         by_title.setdefault(p["title"], p)  # the first panel of a title (stats come before timeseries)
@@ -173,8 +184,9 @@ def render(name: str, dash: dict[str, Any], prom: Prometheus, start: float, end:
     fig = plt.figure(figsize=(16, 11.5), facecolor=BG)
     grid = fig.add_gridspec(4, 6, height_ratios=[0.55 if stats else 0.01, 2, 2, 2], hspace=0.55, wspace=0.9,
                             left=0.08, right=0.985, top=0.93, bottom=0.05)
-    variables = ", ".join(v["name"] for v in dash["templating"]["list"][1:])
-    fig.suptitle(f"{dash['title']}    ·    last 3 h    ·    all {variables}",
+    variables = ", ".join(v["name"] for v in dash["templating"]["list"][1:] if v["type"] == "query")
+    fixed = "".join(f"    ·    {k} = {v}" for k, v in CUSTOM.items())
+    fig.suptitle(f"{dash['title']}    ·    last 3 h    ·    all {variables}{fixed}",
                  color=TEXT, fontsize=14, x=0.08, ha="left")
     for i, panel in enumerate(stats[:6]):
         ax = fig.add_subplot(grid[0, i])
@@ -189,7 +201,7 @@ def render(name: str, dash: dict[str, Any], prom: Prometheus, start: float, end:
         value = float(result[0]["value"][1])
         ax.text(0.5, 0.38, fmt_value(value, panel["fieldConfig"]["defaults"]["unit"]), color="#73bf69",
                 fontsize=20, ha="center", va="center", transform=ax.transAxes, weight="bold")
-        ax.set_title(panel["title"], color=TEXT, fontsize=9.5)
+        ax.set_title(panel_title(panel), color=TEXT, fontsize=9.5)
     cells = []  # (row, col0, col1): a full-width dashboard panel takes the whole row of the picture
     row, col = 1, 0
     for panel in mains:
@@ -204,7 +216,7 @@ def render(name: str, dash: dict[str, Any], prom: Prometheus, start: float, end:
     for panel, (r, c0, c1) in zip(mains, cells, strict=True):
         ax = fig.add_subplot(grid[r, c0:c1])
         ax.set_facecolor(PANEL_BG)
-        ax.set_title(panel["title"], color=TEXT, fontsize=11, loc="left")
+        ax.set_title(panel_title(panel), color=TEXT, fontsize=11, loc="left")
         ax.tick_params(colors=TEXT, labelsize=8)
         for s in ax.spines.values():
             s.set_color(GRID)
@@ -229,9 +241,9 @@ def render(name: str, dash: dict[str, Any], prom: Prometheus, start: float, end:
         custom = panel["fieldConfig"]["defaults"].get("custom", {})
         stacked = custom.get("stacking", {}).get("mode") == "normal"
         if stacked:
-            _stack(ax, series[:12])
+            _stack(ax, series)
         else:
-            for j, (label, xs, ys) in enumerate(series[:12]):
+            for j, (label, xs, ys) in enumerate(series):
                 ax.plot(xs, ys, color=PALETTE[j % len(PALETTE)], linewidth=1.3, label=label,
                         linestyle="--" if label.startswith(("min ", "max ")) else "-")
         ax.yaxis.set_major_formatter(axis_formatter(unit))
@@ -242,8 +254,12 @@ def render(name: str, dash: dict[str, Any], prom: Prometheus, start: float, end:
             ax.set_ylim(bottom=defaults["min"])
         if "max" in defaults:
             ax.set_ylim(top=defaults["max"] * 1.02)
-        ax.legend(loc="upper left", fontsize=7, facecolor=PANEL_BG, edgecolor=GRID, labelcolor=TEXT,
-                  ncol=2 if len(series) > 4 else 1, framealpha=0.8)
+        handles, labels = ax.get_legend_handles_labels()
+        if len(handles) > 12:  # Grafana would scroll the legend; the picture lists the first ones
+            handles, labels = handles[:11], [*labels[:11], f"... {len(labels) - 11} more"]
+            handles.append(handles[-1])
+        ax.legend(handles, labels, loc="upper left", fontsize=7, facecolor=PANEL_BG, edgecolor=GRID,
+                  labelcolor=TEXT, ncol=2 if len(series) > 4 else 1, framealpha=0.8)
     path = out / f"dashboard-{dash['uid']}.png"
     fig.savefig(path, dpi=80, facecolor=BG)
     plt.close(fig)
@@ -281,7 +297,8 @@ def _bargauge(ax: Any, prom: Prometheus, panel: dict[str, Any], end: float, name
     ax.invert_yaxis()
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:.0f}", va="center", color=TEXT, fontsize=9)
-    ax.set_xlabel("GPU sets chosen in the last 3 h", color=TEXT, fontsize=8)
+    if "increase(" in target["expr"]:
+        ax.set_xlabel("over the last 3 h", color=TEXT, fontsize=8)
     ax.grid(axis="y", visible=False)
 
 
@@ -292,7 +309,8 @@ def _stack(ax: Any, series: list[tuple[str, list[Any], list[float]]]) -> None:
     for _, xs, ys in series:
         lookup = dict(zip(xs, ys, strict=True))
         rows.append([0.0 if math.isnan(lookup.get(t, 0.0)) else lookup.get(t, 0.0) for t in times])
-    ax.stackplot(times, rows, labels=[s[0] for s in series], colors=PALETTE[: len(series)], alpha=0.75)
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(series))]
+    ax.stackplot(times, rows, labels=[s[0] for s in series], colors=colors, alpha=0.75)
 
 
 def _status_history(ax: Any, series: list[tuple[str, list[Any], list[float]]], panel: dict[str, Any],

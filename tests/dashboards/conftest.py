@@ -69,8 +69,9 @@ def grafana_regex_escape(value: str) -> str:
 
 
 def substitute(expr: str, values: dict[str, str] | None = None) -> str:
-    """Replace Grafana variables: each named one with its (escaped) value, else `.*` (the "All" option)."""
-    values = values or {}
+    """Replace Grafana variables: each named one with its (escaped) value, a custom (fixed-list) variable with
+    its default, any other with `.*` (the "All" option)."""
+    values = {**CUSTOM_DEFAULTS, **(values or {})}
     for macro, value in MACROS.items():
         expr = expr.replace(macro, value)
 
@@ -82,6 +83,8 @@ def substitute(expr: str, values: dict[str, str] | None = None) -> str:
 
 
 ALL_DASHBOARDS = {path.stem: load(path) for path in DASHBOARD_FILES}
+CUSTOM_DEFAULTS = {v["name"]: v["current"]["value"] for d in ALL_DASHBOARDS.values()
+                   for v in d["templating"]["list"] if v["type"] == "custom"}
 ALL_QUERIES = [q for dash in ALL_DASHBOARDS.values() for q in queries(dash)]
 
 

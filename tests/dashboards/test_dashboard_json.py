@@ -22,7 +22,7 @@ EXPECTED_UIDS = {
     "autoscaling-placement": "toposcale-autoscaling",
 }
 REQUIRED_VARIABLES = {
-    "gpu-fleet": {"datasource", "node", "gpu"},
+    "gpu-fleet": {"datasource", "node", "gpu", "replica_gpus"},
     "llm-serving": {"datasource", "namespace", "model_name", "pod"},
     "autoscaling-placement": {"datasource", "namespace", "hpa"},
 }
@@ -89,6 +89,11 @@ def test_template_variables(dash: dict[str, Any]) -> None:
     assert variables[0] == "datasource"
     defined: set[str] = {"datasource"}
     for var in dash["templating"]["list"][1:]:
+        if var["type"] == "custom":
+            assert var["current"]["value"] in var["query"].split(",")
+            assert [o["value"] for o in var["options"]] == var["query"].split(",")
+            defined.add(var["name"])
+            continue
         query = var["query"]["query"]
         assert var["definition"] == query
         selector, _ = label_values_args(query)

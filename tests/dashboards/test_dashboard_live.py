@@ -115,3 +115,17 @@ def test_the_check_catches_a_misspelled_metric_or_label(stack: LiveStack) -> Non
 
 def test_traffic_reached_the_services(stack: LiveStack) -> None:
     assert stack.traffic_errors == []
+
+
+def test_room_for_the_next_replica_counts_gpus_no_pod_holds(stack: LiveStack) -> None:
+    # gpu-node-a: 8 GPUs, qwen-0 holds 0-3 -> 4 free: one node fits a 4-GPU replica, none an 8-GPU one
+    dash = ALL_DASHBOARDS["gpu-fleet"]
+    free = next(p for p in dash["panels"] if p["title"] == "Free GPUs per node")
+    fits = next(p for p in dash["panels"] if p["title"] == "Nodes with $replica_gpus free GPUs")
+    result = stack.query(substitute(free["targets"][0]["expr"]))
+    assert {r["metric"]["Hostname"]: float(r["value"][1]) for r in result} == {"gpu-node-a": 4.0}
+    def nodes_that_fit(k: str) -> float:
+        return float(stack.query(substitute(fits["targets"][0]["expr"], {"replica_gpus": k}))[0]["value"][1])
+
+    assert nodes_that_fit("4") == 1.0
+    assert nodes_that_fit("8") == 0.0
