@@ -59,7 +59,8 @@ class ClusterState:
         self.reflect_grace_s = reflect_grace_s
         self.base: dict[str, NodeView] = {}  # node name -> view from its annotations
         self.pods: dict[str, Assumed] = {}  # pod uid -> bound GPU pod (assumed until reflected)
-        self._views: dict[str, tuple[NodeView, float]] = {}  # name -> (adjusted view, valid until mono)
+        self._views: dict[str, NodeView] = {}  # name -> view adjusted for assumed pods
+        self._views_expire = float("inf")  # monotonic time the first assumption in `_views` runs out
         self.synced_nodes = asyncio.Event()
         self.synced_pods = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,31 +133,35 @@ class ClusterState:
 
     # ------------------------------------------------------------ reads
 
+    def _fresh(self, now: float) -> None:
+        if now >= self._views_expire:
+            self._views.clear()  # an assumption ran out: recompute lazily
+            self._views_expire = float("inf")
+
     def view(self, name: str) -> NodeView | None:
         """The node's view with assumed allocations taken out of its free GPUs; None when not cached."""
         now = time.monotonic()
+        self._fresh(now)
         hit = self._views.get(name)
-        if hit is not None and now < hit[1]:
-            return hit[0]
+        if hit is not None:
+            return hit
         base = self.base.get(name)
         if base is None:
             return None
         v, valid = self._adjust(base, now)
-        self._views[name] = (v, valid)
+        self._views[name] = v
+        self._views_expire = min(self._views_expire, valid)
         return v
 
     def views(self, names: list[str]) -> list[NodeView | None]:
         """`view` for many nodes at once (the hot path of names-only requests)."""
-        now = time.monotonic()
-        cached = self._views.get
-        hits = [cached(name) for name in names]
-        return [
-            h[0] if h is not None and now < h[1] else self.view(name)
-            for name, h in zip(names, hits, strict=True)
-        ]
+        self._fresh(time.monotonic())
+        get = self._views.get
+        view = self.view
+        return [get(name) or view(name) for name in names]
 
     def _adjust(self, base: NodeView, now: float) -> tuple[NodeView, float]:
-        valid_until = now + 3600.0
+        valid_until = float("inf")
         if base.topology is None or base.free_mask is None or base.allocation is None:
             return base, valid_until
         observed = _rfc3339(base.allocation.observed)

@@ -161,7 +161,10 @@ def test_sixteen_gpu_box_uses_the_bounded_search() -> None:
     # HGX-2 style: two 8-GPU NVSwitch islands joined through the CPUs (beyond the exact search's 12 GPUs).
     from toposcale.extender.topology.model import GPU, Topology
 
-    links = [["X" if i == j else ("NV6" if i // 8 == j // 8 else "SYS") for j in range(16)] for i in range(16)]
+    def code(i: int, j: int) -> str:
+        return "X" if i == j else ("NV6" if i // 8 == j // 8 else "SYS")
+
+    links = [[code(i, j) for j in range(16)] for i in range(16)]
     t = Topology([GPU(id=f"g{i}", index=i, numa=i // 8) for i in range(16)], links)
     full = (1 << 16) - 1
     island = indices_of(choose_gpus(t, full, 8))

@@ -212,3 +212,13 @@ def test_route_table_matches_contributing_paths() -> None:
     paths = {path for _, path in ROUTES.values()}
     assert paths == {"/filter", "/prioritize", "/explain", "/healthz", "/metrics"}
     assert ROUTES["filter"] == ("POST", "/filter") and ROUTES["prioritize"] == ("POST", "/prioritize")
+
+
+def test_priority_list_encoding_matches_json_for_any_name() -> None:
+    from toposcale.extender.wire import priority_list
+
+    for names in (["gpu-0", "gpu-1.example.com"], ['we"ird', "back\\slash", "tab\there", "ünï"]):
+        scores = [3, 10, 0, 5][: len(names)]
+        assert orjson.loads(priority_list(names, scores)) == [
+            {"Host": n, "Score": s} for n, s in zip(names, scores, strict=True)
+        ]
