@@ -161,6 +161,9 @@ class Extender:
             return self._error(verb, exc.code, exc.reason, exc.message)
         except wire.WireError as exc:
             return self._error(verb, 400, "BadRequest", str(exc))
+        except Exception as exc:  # a bug, not the caller's fault: say so, keep serving
+            logger.exception("internal error", extra={"verb": verb})
+            return self._error(verb, 500, "InternalError", f"{type(exc).__name__}: {exc}")
         finally:
             self._sem.release()
         self.m_latency.labels(verb).observe(time.perf_counter() - start)

@@ -6,8 +6,9 @@ keep every Node's annotations and every pod bound to a node that asks GPUs of th
 Assumed allocations: the agent publishes which device IDs are held (`toposcale.io/gpu-allocation`) only after
 the kubelet has admitted a pod. A pod this scheduler just bound is therefore invisible in the annotation for a
 while; until then its GPUs are *assumed* taken, as the set `scoring.choose_gpus` predicts. An assumption ends
-when the node's allocation was observed `reflect_grace_s` after the pod was first seen bound (the agent has
-seen the kubelet's answer since), when the pod ends or is deleted, or after `assume_ttl_s`.
+when the node's allocation was observed `reflect_grace_s` after the kubelet admitted the pod (its
+`status.startTime`; before that is known, the time the pod was first seen bound), when the pod ends or is
+deleted, or after `assume_ttl_s`. So pods long running when the extender starts are not counted twice.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Assumed:
     key: str  # namespace/name
     node: str
     k: int
-    seen_wall: float  # time.time() when first seen bound
+    ref_wall: float  # kubelet's status.startTime when known (admission), else when first seen bound
     seen_mono: float
 
 
@@ -44,6 +45,11 @@ def _rfc3339(value: str) -> float | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).timestamp()
     except (ValueError, AttributeError):
         return None
+
+
+def _start_time(pod: dict[str, Any]) -> float | None:
+    value = (pod.get("status") or {}).get("startTime")
+    return _rfc3339(value) if isinstance(value, str) else None
 
 
 class ClusterState:
@@ -112,6 +118,8 @@ class ClusterState:
             return
         if old is None:
             self.pods[uid] = a
+        elif a.ref_wall != old.ref_wall and _start_time(obj) is not None:
+            old.ref_wall = a.ref_wall  # the kubelet admitted it: its allocation happened then
         self._views.pop(a.node, None)
 
     def _assumed_from(self, obj: dict[str, Any]) -> Assumed | None:
@@ -126,9 +134,10 @@ class ClusterState:
         if k <= 0:
             return None
         meta = obj.get("metadata") or {}
+        started = _start_time(obj)
         return Assumed(
             uid=meta.get("uid", ""), key=f"{meta.get('namespace')}/{meta.get('name')}", node=node, k=k,
-            seen_wall=time.time(), seen_mono=time.monotonic(),
+            ref_wall=started if started is not None else time.time(), seen_mono=time.monotonic(),
         )
 
     # ------------------------------------------------------------ reads
@@ -173,7 +182,7 @@ class ClusterState:
             expires = a.seen_mono + self.assume_ttl_s
             if now >= expires:
                 continue
-            if observed is not None and observed >= a.seen_wall + self.reflect_grace_s:
+            if observed is not None and observed >= a.ref_wall + self.reflect_grace_s:
                 continue  # the agent has looked at the kubelet since this pod was bound
             taken = choose_gpus(base.topology, free, a.k)
             if taken == 0:

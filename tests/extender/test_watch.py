@@ -119,6 +119,14 @@ async def test_bound_pods_are_assumed_until_the_agent_catches_up(
         # The agent publishes an allocation observed after the bind: the assumption ends.
         kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[4, 5, 6, 7], observed=stamp(+5)))
         await until(lambda: state.view("hgx").free_mask == 0b00001111, "annotation replaces assumption")
+        # A pod the kubelet admitted long before the annotation was observed is not counted twice
+        # (what an extender restart sees for every running pod).
+        old = pod_obj("old", 2, node="hgx", phase="Running")
+        old["status"]["startTime"] = stamp(-3600)
+        kube.add(old)
+        await until(lambda: len(state.pods) == 2, "running pod tracked")
+        assert state.view("hgx").free_mask == 0b00001111
+        kube.delete("Pod", "old", "default")
         # The pod ends: nothing assumed any more either way.
         kube.delete("Pod", "vllm-0", "default")
         await until(lambda: not state.pods, "pod gone")
