@@ -48,7 +48,7 @@ def busy_replica() -> SimReplica:
     rng, t = random.Random(0), 0.0
     for _ in range(300):
         t += 0.5
-        for _ in range(3):
+        for _ in range(5):
             r.model.submit(r.model.new_request(rng, t))
         r.model.step(t, 0.5)
         r.publish(0.5)
@@ -76,7 +76,7 @@ async def test_replica_metrics_match_vllm_v1_families() -> None:
         if not name.endswith("_created"):  # a timestamp companion; its TYPE line varies by client version
             assert ours_series[name][0] == kind, name
     samples = {s.name: s.value for f in ours.values() for s in f.samples if "le" not in s.labels}
-    assert samples["vllm:num_requests_waiting"] > 0  # 6 rps into one replica: it queues
+    assert samples["vllm:num_requests_waiting"] > 0  # 10 rps into one replica: it queues
     assert 0 < samples["vllm:kv_cache_usage_perc"] <= 1
     assert samples["vllm:kv_cache_usage_perc"] == samples["vllm:gpu_cache_usage_perc"]
     assert samples["vllm:prompt_tokens_total"] > 0 and samples["vllm:prompt_tokens_created"] > 1e9

@@ -67,10 +67,24 @@ def test_kv_cache_fills_with_concurrency() -> None:
     assert not light.waiting and not heavy.waiting  # both under capacity
 
 
-def test_overload_builds_a_queue_and_caps_the_batch() -> None:
+def test_overload_fills_the_kv_cache_and_builds_a_queue() -> None:
     m = drive(10.0, 200)
     assert len(m.waiting) > 50
-    assert len(m.running) == m.params.max_num_seqs
+    assert m.kv_usage > 0.9
+    assert m.preemptions_total > 0  # generation outgrew the cache: sequences were recomputed
+    assert len(m.running) <= m.params.max_num_seqs
+
+
+def test_the_batch_limit_holds_when_the_cache_is_large() -> None:
+    from toposcale.demo.serving import ServingParams
+
+    m, rng, t = ReplicaModel(ServingParams(max_num_seqs=8, kv_capacity_tokens=10**7)), random.Random(1), 0.0
+    while t < 60:
+        t += 0.2
+        for _ in range(poisson(rng, 2.0)):
+            m.submit(m.new_request(rng, t))
+        m.step(t, 0.2)
+    assert len(m.running) == 8 and m.waiting
 
 
 def test_finished_requests_have_ordered_latencies() -> None:

@@ -35,8 +35,11 @@ from .vllm_sim import HeldGPU, NodeExporter, ReplicaServer, SimReplica
 
 logger = logging.getLogger("toposcale.demo")
 
-APP_LABELS = {"app": "vllm-qwen"}
-SELECTOR = "app=vllm-qwen"
+# Labels and HPA as in deploy/examples/qwen (hpa.yaml); only the scale-down timing is shortened, so a run of
+# minutes shows it (the example waits 10 minutes, then removes one replica per 5 minutes).
+APP_LABELS = {"app": "vllm", "model": "qwen2.5-7b-instruct"}
+SELECTOR = "app=vllm"
+SCALE_UP = Rules(0, (Policy("Pods", 2, 60), Policy("Percent", 100, 60)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +55,8 @@ class DemoConfig:
     scale_down_window_s: float = 60.0  # behavior.scaleDown.stabilizationWindowSeconds
     startup_s: float = 30.0  # pod start to vLLM ready (model load)
     grace_s: float = 30.0  # terminationGracePeriodSeconds: in-flight requests may finish
-    kv_target: str = "500m"  # vllm_kv_cache_usage, Value target (it is an average already)
-    waiting_target: str = "8"  # vllm_requests_waiting, AverageValue target per replica
+    kv_target: str = "750m"  # vllm_kv_cache_usage, Value target (it is an average already)
+    waiting_target: str = "4"  # vllm_requests_waiting, AverageValue target per replica
     peak_rps: float = 20.0
     base_rps: float = 2.0
     extender_weight: int = 5
@@ -109,6 +112,7 @@ class Demo:
                     ExternalMetric("vllm_kv_cache_usage", SELECTOR, "Value", cfg.kv_target),
                     ExternalMetric("vllm_requests_waiting", SELECTOR, "AverageValue", cfg.waiting_target),
                 ),
+                scale_up=SCALE_UP,
                 scale_down=Rules(cfg.scale_down_window_s, (Policy("Percent", 100, 15),)),
             )
         )

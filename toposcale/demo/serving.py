@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 class ServingParams:
     """Rough figures for Qwen2.5-7B with tensor parallel 4: the demo needs the shape, not exact numbers."""
 
-    max_num_seqs: int = 48
+    max_num_seqs: int = 128  # the batch limit; under load the KV cache fills before it
     kv_capacity_tokens: int = 60_000
     decode_tok_s: float = 50.0  # per sequence at batch size 1
     batch_half_speed: float = 64.0  # batch size at which per-sequence decode speed halves
