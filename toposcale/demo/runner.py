@@ -143,15 +143,11 @@ class Demo:
         adapter_args = ["adapter", "--scrape-targets", str(self.targets_path), "--port", str(aport)]
         # The adapter's value cache is meant in real seconds; compressed time shrinks it alike.
         ttl = f"{max(0.05, 2.0 / self.cfg.speed):.3g}"
-        adapter_args += optional_flags(
-            "toposcale.adapter.cli",
-            {"--bind-address": "127.0.0.1", "--insecure-allow-anonymous": None, "--cache-ttl": ttl},
-        )
+        # Loopback only. --insecure-allow-anonymous serves plain HTTP without authentication, "for local runs
+        # and the demo"; its warning at start is expected and is not counted as an error.
+        adapter_args += ["--bind-address", "127.0.0.1", "--insecure-allow-anonymous", "--cache-ttl", ttl]
         self.adapter = self.sup.add("adapter", adapter_args, aport)
-        extender_args = ["extender", "--standalone", "--port", str(eport)]
-        extender_args += optional_flags(
-            "toposcale.extender.cli", {"--bind-address": "127.0.0.1", "--host": "127.0.0.1"}
-        )
+        extender_args = ["extender", "--standalone", "--host", "127.0.0.1", "--port", str(eport)]
         self.extender = self.sup.add("extender", extender_args, eport)
         for svc in self.sup.services:
             svc.start()
@@ -453,22 +449,6 @@ async def until_stopped(work: Any, stop: asyncio.Event) -> bool:
         return False
     task.result()  # re-raise a failed start
     return True
-
-
-def optional_flags(module: str, wanted: dict[str, str | None]) -> list[str]:
-    """The flags of `wanted` that this version of a service's CLI has (loopback-only binding, anonymous
-    access for a local run): asked of its own argument parser, so the demo never passes an unknown flag."""
-    import argparse
-    import importlib
-
-    parser = argparse.ArgumentParser()
-    importlib.import_module(module).add_arguments(parser)
-    known = {opt for action in parser._actions for opt in action.option_strings}
-    out: list[str] = []
-    for flag, value in wanted.items():
-        if flag in known:
-            out += [flag] if value is None else [flag, value]
-    return out
 
 
 def problems_text(sup: Supervisor) -> list[str]:
