@@ -32,7 +32,7 @@ DEFAULT_USERNAME_HEADERS = ("x-remote-user",)
 DEFAULT_GROUP_HEADERS = ("x-remote-group",)
 DEFAULT_EXTRA_HEADER_PREFIXES = ("x-remote-extra-",)
 # k8s.io/apiserver NewDelegatingAuthorizationOptions defaults
-DEFAULT_ALWAYS_ALLOW_PATHS = ("/healthz", "/readyz", "/livez")
+DEFAULT_ALWAYS_ALLOW_PATHS = ("/healthz", "/livez", "/readyz")
 DEFAULT_ALWAYS_ALLOW_GROUPS = ("system:masters",)
 
 
