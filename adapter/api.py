@@ -96,7 +96,7 @@ class Handlers:
             raise TooManyRequests(f"more than {self.max_inflight} metric requests in flight; try again")
         if len(namespace) > 63 or not _NAMESPACE.match(namespace):
             raise BadRequest(f'invalid namespace "{namespace[:80]}": must be a DNS label (RFC 1123)')
-        # Rule names are lowercase; the HPA passes metric.name as the user wrote it, so match case-insensitively.
+        # Rule names are lowercase; the HPA passes metric.name as written, so match case-insensitively.
         rule = self.rules.get(name) or self.rules.get(name.lower())
         if rule is None:
             raise NotFound(
@@ -107,7 +107,8 @@ class Handlers:
             selector = parse_selector(request.query.get("labelSelector"))
         except SelectorError as exc:
             raise BadRequest(f"invalid labelSelector: {exc}") from exc
-        key = (rule.name, namespace, tuple(sorted(selector.requirements, key=lambda r: (r.key, r.op, r.values))))
+        reqs = tuple(sorted(selector.requirements, key=lambda r: (r.key, r.op, r.values)))
+        key = (rule.name, namespace, reqs)
         self.inflight += 1
         self.metrics.inflight.inc()
         try:

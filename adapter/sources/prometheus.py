@@ -42,6 +42,7 @@ class PrometheusSource:
         insecure_skip_verify: bool = False,
         headers: Mapping[str, str] | None = None,
         on_error: Any = None,
+        token_reread_seconds: float = TOKEN_REREAD_SECONDS,
     ) -> None:
         import requests
         from prometheus_api_client import PrometheusConnect
@@ -51,12 +52,13 @@ class PrometheusSource:
         self.timeout = timeout
         self._token_file = Path(bearer_token_file) if bearer_token_file else None
         self._token_read_at = -math.inf
+        self._token_reread = token_reread_seconds
         self._base_headers = dict(headers or {})
         session = requests.Session()
         session.verify = False if insecure_skip_verify else (ca_file or True)
         self._client = PrometheusConnect(
             url=self.url,
-            headers=self._headers(),
+            headers=self._initial_headers(),
             session=session,
             retry=Retry(total=0, raise_on_status=False),
             timeout=timeout,  # type: ignore[arg-type]
@@ -69,6 +71,12 @@ class PrometheusSource:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
         self._slots = asyncio.Semaphore(workers + max_waiting)
         self.on_error = on_error
+
+    def _initial_headers(self) -> dict[str, str]:
+        try:
+            return self._headers()
+        except SourceUnavailable as exc:
+            raise ValueError(str(exc)) from None  # at start: a clear start-up error, not a 503 later
 
     def _headers(self) -> dict[str, str]:
         headers = dict(self._base_headers)
@@ -84,7 +92,7 @@ class PrometheusSource:
 
     def _refresh_token(self) -> None:
         now = time.monotonic()
-        if self._token_file is not None and now - self._token_read_at > TOKEN_REREAD_SECONDS:
+        if self._token_file is not None and now - self._token_read_at >= self._token_reread:
             self._client.headers = self._headers()
             self._token_read_at = now
 
@@ -111,10 +119,7 @@ class PrometheusSource:
                 KeyError,
             ) as exc:
                 self._error(type(exc).__name__)
-                msg = str(exc) or type(exc).__name__
-                if len(msg) > 300:
-                    msg = msg[:300] + "..."
-                raise SourceUnavailable(f"Prometheus at {self.url} failed: {msg}") from exc
+                raise SourceUnavailable(f"Prometheus at {self.url} failed: {describe(exc)}") from exc
 
     def _error(self, kind: str) -> None:
         if self.on_error is not None:
@@ -163,3 +168,16 @@ class PrometheusSource:
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def describe(exc: BaseException) -> str:
+    """A short reason: requests wraps urllib3's MaxRetryError (whose text repeats the long query URL) around
+    the real cause (refused, TLS verification, timeout)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    reason: object = exc
+    inner = exc.args[0] if exc.args else None
+    if getattr(inner, "reason", None) is not None:
+        reason = inner.reason  # type: ignore[union-attr]
+    text = f"{type(exc).__name__}: {reason}"
+    return text if len(text) <= 300 else text[:300] + "..."
