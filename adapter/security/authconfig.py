@@ -25,6 +25,7 @@ KEY_RH_CLIENT_CA = "requestheader-client-ca-file"
 KEY_RH_ALLOWED_NAMES = "requestheader-allowed-names"
 KEY_RH_USERNAME_HEADERS = "requestheader-username-headers"
 KEY_RH_GROUP_HEADERS = "requestheader-group-headers"
+KEY_RH_UID_HEADERS = "requestheader-uid-headers"  # kube-apiserver >= 1.32 (RemoteRequestHeaderUID)
 KEY_RH_EXTRA_PREFIXES = "requestheader-extra-headers-prefix"
 
 # k8s.io/apiserver NewDelegatingAuthenticationOptions defaults
@@ -47,10 +48,11 @@ class RequestHeaderConfig:
     username_headers: tuple[str, ...] = DEFAULT_USERNAME_HEADERS
     group_headers: tuple[str, ...] = DEFAULT_GROUP_HEADERS
     extra_header_prefixes: tuple[str, ...] = DEFAULT_EXTRA_HEADER_PREFIXES
+    uid_headers: tuple[str, ...] = ()
 
     def all_header_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(exact header names, header prefixes) that carry identity: stripped from every request."""
-        return self.username_headers + self.group_headers, self.extra_header_prefixes
+        return self.username_headers + self.group_headers + self.uid_headers, self.extra_header_prefixes
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ def from_configmap(data: dict[str, str] | None) -> AuthnSources:
             extra_header_prefixes=trim_headers(
                 deserialize_strings(data.get(KEY_RH_EXTRA_PREFIXES), KEY_RH_EXTRA_PREFIXES),
                 KEY_RH_EXTRA_PREFIXES),
+            uid_headers=trim_headers(
+                deserialize_strings(data.get(KEY_RH_UID_HEADERS), KEY_RH_UID_HEADERS), KEY_RH_UID_HEADERS),
         )
     return AuthnSources(client_ca=client_ca, request_header=request_header)
 

@@ -124,7 +124,8 @@ def authenticate_request_header(headers: Headers, leaf_der: bytes | None, cfg: R
     name = _first_value(headers, cfg.username_headers)
     if not name:
         return None
-    return UserInfo(name=name, groups=tuple(_all_values(headers, cfg.group_headers)),
+    return UserInfo(name=name, uid=_first_value(headers, cfg.uid_headers),
+                    groups=tuple(_all_values(headers, cfg.group_headers)),
                     extra=_extra(headers, cfg.extra_header_prefixes), method="requestheader")
 
 

@@ -59,7 +59,7 @@ class SecurityFilter:
         self.inflight = 0
 
     def _identity_headers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        names = DEFAULT_USERNAME_HEADERS + DEFAULT_GROUP_HEADERS + ("authorization",)
+        names = DEFAULT_USERNAME_HEADERS + DEFAULT_GROUP_HEADERS + ("x-remote-uid", "authorization")
         prefixes = DEFAULT_EXTRA_HEADER_PREFIXES
         if self.authenticator is not None:
             rh = self.authenticator.sources().request_header

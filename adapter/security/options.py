@@ -101,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "--requestheader-client-ca-file)")
     a.add_argument("--requestheader-group-headers", default=",".join(DEFAULT_GROUP_HEADERS),
                    help="headers holding groups, all values (default %(default)s)")
+    a.add_argument("--requestheader-uid-headers", default="",
+                   help="headers holding the user's UID, first non-empty wins (kube-apiserver >= 1.32 sends "
+                        "X-Remote-Uid; default: none)")
     a.add_argument("--requestheader-extra-headers-prefix", default=",".join(DEFAULT_EXTRA_HEADER_PREFIXES),
                    help="header prefixes holding user extras (default %(default)s)")
 
@@ -188,6 +191,8 @@ def flag_sources(args: argparse.Namespace) -> AuthnSources:
                                        "--requestheader-group-headers"),
             extra_header_prefixes=trim_headers(split_list_flag(args.requestheader_extra_headers_prefix),
                                                "--requestheader-extra-headers-prefix"),
+            uid_headers=trim_headers(split_list_flag(args.requestheader_uid_headers),
+                                     "--requestheader-uid-headers"),
         )
     return AuthnSources(client_ca=client_ca, request_header=rh)
 

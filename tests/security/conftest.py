@@ -66,6 +66,7 @@ def auth_configmap(pki: PKI, *, allowed: list[str] | None = None, with_front_pro
             "requestheader-allowed-names": json.dumps(["front-proxy-client"] if allowed is None else allowed),
             "requestheader-username-headers": json.dumps(["X-Remote-User"]),
             "requestheader-group-headers": json.dumps(["X-Remote-Group"]),
+            "requestheader-uid-headers": json.dumps(["X-Remote-Uid"]),
             "requestheader-extra-headers-prefix": json.dumps(["X-Remote-Extra-"]),
         })
     return {"apiVersion": "v1", "kind": "ConfigMap",

@@ -39,7 +39,7 @@ async def test_front_proxy_certificate_with_identity_headers(pki: PKI, kube: Kub
     kube.sar_decider = allow_all(specs)
     srv = await start_server(tls_flags(pki, kube))
     headers = dict(FRONT_PROXY_HEADERS)
-    headers["X-Remote-Group"] = "system:serviceaccounts"
+    headers["X-Remote-Uid"] = "6f1c0e6a-uid"
     code, body = await srv.get(METRIC_PATH + "?labelSelector=app%3Dvllm", cert=pki.front_proxy,
                                headers=headers)
     assert code == 200, body
@@ -50,7 +50,7 @@ async def test_front_proxy_certificate_with_identity_headers(pki: PKI, kube: Kub
     assert body["leaked_headers"] == {}, "identity headers must not reach the handler"
     # one SAR, in the apiserver's RequestInfo terms: the metric is the resource, a collection GET is `list`
     assert specs == [{
-        "user": "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+        "user": "system:serviceaccount:kube-system:horizontal-pod-autoscaler", "uid": "6f1c0e6a-uid",
         "groups": ["system:serviceaccounts", "system:authenticated"],
         "extra": {"acme.com/project": ["p1"], "scopes": ["read"]},
         "resourceAttributes": {"namespace": "llm", "verb": "list", "group": "external.metrics.k8s.io",
