@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 import aiohttp
+from toposcale.adapter.security.authconfig import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE
 
 from tests.harness.kube_standin import KubeStandIn
 
@@ -267,6 +268,11 @@ async def test_configmap_changes_are_watched(pki: PKI, kube: KubeStandIn, start_
     await until(lambda: (rh := srv.security.sources().request_header) is not None
                 and rh.allowed_names == ("aggregator",), "allowed names updated")
     code, _ = await srv.get(METRIC_PATH, cert=pki.front_proxy, headers=FRONT_PROXY_HEADERS)
+    assert code == 401
+    # the ConfigMap is deleted: its CAs are no longer trusted (no client certificate is even asked for)
+    kube.delete("ConfigMap", CONFIGMAP_NAME, CONFIGMAP_NAMESPACE)
+    await until(lambda: srv.security.sources().client_ca is None, "deletion seen")
+    code, _ = await srv.get(METRIC_PATH, cert=pki.alice)
     assert code == 401
 
 
