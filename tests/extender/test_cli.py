@@ -55,3 +55,43 @@ async def test_standalone_process_serves_every_route() -> None:
         _, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 0, err.decode()
     assert b'"msg": "extender serving"' in err
+
+
+async def test_watch_mode_process_answers_names_from_its_cache(tmp_path) -> None:
+    # No kube-apiserver here: the in-process stand-in (tests/harness/kube_standin.py) serves the real wire
+    # format to the extender process's kubernetes-asyncio client.
+    from tests.harness.kube_standin import KubeStandIn
+
+    async with KubeStandIn() as kube:
+        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu"))
+        kube.add(node_obj("l40s", "l40s-4gpu-two-per-socket"))
+        cfg = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+        proc = await asyncio.create_subprocess_exec(
+            str(TOPOSCALE), "extender", "--kubeconfig", cfg, "--port", str(port), "--url-prefix", "/x",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )
+        url = f"http://127.0.0.1:{port}/x"
+        body = {"Pod": pod_obj("vllm", 4, scope="nvlink"), "Nodes": None, "NodeNames": ["l40s", "hgx"]}
+        try:
+            async with aiohttp.ClientSession() as s:
+                synced = False
+                for _ in range(200):
+                    try:
+                        async with s.get(url + "/healthz") as r:
+                            synced = (await r.json()).get("synced", False)
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    if synced:
+                        break
+                    await asyncio.sleep(0.05)
+                assert synced
+                async with s.post(url + "/filter", data=orjson.dumps(body)) as r:
+                    res = await r.json()
+                assert res["NodeNames"] == ["hgx"]
+                assert "no two connected by NVLink" in res["FailedAndUnresolvableNodes"]["l40s"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 0, err.decode()
