@@ -17,13 +17,29 @@ def matchers(rule: Rule, namespace: str, selector: Selector) -> str:
     return ",".join([f"{rule.namespace_label}={_promql_string(namespace)}", *selector.promql_matchers()])
 
 
+def _owned(
+    rule: Rule, names: list[str], namespace: str, selector: Selector, *, timestamps: bool
+) -> list[str]:
+    """GPU series carry the owning pod in labels; keep those whose owner is a selected workload pod."""
+    g = rule.gpu_owner
+    assert g is not None
+    owner = f"{g.owner_series}{{{matchers(rule, namespace, selector)}}}"
+    on = f"on({rule.namespace_label}, {rule.pod_label})"
+    parts = []
+    for n in names:
+        gpu = f"{n}{{{g.namespace_label}={_promql_string(namespace)}}}"
+        if timestamps:
+            gpu = f"timestamp({gpu})"
+        for ours, theirs in ((rule.namespace_label, g.namespace_label), (rule.pod_label, g.pod_label)):
+            if ours != theirs:
+                gpu = f'label_replace({gpu}, "{ours}", "$1", "{theirs}", "(.*)")'
+        parts.append(f"({gpu} and {on} {owner})")
+    return parts
+
+
 def _series(rule: Rule, names: list[str], namespace: str, selector: Selector) -> str:
     if rule.gpu_owner is not None:
-        # GPU series carry the owning pod in labels; keep those whose owner is a selected workload pod.
-        owner = f"{rule.gpu_owner.owner_series}{{{matchers(rule, namespace, selector)}}}"
-        ns_only = f"{rule.namespace_label}={_promql_string(namespace)}"
-        on = f"on({rule.namespace_label}, {rule.pod_label})"
-        parts = [f"({n}{{{ns_only}}} and {on} {owner})" for n in names]
+        parts = _owned(rule, names, namespace, selector, timestamps=False)
     else:
         m = matchers(rule, namespace, selector)
         parts = [f"{n}{{{m}}}" for n in names]
@@ -58,10 +74,7 @@ def age_query(rule: Rule, namespace: str, selector: Selector) -> str:
     names = [rule.series[0] + "_bucket"] if rule.aggregation == "histogram_quantile" else rule.series
     m = matchers(rule, namespace, selector)
     if rule.gpu_owner is not None:
-        ns_only = f"{rule.namespace_label}={_promql_string(namespace)}"
-        on = f"on({rule.namespace_label}, {rule.pod_label})"
-        owner = f"{rule.gpu_owner.owner_series}{{{m}}}"
-        parts = [f"(timestamp({n}{{{ns_only}}}) and {on} {owner})" for n in names]
+        parts = _owned(rule, names, namespace, selector, timestamps=True)
     else:
         parts = [f"timestamp({n}{{{m}}})" for n in names]
     inner = " or ".join(parts)

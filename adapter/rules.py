@@ -44,13 +44,31 @@ class GpuOwner(_Strict):
 
     Scrape mode: the exporters are the targets/pods matching `exporters`; a GPU counts when its
     `namespace_label`/`pod_label` name a selected pod. Prometheus mode: the GPU series are joined
-    `and on(namespace, pod)` with `owner_series`, a series every selected workload pod exposes.
+    `and on(<rule namespace_label>, <rule pod_label>)` with `owner_series`, a series every selected workload
+    pod exposes. When Prometheus scraped the exporter without `honor_labels`, the owner is in
+    `exported_namespace`/`exported_pod`: set those here and the join renames them with label_replace.
     """
 
     exporters: str = "app.kubernetes.io/name=dcgm-exporter"
     owner_series: str = "vllm:num_requests_running"
+    namespace_label: str = "namespace"
+    pod_label: str = "pod"
     port: int = Field(9400, ge=1, le=65535)
     path: str = "/metrics"
+
+    @field_validator("namespace_label", "pod_label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not _LABEL_NAME.match(v):
+            raise ValueError(f"{v!r} is not a Prometheus label name")
+        return v
+
+    @field_validator("owner_series")
+    @classmethod
+    def _owner(cls, v: str) -> str:
+        if not _SERIES_NAME.match(v):
+            raise ValueError(f"{v!r} is not a Prometheus metric name")
+        return v
 
     @field_validator("exporters")
     @classmethod

@@ -286,7 +286,8 @@ class ScrapeSource:
                 spans.append(span)
             if rule.gpu_owner is not None:
                 for s in samples:
-                    owner = (s.labels.get(rule.namespace_label, ""), s.labels.get(rule.pod_label, ""))
+                    g = rule.gpu_owner
+                    owner = (s.labels.get(g.namespace_label, ""), s.labels.get(g.pod_label, ""))
                     if owner in by_pod:
                         by_pod[owner].samples.append(s)
             else:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from toposcale.adapter.rules import Rule, RuleSet, load_rules
+from toposcale.adapter.rules import GpuOwner, Rule, RuleSet, load_rules
 from toposcale.adapter.sources.prometheus import PrometheusSource
 
 from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
@@ -61,6 +61,8 @@ async def test_prometheus_mode(serve_adapter, tmp_path: Path) -> None:
         ScrapeJob("slow", [slow.address], {"namespace": "ml", "pod": "slow-0", "app": "slow"},
                   scrape_interval="8s"),
         ScrapeJob("dcgm", [dcgm.address], {"namespace": "gpu-operator", "pod": "dcgm-x"}, honor_labels=True),
+        # the same exporter without honor_labels: its namespace/pod become exported_namespace/exported_pod
+        ScrapeJob("dcgm-plain", [dcgm.address], {"namespace": "gpu-operator", "pod": "dcgm-x"}),
     ])
     proc = None
     try:
@@ -77,7 +79,10 @@ async def test_prometheus_mode(serve_adapter, tmp_path: Path) -> None:
         base_rules = load_rules()
         strict = Rule(name="slow_requests_waiting", series=["vllm:num_requests_waiting"], aggregation="sum",
                       max_staleness_seconds=2)
-        rules = RuleSet(rules=[*base_rules.rules, strict])
+        exported = Rule(name="gpu_utilization_exported", series=["DCGM_FI_DEV_GPU_UTIL"], aggregation="avg",
+                        per_pod="none", gpu_owner=GpuOwner(namespace_label="exported_namespace",
+                                                           pod_label="exported_pod"))
+        rules = RuleSet(rules=[*base_rules.rules, strict, exported])
         source = PrometheusSource(prom.url, timeout=2)
         adapter = await serve_adapter(rules, source, cache_ttl=0.05)
 
@@ -88,6 +93,8 @@ async def test_prometheus_mode(serve_adapter, tmp_path: Path) -> None:
         assert value(body) == "425m"  # vllm-a: mean(0.5, 0.7); vllm-b: only the old series name, 0.25
         code, body = await adapter.metric("gpu_utilization", selector="app=vllm")
         assert value(body) == "50"  # GPUs held by vllm-a and vllm-b; the idle GPU is excluded
+        code, body = await adapter.metric("gpu_utilization_exported", selector="app=vllm")
+        assert value(body) == "50"  # the same GPUs, found through exported_namespace/exported_pod
         code, body = await adapter.metric("gpu_memory_used_ratio", selector="pod=vllm-a")
         assert value(body) == "625m"  # 100000 / 160000
         code, body = await adapter.metric("vllm_time_to_first_token_p90", selector="app=vllm")
