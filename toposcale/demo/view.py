@@ -82,10 +82,12 @@ def status_line(s: Sample) -> str:
 
 
 def placement_line(p: PlacementRecord) -> str:
-    numa = {True: "one NUMA node", False: "spans NUMA nodes", None: "NUMA unknown"}[p.single_numa]
+    numa = {True: f"one NUMA node ({p.numa})", False: f"spans NUMA nodes {p.numa}", None: "NUMA unknown"}[
+        p.single_numa
+    ]
     score = "" if p.score is None else f", extender score {p.score}"
     gpus = ",".join(str(i) for i in p.gpus)
-    return f"{clock(p.t):>8}  + {p.pod} -> {p.node} GPUs {gpus}: tier {p.tier}, {numa} (NUMA {p.numa}){score}"
+    return f"{clock(p.t):>8}  + {p.pod} -> {p.node} GPUs {gpus}: tier {p.tier}, {numa}{score}"
 
 
 def removal_line(t: float, pod: str, node: str) -> str:
