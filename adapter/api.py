@@ -102,6 +102,7 @@ class Handlers:
             raise NotFound(
                 f'external metric "{name[:100]}" not found '
                 f"(this adapter serves: {', '.join(sorted(self.rules))})",
+                {"name": name[:253], "group": wire.GROUP, "kind": name[:253]},
             )
         try:
             selector = parse_selector(request.query.get("labelSelector"))
@@ -179,7 +180,7 @@ async def errors_middleware(
     try:
         response = await handler(request)
     except AdapterError as exc:
-        response = status_response(exc.code, exc.reason, str(exc))
+        response = status_response(exc.code, exc.reason, str(exc), exc.details)
         level = logging.WARNING if exc.code >= 500 or exc.code == 429 else logging.INFO
         logger.log(
             level,

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AdapterError(Exception):
     code = 500
     reason = "InternalError"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details  # metav1.StatusDetails (name, group, kind), when there is a named object
 
 
 class BadRequest(AdapterError):

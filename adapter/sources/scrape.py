@@ -238,7 +238,7 @@ class ScrapeSource:
 
     async def fetch(self, rule: Rule, namespace: str, selector: Selector) -> list[MetricValue]:
         if not await self.finder.namespace_exists(namespace):
-            raise NotFound(f'namespace "{namespace}" not found')
+            raise NotFound(f'namespace "{namespace}" not found', {"name": namespace, "kind": "namespaces"})
         pods = await self.finder.workload(rule, namespace, selector)
         if not pods:
             return []

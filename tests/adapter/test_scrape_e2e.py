@@ -144,6 +144,8 @@ async def test_bad_input_answers_status(adapter) -> None:
     code, body = await adapter.metric("no_such_metric")
     assert (code, body["reason"], body["code"]) == (404, "NotFound", 404)
     assert "vllm_requests_waiting" in body["message"]  # says what exists
+    assert body["details"] == {"name": "no_such_metric", "group": "external.metrics.k8s.io",
+                               "kind": "no_such_metric"}
     code, body = await adapter.metric("vllm_requests_waiting", namespace="nowhere")
     assert (code, body["reason"]) == (404, "NotFound")
     assert 'namespace "nowhere" not found' in body["message"]
