@@ -257,14 +257,27 @@ async def build_security(args: argparse.Namespace, registry: Any, *,
         tls_ref.append(tls)
         sec = Security(tls=tls, filter=None, limits=limits, metrics=metrics, flag_sources=flags)
         try:
+            authn_api = authz_api = None
             try:
                 authn_api = await kube.api_client(args.authentication_kubeconfig)
             except Exception as exc:
-                raise RuntimeError(
-                    f"delegated authentication needs the Kubernetes API ({exc}); pass "
-                    f"--authentication-kubeconfig, run in a pod, or use --insecure-allow-anonymous for local "
-                    f"runs") from None
-            sec.api_clients.append(authn_api)
+                if args.authentication_kubeconfig:
+                    raise RuntimeError(
+                        f"delegated authentication needs the Kubernetes API ({exc}); fix "
+                        f"--authentication-kubeconfig, or use --insecure-allow-anonymous for local runs"
+                    ) from None
+                # As k8s.io/apiserver does with an optional remote kubeconfig: start, but trust only what the
+                # flags configure (client-CA / front-proxy certificates) and authorize only system:masters and
+                # the always-allowed paths. Nothing is served to an unauthenticated caller.
+                logger.warning(
+                    "no Kubernetes credentials (not in a pod, no --authentication-kubeconfig, no kubeconfig "
+                    "found): bearer tokens (TokenReview) and the extension-apiserver-authentication lookup "
+                    "are off; only client certificates from the CA flags authenticate, and only "
+                    "system:masters and the always-allowed paths are authorized. "
+                    "Use --insecure-allow-anonymous for local runs.",
+                    extra={"reason": str(exc)})
+            if authn_api is not None:
+                sec.api_clients.append(authn_api)
             if args.authorization_kubeconfig == args.authentication_kubeconfig:
                 authz_api = authn_api
             else:
@@ -276,16 +289,17 @@ async def build_security(args: argparse.Namespace, registry: Any, *,
                         f"--authorization-kubeconfig, run in a pod, or use --insecure-allow-anonymous"
                     ) from None
                 sec.api_clients.append(authz_api)
-            authenticator = Authenticator(sec.sources, KubeTokenReviewer(authn_api),
+            authenticator = Authenticator(sec.sources,
+                                          KubeTokenReviewer(authn_api) if authn_api is not None else None,
                                           cache_ttl=args.authentication_token_webhook_cache_ttl)
             authorizer = Authorizer(
-                KubeSubjectAccessReviewer(authz_api),
+                KubeSubjectAccessReviewer(authz_api) if authz_api is not None else None,
                 always_allow_paths=split_list_flag(args.authorization_always_allow_paths),
                 allow_ttl=args.authorization_webhook_cache_authorized_ttl,
                 deny_ttl=args.authorization_webhook_cache_unauthorized_ttl)
             sec.filter = SecurityFilter(authenticator, authorizer, metrics,
                                         max_requests_inflight=args.max_requests_inflight)
-            if not args.authentication_skip_lookup:
+            if authn_api is not None and not args.authentication_skip_lookup:
                 watcher = AuthConfigMapWatcher(authn_api, sec._cluster_changed)
                 sec.configmap = watcher
                 sec.tasks.append(asyncio.create_task(watcher.run(), name="auth-configmap"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import ssl
 import sys
@@ -151,3 +152,49 @@ async def test_adapter_without_credentials_fails_clearly(tmp_path: Path) -> None
     assert rc == 2
     text = log.read_text()
     assert "--insecure-allow-anonymous" in text and "Traceback" not in text
+
+
+async def test_adapter_with_no_cluster_at_all_serves_only_what_the_flags_authorize(
+        pki: PKI, exporter: VllmExporter, tmp_path: Path) -> None:
+    """Not in a pod, no kubeconfig anywhere: like k8s.io/apiserver with an optional remote kubeconfig, the
+    adapter starts (the issue-2 acceptance command runs as written), warns, trusts only the CA flags and
+    authorizes only system:masters — an anonymous caller still gets 401, never data."""
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(yaml.safe_dump([{"url": exporter.url, "labels": {"namespace": "llm", "pod": "vllm-0",
+                                                                         "app": "vllm"}}]))
+    port = free_port()
+    log = tmp_path / "adapter.log"
+    argv = ["--scrape-targets", str(targets), "--port", str(port),
+            "--tls-cert-file", str(pki.serving.cert_path),
+            "--tls-private-key-file", str(pki.serving.key_path),
+            "--client-ca-file", str(pki.ca.cert_path)]
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")}
+    env["HOME"] = str(home)
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(str(TOPOSCALE), "adapter", *argv, stdout=out, stderr=out,
+                                                    env=env)
+    try:
+        ca_only = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+        await wait_serving(port, ca_only, proc, log)
+        admin = pki.root.client(pki.ca, "admin", groups=["system:masters"])
+        as_admin = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+        as_admin.load_cert_chain(admin.cert_path, admin.key_path)
+        as_alice = ssl.create_default_context(cafile=str(pki.ca.cert_path))
+        as_alice.load_cert_chain(pki.alice.cert_path, pki.alice.key_path)
+        url = f"https://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url + QUERY, ssl=ca_only) as r:
+                assert r.status == 401
+            async with s.get(url + QUERY, ssl=as_alice) as r:
+                assert r.status == 403, "no SubjectAccessReview possible: only system:masters is authorized"
+            async with s.get(url + QUERY, ssl=as_admin) as r:
+                body = await r.json()
+                assert r.status == 200, body
+                assert body["items"][0]["value"] == "7"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+    assert "no Kubernetes credentials" in log.read_text()
