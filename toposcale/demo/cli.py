@@ -37,6 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where service logs and the scrape targets go (default: a fresh temp dir)",
     )
     parser.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        help="have the adapter query this Prometheus instead of scraping the replicas itself; the demo "
+        "writes the replicas and exporters as a file_sd target list for it (see --prometheus-file-sd)",
+    )
+    parser.add_argument(
+        "--prometheus-file-sd",
+        type=Path,
+        metavar="FILE",
+        help="where that target list goes (default <workdir>/prometheus-file-sd.json); point a "
+        "file_sd_configs job with honor_labels: true at it",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -63,6 +76,10 @@ def main(args: argparse.Namespace) -> int:
         problems.append("--duration must be at least 5 seconds")
     if args.peak_rps < BASE_RPS:
         problems.append(f"--peak-rps must be at least the quiet-time load, {BASE_RPS:g}")
+    if args.prometheus_file_sd and not args.prometheus_url:
+        problems.append("--prometheus-file-sd needs --prometheus-url")
+    if args.prometheus_url and not args.prometheus_url.startswith(("http://", "https://")):
+        problems.append(f"--prometheus-url {args.prometheus_url!r}: expected http://host:port")
     if problems:
         for p in problems:
             print(f"toposcale demo: {p}", file=sys.stderr)
@@ -82,6 +99,10 @@ def main(args: argparse.Namespace) -> int:
         workdir=workdir,
         plot=args.plot,
         summary_json=args.summary_json,
+        prometheus_url=args.prometheus_url,
+        file_sd=(args.prometheus_file_sd or workdir / "prometheus-file-sd.json")
+        if args.prometheus_url
+        else None,
     )
     print(
         f"toposcale demo: {cfg.duration_s:g}s at {cfg.speed:g}x ({cfg.sim_duration / 60:.0f} simulated "

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import yaml
@@ -65,6 +65,9 @@ class DemoConfig:
     plot: Path | None = None
     summary_json: Path | None = None
     service_start_timeout_s: float = 60.0
+    prometheus_url: str | None = None  # the adapter queries this Prometheus instead of scraping
+    file_sd: Path | None = None  # where the Prometheus file_sd target list goes (with prometheus_url)
+    prometheus_wait_s: float = 60.0  # for Prometheus to scrape the first replica
 
     @property
     def sim_duration(self) -> float:
@@ -140,7 +143,11 @@ class Demo:
             self.exporters[node.name] = exp
         self.write_targets()
         aport, eport = free_port(), free_port()
-        adapter_args = ["adapter", "--scrape-targets", str(self.targets_path), "--port", str(aport)]
+        if self.cfg.prometheus_url:
+            source = ["--prometheus-url", self.cfg.prometheus_url]
+        else:
+            source = ["--scrape-targets", str(self.targets_path)]
+        adapter_args = ["adapter", *source, "--port", str(aport)]
         # The adapter's value cache is meant in real seconds; compressed time shrinks it alike.
         ttl = f"{max(0.05, 2.0 / self.cfg.speed):.3g}"
         # Loopback only. --insecure-allow-anonymous serves plain HTTP without authentication, "for local runs
@@ -149,6 +156,9 @@ class Demo:
         self.adapter = self.sup.add("adapter", adapter_args, aport)
         extender_args = ["extender", "--standalone", "--host", "127.0.0.1", "--port", str(eport)]
         self.extender = self.sup.add("extender", extender_args, eport)
+        if self.cfg.prometheus_url and self.cfg.file_sd is not None:
+            self.say(f"adapter source: Prometheus at {self.cfg.prometheus_url}; its scrape job for the demo:")
+            self.say(prometheus_job(self.cfg.file_sd, self.cfg.speed))
         for svc in self.sup.services:
             svc.start()
         for svc in self.sup.services:
@@ -179,9 +189,9 @@ class Demo:
                     },
                 }
             )
-        tmp = self.targets_path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-        os.replace(tmp, self.targets_path)  # atomic: the adapter never reads half a file
+        atomic_write(self.targets_path, yaml.safe_dump(doc, sort_keys=False))  # the adapter never reads half
+        if self.cfg.file_sd is not None:
+            atomic_write(self.cfg.file_sd, json.dumps(file_sd_groups(doc), indent=1))
 
     # ---- the ReplicaSet controller ------------------------------------------------------------------------
     def active(self) -> list[Replica]:
@@ -363,6 +373,26 @@ class Demo:
         self.spec_replicas = decision.desired
         self.reconcile_replicaset(now)
 
+    async def wait_for_prometheus(self, http: aiohttp.ClientSession) -> None:
+        """Until the adapter answers from Prometheus for the first replica (Prometheus has scraped it)."""
+        assert self.cfg.file_sd is not None
+        self.say(f"waiting for {self.cfg.prometheus_url} to scrape the first replica ...")
+        deadline = time.monotonic() + self.cfg.prometheus_wait_s
+        last: list[int] | Exception = MetricError("no answer yet")
+        while time.monotonic() < deadline and not self.stop.is_set():
+            last = await self.read_metric(http, "vllm_requests_waiting", SELECTOR)
+            if isinstance(last, list) and last:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 0.5)
+        if self.stop.is_set():
+            return
+        raise RuntimeError(
+            f"Prometheus at {self.cfg.prometheus_url} has not scraped the demo's replicas within "
+            f"{self.cfg.prometheus_wait_s:g}s (adapter: {last}). Add this job to its configuration and "
+            f"reload it:\n{prometheus_job(self.cfg.file_sd, self.cfg.speed)}"
+        )
+
     # ---- main loop ----------------------------------------------------------------------------------------
     def sample(self, now: float, rate: float) -> view.Sample:
         ready = self.ready()
@@ -390,6 +420,8 @@ class Demo:
             self.reconcile_replicaset(0.0)
             await self.schedule_pending(http, 0.0)
             await self.start_ready(cfg.startup_s)
+            if cfg.prometheus_url:
+                await self.wait_for_prometheus(http)
             self.say("")
             self.say(view.LEGEND)
             self.say(view.HEADER)
@@ -449,6 +481,42 @@ async def until_stopped(work: Any, stop: asyncio.Event) -> bool:
         return False
     task.result()  # re-raise a failed start
     return True
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _prom_label(name: str) -> str:
+    """A Kubernetes label key as Prometheus' Kubernetes discovery exposes it (app.kubernetes.io/name ->
+    app_kubernetes_io_name)."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+
+
+def file_sd_groups(targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The scrape targets as a Prometheus `file_sd_configs` file: one group per target."""
+    out = []
+    for t in targets:
+        url = urlsplit(t["url"])
+        labels = {_prom_label(k): v for k, v in t["labels"].items()}
+        out.append(
+            {"targets": [url.netloc], "labels": {**labels, "__metrics_path__": url.path or "/metrics"}}
+        )
+    return out
+
+
+def prometheus_job(file_sd: Path, speed: float) -> str:
+    """The scrape job a user's Prometheus needs for `--prometheus-url`."""
+    interval = f"{max(1, round(15 / speed))}s"  # 15 s, compressed like everything else
+    return (
+        "scrape_configs:\n"
+        "  - job_name: toposcale-demo\n"
+        f"    scrape_interval: {interval}\n"
+        "    honor_labels: true  # dcgm-exporter series name the pod that holds the GPU\n"
+        f"    file_sd_configs: [{{files: ['{file_sd}'], refresh_interval: 1s}}]"
+    )
 
 
 def problems_text(sup: Supervisor) -> list[str]:
