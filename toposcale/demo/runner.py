@@ -18,14 +18,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import yaml
 
 from . import view
+from .external_metrics import read_external_metric
 from .fleet import SimNode, build_fleet, has_free_single_numa_set, single_numa
-from .hpa import ExternalMetric, HPAController, HPASpec, MetricError, Policy, Rules, milli_value
+from .hpa import ExternalMetric, HPAController, HPASpec, MetricError, Policy, Rules
 from .placement import predict_allocation, set_tier
 from .scheduler import ExtenderError, SchedulerClient, pod_object
 from .serving import ServingParams
@@ -335,22 +336,7 @@ class Demo:
     async def read_metric(
         self, http: aiohttp.ClientSession, name: str, selector: str
     ) -> list[int] | Exception:
-        url = (
-            f"{self.adapter.base_url}/apis/external.metrics.k8s.io/v1beta1/namespaces/"
-            f"{self.cfg.namespace}/{name}?labelSelector={quote(selector)}"
-        )
-        try:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status != 200:
-                    msg = body.get("message") if isinstance(body, dict) else None
-                    return MetricError(
-                        f"unable to fetch metrics from external metrics API: {msg or resp.status}"
-                    )
-            items = body.get("items") or []
-            return [milli_value(i["value"]) for i in items]
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, MetricError) as exc:
-            return MetricError(f"unable to fetch metrics from external metrics API: {exc}")
+        return await read_external_metric(http, self.adapter.base_url, self.cfg.namespace, name, selector)
 
     async def hpa_sync(self, http: aiohttp.ClientSession, now: float) -> None:
         readings: dict[str, list[int] | Exception] = {}
