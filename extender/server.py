@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import compress
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -170,15 +173,6 @@ class Extender:
         self.m_requests.labels(verb, "200").inc()
         return resp
 
-    def _views(self, args: wire.ExtenderArgs) -> list[NodeView | None] | None:
-        """The view of each input node (in order); None when names came in and there is no cache."""
-        if args.nodes is not None:
-            res = self.config.resource
-            return [view_of_node(n, res) for n in args.nodes]
-        if self.state is None:
-            return None
-        return self.state.views(args.node_names or [])
-
     def _log_node_once(self, name: str, problem: str) -> None:
         if self._logged.get(name) == problem:
             return
@@ -199,36 +193,53 @@ class Extender:
 
     def _outcomes(
         self, verb: str, args: wire.ExtenderArgs
-    ) -> tuple[list[Outcome], list[NodeView | None], str | None]:
-        """Outcome and view per input node, or a reason that fails them all (pod error, standalone)."""
+    ) -> tuple[list[Outcome], Callable[[int], NodeView | None], str | None]:
+        """Outcome per input node and a way to get node i's view (for reasons), or a reason that fails them
+        all (pod error, standalone)."""
         if args.dropped:
             logger.warning("node items ignored", extra={"verb": verb, "items": args.dropped[:10]})
         k, scope, pod_error = self._pod(args)
         if pod_error:
-            return [], [], pod_error
+            return [], _no_view, pod_error
         if k <= 0:
-            return evaluate([None] * len(args.names), 0, None), [], None
-        views = self._views(args)
-        if views is None:
-            return [], [], STANDALONE_REASON
-        outcomes = evaluate(views, k, required_scope_tier(scope))
+            return evaluate([None] * len(args.names), 0, None), _no_view, None
+        need = required_scope_tier(scope)
+        view_of: Callable[[int], NodeView | None]
+        if args.nodes is not None:
+            res = self.config.resource
+            views = [view_of_node(n, res) for n in args.nodes]
+            outcomes = evaluate(views, k, need)
+            view_of = views.__getitem__
+        elif self.state is None:
+            return [], _no_view, STANDALONE_REASON
+        else:
+            names = args.node_names or []
+            state = self.state
+            outcomes = state.outcomes(names, k, need)
+
+            def view_of(i: int) -> NodeView | None:
+                return state.view(names[i])
+
         self.m_nodes.labels(verb).inc(len(outcomes))
-        unknown: dict[str, int] = {}
-        for o, v in zip(outcomes, views, strict=True):
-            if o.unknown:
-                unknown[o.unknown] = unknown.get(o.unknown, 0) + 1
+        if any(map(_UNKNOWN, outcomes)):
+            unknown = [i for i, o in enumerate(outcomes) if o.unknown]
+            counts: dict[str, int] = {}
+            for i in unknown:
+                kind = outcomes[i].unknown
+                counts[kind] = counts.get(kind, 0) + 1
+                v = view_of(i)
                 if v is not None:
                     self._log_node_once(v.name, v.problem or v.allocation_problem or "")
-        for kind, count in unknown.items():
-            self.m_unknown.labels(kind).inc(count)
-        return outcomes, views, None
+            for kind, count in counts.items():
+                self.m_unknown.labels(kind).inc(count)
+        return outcomes, view_of, None
 
     # ------------------------------------------------------------ verbs
 
     async def filter(self, request: web.Request) -> web.StreamResponse:
         def work(body: bytes) -> web.Response:
             args = wire.parse_args(body)
-            outcomes, views, fail_all = self._outcomes("filter", args)
+            outcomes, view_of, fail_all = self._outcomes("filter", args)
             names = args.names
             passing: list[str] = []
             failed: dict[str, str] = {}
@@ -236,18 +247,16 @@ class Extender:
             if fail_all is not None:
                 unresolvable = dict.fromkeys(names, fail_all)
                 self.m_outcome.labels("never-fits").inc(len(unresolvable))
-            elif not views:  # no GPU asked: everything passes
-                passing = list(names)
             else:
-                passing = [n for n, o in zip(names, outcomes, strict=True) if o.passes]
+                passing = list(compress(names, map(_PASSES, outcomes)))
                 if len(passing) < len(names):
-                    for name, o, v in zip(names, outcomes, views, strict=True):
+                    for i, o in enumerate(outcomes):
                         if o.passes:
                             continue
                         if o.unresolvable:
-                            unresolvable[name] = reason_of(o, v)
+                            unresolvable[names[i]] = reason_of(o, view_of(i))
                         else:
-                            failed[name] = reason_of(o, v)
+                            failed[names[i]] = reason_of(o, view_of(i))
             if outcomes:
                 self.m_outcome.labels("fits").inc(len(passing))
                 self.m_outcome.labels("fails-now").inc(len(failed))
@@ -263,14 +272,14 @@ class Extender:
             names = args.names
             if fail_all is not None:
                 return _json(wire.priority_list(names, [0] * len(names)))
-            best: Outcome | None = None
-            for o in outcomes:
-                if o.passes and o.decision is not None and (best is None or o.score > best.score):
-                    best = o
-            if best is not None and best.decision is not None and best.decision.fits:
-                tier = best.decision.tier
-                self.m_tier.labels(tier.label if tier is not None else "single-gpu").inc()
-            return _json(wire.priority_list(names, [o.score for o in outcomes]))
+            scores = list(map(_SCORE, outcomes))
+            if scores:
+                # The tier the pod most likely gets: that of the best-scored node (first of equals).
+                best = outcomes[scores.index(max(scores))]
+                if best.passes and best.decision is not None and best.decision.fits:
+                    tier = best.decision.tier
+                    self.m_tier.labels(tier.label if tier is not None else "single-gpu").inc()
+            return _json(wire.priority_list(names, scores))
 
         return await self._run("prioritize", request, work)
 
@@ -283,11 +292,16 @@ class Extender:
             doc["error"] = pod_error
             doc["nodes"] = []
             return doc
-        views = self._views(args) if k > 0 else [None] * len(args.names)
-        if views is None:
+        if k > 0 and args.nodes is None and self.state is None:
             doc["error"] = STANDALONE_REASON
             doc["nodes"] = []
             return doc
+        if k > 0 and args.nodes is not None:
+            views = [view_of_node(n, self.config.resource) for n in args.nodes]
+        elif k > 0 and self.state is not None:
+            views = [self.state.view(n) for n in args.names]
+        else:
+            views = [None] * len(args.names)
         rows = []
         outcomes = evaluate(views, k, required_scope_tier(scope))
         for name, o, view in zip(args.names, outcomes, views, strict=True):
@@ -347,6 +361,16 @@ class Extender:
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# Outcome is a NamedTuple: item getters run at C speed over thousands of nodes.
+_PASSES = itemgetter(Outcome._fields.index("passes"))
+_SCORE = itemgetter(Outcome._fields.index("score"))
+_UNKNOWN = itemgetter(Outcome._fields.index("unknown"))
+
+
+def _no_view(_i: int) -> NodeView | None:
+    return None
 
 
 def _json(body: bytes) -> web.Response:

@@ -21,8 +21,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from .decisions import Outcome, outcome_for
 from .nodeview import NodeView, view_of_node
 from .pods import PodError, gpu_request
+from .topology.model import Tier
 from .topology.scoring import choose_gpus
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class ClusterState:
         self.pods: dict[str, Assumed] = {}  # pod uid -> bound GPU pod (assumed until reflected)
         self._views: dict[str, NodeView] = {}  # name -> view adjusted for assumed pods
         self._views_expire = float("inf")  # monotonic time the first assumption in `_views` runs out
+        # Per (k, scope): node name -> Outcome, so a names-only request costs one lookup per node.
+        self._tables: dict[tuple[int, Tier | None], dict[str, Outcome]] = {}
         self.synced_nodes = asyncio.Event()
         self.synced_pods = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -82,7 +86,7 @@ class ClusterState:
             if v is not None:
                 base[v.name] = v
         self.base = base
-        self._views.clear()
+        self._forget()
         self.synced_nodes.set()
 
     def node_event(self, etype: str, obj: dict[str, Any]) -> None:
@@ -93,7 +97,7 @@ class ClusterState:
             self.base.pop(v.name, None)
         else:
             self.base[v.name] = v
-        self._views.pop(v.name, None)
+        self._forget(v.name)
 
     # ------------------------------------------------------------ pod events
 
@@ -104,7 +108,7 @@ class ClusterState:
             if a is not None:
                 keep[a.uid] = self.pods.get(a.uid, a)
         self.pods = keep
-        self._views.clear()
+        self._forget()
         self.synced_pods.set()
 
     def pod_event(self, etype: str, obj: dict[str, Any]) -> None:
@@ -114,13 +118,13 @@ class ClusterState:
         if a is None:
             if old is not None:
                 del self.pods[uid]
-                self._views.pop(old.node, None)
+                self._forget(old.node)
             return
         if old is None:
             self.pods[uid] = a
         elif a.ref_wall != old.ref_wall and _start_time(obj) is not None:
             old.ref_wall = a.ref_wall  # the kubelet admitted it: its allocation happened then
-        self._views.pop(a.node, None)
+        self._forget(a.node)
 
     def _assumed_from(self, obj: dict[str, Any]) -> Assumed | None:
         spec = obj.get("spec") or {}
@@ -142,10 +146,36 @@ class ClusterState:
 
     # ------------------------------------------------------------ reads
 
+    def _forget(self, name: str | None = None) -> None:
+        """Drop derived views and outcomes: of one node, or of all (relist, an assumption ran out)."""
+        if name is None:
+            self._views.clear()
+            self._tables.clear()
+            self._views_expire = float("inf")
+            return
+        self._views.pop(name, None)
+        for table in self._tables.values():
+            table.pop(name, None)
+
     def _fresh(self, now: float) -> None:
         if now >= self._views_expire:
-            self._views.clear()  # an assumption ran out: recompute lazily
-            self._views_expire = float("inf")
+            self._forget()  # an assumption ran out: recompute lazily
+
+    def outcomes(self, names: list[str], k: int, need: Tier | None) -> list[Outcome]:
+        """The outcome for each named node (the hot path of names-only requests)."""
+        self._fresh(time.monotonic())
+        table = self._tables.get((k, need))
+        if table is None:
+            table = self._tables[(k, need)] = {}
+        out = list(map(table.get, names))  # C speed; misses (None) are filled in below
+        if None in out:
+            out = [o or self._miss(table, name, k, need) for o, name in zip(out, names, strict=True)]
+        return out  # type: ignore[return-value]
+
+    def _miss(self, table: dict[str, Outcome], name: str, k: int, need: Tier | None) -> Outcome:
+        o = outcome_for(self.view(name), k, need)
+        table[name] = o
+        return o
 
     def view(self, name: str) -> NodeView | None:
         """The node's view with assumed allocations taken out of its free GPUs; None when not cached."""
