@@ -3,11 +3,12 @@ fail) and always takes its children down, even one that ignores SIGTERM."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from pathlib import Path
 
-from toposcale.demo.supervisor import Service, free_port
+from toposcale.demo.supervisor import Service, Supervisor, free_port
 
 LOGS_AN_ERROR = r"""
 import json, sys, time
@@ -57,4 +58,22 @@ def test_a_child_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
     wait_for_lines(svc, 1)
     code = svc.stop(grace_s=0.5)
     assert code == -9
+    assert not svc.running()
+
+
+async def test_a_port_taken_meanwhile_is_retried_on_another(tmp_path: Path) -> None:
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    sup = Supervisor(tmp_path)
+    svc = sup.add("web", [], taken, health_path="/")
+    svc.argv = [sys.executable, "-m", "http.server", str(taken), "--bind", "127.0.0.1"]
+    try:
+        await sup.start_healthy(svc, timeout_s=10)
+        assert svc.port != taken and svc.running()
+        assert str(svc.port) in svc.argv
+    finally:
+        sup.stop_all()
+        squatter.close()
     assert not svc.running()

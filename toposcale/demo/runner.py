@@ -161,9 +161,7 @@ class Demo:
             self.say(f"adapter source: Prometheus at {self.cfg.prometheus_url}; its scrape job for the demo:")
             self.say(prometheus_job(self.cfg.file_sd, self.cfg.speed))
         for svc in self.sup.services:
-            svc.start()
-        for svc in self.sup.services:
-            await svc.wait_healthy(self.cfg.service_start_timeout_s)
+            await self.sup.start_healthy(svc, self.cfg.service_start_timeout_s)
             assert svc.proc is not None
             self.say(f"started {svc.name}: pid {svc.proc.pid}, {svc.base_url} (log {svc.log_path})")
         self.sched = SchedulerClient(self.extender.base_url, self.cfg.extender_weight, self.sched_rng)
@@ -347,14 +345,18 @@ class Demo:
         gpu = await self.read_metric(http, "gpu_utilization", SELECTOR)
         self.last_gpu = sum(gpu) / 1000 / len(gpu) if isinstance(gpu, list) and gpu else None
         decision = self.hpa.reconcile(now, self.spec_replicas, len(self.ready()), readings)
-        if decision.reason == "FailedGetExternalMetric":
-            errs = [str(v) for v in decision.proposals.values() if isinstance(v, str)]
+        errs = [f"{k}: {v}" for k, v in decision.proposals.items() if isinstance(v, str)]
+        if errs:  # the HPA would show them in its conditions (ScalingActive / FailedGetExternalMetric)
             self.story.hpa_errors.append((now, "; ".join(errs)))
-            logger.warning("HPA could not read its metrics", extra={"errors": errs})
+            logger.warning("HPA could not read a metric", extra={"errors": errs})
+        if decision.reason == "FailedGetExternalMetric":
             self.hpa_note = "keeps replicas: " + (errs[0][:70] if errs else "metric error")
         else:
             short = {"vllm_kv_cache_usage": "kv", "vllm_requests_waiting": "queue"}
-            props = " ".join(f"{short.get(k, k)}:{v}" for k, v in decision.proposals.items())
+            props = " ".join(
+                f"{short.get(k, k)}:{'error' if isinstance(v, str) else v}"
+                for k, v in decision.proposals.items()
+            )
             self.hpa_note = f"{props} -> {decision.desired} {decision.reason}"
         self.spec_replicas = decision.desired
         self.reconcile_replicaset(now)

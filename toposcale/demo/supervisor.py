@@ -29,7 +29,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now on loopback (the child binds it a moment later; collisions are retried)."""
+    """A port free right now on loopback (the child binds it a moment later: see `start_healthy`)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -39,6 +39,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ServiceExited(RuntimeError):
+    """A child service ended before it answered its health check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,7 @@ class Service:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             while time.monotonic() < deadline:
                 if not self.running():
-                    raise RuntimeError(
+                    raise ServiceExited(
                         f"{self.name} exited with code {self.proc and self.proc.returncode} "
                         f"before it was healthy; its log: {self.log_path}\n{self.tail()}"
                     )
@@ -157,6 +161,24 @@ class Supervisor:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.services: list[Service] = []
+
+    async def start_healthy(self, svc: Service, timeout_s: float, attempts: int = 3) -> None:
+        """Start `svc` and wait until healthy; if it exits early (another process took its port between
+        `free_port` and its bind), try again on a new port, `attempts` times in all."""
+        for attempt in range(1, attempts + 1):
+            svc.start()
+            try:
+                await svc.wait_healthy(timeout_s)
+                return
+            except ServiceExited:
+                if attempt == attempts:
+                    raise
+                old, svc.port = svc.port, free_port()
+                svc.argv = [str(svc.port) if a == str(old) else a for a in svc.argv]
+                logger.warning(
+                    "service exited at start, retrying on another port",
+                    extra={"service": svc.name, "port": svc.port, "log_tail": svc.tail(3)},
+                )
 
     def add(self, name: str, args: list[str], port: int, health_path: str = "/healthz") -> Service:
         argv = [sys.executable, "-m", "toposcale.cli", *args]
