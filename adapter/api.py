@@ -24,7 +24,7 @@ from .cache import TTLCache
 from .errors import AdapterError, BadRequest, NotFound, SourceUnavailable, TooManyRequests
 from .metrics import AdapterMetrics
 from .model import MetricValue
-from .quantity import QuantityError
+from .quantity import QuantityError, served_value
 from .rules import Rule, RuleSet
 from .selectors import SelectorError, parse_selector
 from .sources.base import Source
@@ -126,8 +126,11 @@ class Handlers:
         self.metrics.cache.labels(how).inc()
         try:
             body = wire.metric_value_list(rule.name, values)
+            served = float(sum(served_value(v.value) for v in values)) if values else None
         except QuantityError as exc:
             raise SourceUnavailable(f"{name}: {exc}") from exc
+        if served is not None:  # an empty list is no value for the HPA: nothing to record
+            self.metrics.served.record(rule.name, namespace, served, max(v.timestamp for v in values))
         return json_response(body)
 
     async def _load(self, rule: Rule, namespace: str, selector: Any) -> list[MetricValue]:

@@ -38,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-ttl", type=float, default=2.0, help="seconds a value is reused (default 2)")
     parser.add_argument("--request-timeout", type=float, default=10.0, help="seconds per metric request")
     parser.add_argument("--max-inflight", type=int, default=1024, help="metric requests answered at once")
+    parser.add_argument(
+        "--served-value-namespaces",
+        type=int,
+        default=100,
+        metavar="N",
+        help="keep /metrics' toposcale_adapter_served_value series for the N most recently served "
+        "namespaces (bounds the series a client can create; default 100)",
+    )
     prom = parser.add_argument_group("Prometheus source")
     prom.add_argument("--prometheus-timeout", type=float, default=5.0, help="seconds per query (default 5)")
     prom.add_argument("--prometheus-workers", type=int, default=8, help="threads querying Prometheus")
@@ -113,7 +121,7 @@ async def _run(args: argparse.Namespace) -> int:
     from .server import build_app, serve
 
     rules = load_rules(args.rules)
-    metrics = AdapterMetrics()
+    metrics = AdapterMetrics(served_namespaces=args.served_value_namespaces)
     # TLS, delegated authentication/authorization (or --insecure-allow-anonymous), before anything is served
     security = await build_security(args, metrics.registry)
     try:

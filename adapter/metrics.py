@@ -2,11 +2,82 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+DEFAULT_SERVED_NAMESPACES = 100
+
+
+class ServedValues(Collector):
+    """The last value answered per (metric, namespace): what the HPA read, as a gauge Prometheus can keep.
+
+    Metric names come from the rules (bounded); namespaces come from callers, so only the `max_namespaces`
+    most recently served namespaces keep their series, and a namespace pushed out takes all its series with
+    it. Only successful answers with at least one item are recorded (an error or an empty list gives the HPA
+    no value, so there is none to show).
+    """
+
+    def __init__(self, max_namespaces: int = DEFAULT_SERVED_NAMESPACES,
+                 evictions: Counter | None = None) -> None:
+        if max_namespaces < 1:
+            raise ValueError("max_namespaces must be at least 1")
+        self.max_namespaces = max_namespaces
+        self._evictions = evictions
+        self._lock = threading.Lock()
+        # namespace -> metric -> (value, timestamp); order = least recently served first
+        self._by_namespace: OrderedDict[str, dict[str, tuple[float, float]]] = OrderedDict()
+
+    def record(self, metric: str, namespace: str, value: float, timestamp: float) -> None:
+        with self._lock:
+            entries = self._by_namespace.get(namespace)
+            if entries is None:
+                if len(self._by_namespace) >= self.max_namespaces:
+                    self._by_namespace.popitem(last=False)
+                    if self._evictions is not None:
+                        self._evictions.inc()
+                entries = self._by_namespace[namespace] = {}
+            else:
+                self._by_namespace.move_to_end(namespace)
+            entries[metric] = (value, timestamp)
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "toposcale_adapter_served_value",
+                "Last value answered for an external metric in a namespace (the sum of the items, as the "
+                "HPA adds them up); failed and empty answers are not recorded",
+                labels=["metric", "namespace"],
+            ),
+            GaugeMetricFamily(
+                "toposcale_adapter_served_timestamp_seconds",
+                "Unix time of the newest sample behind the last value answered (the items' timestamp)",
+                labels=["metric", "namespace"],
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        value, stamp = self._families()
+        with self._lock:
+            rows = [(ns, m, v, t) for ns, entries in self._by_namespace.items()
+                    for m, (v, t) in entries.items()]
+        for ns, m, v, t in rows:
+            value.add_metric([m, ns], v)
+            stamp.add_metric([m, ns], t)
+        yield value
+        yield stamp
 
 
 class AdapterMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 served_namespaces: int = DEFAULT_SERVED_NAMESPACES) -> None:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "toposcale_adapter_requests", "HTTP requests served", ["route", "code"], registry=self.registry
@@ -33,6 +104,13 @@ class AdapterMetrics:
         self.inflight = Gauge(
             "toposcale_adapter_inflight_requests", "Metric requests being answered", registry=self.registry
         )
+        served_evictions = Counter(
+            "toposcale_adapter_served_namespaces_evicted",
+            "Namespaces whose served-value series were dropped to keep at most --served-value-namespaces",
+            registry=self.registry,
+        )
+        self.served = ServedValues(served_namespaces, served_evictions)
+        self.registry.register(self.served)
 
     def source_error(self, source: str, kind: str) -> None:
         self.source_errors.labels(source, kind).inc()

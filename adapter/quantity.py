@@ -38,11 +38,18 @@ def _to_decimal(value: float | int | Decimal | str) -> Decimal:
     return dec
 
 
-def format_quantity(value: float | int | Decimal | str, *, binary: bool = False) -> str:
-    """Return the canonical Kubernetes Quantity string for `value`."""
+def served_value(value: float | int | Decimal | str) -> Decimal:
+    """The number a client reading the Quantity gets back: `value` rounded up to a milli-unit as
+    `format_quantity` writes it (what the HPA's MilliValue reads)."""
     dec = _to_decimal(value)
     if dec.as_tuple().exponent < -3:  # type: ignore[operator]
         dec = dec.quantize(_MILLI, rounding=ROUND_UP)
+    return dec
+
+
+def format_quantity(value: float | int | Decimal | str, *, binary: bool = False) -> str:
+    """Return the canonical Kubernetes Quantity string for `value`."""
+    dec = served_value(value)
     if dec == 0:
         return "0"
     if binary and abs(dec) >= 1024 and dec == dec.to_integral_value():

@@ -54,7 +54,8 @@ async def serve_adapter() -> AsyncIterator[Callable[..., Any]]:
     runners: list[web.AppRunner] = []
 
     async def start(rules: RuleSet, source: Any, **kwargs: Any) -> Running:
-        app = build_app(rules, source, metrics=AdapterMetrics(), **kwargs)
+        metrics = kwargs.pop("metrics", None) or AdapterMetrics()
+        app = build_app(rules, source, metrics=metrics, **kwargs)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -8,7 +8,7 @@ import re
 from decimal import ROUND_UP, Decimal
 
 import pytest
-from toposcale.adapter.quantity import QuantityError, format_quantity
+from toposcale.adapter.quantity import QuantityError, format_quantity, served_value
 
 CASES = [
     (0, "0"), (0.0, "0"), (-0.0, "0"), (1, "1"), (12, "12"), (999, "999"), (1000, "1k"), (1500, "1500"),
@@ -64,3 +64,9 @@ def test_round_trip_and_canonical_form_over_many_values() -> None:
         if q != "0" and suffix != "E":
             # the largest suffix is used: a mantissa ending in 000 means a bigger suffix was possible
             assert not mantissa.endswith("000"), (x, q)
+
+
+@pytest.mark.parametrize(("value", "want"), CASES)
+def test_served_value_is_the_number_the_quantity_string_holds(value: object, want: str) -> None:
+    # /metrics' served-value gauge shows this number: exactly what a client parsing the Quantity reads
+    assert served_value(value) == parse(want)  # type: ignore[arg-type]
