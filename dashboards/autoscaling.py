@@ -5,7 +5,9 @@ horizontalpodautoscaler.go: every family carries `namespace` and `horizontalpoda
 `..._spec_target_metric` adds `metric_name` and `metric_target_type` (value|utilization|average) and is
 emitted only for integer targets; `..._status_condition` adds `condition` and `status` (true|false|unknown).
 toposcale's own names are the ones its services register (adapter/metrics.py, extender/server.py,
-extender/agent/metrics.py); the dashboard tests scrape the real services, so a rename breaks a test.
+extender/agent/metrics.py); the dashboard tests scrape the real services, so a rename breaks a test. The
+labels Prometheus adds are the ones deploy/monitors sets up: `node` on the agents (from the pod's node), and
+the adapter's own `namespace` label kept (honorLabels) on its served-value series.
 """
 
 from __future__ import annotations
@@ -20,10 +22,23 @@ RI = "$__rate_interval"
 HPA_LEGEND = "{{namespace}}/{{horizontalpodautoscaler}}"
 KSM = "kube_horizontalpodautoscaler"
 NS = 'namespace=~"$namespace"'
-WAITING = f"vllm:num_requests_waiting{{{NS}}}"
-KV_PER_POD = (f"avg by (namespace, pod) (vllm:kv_cache_usage_perc{{{NS}}}) "
-              f"or avg by (namespace, pod) (vllm:gpu_cache_usage_perc{{{NS}}})")
 METRIC_ROUTE = 'route=~".*/namespaces/.*"'  # the adapter's metric GET, not discovery or health
+SERVED = "toposcale_adapter_served_value"
+SERVED_AT = "toposcale_adapter_served_timestamp_seconds"
+AGENT = 'node=~"$node"'  # `node`: the agent PodMonitor's relabeling (deploy/monitors) adds it
+
+
+def served(metric: str) -> str:
+    """What the adapter last answered for `metric`, per namespace.
+
+    Each adapter replica exports its own last answer (the HPA's requests reach either one through the
+    Service), so take the series of the replica that answered most recently, not a sum over replicas.
+    Prometheus must keep the metric's own `namespace` label (honorLabels on the adapter's monitor).
+    """
+    sel = f'metric="{metric}", {NS}'
+    newest = (f"{SERVED_AT}{{{sel}}} == on (metric, namespace) group_left "
+              f"max by (metric, namespace) ({SERVED_AT}{{{sel}}})")
+    return f"max by (namespace) ({SERVED}{{{sel}}} and on (instance, metric, namespace) ({newest}))"
 
 
 def build() -> dict[str, Any]:
@@ -31,6 +46,7 @@ def build() -> dict[str, Any]:
         Variable("namespace", "Namespace", f"{KSM}_status_current_replicas", "namespace"),
         Variable("hpa", "HPA", f'{KSM}_status_current_replicas{{namespace=~"$namespace"}}',
                  "horizontalpodautoscaler"),
+        Variable("node", "Node (agents)", "toposcale_agent_gpus", "node"),
     ]
     hpa = Row("HorizontalPodAutoscaler", [
         Panel("timeseries", "Replicas: current, desired, min, max", [
@@ -57,27 +73,29 @@ def build() -> dict[str, Any]:
                   "renameByName": {"horizontalpodautoscaler": "HPA", "Value": "true (1) / not (0)"},
               }}]),
     ])
-    signals = Row("What the HPA reads (the adapter's default rules, evaluated in PromQL)", [
+    signals = Row("What the HPA reads (the values the adapter served)", [
         Panel("timeseries", "vllm_requests_waiting vs the HPA's threshold", [
-            Target(f"sum by (namespace) ({WAITING})", legend="waiting {{namespace}}"),
+            Target(served("vllm_requests_waiting"), legend="served {{namespace}}"),
             Target(f'sum by (namespace) ({KSM}_spec_target_metric{{{HPA}, '
                    f'metric_name="vllm_requests_waiting", metric_target_type="average"}} '
                    f"* on (namespace, horizontalpodautoscaler) "
                    f"{KSM}_status_current_replicas{{{HPA}}})", legend="scale-out above {{namespace}}"),
-        ], description="The sum the adapter serves for vllm_requests_waiting (requests queued in vLLM over "
-                       "the selected pods), beside the AverageValue target times the current replicas: "
-                       "above the line the HPA adds replicas.", width=8, min=0),
+        ], description="The value the adapter last answered for vllm_requests_waiting (requests queued in "
+                       "vLLM over the pods the HPA selects), beside the AverageValue target times the "
+                       "current replicas: above the line the HPA adds replicas.", width=8, min=0),
         Panel("timeseries", "vllm_kv_cache_usage", [
-            Target(f"avg by (namespace) ({KV_PER_POD})", legend="{{namespace}}"),
-        ], description="Mean over pods of each pod's KV-cache usage (engines averaged first), vLLM's new "
-                       "name or the V0 one, as the adapter computes it.",
+            Target(served("vllm_kv_cache_usage"), legend="served {{namespace}}"),
+        ], description="The value the adapter last answered for vllm_kv_cache_usage: the mean over the "
+                       "selected pods of each pod's KV-cache usage (vLLM's new name or the V0 one).",
               unit="percentunit", min=0, max=1, width=8),
-        Panel("timeseries", "gpu_utilization of the serving pods", [
-            Target('avg by (namespace) (DCGM_FI_DEV_GPU_UTIL{namespace=~"$namespace", pod!=""})',
-                   legend="{{namespace}}"),
-        ], description="DCGM GPU utilisation averaged over the GPUs the pods of each namespace hold (the "
-                       "exporter's pod mapping), the adapter's gpu_utilization.",
-              unit="percent", min=0, max=100, width=8),
+        Panel("timeseries", "Age of the values served", [
+            Target(f"time() - max by (metric, namespace) ({SERVED_AT}{{{NS}}})",
+                   legend="{{metric}} {{namespace}}"),
+        ], description="Seconds since the newest sample behind each value the adapter answered. It grows "
+                       "while the adapter answers errors (source down, stale, no pods): failed reads record "
+                       "no value, the HPA holds its replicas, and the panels on the left show the last good "
+                       "value. Normal: the HPA's 15 s poll plus the source's scrape interval.",
+              unit="s", min=0, width=8),
     ])
     adapter = Row("Adapter (external.metrics.k8s.io)", [
         Panel("timeseries", "Metric requests /s by code", [
@@ -132,15 +150,17 @@ def build() -> dict[str, Any]:
                        "annotation: they pass with a neutral score. Check the node agent on them.",
               unit="short", min=0, width=8),
         Panel("timeseries", "Node agents: GPUs seen", [
-            Target("sum by (instance) (toposcale_agent_gpus)", legend="{{instance}}"),
+            Target(f"sum by (node) (toposcale_agent_gpus{{{AGENT}}})", legend="{{node}}"),
         ], unit="short", min=0, decimals=0, width=8, stack=True),
         Panel("timeseries", "Node agents: errors /s", [
-            Target(f"sum(rate(toposcale_agent_publish_errors_total[{RI}]))", legend="Node patch failed"),
-            Target(f"sum(rate(toposcale_agent_kubelet_errors_total[{RI}]))", legend="kubelet unreachable"),
-            Target(f"sum(rate(toposcale_agent_discovery_errors_total[{RI}]))",
-                   legend="NVML discovery failed"),
-        ], description="Patch failures leave the extender scoring that node on stale annotations; kubelet "
-                       "errors leave its allocation unknown; discovery errors publish nothing.",
+            Target(f"sum by (node) (rate(toposcale_agent_publish_errors_total{{{AGENT}}}[{RI}]))",
+                   legend="{{node}} Node patch failed"),
+            Target(f"sum by (node) (rate(toposcale_agent_kubelet_errors_total{{{AGENT}}}[{RI}]))",
+                   legend="{{node}} kubelet unreachable"),
+            Target(f"sum by (node) (rate(toposcale_agent_discovery_errors_total{{{AGENT}}}[{RI}]))",
+                   legend="{{node}} NVML discovery failed"),
+        ], description="Per node. Patch failures leave the extender scoring that node on stale annotations; "
+                       "kubelet errors leave its allocation unknown; discovery errors publish nothing.",
               unit="ops", min=0, width=8),
     ])
     return dashboard(

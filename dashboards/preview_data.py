@@ -158,6 +158,7 @@ class Scenario:
         waiting = [0.0] * len(PODS)
         ready_at: list[float | None] = [0.0, None, None, None]  # minutes; pod 0 runs from the start
         current, desired_hist = 1, [(0.0, 1)]
+        answered: dict[str, tuple[float, float]] = {}  # what the adapter last answered: (value, sample time)
         gpu_temp = defaultdict(lambda: 33.0)
         for i in range(steps + 1):
             t = start + i * self.step
@@ -259,7 +260,11 @@ class Scenario:
                     ready_at[p] = None
             current = max(1, sum(1 for p in range(4) if ready_at[p] is not None))
             self._kube_state_metrics(rec, t, current, desired, outage)
-            self._adapter(rec, t, rng, outage)
+            if not outage:  # a failed read records nothing: the last answer and its timestamp stay
+                at = t - rng.uniform(2.0, 15.0)  # the sample behind it: Prometheus scrapes every 15 s
+                answered["vllm_requests_waiting"] = (sum(round(waiting[p]) for p in live), at)
+                answered["vllm_kv_cache_usage"] = (math.ceil(kv_avg * 1000) / 1000, at)  # milli, rounded up
+            self._adapter(rec, t, rng, outage, answered)
             self._extender_and_agents(rec, t, rng)
             rec.carry_forward(t, "toposcale_")
         return rec.openmetrics()
@@ -309,7 +314,14 @@ class Scenario:
                           hpa | {"condition": cond, "status": status}, t,
                           1 if (status == "true") == ok and status != "unknown" else 0)
 
-    def _adapter(self, rec: Recorder, t: float, rng: random.Random, outage: bool) -> None:
+    def _adapter(self, rec: Recorder, t: float, rng: random.Random, outage: bool,
+                 answered: dict[str, tuple[float, float]]) -> None:
+        for metric, (value, at) in answered.items():
+            labels = {"metric": metric, "namespace": NAMESPACE}
+            rec.gauge("toposcale_adapter_served_value", "Last value answered for an external metric in a "
+                      "namespace", labels, t, value)
+            rec.gauge("toposcale_adapter_served_timestamp_seconds", "Unix time of the newest sample behind "
+                      "the last value answered", labels, t, round(at, 3))
         # the HPA controller reads its two external metrics every 15 s
         polls = 2 * self.step / 15
         route = "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}"
@@ -334,8 +346,9 @@ class Scenario:
             tier = rng.choices(["nvlink", "pcie-switch", "numa", "cross-socket"], [0.55, 0.25, 0.15, 0.05])[0]
             self._decision(rec, t, tier, (rng.lognormvariate(math.log(0.0018), 0.35),
                                           rng.lognormvariate(math.log(0.003), 0.35)))
-        for i, (_node, _, _) in enumerate(NODES):
-            agent = {"instance": f"10.0.{i}.17:9410"}
+        for i, (node, _, _) in enumerate(NODES):
+            # `node`: what deploy/monitors' PodMonitor relabels from the agent pod's node
+            agent = {"instance": f"10.0.{i}.17:9410", "node": node}
             rec.gauge("toposcale_agent_gpus", "GPUs seen on this node at the last discovery", agent, t, 8)
             rec.counter("toposcale_agent_publish_errors", "Node reads or patches that failed", agent, t,
                         1 if rng.random() < 0.004 else 0)

@@ -7,7 +7,9 @@
 - kube-state-metrics: its HPA families as ksm prints them (tests/fixtures/metrics/kube-state-metrics-hpa.txt).
 - toposcale's own services, in-process: the adapter (direct-scrape source over the vLLM exporters plus one
   dead pod), the extender in standalone mode (full-Node payloads, real topologies), the node agent (topology
-  from `nvidia-smi topo -m` text, no kubelet socket), driven by a traffic loop while Prometheus scrapes them.
+  from `nvidia-smi topo -m` text, no kubelet socket), driven by a traffic loop while Prometheus scrapes them;
+  the first round of traffic is answered before Prometheus starts, so the adapter's served-value gauges are
+  there from the first scrape. Their scrape jobs carry the labels deploy/monitors gives them in a cluster.
   No Kubernetes is needed for these: the extender and agent run without a cluster connection here.
 
 The services run on an asyncio loop in a background thread, so the tests stay plain synchronous functions.
@@ -187,6 +189,11 @@ class LiveStack:
             socket=str(self.tmp / "no-kubelet.sock"), kubelet_timeout=0.2, host="127.0.0.1", port=0))
         self.agent_port = await self.agent.start_http()
 
+        # The served-value gauges exist once the adapter has answered: answer before Prometheus' first scrape
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            await self._traffic_round(http)
+        if self.traffic_errors:
+            raise RuntimeError(f"the services did not answer the first round: {self.traffic_errors}")
         self._traffic = asyncio.create_task(self._drive())
         local = "127.0.0.1"
         return [
@@ -196,33 +203,41 @@ class LiveStack:
                       labels={"namespace": "llm-legacy", "pod": "legacy-0"}),
             ScrapeJob("dcgm-exporter", [self.dcgm.address], honor_labels=True),
             ScrapeJob("kube-state-metrics", [self.ksm.address], honor_labels=True),
-            ScrapeJob("toposcale-adapter", [f"{local}:{self.adapter_port}"]),
+            # as deploy/monitors scrapes them: the adapter's target sits in namespace toposcale and its
+            # served-value series keep their own namespace (honorLabels); the agent's target gets `node`
+            # from the pod's node (the PodMonitor's relabeling)
+            ScrapeJob("toposcale-adapter", [f"{local}:{self.adapter_port}"],
+                      labels={"namespace": "toposcale"}, honor_labels=True),
             ScrapeJob("toposcale-extender", [f"{local}:{self.extender_port}"]),
-            ScrapeJob("toposcale-agent", [f"{local}:{self.agent_port}"]),
+            ScrapeJob("toposcale-agent", [f"{local}:{self.agent_port}"], labels={"node": "gpu-node-a"}),
         ]
 
     async def _drive(self) -> None:
         """What the cluster does while Prometheus watches: the HPA polls, the scheduler places pods."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            while True:
+                await self._traffic_round(http)
+                await asyncio.sleep(0.25)
+
+    async def _traffic_round(self, http: aiohttp.ClientSession) -> None:
         adapter = f"http://127.0.0.1:{self.adapter_port}/apis/external.metrics.k8s.io/v1beta1/namespaces/llm"
         extender = f"http://127.0.0.1:{self.extender_port}"
         body = extender_args()
-        timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            while True:
-                try:
-                    for metric in ("vllm_requests_waiting", "vllm_kv_cache_usage", "no_such_metric"):
-                        async with http.get(f"{adapter}/{metric}", params={"labelSelector": "app=qwen"}) as r:
-                            await r.read()
-                    for verb in ("filter", "prioritize"):
-                        async with http.post(f"{extender}/{verb}", json=body) as r:
-                            if r.status != 200:
-                                self.traffic_errors.append(f"extender {verb}: {r.status} {await r.text()}")
-                    await self.agent.step()
-                    for v in self.vllm:
-                        v.observe_ttft(0.18, n=3)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    self.traffic_errors.append(repr(exc))
-                await asyncio.sleep(0.25)
+        try:
+            for metric in ("vllm_requests_waiting", "vllm_kv_cache_usage", "no_such_metric"):
+                async with http.get(f"{adapter}/{metric}", params={"labelSelector": "app=qwen"}) as r:
+                    await r.read()
+                    if r.status != 200 and metric != "no_such_metric":
+                        self.traffic_errors.append(f"adapter {metric}: {r.status}")
+            for verb in ("filter", "prioritize"):
+                async with http.post(f"{extender}/{verb}", json=body) as r:
+                    if r.status != 200:
+                        self.traffic_errors.append(f"extender {verb}: {r.status} {await r.text()}")
+            await self.agent.step()
+            for v in self.vllm:
+                v.observe_ttft(0.18, n=3)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.traffic_errors.append(repr(exc))
 
     async def _stop_services(self) -> None:
         if self._traffic is not None:

@@ -24,7 +24,7 @@ EXPECTED_UIDS = {
 REQUIRED_VARIABLES = {
     "gpu-fleet": {"datasource", "node", "gpu", "replica_gpus"},
     "llm-serving": {"datasource", "namespace", "model_name", "pod"},
-    "autoscaling-placement": {"datasource", "namespace", "hpa"},
+    "autoscaling-placement": {"datasource", "namespace", "hpa", "node"},  # node: the agents (deploy/monitors)
 }
 
 

@@ -7,8 +7,10 @@ agent). Kubernetes itself is not involved: the services run without a cluster co
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,12 +100,39 @@ def test_a_server_exposing_both_kv_names_is_counted_once(stack: LiveStack) -> No
     assert by_pod == {"qwen-0": 0.6, "qwen-1": 0.9}
 
 
-def test_queue_sum_is_what_the_adapter_serves(stack: LiveStack) -> None:
-    # the "what the HPA reads" panel shows the same number the adapter answers for vllm_requests_waiting
-    [panel] = [p for p in ALL_DASHBOARDS["autoscaling-placement"]["panels"]
-               if p["title"].startswith("vllm_requests_waiting")]
-    result = stack.query(substitute(panel["targets"][0]["expr"], {"namespace": "llm"}))
-    assert [float(r["value"][1]) for r in result] == [3 + 1 + 5]
+def adapter_answer(stack: LiveStack, metric: str) -> str:
+    url = (f"http://127.0.0.1:{stack.adapter_port}/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/"
+           f"{metric}?labelSelector=app%3Dqwen")
+    with urllib.request.urlopen(url, timeout=5) as r:
+        [item] = json.load(r)["items"]
+    return item["value"]
+
+
+def test_what_the_hpa_reads_is_what_the_adapter_answered(stack: LiveStack) -> None:
+    # the "what the HPA reads" panels show the adapter's own record of its answers, not a recomputation:
+    # qwen-0 waits 3 + 1 (two engines), qwen-1 5 (qwen-9 is dead and skipped); KV (0.5+0.7)/2 and 0.9 -> 0.75
+    panels = {p["title"]: p for p in ALL_DASHBOARDS["autoscaling-placement"]["panels"]}
+    for title, metric, answer, want in [
+        ("vllm_requests_waiting vs the HPA's threshold", "vllm_requests_waiting", "9", 9.0),
+        ("vllm_kv_cache_usage", "vllm_kv_cache_usage", "750m", 0.75),
+    ]:
+        assert adapter_answer(stack, metric) == answer
+        result = stack.query(substitute(panels[title]["targets"][0]["expr"], {"namespace": "llm"}))
+        assert [(r["metric"], float(r["value"][1])) for r in result] == [({"namespace": "llm"}, want)]
+    # the metric's namespace survived the scrape (honorLabels), not the adapter's own "toposcale"
+    assert stack.query(substitute(panels["vllm_kv_cache_usage"]["targets"][0]["expr"],
+                                  {"namespace": "toposcale"})) == []
+    ages = stack.query(substitute(panels["Age of the values served"]["targets"][0]["expr"]))
+    assert {r["metric"]["metric"] for r in ages} == {"vllm_requests_waiting", "vllm_kv_cache_usage"}
+    assert all(0 <= float(r["value"][1]) < 60 for r in ages), ages
+
+
+def test_agent_panels_group_by_node(stack: LiveStack) -> None:
+    [gpus] = [p for p in ALL_DASHBOARDS["autoscaling-placement"]["panels"]
+              if p["title"] == "Node agents: GPUs seen"]
+    result = eventually(stack, substitute(gpus["targets"][0]["expr"], {"node": "gpu-node-a"}))
+    # the agent read the HGX H100 topology (8 GPUs); `node` is the label the PodMonitor's relabeling adds
+    assert [(r["metric"], float(r["value"][1])) for r in result] == [({"node": "gpu-node-a"}, 8.0)]
 
 
 def test_the_check_catches_a_misspelled_metric_or_label(stack: LiveStack) -> None:
