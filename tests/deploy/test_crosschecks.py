@@ -520,6 +520,32 @@ def test_podmonitors_select_the_pods_and_ports(builds: dict[str, Build]) -> None
     assert b.one("PodMonitor", "dcgm-exporter")["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
 
 
+def test_hpa_selector_labels_reach_prometheus_through_the_podmonitor(builds: dict[str, Build]) -> None:
+    """In Prometheus mode each HPA selector key is a PromQL matcher on the series the rule reads: the vLLM
+    series (the GPU rules select their owner series, a vLLM one, and join the DCGM series on namespace/pod).
+    The Operator puts only `namespace`, `pod` (and container/endpoint) and the pod labels named in
+    `podTargetLabels` on the series."""
+    from toposcale.adapter.rules import load_rules
+    from toposcale.adapter.selectors import prometheus_label_name
+
+    b = builds["examples/qwen"]
+    pm = b.one("PodMonitor", "vllm")
+    on_series = set(pm["spec"].get("podTargetLabels", [])) | {"namespace", "pod"}
+    rules = {r.name: r for r in load_rules(str(RULES_FILE)).rules}
+    hpa = b.one("HorizontalPodAutoscaler", "vllm-qwen")
+    for m in hpa["spec"]["metrics"]:
+        rule = rules[m["external"]["metric"]["name"]]
+        selected = [rule.gpu_owner.owner_series] if rule.gpu_owner else rule.series
+        assert all(s.startswith("vllm:") for s in selected), f"{rule.name} selects non-vLLM series {selected}"
+        keys = {prometheus_label_name(k) for k in m["external"]["metric"]["selector"]["matchLabels"]}
+        assert keys <= on_series, f"{rule.name}: {sorted(keys - on_series)} never reach Prometheus"
+    for rule in rules.values():
+        if rule.gpu_owner is not None:  # the join labels are the exporter's own (honorLabels keeps them)
+            assert (rule.gpu_owner.namespace_label, rule.gpu_owner.pod_label) == ("namespace", "pod")
+    dcgm = b.one("PodMonitor", "dcgm-exporter")
+    assert all(ep.get("honorLabels") is True for ep in dcgm["spec"]["podMetricsEndpoints"])
+
+
 def test_dashboards_ship_as_grafana_configmaps(builds: dict[str, Build]) -> None:
     sources = sorted((ROOT / "dashboards").glob("*.json"))
     if not sources:
