@@ -83,28 +83,10 @@ def test_container_args_parse_with_the_real_cli(builds: dict[str, Build], name: 
     assert sub in cli.SUBCOMMANDS
     parser = cli.build_parser()
     choices = next(a for a in parser._actions if a.dest == "command").choices or {}
-    if sub not in choices:
-        pytest.skip(f"`toposcale {sub}` is not in the tree yet: its flags cannot be checked")
+    assert sub in choices
     args, unknown = parser.parse_known_args(c["args"])
-    if unknown and sub == "adapter":
-        _skip_if_security_flags_not_wired(unknown)
     assert unknown == [], f"`toposcale {sub}` has no such flags: {unknown}"
     assert c["ports"][0]["containerPort"] == args.port
-
-
-def _skip_if_security_flags_not_wired(unknown: list[str]) -> None:
-    """The serving flags (--tls-cert-file ...) live in adapter/security/options.py; until adapter/cli.py adds
-    them to its parser the adapter cannot start with this Deployment. Say so instead of failing on a gap the
-    deploy/ side cannot close; any other unknown flag still fails."""
-    import argparse
-
-    from toposcale.adapter.security import options
-
-    scratch = argparse.ArgumentParser()
-    options.add_arguments(scratch)
-    _, rest = scratch.parse_known_args(unknown)
-    if rest == []:
-        pytest.skip(f"adapter/cli.py does not wire adapter/security/options.py yet; deploy/ passes {unknown}")
 
 
 # ------------------------------------------------------------------ adapter
@@ -474,8 +456,7 @@ def test_rbac_grants_what_the_code_calls_and_no_more(builds: dict[str, Build], s
         p for top in ("adapter", "extender") for p in sorted((ROOT / top).rglob("*.py")) if COMPONENTS[sa](p)
     ]
     calls = api_calls(files)
-    if not calls:
-        pytest.skip(f"no Kubernetes API calls found in {sa}'s code yet")
+    assert calls, f"no Kubernetes API calls found in {sa}'s code: the pattern no longer sees them"
     have = granted(builds["all"], sa)
     # a list of a collection is followed by a watch when it goes through toposcale.kube.Reflector
     if any("Reflector" in f.read_text() for f in files):
@@ -548,8 +529,7 @@ def test_hpa_selector_labels_reach_prometheus_through_the_podmonitor(builds: dic
 
 def test_dashboards_ship_as_grafana_configmaps(builds: dict[str, Build]) -> None:
     sources = sorted((ROOT / "dashboards").glob("*.json"))
-    if not sources:
-        pytest.skip("dashboards/ has no *.json yet; deploy/generate.py wires them in when they appear")
+    assert sources, "dashboards/ has no *.json"
     cms = builds["monitoring"].find("ConfigMap")
     by_key = {k: (cm, v) for cm in cms for k, v in cm["data"].items()}
     for src in sources:
