@@ -65,6 +65,7 @@ def test_objects_validate_against_kubernetes_schemas(
         "cert-manager.io/v1/Issuer",
         "cert-manager.io/v1/Certificate",
         "monitoring.coreos.com/v1/PodMonitor",
+        "monitoring.coreos.com/v1/ServiceMonitor",
         "keda.sh/v1alpha1/ScaledObject",
     }
 
@@ -89,6 +90,9 @@ def test_crd_objects_have_the_fields_their_controllers_need(
         if o["kind"] == "PodMonitor":
             assert spec["selector"]["matchLabels"] and spec["podMetricsEndpoints"]
             assert all(ep.get("port") for ep in spec["podMetricsEndpoints"])
+        elif o["kind"] == "ServiceMonitor":
+            assert spec["selector"]["matchLabels"] and spec["endpoints"]
+            assert all(ep.get("port") for ep in spec["endpoints"])
         elif o["kind"] == "ScaledObject":
             assert spec["scaleTargetRef"]["name"] and spec["triggers"]
             for t in spec["triggers"]:
