@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,8 @@ from .authconfig import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CERT_DIR = str(Path(tempfile.gettempdir()) / "toposcale-adapter" / "certificates")
+# k8s.io/apiserver's default (SecureServingOptions.ServerCert.CertDirectory), relative to the working dir
+DEFAULT_CERT_DIR = "apiserver.local.config/certificates"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -61,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("secure serving")
     g.add_argument("--cert-dir", default=None,
                    help="where the self-signed serving pair (apiserver.crt, apiserver.key) is written when "
-                        f"--tls-cert-file/--tls-private-key-file are not given (default {DEFAULT_CERT_DIR})")
+                        "--tls-cert-file/--tls-private-key-file are not given; a pair there is reused only "
+                        "if the directory and key belong to this user alone (a directory others may write to "
+                        f"is refused) (default {DEFAULT_CERT_DIR}, relative to the working directory)")
     g.add_argument("--tls-cert-file", default="",
                    help="serving certificate (PEM, leaf first, then intermediates); reloaded when it changes")
     g.add_argument("--tls-private-key-file", default="", help="private key of --tls-cert-file")

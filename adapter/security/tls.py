@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import ssl
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -91,15 +92,49 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+class InsecureCertDir(ValueError):
+    """--cert-dir belongs to another user or others may write into it: a key there is not ours alone."""
+
+
+def _private_dir(directory: Path) -> None:
+    """Create `directory` (0700) or check an existing one: a directory, owned by us, not group/world
+    writable. Others who can write there could plant the pair we would serve, or swap ours."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = directory.lstat()
+    why = ("is not a directory (a symlink or file)" if not stat.S_ISDIR(st.st_mode)
+           else f"is owned by uid {st.st_uid}, not by this process (euid {os.geteuid()})"
+           if st.st_uid != os.geteuid()
+           else f"is writable by its group or by everyone (mode {stat.S_IMODE(st.st_mode):04o})"
+           if st.st_mode & 0o022 else "")
+    if why:
+        raise InsecureCertDir(
+            f"--cert-dir {directory} {why}: refusing to keep a private key there; use a private directory "
+            f"(mode 0700, owned by this user) or pass --tls-cert-file/--tls-private-key-file")
+
+
+def _private_key_file(path: Path) -> bool:
+    """The key is a plain file of ours that only we can read or write (else it is not reused)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
 def ensure_self_signed(cert_dir: str | Path, hosts: Sequence[str] | None = None,
                        *, valid_days: int = 365) -> tuple[Path, Path, bool]:
-    """(cert_path, key_path, generated). Reuses a readable, unexpired pair in cert_dir, as apiserver does;
-    else writes a new CA-signed pair (the cert file holds leaf then CA, like `GenerateSelfSignedCertKey`)."""
+    """(cert_path, key_path, generated). Reuses an unexpired pair in cert_dir, as apiserver does, but only
+    when the directory and key are this user's alone; else writes a new CA-signed pair there (the cert file
+    holds leaf then CA, like `GenerateSelfSignedCertKey`). Raises InsecureCertDir for a directory others
+    control."""
     directory = Path(cert_dir)
     cert_path, key_path = directory / f"{SELF_SIGNED_PAIR}.crt", directory / f"{SELF_SIGNED_PAIR}.key"
-    if cert_path.is_file() and key_path.is_file() and _usable(cert_path, key_path):
+    _private_dir(directory)
+    if _private_key_file(key_path) and cert_path.is_file() and _usable(cert_path, key_path):
         return cert_path, key_path, False
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if key_path.exists() or key_path.is_symlink():
+        logger.warning("self-signed pair in --cert-dir not reused (key not private to this user, unusable or "
+                       "expiring): generating a new one", extra={"key_file": str(key_path)})
     hosts = list(hosts or default_hosts())
     now = dt.datetime.now(dt.UTC)
     start, end = now - dt.timedelta(hours=1), now + dt.timedelta(days=valid_days)

@@ -104,6 +104,17 @@ def test_apiservice_reaches_the_adapter_port(builds: dict[str, Build], variant: 
     assert port == int(arg_value(c, "--port") or 0) == 6443
 
 
+@pytest.mark.parametrize("variant", ["all", "all-self-signed"])
+def test_adapter_on_a_read_only_root_serves_the_mounted_pair(builds: dict[str, Build], variant: str) -> None:
+    """Without --tls-cert-file the adapter writes a pair into --cert-dir (default relative to the working
+    directory), which a read-only root filesystem refuses: deploy/ must pass the mounted Secret's files."""
+    c = container(builds[variant].one("Deployment", "toposcale-adapter"))
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert arg_value(c, "--cert-dir") is None and arg_value(c, "--tls-cert-file")
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert str(Path(arg_value(c, "--tls-cert-file") or "").parent) in mounts
+
+
 def _serving_secret_name(b: Build) -> str:
     dep = b.one("Deployment", "toposcale-adapter")
     c = container(dep)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import ssl
+import stat
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from toposcale.adapter.security import serving
 from toposcale.adapter.security.metrics import SecurityMetrics
 from toposcale.adapter.security.middleware import SecurityFilter
-from toposcale.adapter.security.tls import ensure_self_signed, fingerprint
+from toposcale.adapter.security.tls import InsecureCertDir, ensure_self_signed, fingerprint
 
 from tests.harness.kube_standin import KubeStandIn
 
@@ -84,6 +86,83 @@ async def test_self_signed_pair_generated_into_cert_dir_and_fingerprint_logged(
     # a restart reuses the pair (the APIService caBundle stays valid)
     again, _, generated = ensure_self_signed(cert_dir)
     assert not generated and again.read_bytes() == cert_pem
+
+
+async def test_default_cert_dir_is_apiservers_relative_to_the_working_directory(
+        pki: PKI, kube: KubeStandIn, start_server: StartServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No TLS flags at all: the pair goes to ./apiserver.local.config/certificates, as k8s.io/apiserver's
+    servers do (delegated authentication through tests/harness/kube_standin.py, the real wire format)."""
+    monkeypatch.chdir(tmp_path)
+    kube.add(auth_configmap(pki))
+    kc = kube.kubeconfig  # type: ignore[attr-defined]
+    cert_dir = tmp_path / "apiserver.local.config" / "certificates"
+    srv = await start_server(["--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc],
+                             ca_file=cert_dir / "apiserver.crt")
+    assert stat.S_IMODE(cert_dir.stat().st_mode) & 0o077 == 0
+    code, text = await srv.get("/healthz")  # verified against the CA written there
+    assert (code, text) == (200, "ok")
+
+
+def _pair(cert_dir: Path) -> tuple[bytes, bytes]:
+    return (cert_dir / "apiserver.crt").read_bytes(), (cert_dir / "apiserver.key").read_bytes()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o722, 0o1777])
+def test_cert_dir_others_may_write_to_is_refused(tmp_path: Path, mode: int) -> None:
+    cert_dir = tmp_path / "shared"
+    cert_dir.mkdir()
+    cert_dir.chmod(mode)
+    with pytest.raises(InsecureCertDir, match="writable by its group or by everyone"):
+        ensure_self_signed(cert_dir)
+    assert list(cert_dir.iterdir()) == [], "nothing is written into it"
+
+
+def test_cert_dir_of_another_user_or_a_symlink_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+    else:
+        theirs = Path("/")  # root's
+    with pytest.raises(InsecureCertDir, match="is owned by uid"):
+        ensure_self_signed(theirs)
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(InsecureCertDir, match="not a directory"):
+        ensure_self_signed(tmp_path / "link")
+
+
+def test_pair_whose_key_is_not_private_is_regenerated_not_reused(tmp_path: Path) -> None:
+    cert_dir = tmp_path / "certs"
+    ensure_self_signed(cert_dir)
+    first = _pair(cert_dir)
+    _, _, generated = ensure_self_signed(cert_dir)
+    assert not generated and _pair(cert_dir) == first  # private: reused
+    (cert_dir / "apiserver.key").chmod(0o644)  # readable by everyone: may be known to others
+    _, key, generated = ensure_self_signed(cert_dir)
+    assert generated and _pair(cert_dir)[1] != first[1]
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    if os.geteuid() == 0:  # a key another user owns (they can rewrite it) is not reused either
+        second = _pair(cert_dir)
+        os.chown(key, 65534, 65534)
+        _, _, generated = ensure_self_signed(cert_dir)
+        assert generated and _pair(cert_dir) != second and key.stat().st_uid == 0
+
+
+async def test_insecure_cert_dir_stops_the_adapter_with_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from toposcale import cli
+
+    cert_dir = tmp_path / "world"
+    cert_dir.mkdir()
+    cert_dir.chmod(0o777)
+    args = cli.build_parser().parse_args(["adapter", "--insecure-allow-anonymous", "--port", "0",
+                                          "--scrape-targets", str(tmp_path / "t.yaml"),
+                                          "--cert-dir", str(cert_dir)])
+    assert await asyncio.to_thread(args._main, args) == 2
+    assert f"--cert-dir {cert_dir} is writable by its group or by everyone" in capsys.readouterr().err
 
 
 async def test_plain_http_on_the_tls_port_is_refused(pki: PKI, kube: KubeStandIn,
