@@ -8,7 +8,6 @@ or hand-edited annotation is overwritten with the truth and logged.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from toposcale.extender.topology.annotations import (
     AnnotationError,
     allocation_from_doc,
     dumps,
+    load_json,
     topology_from_doc,
 )
 
@@ -42,13 +42,15 @@ class PublishResult:
 def _content(key: str, value: Any) -> str | None:
     """Canonical text of a document without its volatile `observed` field; None if it is not valid."""
     try:
+        doc = value if isinstance(value, dict) else load_json(value, key)
+        if not isinstance(doc, dict):
+            return None
         if key == TOPOLOGY_ANNOTATION:
-            topology_from_doc(value)
+            topology_from_doc(doc)
         else:
-            allocation_from_doc(value)
+            allocation_from_doc(doc)
     except AnnotationError:
         return None
-    doc = value if isinstance(value, dict) else json.loads(value)
     return dumps({k: v for k, v in doc.items() if k != "observed"})
 
 

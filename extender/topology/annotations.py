@@ -8,6 +8,7 @@ act on.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -15,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import jsonschema
+import orjson
 
 from .model import GPU, Topology
 
@@ -48,21 +50,46 @@ def _validator(defname: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(sub)
 
 
+_MESSAGE_LIMIT = 300  # a schema message quotes the offending value, which can be most of 256 KiB
+
+# RFC 3339 date-time (the schema's `format: date-time`): an offset is required, a naive time is no instant.
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
 def _validate(defname: str, doc: Any, what: str) -> None:
-    errors = sorted(_validator(defname).iter_errors(doc), key=lambda e: list(e.absolute_path))
+    try:
+        errors = sorted(_validator(defname).iter_errors(doc), key=lambda e: list(e.absolute_path))
+    except RecursionError:
+        raise AnnotationError(f"{what}: nested too deeply") from None
     if errors:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(document)"
-        raise AnnotationError(f"{what}: at {where}: {e.message}")
+        message = e.message if len(e.message) <= _MESSAGE_LIMIT else e.message[:_MESSAGE_LIMIT] + "..."
+        raise AnnotationError(f"{what}: at {where}: {message}")
+
+
+def load_json(raw: str | bytes, what: str) -> Any:
+    """Annotation text as JSON. orjson caps nesting (1024 levels) with a JSONDecodeError, where the standard
+    library raises RecursionError on ~10 KB of brackets; NaN/Infinity are rejected as the JSON spec says."""
+    try:
+        return orjson.loads(raw)
+    except (TypeError, orjson.JSONDecodeError) as exc:
+        raise AnnotationError(f"{what}: not JSON: {exc}") from None
 
 
 def _load(raw: str | dict[str, Any], what: str) -> Any:
     if isinstance(raw, dict):
         return raw
-    try:
-        return json.loads(raw)
-    except (TypeError, ValueError) as exc:
-        raise AnnotationError(f"{what}: not JSON: {exc}") from None
+    return load_json(raw, what)
+
+
+def parse_observed(value: str) -> datetime:
+    """An `observed` timestamp (RFC 3339 with offset) as an aware datetime; ValueError otherwise."""
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError(f"{value!r} is not an RFC 3339 date-time (e.g. 2026-01-02T03:04:05Z)")
+    return datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
 
 
 def topology_to_doc(topo: Topology) -> dict[str, Any]:
@@ -93,6 +120,9 @@ def topology_to_doc(topo: Topology) -> dict[str, Any]:
 def topology_from_doc(raw: str | dict[str, Any]) -> Topology:
     doc = _load(raw, TOPOLOGY_ANNOTATION)
     _validate("gpuTopology", doc, TOPOLOGY_ANNOTATION)
+    indexes = [g["index"] for g in doc["gpus"]]
+    if len(set(indexes)) != len(indexes):
+        raise AnnotationError(f"{TOPOLOGY_ANNOTATION}: GPU index values must be unique, got {indexes}")
     gpus = [
         GPU(
             id=g["id"],
@@ -131,6 +161,10 @@ def allocation_to_doc(alloc: Allocation) -> dict[str, Any]:
 def allocation_from_doc(raw: str | dict[str, Any]) -> Allocation:
     doc = _load(raw, ALLOCATION_ANNOTATION)
     _validate("gpuAllocation", doc, ALLOCATION_ANNOTATION)
+    try:
+        parse_observed(doc["observed"])
+    except ValueError as exc:
+        raise AnnotationError(f"{ALLOCATION_ANNOTATION}: at observed: {exc}") from None
     allocated = doc["allocated"]
     return Allocation(
         allocated=None if allocated is None else frozenset(allocated),

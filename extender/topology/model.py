@@ -14,7 +14,7 @@ from enum import IntEnum
 # Link codes exactly as the `nvidia-smi topo -m` legend prints them. NV<n> carries a bond count.
 PCIE_CODES = ("SYS", "NODE", "PHB", "PXB", "PIX")
 SELF = "X"
-_NV = re.compile(r"^NV(\d+)$")
+_NV = re.compile(r"^NV([1-9][0-9]*)$")  # NV0 is no link: nvidia-smi prints none
 
 
 class Tier(IntEnum):
@@ -112,12 +112,17 @@ class Topology:
                 code = self.links[i][j]
                 if not is_valid_link(code):
                     raise ValueError(f"links[{i}][{j}]: {code!r} is not an nvidia-smi topo -m link code")
+                if code == SELF and i != j:
+                    raise ValueError(f"links[{i}][{j}]: 'X' (the GPU itself) only belongs on the diagonal")
                 if code != self.links[j][i]:
                     other = self.links[j][i]
                     raise ValueError(f"links is not symmetric at [{i}][{j}]: {code!r} vs {other!r}")
         ids = [g.id for g in self.gpus]
         if len(set(ids)) != len(ids):
             raise ValueError("GPU ids must be unique")
+        indexes = [g.index for g in self.gpus]
+        if len(set(indexes)) != len(indexes):
+            raise ValueError("GPU index values must be unique")
 
     def __len__(self) -> int:
         return len(self.gpus)
