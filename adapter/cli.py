@@ -134,6 +134,7 @@ async def _run(args: argparse.Namespace) -> int:
             max_inflight=args.max_inflight,
             metrics=metrics,
             middlewares=[security.middleware],
+            max_header_bytes=args.max_request_header_bytes,
         )
         logger.info(
             "adapter starting",

@@ -23,6 +23,7 @@ from .sources.base import Source
 
 logger = logging.getLogger("toposcale.adapter")
 MAX_REQUEST_BODY = 64 * 1024
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # --max-request-header-bytes' default
 
 
 def build_app(
@@ -34,14 +35,21 @@ def build_app(
     max_inflight: int = 1024,
     middlewares: Sequence[Any] = (),
     metrics: AdapterMetrics | None = None,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> web.Application:
+    """`max_header_bytes` is --max-request-header-bytes: the listener answers 431 above it (security.serving),
+    so aiohttp's own per-line and per-field caps must not be lower, or a long header the flag allows (a
+    front-proxy's X-Remote-Group list, a large bearer token) would get aiohttp's plain-text 400 instead."""
     metrics = metrics or AdapterMetrics()
     if getattr(source, "on_error", False) is None:
         source.on_error = metrics.source_error  # type: ignore[attr-defined]
     app = web.Application(
         middlewares=[errors_middleware, *middlewares],
         client_max_size=MAX_REQUEST_BODY,
-        handler_args={"max_line_size": 16 * 1024, "max_field_size": 16 * 1024},
+        # a header line is at least 4 bytes ("a:\r\n"): the count can never be what stops a request the byte
+        # limit allows (aiohttp's default of 128 headers would)
+        handler_args={"max_line_size": max_header_bytes, "max_field_size": max_header_bytes,
+                      "max_headers": max(128, max_header_bytes // 4)},
     )
     handlers = Handlers(
         rules,

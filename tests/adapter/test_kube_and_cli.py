@@ -139,3 +139,48 @@ def test_bad_rules_file_fails_at_start_naming_file_and_field(tmp_path: Path) -> 
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert str(targets) in res.stderr and "0.url" in res.stderr and "'pod'" in res.stderr
+
+
+async def _raw_get(port: int, path: str, headers: dict[str, str]) -> bytes:
+    """One HTTP/1.1 request on its own connection; what came back before the server closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: adapter\r\nConnection: close\r\n{head}\r\n".encode())
+    received = bytearray()
+    try:
+        await writer.drain()
+        while chunk := await asyncio.wait_for(reader.read(65536), 10):
+            received += chunk
+    except ConnectionError:  # a server cutting a client off may reset: what arrived before still counts
+        pass
+    writer.close()
+    return bytes(received)
+
+
+async def test_header_size_follows_the_max_request_header_bytes_flag(tmp_path: Path) -> None:
+    """Headers within --max-request-header-bytes are served, whatever aiohttp's own per-field default (8 KiB);
+    above it the answer is 431, and the adapter keeps serving."""
+    targets = tmp_path / "targets.yaml"
+    targets.write_text("[]\n")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        str(EXE), "adapter", "--scrape-targets", str(targets), "--port", str(port), "--bind-address",
+        "127.0.0.1", "--max-request-header-bytes", "32768", *LOCAL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await _get_json(f"http://127.0.0.1:{port}/apis")  # up
+        token = "x" * 20 * 1024  # one 20 KiB field, e.g. a long bearer token
+        answer = await _raw_get(port, "/healthz", {"X-Long": token})
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        many = {f"X-Remote-Group-{i}": "system:authenticated" for i in range(300)}  # ~12 KiB, 300 fields
+        answer = await _raw_get(port, "/healthz", many)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        answer = await _raw_get(port, "/healthz", {"X-Long": "x" * 40 * 1024})
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        answer = await _raw_get(port, "/healthz", {})
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0, err
