@@ -180,6 +180,14 @@ class LiveStack:
         source = ScrapeSource(StaticTargets(targets), rules, ttl=0.05, timeout=0.5)
         adapter = build_app(rules, source, metrics=AdapterMetrics(), cache_ttl=0.2)
         self.adapter_port = await self._serve(adapter)
+        # A second adapter replica the HPA asked once, at start, and never again (its requests went to the
+        # other one): its last answer is older and larger (it also counts the legacy pod: 3+1+5+2 = 11), so a
+        # panel summing or taking the max over replicas would show it instead of the newest answer (9).
+        stale_targets = [*targets[:2], Target(self.vllm_legacy.url, "llm", "legacy-0",
+                                              {"app": "qwen", "namespace": "llm", "pod": "legacy-0"})]
+        stale_source = ScrapeSource(StaticTargets(stale_targets), rules, ttl=0)
+        stale = build_app(rules, stale_source, metrics=AdapterMetrics(), cache_ttl=0)
+        self.stale_adapter_port = await self._serve(stale)
 
         self.extender = Extender(ExtenderConfig(host="127.0.0.1", port=0), None)
         self.extender_port = await self._serve(self.extender.app())
@@ -191,6 +199,7 @@ class LiveStack:
 
         # The served-value gauges exist once the adapter has answered: answer before Prometheus' first scrape
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            await self._traffic_round(http, self.stale_adapter_port)
             await self._traffic_round(http)
         if self.traffic_errors:
             raise RuntimeError(f"the services did not answer the first round: {self.traffic_errors}")
@@ -206,7 +215,8 @@ class LiveStack:
             # as deploy/monitors scrapes them: the adapter's target sits in namespace toposcale and its
             # served-value series keep their own namespace (honorLabels); the agent's target gets `node`
             # from the pod's node (the PodMonitor's relabeling)
-            ScrapeJob("toposcale-adapter", [f"{local}:{self.adapter_port}"],
+            ScrapeJob("toposcale-adapter",
+                      [f"{local}:{self.adapter_port}", f"{local}:{self.stale_adapter_port}"],
                       labels={"namespace": "toposcale"}, honor_labels=True),
             ScrapeJob("toposcale-extender", [f"{local}:{self.extender_port}"]),
             ScrapeJob("toposcale-agent", [f"{local}:{self.agent_port}"], labels={"node": "gpu-node-a"}),
@@ -219,8 +229,9 @@ class LiveStack:
                 await self._traffic_round(http)
                 await asyncio.sleep(0.25)
 
-    async def _traffic_round(self, http: aiohttp.ClientSession) -> None:
-        adapter = f"http://127.0.0.1:{self.adapter_port}/apis/external.metrics.k8s.io/v1beta1/namespaces/llm"
+    async def _traffic_round(self, http: aiohttp.ClientSession, adapter_port: int | None = None) -> None:
+        port = adapter_port or self.adapter_port
+        adapter = f"http://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/llm"
         extender = f"http://127.0.0.1:{self.extender_port}"
         body = extender_args()
         try:
