@@ -9,6 +9,9 @@ requests == limits; a pod that only sets limits has its requests defaulted from 
 
 from __future__ import annotations
 
+import math
+import re
+from fractions import Fraction
 from typing import Any
 
 from .topology.annotations import REQUIRED_SCOPE_ANNOTATION
@@ -21,46 +24,102 @@ class PodError(ValueError):
     """The pod's own spec or annotations are unusable (a person must fix the pod)."""
 
 
+# k8s.io/apimachinery/pkg/api/resource Quantity: <sign><number><suffix>, suffix a binary SI (Ki..Ei), a
+# decimal SI (n, u, m, "", k, M, G, T, P, E) or a decimal exponent (e3, E-2). Extended resources must be
+# whole (the apiserver rejects "1.5" or "500m"), but "1k", "1000m", "2e0" and "4.0" are whole numbers.
+_QUANTITY = re.compile(r"^([+-]?)([0-9]+\.?[0-9]*|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+_BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_MAX_QUANTITY_CHARS = 64
+_MAX_EXPONENT = 30  # "1e999999999" must not become a billion-digit integer
+
+
+def _parse_quantity(text: str) -> Fraction | None:
+    m = _QUANTITY.match(text) if len(text) <= _MAX_QUANTITY_CHARS else None
+    if m is None:
+        return None
+    sign, number, suffix = m.groups()
+    value = Fraction(number if not number.endswith(".") else number[:-1] or "0")
+    if suffix in _BINARY:
+        value *= 2 ** _BINARY[suffix]
+    elif suffix:
+        exp = _DECIMAL[suffix] if suffix in _DECIMAL else int(suffix[1:])
+        if abs(exp) > _MAX_EXPONENT:
+            return None
+        value *= Fraction(10) ** exp
+    return -value if sign == "-" else value
+
+
 def _quantity(value: Any, where: str) -> int:
     if isinstance(value, bool):
         raise PodError(f"{where}: {value!r} is not a GPU count")
     if isinstance(value, int):
-        n = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        n = int(value.strip())
+        q: Fraction | None = Fraction(value)
+    elif isinstance(value, float):  # a JSON number: the apiserver reads it as a Quantity too
+        q = Fraction(value) if math.isfinite(value) else None
+    elif isinstance(value, str):
+        q = _parse_quantity(value)
     else:
-        raise PodError(f"{where}: {value!r} is not a whole number of GPUs")
-    if n < 0:
-        raise PodError(f"{where}: negative GPU count {n}")
-    return n
+        q = None
+    if q is None:
+        raise PodError(f"{where}: {str(value)[:64]!r} is not a Kubernetes quantity")
+    if q.denominator != 1:
+        raise PodError(f"{where}: {str(value)[:64]!r} is not a whole number of GPUs")
+    if q < 0:
+        raise PodError(f"{where}: negative GPU count {value!r}")
+    return int(q)
 
 
-def _container_gpus(c: Any, resource: str, where: str) -> int:
+def _object(value: Any, where: str) -> dict[str, Any]:
+    """An optional object field: absent/null is empty, anything but an object is the pod's error."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PodError(f"{where} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PodError(f"{where} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _container(c: Any, where: str) -> dict[str, Any]:
     if not isinstance(c, dict):
-        return 0
-    res = c.get("resources") or {}
-    if not isinstance(res, dict):
-        return 0
+        raise PodError(f"{where} must be an object, got {type(c).__name__}")
+    return c
+
+
+def _container_gpus(c: dict[str, Any], resource: str, where: str) -> int:
+    res = _object(c.get("resources"), f"{where}.resources")
     for part in ("requests", "limits"):
-        values = res.get(part)
-        if isinstance(values, dict) and resource in values:
+        values = _object(res.get(part), f"{where}.resources.{part}")
+        if resource in values:
             return _quantity(values[resource], f"{where}.resources.{part}[{resource}]")
     return 0
 
 
 def gpu_request(pod: dict[str, Any], resource: str = DEFAULT_RESOURCE) -> int:
     """GPUs of `resource` the scheduler will account for this pod."""
-    spec = pod.get("spec") or {}
-    if not isinstance(spec, dict):
-        raise PodError("pod spec is not an object")
+    if not isinstance(pod, dict):
+        raise PodError(f"pod must be an object, got {type(pod).__name__}")
+    _object(pod.get("metadata"), "metadata")
+    spec = _object(pod.get("spec"), "spec")
     total = 0
-    for i, c in enumerate(spec.get("containers") or []):
-        total += _container_gpus(c, resource, f"containers[{i}]")
+    for i, c in enumerate(_list(spec.get("containers"), "spec.containers")):
+        total += _container_gpus(_container(c, f"containers[{i}]"), resource, f"containers[{i}]")
     init_max = 0
     sidecars = 0
-    for i, c in enumerate(spec.get("initContainers") or []):
+    for i, c in enumerate(_list(spec.get("initContainers"), "spec.initContainers")):
+        c = _container(c, f"initContainers[{i}]")
         n = _container_gpus(c, resource, f"initContainers[{i}]")
-        if isinstance(c, dict) and c.get("restartPolicy") == "Always":
+        policy = c.get("restartPolicy")
+        if policy is not None and not isinstance(policy, str):
+            raise PodError(f"initContainers[{i}].restartPolicy must be a string")
+        if policy == "Always":
             total += n
             sidecars += n
             running = sidecars
@@ -72,11 +131,16 @@ def gpu_request(pod: dict[str, Any], resource: str = DEFAULT_RESOURCE) -> int:
 
 def required_scope(pod: dict[str, Any]) -> str:
     """The pod's `toposcale.io/required-scope` ("any" when absent); PodError when it names no scope."""
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    raw = annotations.get(REQUIRED_SCOPE_ANNOTATION) if isinstance(annotations, dict) else None
+    if not isinstance(pod, dict):
+        raise PodError(f"pod must be an object, got {type(pod).__name__}")
+    meta = _object(pod.get("metadata"), "metadata")
+    annotations = _object(meta.get("annotations"), "metadata.annotations")
+    raw = annotations.get(REQUIRED_SCOPE_ANNOTATION)
     if raw is None:
         return "any"
-    value = str(raw).strip().lower()
+    if not isinstance(raw, str):
+        raise PodError(f"annotation {REQUIRED_SCOPE_ANNOTATION} must be a string, got {type(raw).__name__}")
+    value = raw.strip().lower()
     if value not in SCOPES:
         raise PodError(
             f"annotation {REQUIRED_SCOPE_ANNOTATION}: {raw!r} is not one of {', '.join(SCOPES)}"
@@ -84,6 +148,11 @@ def required_scope(pod: dict[str, Any]) -> str:
     return value
 
 
-def pod_key(pod: dict[str, Any]) -> str:
-    meta = pod.get("metadata") or {}
-    return f"{meta.get('namespace') or 'default'}/{meta.get('name') or '?'}"
+def pod_key(pod: Any) -> str:
+    """namespace/name for logs and reasons; never raises, whatever shape the pod has."""
+    meta = pod.get("metadata") if isinstance(pod, dict) else None
+    if not isinstance(meta, dict):
+        return "?/?"
+    ns, name = meta.get("namespace"), meta.get("name")
+    ns = ns[:253] if isinstance(ns, str) and ns else "default"
+    return f"{ns}/{name[:253] if isinstance(name, str) and name else '?'}"
