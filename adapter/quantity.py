@@ -8,18 +8,25 @@ The rules mirrored here (quantity.go `CanonicalizeBytes`, amount.go `AsCanonical
 - BinarySI (only when asked): values with |v| < 1024 or that are not whole numbers are written DecimalSI;
   otherwise strip factors of 1024 and use Ki, Mi, Gi, Ti, Pi, Ei ("1536Mi").
 
-Values finer than a milli-unit are rounded up, away from zero, to the next milli-unit (as Quantity.RoundUp and
-MilliValue, which the HPA reads, do), so a tiny non-zero value never prints as "0".
+The value is first cut to whole milli-units the way the real adapters build it:
+prometheus-adapter (pkg/external-provider/metric_converter.go) and the custom-metrics-apiserver providers
+write `*resource.NewMilliQuantity(int64(value*1000.0), resource.DecimalSI)`: a float64 product, then Go's
+int64 conversion, which truncates toward zero. So 0.4219 is "421m", 1.005 is "1004m" (1.005 * 1000.0 is
+1004.9999999999999 in binary floating point) and anything below one milli-unit is "0", exactly what the HPA
+reads from those adapters (MilliValue of a milli-quantity is that integer). Only where int64 would overflow
+(|value| >= 2**63 / 1000, about 9.2e15; Go's result there is meaningless) is the exact value kept, cut to
+milli-units.
 """
 
 from __future__ import annotations
 
 import math
-from decimal import ROUND_UP, Decimal
+from decimal import ROUND_DOWN, Decimal
 
 _DECIMAL_SUFFIXES = {-9: "n", -6: "u", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T", 15: "P", 18: "E"}
 _BINARY_SUFFIXES = {1: "Ki", 2: "Mi", 3: "Gi", 4: "Ti", 5: "Pi", 6: "Ei"}
 _MILLI = Decimal("0.001")
+_INT64 = 2**63
 
 
 class QuantityError(ValueError):
@@ -39,12 +46,14 @@ def _to_decimal(value: float | int | Decimal | str) -> Decimal:
 
 
 def served_value(value: float | int | Decimal | str) -> Decimal:
-    """The number a client reading the Quantity gets back: `value` rounded up to a milli-unit as
-    `format_quantity` writes it (what the HPA's MilliValue reads)."""
-    dec = _to_decimal(value)
-    if dec.as_tuple().exponent < -3:  # type: ignore[operator]
-        dec = dec.quantize(_MILLI, rounding=ROUND_UP)
-    return dec
+    """The number a client reading the Quantity gets back: `value` cut to whole milli-units as
+    `int64(value*1000.0)` does (module doc), which `format_quantity` writes and the HPA's MilliValue reads."""
+    dec = _to_decimal(value)  # refuses NaN and infinities
+    if isinstance(value, float) and not isinstance(value, bool):
+        milli = value * 1000.0  # the float64 product, rounding included, as in Go
+        if abs(milli) < _INT64:
+            return Decimal(int(milli)).scaleb(-3)  # int() truncates toward zero, as Go's int64()
+    return (dec * 1000).to_integral_value(rounding=ROUND_DOWN).scaleb(-3)
 
 
 def format_quantity(value: float | int | Decimal | str, *, binary: bool = False) -> str:
