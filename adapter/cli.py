@@ -121,6 +121,8 @@ async def _run(args: argparse.Namespace) -> int:
     from .server import build_app, serve
 
     rules = load_rules(args.rules)
+    if args.served_value_namespaces < 1:
+        raise ValueError(f"--served-value-namespaces {args.served_value_namespaces}: must be at least 1")
     metrics = AdapterMetrics(served_namespaces=args.served_value_namespaces)
     # TLS, delegated authentication/authorization (or --insecure-allow-anonymous), before anything is served
     security = await build_security(args, metrics.registry)
