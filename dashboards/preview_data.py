@@ -263,7 +263,7 @@ class Scenario:
             if not outage:  # a failed read records nothing: the last answer and its timestamp stay
                 at = t - rng.uniform(2.0, 15.0)  # the sample behind it: Prometheus scrapes every 15 s
                 answered["vllm_requests_waiting"] = (sum(round(waiting[p]) for p in live), at)
-                answered["vllm_kv_cache_usage"] = (math.ceil(kv_avg * 1000) / 1000, at)  # milli, rounded up
+                answered["vllm_kv_cache_usage"] = (int(kv_avg * 1000.0) / 1000, at)  # whole milli-units
             self._adapter(rec, t, rng, outage, answered)
             self._extender_and_agents(rec, t, rng)
             rec.carry_forward(t, "toposcale_")
