@@ -57,17 +57,29 @@ class Selector:
         return not self.requirements
 
     def promql_matchers(self) -> list[str]:
+        """PromQL matchers selecting the series `matches` selects. Prometheus has no empty label values (a
+        label set to "" is the label absent), so "present" is `!=""` and an empty value in a set means
+        "absent": `=`/`in` require the key (`app in (x,)` is `app=~"x|",app!=""`, not `app=~"x|"`, which
+        would also take series without `app`); `!=`/`notin` already accept an absent key, so "" adds nothing
+        there (`app notin (x,)` is `app!~"x"`; with no other value it matches every series: `app=~".*"`)."""
         out = []
         for r in self.requirements:
             name = prometheus_label_name(r.key)
-            if r.op == "=":
-                out.append(f"{name}={_promql_string(r.values[0])}")
-            elif r.op == "!=":
-                out.append(f"{name}!={_promql_string(r.values[0])}")
-            elif r.op == "in":
-                out.append(f"{name}=~{_promql_string(_alternation(r.values))}")
-            elif r.op == "notin":
-                out.append(f"{name}!~{_promql_string(_alternation(r.values))}")
+            if r.op in ("=", "in"):
+                if r.op == "=":
+                    out.append(f"{name}={_promql_string(r.values[0])}")
+                else:
+                    out.append(f"{name}=~{_promql_string(_alternation(r.values))}")
+                if "" in r.values:
+                    out.append(f'{name}!=""')
+            elif r.op in ("!=", "notin"):
+                values = tuple(v for v in r.values if v)
+                if not values:
+                    out.append(f'{name}=~".*"')
+                elif r.op == "!=":
+                    out.append(f"{name}!={_promql_string(values[0])}")
+                else:
+                    out.append(f"{name}!~{_promql_string(_alternation(values))}")
             elif r.op == "exists":
                 out.append(f'{name}!=""')
             else:

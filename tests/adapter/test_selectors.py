@@ -56,3 +56,57 @@ def test_prometheus_label_names_follow_service_discovery_mapping() -> None:
 def test_string_form_reparses_to_the_same_selector() -> None:
     sel = parse_selector("b notin (y,x),a,!c,d=e")
     assert parse_selector(str(sel)) == sel
+
+
+def _requirement_texts(key: str) -> list[str]:
+    """Every requirement form on `key` over the values "", "a", "c.d" (sets: every non-empty subset)."""
+    values = ["", "a", "c.d"]
+    sets = [[v for i, v in enumerate(values) if mask >> i & 1] for mask in range(1, 8)]
+    return ([f"{key}{op}{v}" for op in ("=", "!=") for v in values]
+            + [f"{key} {op} ({','.join(s) if s != [''] else ','})" for op in ("in", "notin") for s in sets]
+            + [key, f"!{key}"])
+
+
+def _promql_selects(expr: str, labels: dict[str, str]) -> bool:
+    """What Prometheus selects: matchers parsed by promql-parser, an absent label read as "", regexes
+    anchored."""
+    out = True
+    for m in promql_parser.parse(expr).matchers.matchers:
+        value = labels.get(m.name, "")
+        op = m.op
+        if op == promql_parser.MatchOp.Equal:
+            out &= value == m.value
+        elif op == promql_parser.MatchOp.NotEqual:
+            out &= value != m.value
+        elif op == promql_parser.MatchOp.Re:
+            out &= re.fullmatch(m.value, value) is not None
+        else:
+            out &= re.fullmatch(m.value, value) is None
+    return out
+
+
+def test_promql_form_selects_exactly_the_series_the_series_filter_selects() -> None:
+    """Every requirement form (empty values in sets included) and every pair of them over two keys, against
+    every series: the PromQL matchers select a series iff `Selector.matches` (the direct-scrape filter) does.
+    Series carry no empty label values, as Prometheus stores none."""
+    label_values = [None, "a", "c.d", "x"]
+    series = [{k: v for k, v in (("app", a), ("tier", t)) if v is not None}
+              for a in label_values for t in label_values]
+    texts = [f"{a},{t}" for a in _requirement_texts("app") for t in _requirement_texts("tier")]
+    assert len(texts) == 22 * 22
+    for text in texts:
+        sel = parse_selector(text)
+        expr = "up{" + ",".join(sel.promql_matchers()) + "}"
+        for labels in series:
+            assert _promql_selects(expr, labels) == sel.matches(labels), (text, expr, labels)
+
+
+@pytest.mark.parametrize(("text", "matchers"), [
+    ("app in (vllm,)", ['app=~"|vllm"', 'app!=""']),
+    ("app notin (vllm,)", ['app!~"vllm"']),
+    ("app notin (,)", ['app=~".*"']),
+    ("app=", ['app=""', 'app!=""']),
+    ("app!=", ['app=~".*"']),
+])
+def test_empty_values_in_the_promql_form(text: str, matchers: list[str]) -> None:
+    assert parse_selector(text).promql_matchers() == matchers
