@@ -129,6 +129,7 @@ class PrometheusSource:
         result = await self.query(combined_query(rule, namespace, selector))
         value: tuple[float, float] | None = None
         age: float | None = None
+        values: list[dict[str, str]] = []
         for series in result:
             try:
                 part = series["metric"].get(PART_LABEL)
@@ -139,8 +140,22 @@ class PrometheusSource:
                 raise SourceUnavailable(f"Prometheus at {self.url} answered an unexpected result") from exc
             if part == "value":
                 value = (float(ts), number)
+                values.append(series["metric"])
             elif part == "age":
                 age = number
+        if len(values) > 1:
+            # one external metric value per (metric, namespace, selector): picking one of several series
+            # would serve whichever Prometheus listed last (the generated queries always aggregate to one)
+            self._error("ambiguous")
+            shown = "; ".join(
+                "{" + ", ".join(f"{k}={v!r}" for k, v in sorted(m.items()) if k != PART_LABEL) + "}"
+                for m in values[:3]
+            )
+            raise SourceUnavailable(
+                f"{rule.name}: the query returned {len(values)} series for one value ({shown}"
+                f"{'; ...' if len(values) > 3 else ''}); aggregate them in the rule's prometheus_query, "
+                f"e.g. sum(...) or max(...)"
+            )
         if value is None:
             if age is not None:
                 raise SourceUnavailable(

@@ -82,7 +82,12 @@ async def test_prometheus_mode(serve_adapter, tmp_path: Path) -> None:
         exported = Rule(name="gpu_utilization_exported", series=["DCGM_FI_DEV_GPU_UTIL"], aggregation="avg",
                         per_pod="none", gpu_owner=GpuOwner(namespace_label="exported_namespace",
                                                            pod_label="exported_pod"))
-        rules = RuleSet(rules=[*base_rules.rules, strict, exported])
+        # a custom query that leaves one series per pod has no single value to serve
+        per_pod = Rule(name="waiting_by_pod", series=["vllm:num_requests_waiting"], aggregation="sum",
+                       prometheus_query="sum by (pod) (vllm:num_requests_waiting{{matchers}})")
+        summed = per_pod.model_copy(update={
+            "name": "waiting_summed", "prometheus_query": "sum(vllm:num_requests_waiting{{matchers}})"})
+        rules = RuleSet(rules=[*base_rules.rules, strict, exported, per_pod, summed])
         source = PrometheusSource(prom.url, timeout=2)
         adapter = await serve_adapter(rules, source, cache_ttl=0.05)
 
@@ -109,6 +114,13 @@ async def test_prometheus_mode(serve_adapter, tmp_path: Path) -> None:
         assert abs(ours - theirs) <= 0.01 * theirs, (ours, theirs)
         assert 2.5 < ours <= 5.0  # rank 81 of 90 new observations falls in the (2.5, 5] bucket
         assert body["items"][0]["window"] == 300
+        code, body = await adapter.metric("waiting_by_pod", selector="app=vllm")
+        assert (code, body["reason"]) == (503, "ServiceUnavailable"), body
+        assert "returned 2 series for one value" in body["message"] and "pod='vllm-a'" in body["message"]
+        code, body = await adapter.metric("waiting_by_pod", selector="pod=vllm-a")
+        assert value(body) == "7"  # one pod, one series: served
+        code, body = await adapter.metric("waiting_summed", selector="app=vllm")
+        assert value(body) == "8"
         code, body = await adapter.metric("vllm_requests_waiting", selector="app=nothing")
         assert (code, body["items"]) == (200, [])
         code, body = await adapter.metric("vllm_requests_waiting", selector="app in (vllm")
