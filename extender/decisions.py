@@ -17,11 +17,14 @@ unchanged nodes costs a dictionary lookup per node; `scoring` memoizes per (wiri
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import NamedTuple
 
 from .nodeview import NodeView
 from .topology.model import Tier
 from .topology.scoring import NEUTRAL_SCORE, NodeDecision, decide_raw, materialize
+from .wire import host_priority
 
 
 class Outcome(NamedTuple):
@@ -94,3 +97,83 @@ def reason_of(outcome: Outcome, view: NodeView | None) -> str:
     if outcome.passes and not d.fits:
         return f"{d.reason} per the node's GPU annotations; passing, the scheduler's own count decides"
     return d.reason
+
+
+def _pick(names: Sequence[str], table: dict[str, object]) -> Sequence[object]:
+    """`table[name]` for every name, in order, at C speed; KeyError on the first name not in `table`."""
+    if len(names) > 1:
+        return itemgetter(*names)(table)  # type: ignore[no-any-return]
+    return [table[n] for n in names]
+
+
+class OutcomeTable:
+    """For one (k, scope): each node's Outcome and its prebuilt HostPriority JSON fragment, by node name.
+
+    The watch cache keeps one per (k, scope) and drops a node's entries whenever anything that node's answer
+    depends on changes (its annotations, a pod assumed on it), so a names-only request costs one C-level pass
+    over its NodeNames. Names not in the table yet are filled in through `fill` (that node's outcome now).
+    `failing` / `unknown` hold the names whose outcome fails / could not be judged: when they are empty, no
+    request answered from this table has a failed or unknown node, and no per-node scan is needed.
+    """
+
+    __slots__ = ("_fill", "_limit", "failing", "fragments_by_name", "outcomes_by_name", "unknown")
+
+    def __init__(self, fill: Callable[[str], Outcome], limit: int) -> None:
+        self._fill = fill
+        self._limit = limit  # names asked about that the cache does not hold are kept too: bound them
+        self.outcomes_by_name: dict[str, Outcome] = {}
+        self.fragments_by_name: dict[str, bytes] = {}
+        self.failing: set[str] = set()
+        self.unknown: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.outcomes_by_name)
+
+    def put(self, name: str, outcome: Outcome) -> None:
+        self.outcomes_by_name[name] = outcome
+        self.fragments_by_name[name] = host_priority(name, outcome.score)
+        if outcome.passes:
+            self.failing.discard(name)
+        else:
+            self.failing.add(name)
+        if outcome.unknown:
+            self.unknown.add(name)
+        else:
+            self.unknown.discard(name)
+
+    def drop(self, name: str) -> None:
+        if self.outcomes_by_name.pop(name, None) is not None:
+            del self.fragments_by_name[name]
+            self.failing.discard(name)
+            self.unknown.discard(name)
+
+    def clear(self) -> None:
+        self.outcomes_by_name.clear()
+        self.fragments_by_name.clear()
+        self.failing.clear()
+        self.unknown.clear()
+
+    def _complete(self, names: Sequence[str]) -> None:
+        have = self.outcomes_by_name
+        missing = [n for n in dict.fromkeys(names) if n not in have]
+        if len(have) + len(missing) > self._limit:
+            self.clear()
+            missing = list(dict.fromkeys(names))
+        for name in missing:
+            self.put(name, self._fill(name))
+
+    def outcomes(self, names: Sequence[str]) -> Sequence[Outcome]:
+        """The outcome of each named node, in order."""
+        try:
+            return _pick(names, self.outcomes_by_name)  # type: ignore[return-value]
+        except KeyError:
+            self._complete(names)
+            return _pick(names, self.outcomes_by_name)  # type: ignore[return-value]
+
+    def fragments(self, names: Sequence[str]) -> Sequence[bytes]:
+        """The HostPriority fragment of each named node, in order (`wire.priority_list_of` joins them)."""
+        try:
+            return _pick(names, self.fragments_by_name)  # type: ignore[return-value]
+        except KeyError:
+            self._complete(names)
+            return _pick(names, self.fragments_by_name)  # type: ignore[return-value]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import itemgetter
@@ -24,10 +24,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import wire
-from .decisions import Outcome, evaluate, reason_of
+from .decisions import Outcome, OutcomeTable, evaluate, reason_of
 from .nodeview import NodeView, view_of_node
 from .pods import DEFAULT_RESOURCE, PodError, gpu_request, pod_key, required_scope
 from .state import ClusterState
+from .topology.model import Tier
 from .topology.scoring import materialize, required_scope_tier
 
 logger = logging.getLogger("toposcale.extender")
@@ -141,7 +142,8 @@ class Extender:
                 f"body of {request.content_length} bytes exceeds the limit of {self.config.max_body_bytes}",
             )
         try:
-            return await asyncio.wait_for(request.read(), self.config.body_timeout_s)
+            async with asyncio.timeout(self.config.body_timeout_s):  # no extra task, unlike wait_for
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(
                 413, "RequestEntityTooLarge", f"body exceeds the limit of {self.config.max_body_bytes} bytes"
@@ -153,10 +155,14 @@ class Extender:
 
     async def _run(self, verb: str, request: web.Request, work: Any) -> web.StreamResponse:
         start = time.perf_counter()
-        try:
-            await asyncio.wait_for(self._sem.acquire(), self.config.queue_timeout_s)
-        except TimeoutError:
-            return self._error(verb, 503, "TooManyRequests", "extender busy: too many requests in flight")
+        if self._sem.locked():
+            try:
+                async with asyncio.timeout(self.config.queue_timeout_s):
+                    await self._sem.acquire()
+            except TimeoutError:
+                return self._error(verb, 503, "TooManyRequests", "extender busy: too many requests in flight")
+        else:
+            await self._sem.acquire()  # free: returns at once, without a timer
         try:
             body = await self._body(request)
             resp = work(body)
@@ -191,37 +197,51 @@ class Extender:
             logger.warning("unusable pod", extra={"pod": pod_key(args.pod), "error": str(exc)})
             return 0, "any", f"pod {pod_key(args.pod)}: {exc}"
 
-    def _outcomes(
-        self, verb: str, args: wire.ExtenderArgs
-    ) -> tuple[list[Outcome], Callable[[int], NodeView | None], str | None]:
-        """Outcome per input node and a way to get node i's view (for reasons), or a reason that fails them
-        all (pod error, standalone)."""
+    def _table(self, args: wire.ExtenderArgs, k: int, need: Tier | None) -> OutcomeTable | None:
+        """The watch cache's outcome table when the request is answered from it (names only, GPU pod)."""
+        if k > 0 and args.nodes is None and self.state is not None:
+            return self.state.table(k, need)
+        return None
+
+    def _prepare(self, verb: str, args: wire.ExtenderArgs) -> tuple[int, Tier | None, str | None]:
+        """(GPUs asked, required scope, reason that fails every node or None: pod error, standalone)."""
         if args.dropped:
             logger.warning("node items ignored", extra={"verb": verb, "items": args.dropped[:10]})
         k, scope, pod_error = self._pod(args)
         if pod_error:
-            return [], _no_view, pod_error
-        if k <= 0:
-            return evaluate([None] * len(args.names), 0, None), _no_view, None
-        need = required_scope_tier(scope)
+            return 0, None, pod_error
+        if k > 0 and args.nodes is None and self.state is None:
+            return k, None, STANDALONE_REASON
+        return k, required_scope_tier(scope), None
+
+    def _view_of(self, args: wire.ExtenderArgs) -> Callable[[int], NodeView | None]:
+        state, names = self.state, args.names
+        if state is None:
+            return _no_view
+
+        def view_of(i: int) -> NodeView | None:
+            return state.view(names[i])
+
+        return view_of
+
+    def _outcomes(
+        self, verb: str, args: wire.ExtenderArgs, k: int, need: Tier | None, table: OutcomeTable | None
+    ) -> tuple[Sequence[Outcome], Callable[[int], NodeView | None]]:
+        """Outcome per input node and a way to get node i's view (for reasons), counted in the metrics."""
         view_of: Callable[[int], NodeView | None]
-        if args.nodes is not None:
+        if table is not None:
+            outcomes = table.outcomes(args.names)
+            view_of = self._view_of(args)
+        elif k <= 0:
+            return evaluate([None] * len(args.names), 0, None), _no_view
+        else:
             res = self.config.resource
-            views = [view_of_node(n, res) for n in args.nodes]
+            views = [view_of_node(n, res) for n in args.nodes or []]
             outcomes = evaluate(views, k, need)
             view_of = views.__getitem__
-        elif self.state is None:
-            return [], _no_view, STANDALONE_REASON
-        else:
-            names = args.node_names or []
-            state = self.state
-            outcomes = state.outcomes(names, k, need)
-
-            def view_of(i: int) -> NodeView | None:
-                return state.view(names[i])
-
         self.m_nodes.labels(verb).inc(len(outcomes))
-        if any(map(_UNKNOWN, outcomes)):
+        # From the cache, a table without unknown nodes answers no request with one: skip the scan.
+        if (table is None or table.unknown) and any(map(_UNKNOWN, outcomes)):
             unknown = [i for i, o in enumerate(outcomes) if o.unknown]
             counts: dict[str, int] = {}
             for i in unknown:
@@ -232,14 +252,14 @@ class Extender:
                     self._log_node_once(v.name, v.problem or v.allocation_problem or "")
             for kind, count in counts.items():
                 self.m_unknown.labels(kind).inc(count)
-        return outcomes, view_of, None
+        return outcomes, view_of
 
     # ------------------------------------------------------------ verbs
 
     async def filter(self, request: web.Request) -> web.StreamResponse:
         def work(body: bytes) -> web.Response:
             args = wire.parse_args(body)
-            outcomes, view_of, fail_all = self._outcomes("filter", args)
+            k, need, fail_all = self._prepare("filter", args)
             names = args.names
             passing: list[str] = []
             failed: dict[str, str] = {}
@@ -247,6 +267,11 @@ class Extender:
             if fail_all is not None:
                 unresolvable = dict.fromkeys(names, fail_all)
                 self.m_outcome.labels("never-fits").inc(len(unresolvable))
+                return _json(wire.filter_result(args, passing, failed, unresolvable))
+            table = self._table(args, k, need)
+            outcomes, view_of = self._outcomes("filter", args, k, need, table)
+            if table is not None and not table.failing:
+                passing = names  # no cached node fails this pod: all pass, no per-node scan
             else:
                 passing = list(compress(names, map(_PASSES, outcomes)))
                 if len(passing) < len(names):
@@ -268,20 +293,33 @@ class Extender:
     async def prioritize(self, request: web.Request) -> web.StreamResponse:
         def work(body: bytes) -> web.Response:
             args = wire.parse_args(body)
-            outcomes, _, fail_all = self._outcomes("prioritize", args)
+            k, need, fail_all = self._prepare("prioritize", args)
             names = args.names
             if fail_all is not None:
                 return _json(wire.priority_list(names, [0] * len(names)))
-            scores = list(map(_SCORE, outcomes))
-            if scores:
-                # The tier the pod most likely gets: that of the best-scored node (first of equals).
-                best = outcomes[scores.index(max(scores))]
-                if best.passes and best.decision is not None and best.decision.fits:
-                    tier = best.decision.tier
-                    self.m_tier.labels(tier.label if tier is not None else "single-gpu").inc()
-            return _json(wire.priority_list(names, scores))
+            table = self._table(args, k, need)
+            if table is not None:
+                # From the cache: the answer is a join of the nodes' prebuilt fragments; the metrics, which
+                # need every outcome, are counted right after the answer is on its way.
+                answer = wire.priority_list_of(table.fragments(names))
+                asyncio.get_running_loop().call_soon(self._count_prioritize, args, k, need, table)
+                return _json(answer)
+            outcomes = self._count_prioritize(args, k, need, None)
+            return _json(wire.priority_list(names, list(map(_SCORE, outcomes))))
 
         return await self._run("prioritize", request, work)
+
+    def _count_prioritize(
+        self, args: wire.ExtenderArgs, k: int, need: Tier | None, table: OutcomeTable | None
+    ) -> Sequence[Outcome]:
+        outcomes, _ = self._outcomes("prioritize", args, k, need, table)
+        if outcomes:
+            # The tier the pod most likely gets: that of the best-scored node (first of equals).
+            best = max(outcomes, key=_SCORE)
+            if best.passes and best.decision is not None and best.decision.fits:
+                tier = best.decision.tier
+                self.m_tier.labels(tier.label if tier is not None else "single-gpu").inc()
+        return outcomes
 
     def _explain_doc(self, args: wire.ExtenderArgs) -> dict[str, Any]:
         k, scope, pod_error = self._pod(args)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .decisions import Outcome, outcome_for
+from .decisions import Outcome, OutcomeTable, outcome_for
 from .nodeview import NodeView, view_of_node
 from .pods import PodError, gpu_request
 from .topology.model import Tier
@@ -30,6 +30,9 @@ from .topology.scoring import choose_gpus
 logger = logging.getLogger(__name__)
 
 _TERMINAL = ("Succeeded", "Failed")
+# Entries per outcome table: names the scheduler asks about that the cache lacks are kept too (answered
+# "uncached" until their Node arrives), so bound them; a real cluster has at most ~5,000 nodes.
+_TABLE_LIMIT = 100_000
 
 
 @dataclass(slots=True)
@@ -69,8 +72,9 @@ class ClusterState:
         self.pods: dict[str, Assumed] = {}  # pod uid -> bound GPU pod (assumed until reflected)
         self._views: dict[str, NodeView] = {}  # name -> view adjusted for assumed pods
         self._views_expire = float("inf")  # monotonic time the first assumption in `_views` runs out
-        # Per (k, scope): node name -> Outcome, so a names-only request costs one lookup per node.
-        self._tables: dict[tuple[int, Tier | None], dict[str, Outcome]] = {}
+        # Per (k, scope): each node's outcome and answer fragment, so a names-only request costs one C-level
+        # pass over its names. A node's entries are dropped whenever its view changes (`_forget`).
+        self._tables: dict[tuple[int, Tier | None], OutcomeTable] = {}
         self.synced_nodes = asyncio.Event()
         self.synced_pods = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -155,27 +159,28 @@ class ClusterState:
             return
         self._views.pop(name, None)
         for table in self._tables.values():
-            table.pop(name, None)
+            table.drop(name)
 
     def _fresh(self, now: float) -> None:
         if now >= self._views_expire:
             self._forget()  # an assumption ran out: recompute lazily
 
-    def outcomes(self, names: list[str], k: int, need: Tier | None) -> list[Outcome]:
-        """The outcome for each named node (the hot path of names-only requests)."""
+    def table(self, k: int, need: Tier | None) -> OutcomeTable:
+        """The outcomes (and answer fragments) of cached nodes for pods asking k GPUs with scope `need`: the
+        hot path of names-only requests. Valid until the next event or await."""
         self._fresh(time.monotonic())
         table = self._tables.get((k, need))
         if table is None:
-            table = self._tables[(k, need)] = {}
-        out = list(map(table.get, names))  # C speed; misses (None) are filled in below
-        if None in out:
-            out = [o or self._miss(table, name, k, need) for o, name in zip(out, names, strict=True)]
-        return out  # type: ignore[return-value]
 
-    def _miss(self, table: dict[str, Outcome], name: str, k: int, need: Tier | None) -> Outcome:
-        o = outcome_for(self.view(name), k, need)
-        table[name] = o
-        return o
+            def fill(name: str) -> Outcome:
+                return outcome_for(self.view(name), k, need)
+
+            table = self._tables[(k, need)] = OutcomeTable(fill, _TABLE_LIMIT)
+        return table
+
+    def outcomes(self, names: list[str], k: int, need: Tier | None) -> list[Outcome]:
+        """The outcome for each named node, in order."""
+        return list(self.table(k, need).outcomes(names))
 
     def view(self, name: str) -> NodeView | None:
         """The node's view with assumed allocations taken out of its free GPUs; None when not cached."""

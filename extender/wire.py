@@ -10,6 +10,7 @@ always PascalCase. The Pod and Node objects inside are ordinary v1 objects (came
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,12 +99,20 @@ def parse_args(body: bytes) -> ExtenderArgs:
             seen.add(name)
             nodes.append(item)
     if raw_names is not None:
-        if not isinstance(raw_names, list) or not set(map(type, raw_names)) <= {str}:  # C-speed check
+        if not isinstance(raw_names, list) or not _all_str(raw_names):
             raise WireError("ExtenderArgs.NodeNames must be a list of strings or null")
         names = raw_names  # the scheduler sends each name once; duplicates would only be answered twice
     if nodes is not None and names is not None:
         names = None  # the scheduler never sends both; the full objects carry more
     return ExtenderArgs(pod=pod, nodes=nodes, node_names=names, dropped=dropped)
+
+
+def _all_str(items: list[Any]) -> bool:
+    try:
+        "".join(items)  # C speed, a fraction of a per-item type check; raises on anything but str
+    except TypeError:
+        return False
+    return True
 
 
 def filter_result(
@@ -164,3 +173,14 @@ def status_body(code: int, reason: str, message: str) -> bytes:
             "code": code,
         }
     )
+
+
+def host_priority(host: str, score: int) -> bytes:
+    """One HostPriority `{"Host": .., "Score": ..}` as JSON text, built once per node and outcome so that
+    a HostPriorityList over thousands of cached nodes is a join of prebuilt fragments."""
+    return b'{"Host":' + orjson.dumps(host) + b',"Score":' + str(int(score)).encode() + b"}"
+
+
+def priority_list_of(fragments: Iterable[bytes]) -> bytes:
+    """HostPriorityList from `host_priority` fragments."""
+    return b"[" + b",".join(fragments) + b"]"

@@ -1,0 +1,170 @@
+"""Names-only answers (nodeCacheCapable: true) come from per-(k, scope) outcome tables in the watch cache.
+Every change a node's answer depends on must reach exactly that node's entries: node annotations, pods
+assumed on it, the node going away or arriving, an assumption running out, a relist. These tests feed the
+cache the events its reflectors deliver (the watch itself runs against the kube stand-in in test_watch.py)
+and compare each names-only answer, over HTTP, with what the same extender answers for the full Node objects
+(`nodeCacheCapable: false`, no cache involved)."""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+from toposcale.extender import state as state_module
+from toposcale.extender.decisions import Outcome, OutcomeTable
+from toposcale.extender.state import ClusterState
+from toposcale.extender.topology.model import Tier
+
+from tests.extender.conftest import node_obj, pod_obj
+
+PODS = [pod_obj("tp4", 4), pod_obj("tp4-nvlink", 4, scope="nvlink"), pod_obj("tp8", 8), pod_obj("one", 1)]
+
+
+def fleet(**changed: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    nodes = {
+        "hgx": node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0]),
+        "hgx-2": node_obj("hgx-2", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4]),
+        "a6000": node_obj("a6000", "a6000-8gpu-nvlink-bridge-pairs", used=[1]),
+        "l40s": node_obj("l40s", "l40s-4gpu-two-per-socket"),
+        "bare": node_obj("bare", None),
+    }
+    nodes.update(changed)
+    return nodes
+
+
+def names_args(pod: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    return {"Pod": pod, "Nodes": None, "NodeNames": names}
+
+
+def full_args(pod: dict[str, Any], nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"Pod": pod, "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": None}
+
+
+async def answers(s: Any, pod: dict[str, Any], names: list[str]) -> tuple[dict[str, Any], list[Any]]:
+    code, filt = await s.post("/filter", names_args(pod, names))
+    code2, prio = await s.post("/prioritize", names_args(pod, names))
+    assert code == code2 == 200
+    return filt, prio
+
+
+async def assert_same_as_full_nodes(cached: Any, standalone: Any, nodes: dict[str, dict[str, Any]]) -> None:
+    names = list(nodes)
+    for pod in PODS:
+        filt, prio = await answers(cached, pod, names)
+        _, ref = await standalone.post("/filter", full_args(pod, list(nodes.values())))
+        _, ref_prio = await standalone.post("/prioritize", full_args(pod, list(nodes.values())))
+        assert filt["NodeNames"] == [n["metadata"]["name"] for n in ref["Nodes"]["items"]]
+        assert filt["FailedNodes"] == ref["FailedNodes"]
+        assert filt["FailedAndUnresolvableNodes"] == ref["FailedAndUnresolvableNodes"]
+        assert prio == ref_prio
+
+
+def bound(name: str, k: int, node: str) -> dict[str, Any]:
+    pod = pod_obj(name, k, node=node)
+    pod["metadata"]["uid"] = f"uid-{name}"
+    return pod
+
+
+def cache(nodes: dict[str, dict[str, Any]], **kw: Any) -> ClusterState:
+    st = ClusterState("nvidia.com/gpu", **kw)
+    st.nodes_relisted(list(nodes.values()), "1")
+    st.pods_relisted([], "1")
+    return st
+
+
+def entries(st: ClusterState) -> dict[tuple[int, Tier | None], dict[str, Outcome]]:
+    return {key: dict(t.outcomes_by_name) for key, t in st._tables.items()}
+
+
+async def test_answers_follow_node_annotation_changes_and_only_that_node_is_recomputed(serve) -> None:
+    nodes = fleet()
+    st = cache(nodes)
+    async with serve(state=st) as cached, serve() as standalone:
+        await assert_same_as_full_nodes(cached, standalone, nodes)
+        before = entries(st)
+        assert len(before) == len(PODS)
+        # The agent publishes that hgx now holds 6 GPUs: a watch MODIFIED event.
+        nodes = fleet(hgx=node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5]))
+        st.node_event("MODIFIED", nodes["hgx"])
+        for key, table in entries(st).items():
+            assert "hgx" not in table
+            for name, outcome in table.items():
+                assert outcome is before[key][name]  # untouched nodes keep their computed entries
+        await assert_same_as_full_nodes(cached, standalone, nodes)
+        _, prio = await answers(cached, pod_obj("tp4", 4), ["hgx", "hgx-2"])
+        assert prio == [{"Host": "hgx", "Score": 0}, {"Host": "hgx-2", "Score": 0}]  # 2 free < 4
+
+
+async def test_node_deleted_and_created_and_relisted(serve) -> None:
+    nodes = fleet()
+    st = cache(nodes)
+    async with serve(state=st) as cached, serve() as standalone:
+        await assert_same_as_full_nodes(cached, standalone, nodes)
+        st.node_event("DELETED", nodes["hgx"])
+        filt, prio = await answers(cached, pod_obj("tp4", 4), ["hgx", "l40s"])
+        assert filt["NodeNames"] == ["hgx", "l40s"]  # not cached (yet): neutral, never a made-up fit
+        assert prio[0] == {"Host": "hgx", "Score": 5}
+        filt, _ = await answers(cached, pod_obj("tp4-nvlink", 4, scope="nvlink"), ["hgx"])
+        assert "not in the extender's cache" in filt["FailedNodes"]["hgx"]
+        st.node_event("ADDED", nodes["hgx"])
+        await assert_same_as_full_nodes(cached, standalone, nodes)
+        # A relist (after 410 Gone) with a different fleet replaces every table.
+        nodes = fleet(a6000=node_obj("a6000", "a6000-8gpu-nvlink-bridge-pairs", used=[0, 2, 4, 6]))
+        del nodes["bare"]
+        st.nodes_relisted(list(nodes.values()), "2")
+        await assert_same_as_full_nodes(cached, standalone, nodes)
+
+
+async def test_assumed_pods_reach_the_tables_and_expire(serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"now": 1000.0}
+    import time
+
+    # The state module's clock only (asyncio keeps the real one): the assumption's TTL runs out on demand.
+    monkeypatch.setattr(
+        state_module, "time", types.SimpleNamespace(monotonic=lambda: clock["now"], time=time.time)
+    )
+    nodes = fleet(hgx=node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed="2026-01-01T00:00:00Z"))
+    st = cache(nodes, assume_ttl_s=60.0)
+    big = pod_obj("big", 8, scope="nvlink")
+    async with serve(state=st) as cached:
+        filt, _ = await answers(cached, big, ["hgx", "hgx-2"])
+        assert filt["NodeNames"] == ["hgx"]
+        other = st._tables[(8, Tier.NVLINK)].outcomes_by_name["hgx-2"]
+        # The scheduler bound a 4-GPU pod to hgx; the annotation cannot show it yet.
+        st.pod_event("ADDED", bound("vllm-0", 4, "hgx"))
+        assert st._tables[(8, Tier.NVLINK)].outcomes_by_name["hgx-2"] is other
+        filt, prio = await answers(cached, big, ["hgx", "hgx-2"])
+        assert filt["NodeNames"] == []
+        assert filt["FailedNodes"]["hgx"].startswith("pod needs 8 GPUs, 4 free")
+        _, prio = await answers(cached, pod_obj("tp4", 4), ["hgx"])
+        assert prio[0]["Score"] > 0  # 4 still free for a 4-GPU pod
+        clock["now"] += 61  # the assumption's TTL passes
+        filt, _ = await answers(cached, big, ["hgx", "hgx-2"])
+        assert filt["NodeNames"] == ["hgx"]
+        # The pod is back on the watch and then deleted: assumed, then not.
+        st.pod_event("MODIFIED", bound("vllm-1", 4, "hgx"))
+        filt, _ = await answers(cached, big, ["hgx"])
+        assert filt["NodeNames"] == []
+        st.pod_event("DELETED", bound("vllm-1", 4, "hgx"))
+        filt, _ = await answers(cached, big, ["hgx"])
+        assert filt["NodeNames"] == ["hgx"]
+
+
+def test_names_the_cache_does_not_hold_are_bounded() -> None:
+    asked: list[str] = []
+
+    def fill(name: str) -> Outcome:
+        asked.append(name)
+        return Outcome(True, False, 5, "uncached", unknown="uncached")
+
+    table = OutcomeTable(fill, limit=100)
+    table.outcomes([f"n{i}" for i in range(80)])
+    assert len(table) == 80
+    out = table.outcomes([f"m{i}" for i in range(50)])
+    assert len(out) == 50 and len(table) == 50  # over the limit: the old entries went
+    assert table.unknown == {f"m{i}" for i in range(50)}
+    asked.clear()
+    table.fragments(["m1", "m2"])
+    assert asked == []  # kept entries are not recomputed
+    assert table.fragments(["m3"]) == [b'{"Host":"m3","Score":5}']
