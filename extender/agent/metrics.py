@@ -16,8 +16,8 @@ class AgentMetrics:
         self.unknown_facts = Gauge("toposcale_agent_unknown_facts",
                                    "Facts the last discovery could not learn (Topology.unknown)", registry=r)
         self.kubelet_errors = Counter("toposcale_agent_kubelet_errors_total",
-                                      "Observations where the kubelet pod-resources API could not be asked",
-                                      registry=r)
+                                      "Observations where the kubelet pod-resources API could not be asked, "
+                                      "or named devices that are not the discovered GPUs", registry=r)
         self.allocation_known = Gauge("toposcale_agent_allocation_known",
                                       "1: last allocation came from the kubelet, 0: unknown", registry=r)
         self.publishes = Counter("toposcale_agent_publishes_total", "Node patches sent", ["reason"],

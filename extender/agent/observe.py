@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toposcale.extender.topology.annotations import (
@@ -24,6 +23,7 @@ from toposcale.extender.topology.annotations import (
 from toposcale.extender.topology.model import Topology
 
 from .discovery import Discovery, DiscoveryError, IdStrategy, discover
+from .files import read_bounded
 from .nvml import NvmlBackend
 
 if TYPE_CHECKING:
@@ -81,11 +81,9 @@ def _from_topo_file(path: str, resource: str, id_strategy: IdStrategy) -> Observ
     from toposcale.extender.topology.topo_text import parse_topo_text
 
     try:
-        raw = Path(path).read_bytes()[: MAX_TOPO_FILE_BYTES + 1]
-    except OSError as exc:
-        raise ObserveError(f"cannot read {path}: {exc.strerror}") from None
-    if len(raw) > MAX_TOPO_FILE_BYTES:
-        raise ObserveError(f"{path}: larger than {MAX_TOPO_FILE_BYTES} bytes, not nvidia-smi topo -m output")
+        raw = read_bounded(path, MAX_TOPO_FILE_BYTES, "nvidia-smi topo -m output")
+    except ValueError as exc:
+        raise ObserveError(str(exc)) from None
     try:
         topo = parse_topo_text(raw.decode("utf-8", errors="replace"), resource=resource)
     except ValueError as exc:
@@ -100,23 +98,54 @@ def _from_topo_file(path: str, resource: str, id_strategy: IdStrategy) -> Observ
     return Observation(topo, frozenset(), f"topo-file:{path}")
 
 
+def allocation_problem(obs: Observation, snapshot: Snapshot | None) -> str | None:
+    """Why the kubelet's answer cannot say which GPUs are held (None: it can).
+
+    The kubelet names devices by the device plugin's IDs. When they are not the discovered GPUs' ids (the
+    plugin runs with another deviceIDStrategy, or hands out MIG devices), held GPUs cannot be told apart from
+    free ones: the allocation is unknown, never "all free"."""
+    if snapshot is None:
+        return None
+    if snapshot.error is not None:
+        return snapshot.error
+    known = {g.id for g in obs.topology.gpus} | {g.uuid for g in obs.topology.gpus if g.uuid}
+    foreign = ((snapshot.allocatable or frozenset()) | (snapshot.allocated or frozenset())) - known
+    if foreign:
+        return (
+            f"kubelet device IDs {sorted(foreign)[:4]} are not the discovered GPUs' ids "
+            f"{sorted(g.id for g in obs.topology.gpus)[:4]}: set the agent's --device-id-strategy to the "
+            "NVIDIA device plugin's deviceIDStrategy (uuid or index); MIG devices are not tracked"
+        )
+    if snapshot.allocated is None:
+        return "kubelet listed no allocation"
+    return None
+
+
 def observe_allocation(obs: Observation, snapshot: Snapshot | None) -> Allocation:
     """`snapshot` None: no kubelet belongs to this source (topo file), nothing is known to be held.
-    A snapshot with an error: allocation unknown (`allocated: null`), never an empty list."""
+    A snapshot with an error, or whose device IDs are not the GPUs' ids: allocation unknown
+    (`allocated: null`), never an empty list. GPUs the kubelet does not list as allocatable (the device plugin
+    reported them unhealthy) are unhealthy, as are those NVML reports lost."""
+    unhealthy = set(obs.unhealthy)
+    problem = allocation_problem(obs, snapshot)
+    allocated: frozenset[str] | None
     if snapshot is None:
-        allocated: frozenset[str] | None = frozenset()
-    elif snapshot.error is not None:
+        allocated = frozenset()
+    elif problem is not None:
         allocated = None
+        if snapshot.error is None:
+            logger.error("GPU allocation unknown: kubelet device IDs do not match the discovered GPUs",
+                         extra={"error": problem, "fix": "--device-id-strategy"})
     else:
         allocated = snapshot.allocated
-        ids = {g.id for g in obs.topology.gpus}
-        foreign = (snapshot.allocatable or frozenset()) - ids
-        if foreign:
-            logger.warning(
-                "kubelet device IDs do not match the discovered GPUs: check --device-id-strategy",
-                extra={"kubelet_ids": sorted(foreign)[:8], "gpu_ids": sorted(ids)[:8]},
-            )
-    return Allocation(allocated=allocated, unhealthy=obs.unhealthy, observed=now_rfc3339())
+        if snapshot.allocatable is not None:
+            offered = snapshot.allocatable
+            withheld = {g.id for g in obs.topology.gpus if g.id not in offered and g.uuid not in offered}
+            if withheld - unhealthy:
+                logger.warning("GPUs the kubelet does not offer (device plugin marked them unhealthy)",
+                               extra={"gpus": sorted(withheld - unhealthy)})
+            unhealthy |= withheld
+    return Allocation(allocated=allocated, unhealthy=frozenset(unhealthy), observed=now_rfc3339())
 
 
 def documents(obs: Observation, alloc: Allocation) -> dict[str, dict[str, Any]]:

@@ -21,14 +21,24 @@ from pathlib import Path
 from typing import Any
 
 from .cpuset import parse_cpuset
+from .files import read_bounded
 from .nvml import NvmlError, normalize_bus_id
 
 FORMAT = "toposcale-nvml-capture/1"
 _NOT_CAPTURED = {"error": "NotCaptured"}
 
 
+MAX_CAPTURE_BYTES = 16 * 1024 * 1024  # a 64-GPU capture is a few MiB
+
+
 def load_capture(path: str | Path) -> dict[str, Any]:
-    doc = json.loads(Path(path).read_text())
+    raw = read_bounded(str(path), MAX_CAPTURE_BYTES, "an NVML capture")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not an NVML capture (not a JSON object)")
     if doc.get("format") == FORMAT:
         return doc
     if "gpus" in doc and "driver" in doc:

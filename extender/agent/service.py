@@ -23,7 +23,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .discovery import IdStrategy
 from .metrics import AgentMetrics
 from .nvml import NvmlBackend
-from .observe import Observation, ObserveError, documents, observe_allocation, observe_topology
+from .observe import (
+    Observation,
+    ObserveError,
+    allocation_problem,
+    documents,
+    observe_allocation,
+    observe_topology,
+)
 from .podresources.client import PodResourcesClient
 
 logger = logging.getLogger(__name__)
@@ -108,10 +115,11 @@ class AgentService:
         self.state.gpus = len(obs.topology)
 
         snap = await self.kubelet.snapshot(self.cfg.resource)
-        if snap.error:
+        problem = allocation_problem(obs, snap)  # unreachable, or device IDs that are not the GPUs' ids
+        if problem:
             m.kubelet_errors.inc()
-        self.state.kubelet_error = snap.error
-        m.allocation_known.set(0 if snap.error else 1)
+        self.state.kubelet_error = problem
+        m.allocation_known.set(0 if problem else 1)
         try:
             docs = documents(obs, observe_allocation(obs, snap))
         except ObserveError as exc:
