@@ -672,3 +672,22 @@ async def test_readme_explain_command_is_answered_by_the_extender(tmp_path: Path
             await api.close()
     assert r.status == 200, body
     assert yaml.safe_load(body)["gpus"] == 4  # the pod the README names, read from the cluster
+
+
+def test_priority_quota_covers_the_critical_classes_deploy_uses(builds: dict[str, Build]) -> None:
+    """Critical priority classes outside kube-system need a ResourceQuota scoped to them on some providers
+    (GKE): deploy/priority-quota ships it for exactly the classes and namespace deploy/all uses."""
+    used: dict[str, set[str]] = {}
+    for o in builds["all"].objects:
+        if o["kind"] in ("Deployment", "DaemonSet", "StatefulSet"):
+            pc = o["spec"]["template"]["spec"].get("priorityClassName")
+            if pc and pc.startswith("system-") and o["metadata"]["namespace"] != "kube-system":
+                used.setdefault(o["metadata"]["namespace"], set()).add(pc)
+    assert used, "no critical priority class in deploy/all: drop deploy/priority-quota and its README note"
+    quota = builds["priority-quota"].one("ResourceQuota")
+    (expr,) = quota["spec"]["scopeSelector"]["matchExpressions"]
+    assert (expr["scopeName"], expr["operator"]) == ("PriorityClass", "In")
+    assert used == {quota["metadata"]["namespace"]: set(expr["values"])}
+    dep = builds["all"].one("Deployment", "toposcale-scheduler")
+    assert int(quota["spec"]["hard"]["pods"]) > dep["spec"]["replicas"]
+    assert "deploy/priority-quota" in (DEPLOY / "README.md").read_text()
