@@ -32,3 +32,41 @@ def test_unparseable_values_are_argparse_errors(args: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["demo", *args])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "1e999"])
+@pytest.mark.parametrize("flag", ["--speed", "--duration"])
+def test_speed_and_duration_must_be_finite(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--speed nan` used to pass the "> 0" check and loop forever
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", f"{flag}={value}"])
+    assert exc.value.code == 2
+    assert "finite number above 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--prometheus", "--prometheus-url"])
+def test_prometheus_is_an_alias_of_prometheus_url(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 9 names the flag `--prometheus URL`; it used to be an ambiguous prefix of two flags. A URL without a
+    # scheme is refused before anything starts, naming the flag: proof the value reached --prometheus-url.
+    work = tmp_path / "work"
+    assert main(["demo", flag, "127.0.0.1:9090", "--workdir", str(work)]) == 2
+    err = capsys.readouterr().err
+    assert "--prometheus-url '127.0.0.1:9090': expected http://host:port" in err
+    assert "ambiguous" not in err
+    assert not work.exists()
+
+
+def test_prometheus_alias_parses_to_the_url() -> None:
+    import argparse
+
+    from toposcale.demo.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--prometheus", "http://127.0.0.1:9090"])
+    assert args.prometheus_url == "http://127.0.0.1:9090"
+    assert args.prometheus_file_sd is None

@@ -103,6 +103,17 @@ def test_bad_input_exits_2_with_a_clear_message_and_a_log_line(args: list[str], 
     assert any(e["level"] == "error" and message in e["error"] for e in logged)
 
 
+def test_a_unicode_digit_in_a_trace_exits_2_naming_the_line(tmp_path: Path) -> None:
+    # "²" passes str.isdigit(), and int() refused it with a traceback
+    trace = tmp_path / "trace.csv"
+    trace.write_text("time,pod,gpus,duration\n0,a,2,100\n1,b,\u00b2,100\n", encoding="utf-8")
+    p = simulate("--fleet", "examples/fleets/mixed-100.yaml", "--trace", str(trace), "--no-progress")
+    assert p.returncode == 2
+    assert p.stdout == ""
+    assert f"toposcale simulate: error: {trace}: line 3: gpus '\u00b2' must be an integer 1..64" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 def test_bad_arguments_are_refused_by_the_parser() -> None:
     for args in (["--policies", "toposcale,fifo"], ["--pods", "0"], ["--extender-weight", "x"]):
         p = simulate("--fleet", "examples/fleets/mixed-100.yaml", *args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 MAX_SPEED = 100.0
@@ -10,9 +11,13 @@ BASE_RPS = 2.0
 
 
 def _positive(value: str) -> float:
-    f = float(value)
-    if f <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    """A finite number above 0: `nan` or `inf` as a speed or duration would make the run never end."""
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(f) or f <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {value}")
     return f
 
 
@@ -38,9 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--prometheus-url",
+        "--prometheus",  # issue 9's name; also keeps `--prometheus` from being an ambiguous prefix
+        dest="prometheus_url",
         metavar="URL",
-        help="have the adapter query this Prometheus instead of scraping the replicas itself; the demo "
-        "writes the replicas and exporters as a file_sd target list for it (see --prometheus-file-sd)",
+        help="(alias --prometheus) have the adapter query this Prometheus instead of scraping the replicas "
+        "itself; the demo writes the replicas and exporters as a file_sd target list for it (see --prometheus-file-sd)",
     )
     parser.add_argument(
         "--prometheus-file-sd",

@@ -141,7 +141,8 @@ def parse_trace(text: str, what: str = "trace", limit: int | None = None) -> lis
                 raise WorkloadError(f"{what}: line {line}: pod {name!r} appears twice")
             seen.add(name)
             gpus_s = row[pos["gpus"]].strip()
-            if not gpus_s.isdigit() or not 1 <= int(gpus_s) <= 64:
+            # ASCII digits only: str.isdigit() also accepts "²" or "٤", which int() then refuses or misreads
+            if not (gpus_s.isascii() and gpus_s.isdigit()) or not 1 <= int(gpus_s) <= 64:
                 raise WorkloadError(f"{what}: line {line}: gpus {gpus_s!r} must be an integer 1..64")
             pods.append(
                 PodSpec(
