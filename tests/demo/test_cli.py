@@ -50,8 +50,8 @@ def test_speed_and_duration_must_be_finite(
 def test_prometheus_is_an_alias_of_prometheus_url(
     flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # issue 9 names the flag `--prometheus URL`; it used to be an ambiguous prefix of two flags. A URL without a
-    # scheme is refused before anything starts, naming the flag: proof the value reached --prometheus-url.
+    # issue 9 names the flag `--prometheus URL`; it used to be an ambiguous prefix of two flags. A URL without
+    # a scheme is refused before anything starts, naming the flag: proof the value reached --prometheus-url.
     work = tmp_path / "work"
     assert main(["demo", flag, "127.0.0.1:9090", "--workdir", str(work)]) == 2
     err = capsys.readouterr().err

@@ -71,8 +71,9 @@ def test_trace_columns_in_any_order_rows_sorted_by_time(tmp_path: Path) -> None:
         ("time,pod,gpus,duration\n1,a,4\n", "line 2: 3 fields"),
         ("time,pod,gpus,duration\n1,a,four,10\n", "line 2: gpus 'four'"),
         ("time,pod,gpus,duration\n1,a,0,10\n", "line 2: gpus '0'"),
-        ("time,pod,gpus,duration\n1,a,\u00b2,10\n", "line 2: gpus '\u00b2' must be an integer"),  # superscript two
-        ("time,pod,gpus,duration\n1,a,\u0664,10\n", "line 2: gpus '\u0664' must be an integer"),  # Arabic-Indic 4
+        # str.isdigit() accepts these: a superscript two and an Arabic-Indic four
+        ("time,pod,gpus,duration\n1,a,\u00b2,10\n", "line 2: gpus '\u00b2' must be an integer"),
+        ("time,pod,gpus,duration\n1,a,\u0664,10\n", "line 2: gpus '\u0664' must be an integer"),
         ("time,pod,gpus,duration\n-1,a,1,10\n", "line 2: time"),
         ("time,pod,gpus,duration\n1,a,1,0\n", "line 2: duration"),
         ("time,pod,gpus,duration\n1,a,1,nan\n", "line 2: duration"),

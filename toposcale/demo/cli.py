@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="prometheus_url",
         metavar="URL",
         help="(alias --prometheus) have the adapter query this Prometheus instead of scraping the replicas "
-        "itself; the demo writes the replicas and exporters as a file_sd target list for it (see --prometheus-file-sd)",
+        "itself; the demo writes the replicas and exporters as a file_sd target list for it "
+        "(see --prometheus-file-sd)",
     )
     parser.add_argument(
         "--prometheus-file-sd",
