@@ -192,7 +192,7 @@ async def bench(args: argparse.Namespace) -> None:
                     floor = (p50, p99)
                 over = ""
                 if name == "adapter uncached" and floor is not None:
-                    over = f"+{p50 - floor[0]:.2f} / +{p99 - floor[1]:.2f}"
+                    over = f"{p50 - floor[0]:+.2f} / {p99 - floor[1]:+.2f}"
                 rows.append((name, clients, n, n / args.duration, p50, p99, over, cpu, errors))
                 print(f"  {name:<17} clients={clients:<4} {n / args.duration:>9.0f} req/s", file=sys.stderr)
 
