@@ -45,8 +45,7 @@ class Discovery:
 class _Links:
     direct: Counter[str] = field(default_factory=Counter)  # remote GPU bus id -> bonded links
     switch_links: int = 0
-    switches: set[str] = field(default_factory=set)  # remote NVSwitch bus ids
-    switch_pci_known: bool = True
+    fabric: tuple[str, int] | None = None  # (clusterUuid, cliqueId) from the fabric manager, when registered
 
 
 def device_id(strategy: IdStrategy, index: int, uuid: str | None) -> str:
@@ -117,6 +116,8 @@ def _discover(backend: NvmlBackend, resource: str, id_strategy: IdStrategy) -> D
         cpus = ask(i, "cpus", backend.cpu_affinity, i)
         mig = ask(i, "mig", backend.mig_mode, i)
         links.append(_nvlinks(backend, i, gaps))
+        if links[-1].switch_links:
+            links[-1].fabric = _fabric(backend, i, gaps)
         gpus.append(
             GPU(
                 id=device_id(id_strategy, i, uuid),
@@ -207,10 +208,6 @@ def _nvlinks(backend: NvmlBackend, i: int, gaps: _Gaps) -> _Links:
             remote = None  # NVML cannot see the far end (NVSwitch not passed through to this VM)
         if kind == NVLINK_DEVICE_SWITCH:
             out.switch_links += 1
-            if remote:
-                out.switches.add(remote)
-            else:
-                out.switch_pci_known = False
         elif kind in (NVLINK_DEVICE_GPU, None):
             if remote:
                 out.direct[remote] += 1
@@ -219,18 +216,31 @@ def _nvlinks(backend: NvmlBackend, i: int, gaps: _Gaps) -> _Links:
     return out
 
 
+def _fabric(backend: NvmlBackend, i: int, gaps: _Gaps) -> tuple[str, int] | None:
+    """The fabric manager's (clusterUuid, cliqueId); None when NVML has none (NotSupported on most drivers,
+    not registered yet). Only a missing answer on a switch-attached GPU is worth recording."""
+    try:
+        return backend.fabric(i)
+    except NvmlError as exc:
+        if exc.name not in ("NotSupported", "FunctionNotFound", "NotCaptured"):
+            gaps.note(i, "fabric", exc.name)
+        return None
+
+
 def _nv_code(a: _Links, b: _Links, bus_a: str | None, bus_b: str | None) -> str | None:
     bonded = max(a.direct[bus_b] if bus_b else 0, b.direct[bus_a] if bus_a else 0)
     if bonded:
         return f"NV{bonded}"
     if a.switch_links and b.switch_links:
-        # One node's switches form one fabric; only switch bus ids NVML did show can prove two GPUs apart.
-        both_known = a.switch_pci_known and b.switch_pci_known and a.switches and b.switches
-        same_fabric = not (both_known and not a.switches & b.switches)
-        if same_fabric:
-            # Every GPU pair on an NVSwitch fabric talks at the bandwidth of the fewer switch links, which is
-            # what nvidia-smi prints (NV18 between every pair of an HGX H100).
-            return f"NV{min(a.switch_links, b.switch_links)}"
+        # All NVSwitches of one node form one fabric: on two-baseboard systems (HGX-2, DGX-2) each GPU's
+        # links reach only its own baseboard's switches, yet nvidia-smi prints NV<n> for every pair because
+        # the baseboards are bridged switch to switch. Switch bus ids therefore prove nothing; only the
+        # fabric manager's identity (clusterUuid, cliqueId), when both GPUs have one, can tell domains apart.
+        if a.fabric is not None and b.fabric is not None and a.fabric != b.fabric:
+            return None
+        # Every GPU pair on an NVSwitch fabric talks at the bandwidth of the fewer switch links, which is
+        # what nvidia-smi prints (NV18 between every pair of an HGX H100).
+        return f"NV{min(a.switch_links, b.switch_links)}"
     return None
 
 

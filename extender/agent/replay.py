@@ -22,7 +22,7 @@ from typing import Any
 
 from .cpuset import parse_cpuset
 from .files import read_bounded
-from .nvml import NvmlError, normalize_bus_id
+from .nvml import NvmlError, fabric_identity, normalize_bus_id
 
 FORMAT = "toposcale-nvml-capture/1"
 _NOT_CAPTURED = {"error": "NotCaptured"}
@@ -185,6 +185,13 @@ class ReplayBackend:
 
     def nvlink_remote_type(self, i: int, link: int) -> int:
         return int(self._link(i, link, "remote_type", f"nvlink_remote_type({i},{link})"))
+
+    def fabric(self, i: int) -> tuple[str, int] | None:
+        v = self._field(i, "fabric", f"fabric({i})")
+        if not isinstance(v, dict) or "clusterUuid" not in v:
+            return None  # the first probe's legacy call: no clusterUuid captured, so no identity to compare
+        return fabric_identity(int(v.get("state", 0)), int(v.get("status", -1)), str(v["clusterUuid"]),
+                               int(v.get("cliqueId", 0)))
 
     def common_ancestor(self, i: int, j: int) -> int:
         call = f"common_ancestor({i},{j})"

@@ -24,6 +24,10 @@ from toposcale.extender.topology.topo_text import parse_topo_text
 from .conftest import VM1, X4, X4_UUIDS, X4B, load_x4
 
 
+def load_x4b() -> dict:
+    return json.loads((X4B / "nvml_capture.json").read_text())
+
+
 def test_h100_x4_nvswitch_capture_gives_nv18_between_every_pair() -> None:
     found = discover(ReplayBackend(load_x4()))
     topo = found.topology
@@ -183,15 +187,44 @@ def test_direct_gpu_to_gpu_nvlinks_are_counted_per_pair() -> None:
     assert topo.links[0][2] == topo.links[2][3] == "PHB"
 
 
-def test_switches_nvml_can_see_split_gpus_into_fabrics() -> None:
+def test_two_baseboards_with_disjoint_switches_are_one_fabric() -> None:
+    # HGX-2 / DGX-2: each GPU reaches only its own baseboard's NVSwitches, the baseboards are bridged switch
+    # to switch, and nvidia-smi prints NV<n> for every pair. Disjoint switch bus ids prove nothing.
     cap = load_x4()
     for i, dev in enumerate(cap["devices"]):
         for entry in dev["nvlinks"]:
             if "remote_pci" in entry:
                 entry["remote_pci"] = {"value": "0000:a1:00.0" if i < 2 else "0000:b1:00.0"}
     topo = discover(ReplayBackend(cap)).topology
+    assert {topo.links[i][j] for i in range(4) for j in range(4) if i != j} == {"NV18"}
+
+
+def _fabric(cluster: str, clique: int, state: int = 3) -> dict:
+    return {"value": {"call": "nvmlDeviceGetGpuFabricInfoV/v3", "state": state, "status": 0,
+                      "cliqueId": clique, "clusterUuid": cluster}}
+
+
+def test_fabric_manager_cliques_split_switch_attached_gpus_into_domains() -> None:
+    cap = load_x4b()
+    for i, dev in enumerate(cap["devices"]):
+        dev["fabric"] = _fabric("ab" * 16, 1 if i < 2 else 2)
+    topo = discover(ReplayBackend(cap)).topology
     assert topo.links[0][1] == "NV18" and topo.links[2][3] == "NV18"
-    assert topo.links[1][2] == "PHB"
+    assert topo.links[1][2] == "PHB"  # NVML's common ancestor on that machine
+
+
+def test_unregistered_fabric_says_nothing_and_switches_stay_one_fabric() -> None:
+    cap = load_x4b()
+    for i, dev in enumerate(cap["devices"]):
+        dev["fabric"] = _fabric("ab" * 16, i, state=2)  # IN_PROGRESS: clique ids not assigned yet
+    topo = discover(ReplayBackend(cap)).topology
+    assert {topo.links[i][j] for i in range(4) for j in range(4) if i != j} == {"NV18"}
+
+
+def test_real_capture_fabric_is_one_registered_clique() -> None:
+    # h100-x4-vm-nvswitch-b: nvmlDeviceGetGpuFabricInfoV said Completed/Success, cliqueId 0, zero cluster.
+    backend = ReplayBackend(load_x4b())
+    assert {backend.fabric(i) for i in range(4)} == {("0" * 32, 0)}
 
 
 def test_nvml_that_cannot_start_is_an_error_not_an_empty_node() -> None:
