@@ -2,8 +2,10 @@
 
 kube-state-metrics names and labels are from kubernetes/kube-state-metrics internal/store/
 horizontalpodautoscaler.go: every family carries `namespace` and `horizontalpodautoscaler`;
-`..._spec_target_metric` adds `metric_name` and `metric_target_type` (value|utilization|average) and is
-emitted only for integer targets; `..._status_condition` adds `condition` and `status` (true|false|unknown).
+`..._spec_target_metric` adds `metric_name` and `metric_target_type` (value|utilization|average), the target
+as a float (current releases convert the Quantity with MilliValue()/1000, so `750m` is 0.75; releases that
+used AsInt64 skipped non-integer targets); `..._status_condition` adds `condition` and `status`
+(true|false|unknown).
 toposcale's own names are the ones its services register (adapter/metrics.py, extender/server.py,
 extender/agent/metrics.py); the dashboard tests scrape the real services, so a rename breaks a test. The
 labels Prometheus adds are the ones deploy/monitors sets up: `node` on the agents (from the pod's node), and
@@ -83,10 +85,16 @@ def build() -> dict[str, Any]:
         ], description="The value the adapter last answered for vllm_requests_waiting (requests queued in "
                        "vLLM over the pods the HPA selects), beside the AverageValue target times the "
                        "current replicas: above the line the HPA adds replicas.", width=8, min=0),
-        Panel("timeseries", "vllm_kv_cache_usage", [
+        Panel("timeseries", "vllm_kv_cache_usage vs the HPA's threshold", [
             Target(served("vllm_kv_cache_usage"), legend="served {{namespace}}"),
-        ], description="The value the adapter last answered for vllm_kv_cache_usage: the mean over the "
-                       "selected pods of each pod's KV-cache usage (vLLM's new name or the V0 one).",
+            Target(f'max by (namespace) ({KSM}_spec_target_metric{{{HPA}, '
+                   f'metric_name="vllm_kv_cache_usage", metric_target_type="value"}})',
+                   legend="scale-out above {{namespace}}"),
+        ], description="The value the adapter last answered for vllm_kv_cache_usage (the mean over the "
+                       "selected pods of each pod's KV-cache usage, vLLM's new name or the V0 one), beside "
+                       "the HPA's Value target (kube-state-metrics: 750m is 0.75): above the line the HPA "
+                       "adds replicas. Several HPAs in a namespace with different targets: the highest is "
+                       "drawn.",
               unit="percentunit", min=0, max=1, width=8),
         Panel("timeseries", "Age of the values served", [
             Target(f"time() - max by (metric, namespace) ({SERVED_AT}{{{NS}}})",

@@ -307,6 +307,9 @@ class Scenario:
                   "calculating the desired replica count.", hpa | {"metric_name": "vllm_requests_waiting",
                                                        "metric_target_type": "average"}, t,
                   TARGET_WAITING_PER_REPLICA)
+        rec.gauge(k + "spec_target_metric", "The metric specifications used by this autoscaler when "
+                  "calculating the desired replica count.", hpa | {"metric_name": "vllm_kv_cache_usage",
+                                                       "metric_target_type": "value"}, t, KV_TARGET)
         conditions = (("AbleToScale", True), ("ScalingActive", not outage), ("ScalingLimited", desired >= 4))
         for cond, ok in conditions:
             for status in ("true", "false", "unknown"):

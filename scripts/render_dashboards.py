@@ -50,8 +50,8 @@ MAIN_PANELS = {
     "autoscaling-placement": (
         [],
         ["Replicas: current, desired, min, max", "vllm_requests_waiting vs the HPA's threshold",
-         "vllm_kv_cache_usage", "Metric requests /s by code", "Topology tier of the GPU sets chosen",
-         "Decision latency by verb"],
+         "vllm_kv_cache_usage vs the HPA's threshold", "Metric requests /s by code",
+         "Topology tier of the GPU sets chosen", "Decision latency by verb"],
     ),
 }
 RATE_INTERVAL = "1m"  # four samples of the 15 s preview data, as Grafana's $__rate_interval would pick

@@ -117,17 +117,31 @@ def test_what_the_hpa_reads_is_what_the_adapter_answered(stack: LiveStack) -> No
     assert sorted(float(r["value"][1]) for r in raw) == [9.0, 11.0]
     for title, metric, answer, want in [
         ("vllm_requests_waiting vs the HPA's threshold", "vllm_requests_waiting", "9", 9.0),
-        ("vllm_kv_cache_usage", "vllm_kv_cache_usage", "750m", 0.75),
+        ("vllm_kv_cache_usage vs the HPA's threshold", "vllm_kv_cache_usage", "750m", 0.75),
     ]:
         assert adapter_answer(stack, metric) == answer
         result = stack.query(substitute(panels[title]["targets"][0]["expr"], {"namespace": "llm"}))
         assert [(r["metric"], float(r["value"][1])) for r in result] == [({"namespace": "llm"}, want)]
     # the metric's namespace survived the scrape (honorLabels), not the adapter's own "toposcale"
-    assert stack.query(substitute(panels["vllm_kv_cache_usage"]["targets"][0]["expr"],
+    assert stack.query(substitute(panels["vllm_kv_cache_usage vs the HPA's threshold"]["targets"][0]["expr"],
                                   {"namespace": "toposcale"})) == []
     ages = stack.query(substitute(panels["Age of the values served"]["targets"][0]["expr"]))
     assert {r["metric"]["metric"] for r in ages} == {"vllm_requests_waiting", "vllm_kv_cache_usage"}
     assert all(0 <= float(r["value"][1]) < 60 for r in ages), ages
+
+
+def test_hpa_thresholds_are_the_example_hpas_targets(stack: LiveStack) -> None:
+    # kube-state-metrics (fixture: the deploy/examples/qwen HPA) exports the queue target as AverageValue 4,
+    # drawn times the current replicas (2), and the KV-cache target 750m as the float 0.75, drawn as is
+    panels = {p["title"]: p for p in ALL_DASHBOARDS["autoscaling-placement"]["panels"]}
+    for title, want in [("vllm_requests_waiting vs the HPA's threshold", 8.0),
+                        ("vllm_kv_cache_usage vs the HPA's threshold", 0.75)]:
+        [threshold] = [t for t in panels[title]["targets"] if "spec_target_metric" in t["expr"]]
+        assert threshold["legendFormat"].startswith("scale-out above")
+        result = stack.query(substitute(threshold["expr"], {"namespace": "llm"}))
+        assert [(r["metric"], float(r["value"][1])) for r in result] == [({"namespace": "llm"}, want)], title
+        # an HPA in another namespace draws no line here
+        assert stack.query(substitute(threshold["expr"], {"namespace": "llm-legacy"})) == []
 
 
 def test_agent_panels_group_by_node(stack: LiveStack) -> None:
