@@ -3,7 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
+from collections.abc import Callable
 from typing import Any
+
+# A URL path: segments of RFC 3986 pchar. The scheduler's urlPrefix is a whole URL; only its path goes here.
+_PATH = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?$")
+
+
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ({what})") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high} ({what})")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be a finite number >= 0")
+    return value
+
+
+def _url_prefix(text: str) -> str:
+    if text == "" or (_PATH.match(text) and "//" not in text):
+        return text
+    hint = " (give only the path of the scheduler's urlPrefix, e.g. /toposcale)" if "://" in text else ""
+    raise argparse.ArgumentTypeError(f"{text!r} is not a URL path starting with '/'{hint}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,9 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no Kubernetes connection: serve nodeCacheCapable: false payloads (full Node objects) only",
     )
     parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=8888, help="listen port (default 8888)")
     parser.add_argument(
-        "--url-prefix", default="", help="path prefix of every route, as in the scheduler's urlPrefix"
+        "--port", type=_int_in(1, 65535, "a TCP port"), default=8888, help="listen port (default 8888)"
+    )
+    parser.add_argument(
+        "--url-prefix", type=_url_prefix, default="",
+        help="path prefix of every route (e.g. /toposcale), the path of the scheduler's urlPrefix",
     )
     parser.add_argument(
         "--resource", default="nvidia.com/gpu", help="extended resource the GPUs are counted in"
@@ -26,13 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="kubeconfig path (default: in-cluster service account, else $KUBECONFIG or ~/.kube/config)",
     )
     parser.add_argument(
-        "--max-body-mb", type=int, default=256, help="largest request body accepted, MiB (default 256)"
+        "--max-body-mb", type=_int_in(1, 4096, "MiB"), default=256,
+        help="largest request body accepted, MiB (default 256)",
     )
     parser.add_argument(
-        "--max-inflight", type=int, default=4, help="decisions computed at once; more wait, then get 503"
+        "--max-inflight", type=_int_in(1, 1024, "decisions at once"), default=4,
+        help="decisions computed at once; more wait, then get 503",
     )
     parser.add_argument(
-        "--assume-ttl", type=float, default=120.0,
+        "--assume-ttl", type=_seconds, default=120.0,
         help="seconds a bound pod's GPUs count as taken before the agent's annotation shows them",
     )
     add_log_level_argument(parser)
