@@ -36,9 +36,7 @@ def test_unparseable_values_are_argparse_errors(args: list[str]) -> None:
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "1e999"])
 @pytest.mark.parametrize("flag", ["--speed", "--duration"])
-def test_speed_and_duration_must_be_finite(
-    flag: str, value: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_speed_and_duration_must_be_finite(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     # `--speed nan` used to pass the "> 0" check and loop forever
     with pytest.raises(SystemExit) as exc:
         main(["demo", f"{flag}={value}"])

@@ -63,6 +63,34 @@ def test_value_target_scales_ready_pods_by_ratio() -> None:
     assert replicas_for_metric(KV, [530], 3, 2, 0.1) == 3  # within tolerance: current, not ready count
 
 
+def test_average_value_divides_by_the_status_replica_count_not_the_spec() -> None:
+    # horizontal.go computeStatusForExternalMetric passes statusReplicas to GetExternalPerPodMetricReplicas.
+    # Spec just raised to 4, 2 pods exist: 8.5 waiting against 2 x 4 is ratio 1.06, inside 10 % -> the status
+    # count, 2. Against the spec's 4 it would be 0.53 and propose ceil(8.5 / 4) = 3.
+    assert replicas_for_metric(WAITING, [8_500], 4, 2, 0.1, status_replicas=2, pods=2) == 2
+    assert replicas_for_metric(WAITING, [8_500], 4, 2, 0.1, status_replicas=4, pods=4) == 3
+    # no pods yet (status 0): an infinite ratio, never within tolerance -> ceil(usage / target)
+    assert replicas_for_metric(WAITING, [8_500], 1, 0, 0.1, status_replicas=0, pods=0) == 3
+
+
+def test_value_target_with_pods_present_but_none_ready_proposes_zero_not_an_error() -> None:
+    # replica_calculator.go getReadyPodsCount fails only when the selector lists no pod; pods that are all
+    # still starting count 0 ready: ceil(ratio x 0) = 0.
+    assert replicas_for_metric(KV, [800], 3, 0, 0.1, pods=3) == 0
+    with pytest.raises(MetricError, match="no pods returned by selector"):
+        replicas_for_metric(KV, [800], 3, 0, 0.1, pods=0)
+
+
+def test_a_sync_with_every_pod_starting_still_scales_on_the_other_metric() -> None:
+    hpa = HPAController(spec(metrics=(WAITING, KV)))
+    d = hpa.reconcile(
+        0, 2, 0, {"vllm_requests_waiting": [20_000], "vllm_kv_cache_usage": [900]}, status_replicas=2, pods=2
+    )
+    assert d.proposals["vllm_kv_cache_usage"] == 0  # a proposal, not FailedGetExternalMetric
+    assert d.proposals["vllm_requests_waiting"] == 5
+    assert d.reason != "FailedGetExternalMetric" and d.desired > 2
+
+
 def test_value_target_zero_usage_scales_to_zero_proposal() -> None:
     assert replicas_for_metric(KV, [0], 3, 3, 0.1) == 0
 

@@ -129,7 +129,24 @@ def test_single_numa_sets() -> None:
     topo = by["gpu-hgx-h100-0"].topology
     assert single_numa(topo, [0, 1, 2, 3]) is True
     assert single_numa(topo, [2, 3, 4, 5]) is False
-    assert single_numa(by["gpu-pcie-l40s-0"].topology, [0, 1, 2, 3]) is None  # NUMA N/A in the capture
+
+
+def test_the_demo_and_the_simulator_say_the_same_of_the_pcie_box() -> None:
+    # NUMA N/A and CPU affinity 0-95 on every GPU, SYS between the two switch trees: the same affinity is no
+    # evidence of one NUMA node, so each whole tree is single-NUMA and the other 68 four-GPU sets cross.
+    from itertools import combinations
+
+    from toposcale.simulate.tiers import cross_socket
+
+    by = {n.name: n for n in build_fleet()}
+    node = by["gpu-pcie-l40s-0"]
+    four = [list(c) for c in combinations(range(8), 4)]
+    assert [c for c in four if single_numa(node.topology, c)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    for c in four:
+        assert single_numa(node.topology, c) is not cross_socket(node.topology, sum(1 << i for i in c))
+    assert has_free_single_numa_set(node, 4)
+    node.allocate("p", [node.topology.gpus[i].id for i in (0, 4)], "demo")
+    assert not has_free_single_numa_set(node, 4)  # each tree has three free: only sets across SYS are left
 
 
 def test_device_plugin_prediction_keeps_a_whole_group() -> None:

@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from toposcale.demo.supervisor import Service, Supervisor, free_port
+import pytest
+
+from toposcale.demo.supervisor import OwnErrors, Service, Supervisor, free_port, with_port
 
 LOGS_AN_ERROR = r"""
 import json, sys, time
@@ -24,6 +26,16 @@ import signal, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("ready", flush=True)
 time.sleep(60)
+"""
+
+
+SERVES_ON_PORT = r"""
+import argparse, http.server
+ap = argparse.ArgumentParser()
+ap.add_argument("--port", type=int, required=True)
+ap.add_argument("--backlog", type=int, required=True)
+a = ap.parse_args()
+http.server.HTTPServer(("127.0.0.1", a.port), http.server.SimpleHTTPRequestHandler).serve_forever()
 """
 
 
@@ -68,12 +80,46 @@ async def test_a_port_taken_meanwhile_is_retried_on_another(tmp_path: Path) -> N
     taken = squatter.getsockname()[1]
     sup = Supervisor(tmp_path)
     svc = sup.add("web", [], taken, health_path="/")
-    svc.argv = [sys.executable, "-m", "http.server", str(taken), "--bind", "127.0.0.1"]
+    # another flag carries the same number as the port: only the value after --port may change
+    svc.argv = [sys.executable, "-c", SERVES_ON_PORT, "--backlog", str(taken), "--port", str(taken)]
     try:
         await sup.start_healthy(svc, timeout_s=10)
         assert svc.port != taken and svc.running()
-        assert str(svc.port) in svc.argv
+        assert svc.argv[-4:] == ["--backlog", str(taken), "--port", str(svc.port)]
     finally:
         sup.stop_all()
         squatter.close()
     assert not svc.running()
+
+
+def test_with_port_rewrites_only_the_port_flags_value() -> None:
+    assert with_port(["x", "--workers", "8888", "--port", "8888"], 9000) == [
+        "x",
+        "--workers",
+        "8888",
+        "--port",
+        "9000",
+    ]
+    assert with_port(["x", "--port=8888", "8888"], 9000) == ["x", "--port=9000", "8888"]
+    with pytest.raises(ValueError, match="no --port flag"):
+        with_port(["x", "8888"], 9000)
+
+
+def test_error_records_of_the_demos_own_process_are_problems() -> None:
+    import logging
+
+    from toposcale.demo.runner import problems_text
+
+    with OwnErrors() as own:
+        logging.getLogger("toposcale.demo.vllm_sim").warning("slow scrape")  # not an error
+        logging.getLogger("toposcale.demo").error("scheduling failed")
+        logging.getLogger("aiohttp.server").error("Error handling request")
+    logging.getLogger("toposcale.demo").error("after the run: not counted")
+    assert [(p.service, p.level, p.text) for p in own.problems] == [
+        ("demo", "error", "toposcale.demo: scheduling failed"),
+        ("demo", "error", "aiohttp.server: Error handling request"),
+    ]
+    assert problems_text(Supervisor(Path(".")), own) == [
+        "demo: error: toposcale.demo: scheduling failed",
+        "demo: error: aiohttp.server: Error handling request",
+    ]

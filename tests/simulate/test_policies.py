@@ -133,12 +133,32 @@ def test_the_toposcale_policy_and_the_gpu_pick_are_the_extenders_own_functions(f
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_the_extender_on_top_of_most_allocated_keeps_a_box_free_for_an_8_gpu_pod(fleet_of, seed: int) -> None:
-    # Two NVSwitch boxes: every set is NVLink, so the extender scores the boxes alike and the scheduler's own
-    # strategy decides. On top of LeastAllocated the two 4-GPU pods go one per box and the 8-GPU pod finds
-    # no box; on top of MostAllocated they share a box and the 8-GPU pod gets the other.
+def test_the_shipped_profile_keeps_a_box_free_for_an_8_gpu_pod_the_spread_variant_does_not(
+    fleet_of, seed: int
+) -> None:
+    # Two NVSwitch boxes: every set is NVLink, so the extender scores the boxes alike and NodeResourcesFit
+    # decides. `toposcale` is the shipped profile (MostAllocated + extender): the second 4-GPU pod scores
+    # 100 on the half-full box against 50 on the empty one, so both share a box and the 8-GPU pod gets the
+    # other. `toposcale-spread` (LeastAllocated + extender) puts them one per box: the 8-GPU pod finds none.
     fleet = fleet_of(hgx_h100_nvswitch_8gpu=2)
-    res = by_policy(compare(fleet, in_order(4, 4, 8), ["toposcale", "toposcale-binpack"], seed=seed))
-    assert (res["toposcale"].placed, res["toposcale"].pending) == (2, 1)
-    assert (res["toposcale-binpack"].placed, res["toposcale-binpack"].pending) == (3, 0)
-    assert res["toposcale-binpack"].tier_share(Tier.NVLINK) == 1.0
+    res = by_policy(compare(fleet, in_order(4, 4, 8), ["toposcale", "toposcale-spread"], seed=seed))
+    assert (res["toposcale"].placed, res["toposcale"].pending) == (3, 0)
+    assert (res["toposcale-spread"].placed, res["toposcale-spread"].pending) == (2, 1)
+    assert res["toposcale"].tier_share(Tier.NVLINK) == 1.0
+
+
+def test_toposcale_is_most_allocated_plus_the_extender_toposcale_spread_least_allocated() -> None:
+    # The shipped profile's arithmetic on one node: extender score x weight 5 x 10 plus NodeResourcesFit.
+    from toposcale.simulate.extender_api import node_score
+    from toposcale.simulate.fleet import topology_from_text
+    from toposcale.simulate.policies import make_policy
+
+    from .conftest import TOPOLOGIES
+
+    topo = topology_from_text((TOPOLOGIES / "hgx-h100-nvswitch-8gpu.txt").read_text(), "hgx")
+    free = 0b1111_0000  # GPUs 4..7 free: a 4-GPU pod fills the box
+    ext = node_score(topo, free, 4)
+    assert ext is not None
+    assert make_policy("toposcale").score(topo, free, 4, 4) == ext * 50 + most_allocated(8, 8)
+    assert make_policy("toposcale-spread").score(topo, free, 4, 4) == ext * 50 + least_allocated(8, 8)
+    assert most_allocated(8, 8) == 100 and least_allocated(8, 8) == 0

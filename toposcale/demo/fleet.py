@@ -12,6 +12,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import combinations
 from typing import Any
 
 from toposcale.extender.topology.annotations import (
@@ -25,6 +26,7 @@ from toposcale.extender.topology.annotations import (
 )
 from toposcale.extender.topology.model import Topology
 from toposcale.extender.topology.topo_text import parse_topo_text
+from toposcale.simulate import tiers
 
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -144,18 +146,15 @@ def build_fleet(specs: tuple[NodeSpec, ...] = DEFAULT_FLEET) -> list[SimNode]:
     return nodes
 
 
-def single_numa(topo: Topology, idx: list[int]) -> bool | None:
-    """True when every GPU of the set sits on one known NUMA node; None when a NUMA node is unknown."""
-    numas = {topo.gpus[i].numa for i in idx}
-    if -1 in numas:
-        return None
-    return len(numas) == 1
+def single_numa(topo: Topology, idx: list[int]) -> bool:
+    """Whether the set stays on one NUMA node, by the simulator's rule (`toposcale.simulate.tiers`), so the
+    demo and `toposcale simulate` say the same of the same box: NUMA ids or CPU affinities that differ between
+    the node's GPUs decide; where the capture shows neither (NUMA N/A, one affinity on every GPU), no SYS pair
+    means one NUMA node."""
+    return tiers.single_numa(topo, sum(1 << i for i in idx))
 
 
 def has_free_single_numa_set(node: SimNode, k: int) -> bool:
-    """Whether `k` free GPUs of this node share one known NUMA node."""
-    per_numa: dict[int, int] = {}
-    for g in node.topology.gpus:
-        if g.id not in node.allocated and g.numa >= 0:
-            per_numa[g.numa] = per_numa.get(g.numa, 0) + 1
-    return any(n >= k for n in per_numa.values())
+    """Whether some `k` free GPUs of this node stay on one NUMA node (the rule of `single_numa`)."""
+    free = [i for i, g in enumerate(node.topology.gpus) if g.id not in node.allocated]
+    return any(single_numa(node.topology, list(c)) for c in combinations(free, k))

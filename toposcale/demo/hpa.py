@@ -113,26 +113,44 @@ class HPASpec:
 
 
 def replicas_for_metric(
-    metric: ExternalMetric, values_milli: list[int], spec_replicas: int, ready_pods: int, tolerance: float
+    metric: ExternalMetric,
+    values_milli: list[int],
+    spec_replicas: int,
+    ready_pods: int,
+    tolerance: float,
+    *,
+    status_replicas: int | None = None,
+    pods: int | None = None,
 ) -> int:
-    """The replica proposal for one External metric, given the milli-values of the items the API returned."""
+    """The replica proposal for one External metric, given the milli-values of the items the API returned.
+
+    As horizontal.go computeStatusForExternalMetric calls replica_calculator.go: an AverageValue target gets
+    the scale target's status (current) replica count (GetExternalPerPodMetricReplicas(statusReplicas, ...)),
+    a Value target its spec replica count (GetExternalMetricReplicas(specReplicas, ...)).
+    `status_replicas` defaults to `spec_replicas` (a settled Deployment), `pods` (pods the HPA's selector
+    lists, ready or not) to `ready_pods`. getReadyPodsCount fails only when the selector lists no pod at all;
+    pods present but none ready count 0 ready pods, which proposes 0 replicas, not an error.
+    """
     if not values_milli:
         raise MetricError("no metrics returned from external metrics API")
+    status = spec_replicas if status_replicas is None else status_replicas
+    listed = ready_pods if pods is None else pods
     usage = sum(values_milli)
     target = metric.target_milli
     if metric.target_type == "AverageValue":
-        # GetExternalPerPodMetricReplicas
-        ratio = usage / (target * spec_replicas) if spec_replicas else math.inf
+        # GetExternalPerPodMetricReplicas(statusReplicas, ...): 0 replicas gives an infinite (or NaN) ratio,
+        # never within tolerance
+        ratio = usage / (target * status) if status else math.inf
         if abs(1.0 - ratio) > tolerance:
             return math.ceil(usage / target)
-        return spec_replicas
-    # GetExternalMetricReplicas -> getUsageRatioReplicaCount
+        return status
+    # GetExternalMetricReplicas(specReplicas, ...) -> getUsageRatioReplicaCount
     ratio = usage / target
     if spec_replicas == 0:
         return math.ceil(ratio)
     if abs(1.0 - ratio) <= tolerance:
         return spec_replicas
-    if ready_pods <= 0:
+    if listed <= 0:  # getReadyPodsCount: len(podList) == 0
         raise MetricError("no pods returned by selector while calculating replica count")
     return math.ceil(ratio * ready_pods)
 
@@ -160,9 +178,18 @@ class HPAController:
     scale_down_events: list[tuple[float, int]] = field(default_factory=list)
 
     def reconcile(
-        self, now: float, spec_replicas: int, ready_pods: int, readings: dict[str, list[int] | Exception]
+        self,
+        now: float,
+        spec_replicas: int,
+        ready_pods: int,
+        readings: dict[str, list[int] | Exception],
+        *,
+        status_replicas: int | None = None,
+        pods: int | None = None,
     ) -> Decision:
-        """One sync: `readings` maps each metric name to its items' milli-values or the error reading it."""
+        """One sync: `readings` maps each metric name to its items' milli-values or the error reading it.
+        `status_replicas`: the scale target's status.replicas; `pods`: pods its selector lists (ready or
+        not); see `replicas_for_metric` for their defaults."""
         s = self.spec
         proposals: dict[str, int | str] = {}
         if spec_replicas > s.max_replicas:
@@ -175,7 +202,15 @@ class HPAController:
             try:
                 if isinstance(reading, Exception):
                     raise MetricError(str(reading))
-                proposal = replicas_for_metric(metric, reading, spec_replicas, ready_pods, s.tolerance)
+                proposal = replicas_for_metric(
+                    metric,
+                    reading,
+                    spec_replicas,
+                    ready_pods,
+                    s.tolerance,
+                    status_replicas=status_replicas,
+                    pods=pods,
+                )
             except MetricError as exc:
                 invalid += 1
                 proposals[metric.name] = f"FailedGetExternalMetric: {exc}"

@@ -30,14 +30,19 @@ from .hpa import ExternalMetric, HPAController, HPASpec, MetricError, Policy, Ru
 from .placement import predict_allocation, set_tier
 from .scheduler import ExtenderError, SchedulerClient, pod_object
 from .serving import ServingParams
-from .supervisor import Supervisor, free_port
+from .supervisor import OwnErrors, Supervisor, free_port
 from .traffic import TrafficCurve, poisson
 from .vllm_sim import HeldGPU, NodeExporter, ReplicaServer, SimReplica
 
 logger = logging.getLogger("toposcale.demo")
 
-# Labels and HPA as in deploy/examples/qwen (hpa.yaml); only the scale-down timing is shortened, so a run of
-# minutes shows it (the example waits 10 minutes, then removes one replica per 5 minutes).
+# Labels, metrics, targets (vllm_requests_waiting AverageValue 4, vllm_kv_cache_usage Value 750m) and the
+# scale-up behavior (no window; Pods 2 or Percent 100 per 60 s, selectPolicy Max) as in
+# deploy/examples/qwen/hpa.yaml. Two things differ so a run of minutes shows the whole story:
+# - maxReplicas is --max-replicas (default 6; the example has 4);
+# - scale-down: a 60 s stabilization window and the autoscaling/v2 default policy (Percent 100 per 15 s),
+#   where the example waits 600 s and then removes one replica per 300 s (Pods 1, selectPolicy Min).
+# All times are simulated seconds (the demo's compressed clock).
 APP_LABELS = {"app": "vllm", "model": "qwen2.5-7b-instruct"}
 SELECTOR = "app=vllm"
 SCALE_UP = Rules(0, (Policy("Pods", 2, 60), Policy("Percent", 100, 60)))
@@ -344,7 +349,14 @@ class Demo:
         self.last_kv = sum(kv) / 1000 / len(kv) if isinstance(kv, list) and kv else None
         gpu = await self.read_metric(http, "gpu_utilization", SELECTOR)
         self.last_gpu = sum(gpu) / 1000 / len(gpu) if isinstance(gpu, list) and gpu else None
-        decision = self.hpa.reconcile(now, self.spec_replicas, len(self.ready()), readings)
+        decision = self.hpa.reconcile(
+            now,
+            self.spec_replicas,
+            len(self.ready()),
+            readings,
+            status_replicas=len(self.active()),  # Deployment status.replicas: pods not terminating
+            pods=len(self.replicas),  # what the HPA's pod lister finds by selector, terminating ones too
+        )
         errs = [f"{k}: {v}" for k, v in decision.proposals.items() if isinstance(v, str)]
         if errs:  # the HPA would show them in its conditions (ScalingActive / FailedGetExternalMetric)
             self.story.hpa_errors.append((now, "; ".join(errs)))
@@ -507,8 +519,9 @@ def prometheus_job(file_sd: Path, speed: float) -> str:
     )
 
 
-def problems_text(sup: Supervisor) -> list[str]:
-    return [f"{p.service}: {p.level}: {p.text[:200]}" for p in sup.problems()]
+def problems_text(sup: Supervisor, own: OwnErrors) -> list[str]:
+    """Error-level lines of the adapter's and extender's logs, then of the demo's own process."""
+    return [f"{p.service}: {p.level}: {p.text[:200]}" for p in (*sup.problems(), *own.problems)]
 
 
 async def run_demo(cfg: DemoConfig, out: TextIO, install_signals: bool = True) -> int:
@@ -525,19 +538,20 @@ async def run_demo(cfg: DemoConfig, out: TextIO, install_signals: bool = True) -
             loop.add_signal_handler(sig, on_signal, sig)
     demo = Demo(cfg, out, stop)
     code = 0
-    try:
-        if await until_stopped(demo.start_services(), stop):
-            await demo.run()
-    except Exception as exc:
-        logger.exception("demo failed")
-        out.write(f"\ndemo failed: {exc}\n")
-        code = 1
-    finally:
-        await demo.close()
-        if install_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-    problems = problems_text(demo.sup)
+    with OwnErrors() as own:
+        try:
+            if await until_stopped(demo.start_services(), stop):
+                await demo.run()
+        except Exception as exc:
+            logger.exception("demo failed")
+            out.write(f"\ndemo failed: {exc}\n")
+            code = 1
+        finally:
+            await demo.close()
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+    problems = problems_text(demo.sup, own)
     for line in view.summary(
         demo.story, interrupted=bool(interrupted), problems=problems, workdir=str(cfg.workdir)
     ):

@@ -1,12 +1,14 @@
 """The demo's kube-scheduler: its own GPU-count filter, then the extender's filter and prioritize over HTTP.
 
-What kube-scheduler does with an extender (pkg/scheduler/extender.go, schedule_one.go), reduced to one
-resource: NodeResourcesFit drops nodes without k free GPUs; the extender (nodeCacheCapable: false) gets the
-Pod and the surviving v1.Node objects, answers which pass; prioritize is skipped when one node is left; each
-extender score adds `score x weight x (MaxNodeScore 100 / MaxExtenderPriority 10)` and the highest total wins,
-ties broken at random as selectHost does. In-tree scoring plugins are left out: every demo node ties on them,
-so the extender's points decide, as they do in the product's deployment.
-"""
+What kube-scheduler does with an extender (pkg/scheduler/extender.go, schedule_one.go) under the shipped
+profile (deploy/extender/scheduler-config.yaml), reduced to one resource: NodeResourcesFit drops nodes without
+k free GPUs; the extender (nodeCacheCapable: false here) gets the Pod and the surviving v1.Node objects,
+answers which pass; scoring is skipped when one node is left. Each node's total is NodeResourcesFit's
+MostAllocated score on nvidia.com/gpu (`requested * 100 // capacity`, requested including the pod, as
+noderesources/most_allocated.go computes it; the profile's only scored resource, weight 1) plus the
+extender's `score x weight x (MaxNodeScore 100 / MaxExtenderPriority 10)`; the highest total wins, ties
+broken at random as selectHost does. The other in-tree scoring plugins are left out: the demo's nodes carry
+no taints, affinities or images for them to tell apart."""
 
 from __future__ import annotations
 
@@ -100,14 +102,38 @@ def parse_priorities(doc: Any) -> dict[str, int]:
     return out
 
 
-def pick(candidates: list[str], scores: dict[str, int], weight: int, rng: random.Random) -> tuple[str, int]:
-    """Highest weighted extender points; ties broken uniformly at random (selectHost's reservoir sampling)."""
+def most_allocated(requested: int, capacity: int) -> int:
+    """NodeResourcesFit MostAllocated for one resource (most_allocated.go mostRequestedScore): requested
+    includes the pod being scheduled, clamped to capacity; 0 for a node without the resource."""
+    if capacity <= 0:
+        return 0
+    return min(requested, capacity) * MAX_NODE_SCORE // capacity
+
+
+def pick(
+    candidates: list[str],
+    scores: dict[str, int],
+    weight: int,
+    rng: random.Random,
+    fit_points: dict[str, int] | None = None,
+) -> tuple[str, int]:
+    """Highest total of NodeResourcesFit points (`fit_points`, from `most_allocated`) and weighted extender
+    points; ties broken uniformly at random (selectHost's reservoir sampling)."""
     if not candidates:
         raise ValueError("no candidates")
-    points = {n: scores.get(n, 0) * weight * (MAX_NODE_SCORE // MAX_EXTENDER_PRIORITY) for n in candidates}
+    fit = fit_points or {}
+    points = {
+        n: fit.get(n, 0) + scores.get(n, 0) * weight * (MAX_NODE_SCORE // MAX_EXTENDER_PRIORITY)
+        for n in candidates
+    }
     top = max(points.values())
     best = [n for n in candidates if points[n] == top]
     return rng.choice(best), top
+
+
+def gpu_capacity(node: dict[str, Any]) -> int:
+    """The node's allocatable nvidia.com/gpu (what NodeResourcesFit scores against)."""
+    return int((node.get("status") or {}).get("allocatable", {}).get("nvidia.com/gpu", "0"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,5 +189,13 @@ class SchedulerClient:
         passed = [n for n in fit if n["metadata"]["name"] in answer.passed]
         args = {"Pod": pod, "Nodes": {"metadata": {}, "items": passed}, "NodeNames": None}
         scores = parse_priorities(await self._post(http, "prioritize", args))
-        node, _points = pick(answer.passed, scores, self.weight, self.rng)
-        return Placement(node, scores.get(node), answer.passed, failed, "highest extender score")
+        fit_points = {
+            n["metadata"]["name"]: most_allocated(
+                gpu_capacity(n) - free[n["metadata"]["name"]] + k, gpu_capacity(n)
+            )
+            for n in passed
+        }
+        node, _points = pick(answer.passed, scores, self.weight, self.rng, fit_points)
+        return Placement(
+            node, scores.get(node), answer.passed, failed, "highest MostAllocated + extender score"
+        )

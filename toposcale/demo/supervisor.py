@@ -157,6 +157,51 @@ class Service:
         return p.returncode
 
 
+class OwnErrors(logging.Handler):
+    """Error-level records logged in the demo's own process (its vLLM and DCGM stand-ins, the scheduler and
+    HPA loops, aiohttp's servers for the stand-ins) as problems of service "demo", beside the children's."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.problems: list[LogProblem] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record must not hide that something failed
+            text = str(record.msg)
+        self.problems.append(LogProblem("demo", record.levelname.lower(), f"{record.name}: {text}"))
+
+    def __enter__(self) -> OwnErrors:
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().removeHandler(self)
+
+
+def has_port_flag(argv: list[str]) -> bool:
+    try:
+        with_port(argv, 0)
+    except ValueError:
+        return False
+    return True
+
+
+def with_port(argv: list[str], port: int) -> list[str]:
+    """`argv` with the value of its `--port` flag (`--port N` or `--port=N`) replaced; nothing else changes,
+    not even another argument that happens to equal the old port."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--port" and i + 1 < len(out):
+            out[i + 1] = str(port)
+            return out
+        if a.startswith("--port="):
+            out[i] = f"--port={port}"
+            return out
+    raise ValueError(f"no --port flag in {argv!r}")
+
+
 class Supervisor:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -164,17 +209,18 @@ class Supervisor:
 
     async def start_healthy(self, svc: Service, timeout_s: float, attempts: int = 3) -> None:
         """Start `svc` and wait until healthy; if it exits early (another process took its port between
-        `free_port` and its bind), try again on a new port, `attempts` times in all."""
+        `free_port` and its bind), try again on a new port, `attempts` times in all. The port is the value
+        of the service's `--port` flag; without one there is nothing to change and the first exit stands."""
         for attempt in range(1, attempts + 1):
             svc.start()
             try:
                 await svc.wait_healthy(timeout_s)
                 return
             except ServiceExited:
-                if attempt == attempts:
+                if attempt == attempts or not has_port_flag(svc.argv):
                     raise
-                old, svc.port = svc.port, free_port()
-                svc.argv = [str(svc.port) if a == str(old) else a for a in svc.argv]
+                svc.port = free_port()
+                svc.argv = with_port(svc.argv, svc.port)
                 logger.warning(
                     "service exited at start, retrying on another port",
                     extra={"service": svc.name, "port": svc.port, "log_tail": svc.tail(3)},

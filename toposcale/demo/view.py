@@ -32,7 +32,7 @@ class PlacementRecord:
     gpus: tuple[int, ...]
     tier: str
     numa: str  # e.g. "0", "0+1", "unknown"
-    single_numa: bool | None
+    single_numa: bool  # toposcale.simulate.tiers' rule: NUMA layout, else no SYS pair
     single_numa_available: bool
     score: int | None
 
@@ -81,10 +81,14 @@ def status_line(s: Sample) -> str:
     )
 
 
+def numa_words(p: PlacementRecord) -> str:
+    if p.numa == "unknown":  # no NUMA ids in the capture: differing CPU affinities, else the links, decided
+        return "one NUMA node (NUMA ids N/A)" if p.single_numa else "crosses sockets (NUMA ids N/A)"
+    return f"one NUMA node ({p.numa})" if p.single_numa else f"spans NUMA nodes {p.numa}"
+
+
 def placement_line(p: PlacementRecord) -> str:
-    numa = {True: f"one NUMA node ({p.numa})", False: f"spans NUMA nodes {p.numa}", None: "NUMA unknown"}[
-        p.single_numa
-    ]
+    numa = numa_words(p)
     score = "" if p.score is None else f", extender score {p.score}"
     gpus = ",".join(str(i) for i in p.gpus)
     return f"{clock(p.t):>8}  + {p.pod} -> {p.node} GPUs {gpus}: tier {p.tier}, {numa}{score}"
@@ -105,7 +109,7 @@ def summary(story: Story, *, interrupted: bool, problems: list[str], workdir: st
         out.append(f"time to first token: p50 {p50:.2f}s, p90 {p90:.2f}s")
     out.append(f"placements ({len(story.placements)}), GPU tier of each:")
     for p in story.placements:
-        numa = {True: "one NUMA node", False: "spans NUMA nodes", None: "NUMA unknown"}[p.single_numa]
+        numa = numa_words(p)
         gpus = ",".join(str(i) for i in p.gpus)
         out.append(f"  {clock(p.t)}  {p.pod:<16} {p.node:<18} GPUs {gpus:<8} tier {p.tier:<13} {numa}")
     tiers: dict[str, int] = {}
@@ -120,6 +124,7 @@ def summary(story: Story, *, interrupted: bool, problems: list[str], workdir: st
         out.append(f"unschedulable attempts: {len(story.unschedulable)} (last: {story.unschedulable[-1][2]})")
     if story.hpa_errors:
         out.append(f"HPA metric errors: {len(story.hpa_errors)} (last: {story.hpa_errors[-1][1]})")
+    # the adapter's and extender's logs and the demo's own (its stand-ins, scheduler and HPA loops)
     out.append("component errors logged: " + (str(len(problems)) if problems else "none"))
     out.extend(f"  {p}" for p in problems[:10])
     out.append(f"logs: {workdir}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 POLICY_NAMES = ("toposcale", "spread", "binpack", "random")  # policies.POLICIES, kept here for a fast --help
-EXTRA_POLICY_NAMES = ("toposcale-binpack",)
+EXTRA_POLICY_NAMES = ("toposcale-spread",)
 DEFAULT_PODS = 2000
 
 
@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--policies",
         type=_policies,
         default=list(POLICY_NAMES),
-        help="comma-separated: toposcale, spread, binpack, random (the default), toposcale-binpack",
+        help="comma-separated: toposcale (the shipped profile: MostAllocated + extender), spread, binpack, "
+        "random (the default), toposcale-spread (LeastAllocated + extender)",
     )
     parser.add_argument(
         "--extender-weight",

@@ -55,3 +55,8 @@ def set_tier(topo: Topology, mask: int) -> Tier:
 def set_span(topo: Topology, mask: int) -> int:
     """Sockets (NUMA nodes, else distinct CPU affinities) the set touches; 0 when unknown."""
     return _module(SCORING, "set_span").set_span(topo, mask)
+
+
+def socket_keys(topo: Topology) -> tuple[object, ...]:
+    """Per GPU what `set_span` counts: ("numa", id), else ("cpus", affinity), else None."""
+    return _module(ALLOCATOR, "socket_keys").socket_keys(topo)

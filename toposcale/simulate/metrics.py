@@ -30,6 +30,7 @@ class PolicyResult:
     multi: int = 0  # placed pods of 2+ GPUs: the denominator of every share
     tiers: list[int] = field(default_factory=lambda: [0] * len(Tier))
     single_numa: int = 0
+    cross_socket: int = 0  # never counted with single_numa (tiers.py: one rule for both)
     best_tier: int = 0
     first_4gpu_miss_load: float | None = None  # allocated/fleet GPUs when a 4-GPU pod first found no node
     stranded_mean: float = 0.0  # time-weighted over the run (first to last arrival)
@@ -55,7 +56,7 @@ class PolicyResult:
 
     @property
     def cross_socket_share(self) -> float | None:
-        return self.tier_share(Tier.CROSS_SOCKET)
+        return self.share(self.cross_socket)
 
     @property
     def decisions_per_s(self) -> float | None:

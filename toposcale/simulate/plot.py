@@ -44,7 +44,8 @@ def plot(results: Sequence[PolicyResult], path: str | Path, title: str = "") -> 
         vals = [100 * (r.tier_share(tier) or 0.0) for r in results]
         if not any(vals):
             continue
-        ax1.bar(names, vals, bottom=bottoms, label=tier.label, color=TIER_COLOURS[tier], edgecolor="white")
+        label = "sys" if tier == Tier.CROSS_SOCKET else tier.label  # a SYS link; sockets are measured apart
+        ax1.bar(names, vals, bottom=bottoms, label=label, color=TIER_COLOURS[tier], edgecolor="white")
         bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
     for i, r in enumerate(results):
         if r.multi == 0:

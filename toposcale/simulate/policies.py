@@ -6,10 +6,11 @@ the same way (NodeResourcesFit: enough free GPUs); only scoring differs.
 - `spread`: NodeResourcesFit LeastAllocated on the GPU count (kube-scheduler's default strategy).
 - `binpack`: NodeResourcesFit MostAllocated.
 - `random`: no preference among nodes that fit.
-- `toposcale`: kube-scheduler with the toposcale extender: LeastAllocated plus the extender's own 0..10 score
-  (imported from the extender, see `extender_api`) times the extender weight, scaled as the scheduler does.
-- `toposcale-binpack` (not run by default): the same extender on top of MostAllocated, i.e. a scheduler
-  profile whose NodeResourcesFit scoring strategy is MostAllocated for the GPU resource.
+- `toposcale`: the shipped scheduler profile (deploy/extender/scheduler-config.yaml): NodeResourcesFit
+  MostAllocated on the GPU count plus the extender's own 0..10 score (imported from the extender, see
+  `extender_api`) times the extender weight (5), scaled as the scheduler does.
+- `toposcale-spread` (not run by default): the same extender on top of kube-scheduler's default
+  LeastAllocated, for a cluster that keeps the default NodeResourcesFit strategy.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from .noderesources import extender_points, least_allocated, most_allocated
 ScoreFn = Callable[[Topology, int, int, int], int]
 
 POLICIES = ("toposcale", "spread", "binpack", "random")  # the default comparison
-EXTRA_POLICIES = ("toposcale-binpack",)
-DEFAULT_EXTENDER_WEIGHT = 5  # deploy/ configures the extender with weight 5 (up to 500 of ~1,700 points)
+EXTRA_POLICIES = ("toposcale-spread",)
+DEFAULT_EXTENDER_WEIGHT = 5  # deploy/ configures the extender with weight 5 (up to 500 points beside 0..100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +57,10 @@ def make_policy(name: str, *, extender_weight: int = DEFAULT_EXTENDER_WEIGHT) ->
         return Policy(name, _binpack)
     if name == "random":
         return Policy(name, _random)
-    if name in ("toposcale", "toposcale-binpack"):
+    if name in ("toposcale", "toposcale-spread"):
         from .extender_api import node_score  # raises ExtenderUnavailable with the module it needs
 
-        base = _spread if name == "toposcale" else _binpack
+        base = _binpack if name == "toposcale" else _spread  # the shipped profile is MostAllocated
 
         def _toposcale(topo: Topology, free: int, nfree: int, k: int) -> int:
             s = node_score(topo, free, k)

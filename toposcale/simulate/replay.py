@@ -23,7 +23,7 @@ from .extender_api import set_tier
 from .fleet import Fleet
 from .metrics import STRANDED_UNIT, PolicyResult, Sample
 from .policies import Policy
-from .tiers import best_tier, single_numa
+from .tiers import best_tier, cross_socket
 from .workload import PodSpec
 
 # (topology, free mask, k) -> every GPU set (mask) the device plugin may hand out; it picks one of them
@@ -181,10 +181,11 @@ def replay(
             tkey = (ti, chosen)
             got = tier_memo.get(tkey)
             if got is None:
-                got = tier_memo[tkey] = (set_tier(topos[ti], chosen), single_numa(topos[ti], chosen))
+                got = tier_memo[tkey] = (set_tier(topos[ti], chosen), cross_socket(topos[ti], chosen))
             res.multi += 1
             res.tiers[got[0]] += 1
-            res.single_numa += got[1]
+            res.cross_socket += got[1]
+            res.single_numa += not got[1]
             res.best_tier += got[0] == best[ti][k]
 
     def retry(node: int, now: float) -> None:

@@ -54,8 +54,9 @@ COLUMNS = (
     ("pcie-sw", "one PCIe switch (PIX/PXB)"),
     ("host-br", "one host bridge (PHB)"),
     ("numa", "one NUMA node (NODE)"),
-    ("x-socket", "crosses sockets (SYS)"),
-    ("1-NUMA", "all GPUs on one NUMA node"),
+    ("sys", "weakest link SYS (the SMP interconnect)"),
+    ("1-NUMA", "all GPUs on one NUMA node (layout unknown: no SYS pair)"),
+    ("x-socket", "GPUs on 2+ NUMA nodes (layout unknown: a SYS pair); never also 1-NUMA"),
     ("best", "as well connected as the empty node allows"),
     ("4-GPU miss@", "fleet GPUs allocated when a 4-GPU pod first found no node"),
     ("util", "mean share of fleet GPUs allocated"),
@@ -76,8 +77,9 @@ def rows(results: Sequence[PolicyResult]) -> list[list[str]]:
                 _pct(r.tier_share(Tier.PCIE_SWITCH)),
                 _pct(r.tier_share(Tier.HOST_BRIDGE)),
                 _pct(r.tier_share(Tier.NUMA)),
-                _pct(r.cross_socket_share),
+                _pct(r.tier_share(Tier.CROSS_SOCKET)),
                 _pct(r.single_numa_share),
+                _pct(r.cross_socket_share),
                 _pct(r.best_tier_share),
                 "never" if r.first_4gpu_miss_load is None else _pct(r.first_4gpu_miss_load),
                 _pct(r.utilization_mean),
@@ -107,5 +109,5 @@ def table(results: Sequence[PolicyResult], *, markdown: bool = False) -> str:
 
 def legend() -> str:
     return "\n".join(f"  {c:<12} {desc}" for c, desc in COLUMNS[3:]) + (
-        "\n  tier and NUMA shares are over placed pods of 2+ GPUs"
+        "\n  tier, NUMA and socket shares are over placed pods of 2+ GPUs"
     )
