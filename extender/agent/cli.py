@@ -13,6 +13,18 @@ from typing import Any
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
 
+def _positive_seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be a finite number > 0")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--once", action="store_true", help="discover once, print or write the documents, exit")
     p.add_argument("--output", metavar="FILE", default="-",
@@ -30,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kubelet pod-resources gRPC socket")
     p.add_argument("--kubelet-timeout", type=float, default=2.0, metavar="S",
                    help="deadline of each kubelet call; slower counts as allocation unknown")
+    p.add_argument("--discovery-timeout", type=_positive_seconds, default=30.0, metavar="S",
+                   help="deadline of one NVML discovery, --once included; a hung driver call is abandoned")
     p.add_argument("--port", type=int, default=9410, help="/healthz and /metrics port")
     p.add_argument("--host", default="0.0.0.0", help="address to serve /healthz and /metrics on")
     p.add_argument("--interval", type=float, default=15.0, metavar="S", help="seconds between observations")
@@ -64,6 +78,7 @@ def main(args: argparse.Namespace) -> int:
         capture=args.from_capture,
         socket=args.pod_resources_socket,
         kubelet_timeout=args.kubelet_timeout,
+        discovery_timeout=args.discovery_timeout,
         interval=args.interval,
         min_publish_interval=args.min_publish_interval,
         refresh_interval=args.refresh_interval,
@@ -79,12 +94,13 @@ async def _once(args: argparse.Namespace, log: Any) -> int:
     import json
     import sys
 
-    from .observe import ObserveError, documents, observe_allocation, observe_topology
+    from .observe import ObserveError, documents, observe_allocation, observe_topology_within
 
     try:
-        topo = observe_topology(
-            topo_file=args.from_topo_file, capture=args.from_capture, resource=args.resource,
-            id_strategy=args.device_id_strategy,
+        # The service's deadline: a hung NVML call ends the run with an error instead of hanging it.
+        topo = await observe_topology_within(
+            args.discovery_timeout, topo_file=args.from_topo_file, capture=args.from_capture,
+            resource=args.resource, id_strategy=args.device_id_strategy,
         )
     except ObserveError as exc:
         log.error("topology discovery failed", extra={"error": str(exc)})

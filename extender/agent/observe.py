@@ -77,6 +77,40 @@ def observe_topology(*, topo_file: str | None = None, capture: str | None = None
     return Observation(found.topology, found.unhealthy, f"capture:{capture}" if capture else "nvml")
 
 
+async def observe_topology_within(deadline_s: float, **kw: Any) -> Observation:
+    """`observe_topology(**kw)` under a deadline, for a one-shot run (`--once`): NVML runs in a daemon thread,
+    so a driver call that never returns is abandoned with an ObserveError and cannot hold up the exit."""
+    import asyncio
+    import threading
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Observation] = loop.create_future()
+
+    def settle(result: Observation | None, error: BaseException | None) -> None:
+        if done.done():
+            return  # the deadline passed first
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            result, error = observe_topology(**kw), None
+        except BaseException as exc:  # handed to the waiting coroutine
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:
+            pass  # the loop is gone: nobody waits any more
+
+    threading.Thread(target=work, name="nvml-once", daemon=True).start()
+    try:
+        return await asyncio.wait_for(done, deadline_s)
+    except TimeoutError:
+        raise ObserveError(f"NVML discovery took longer than {deadline_s}s (hung driver call?)") from None
+
+
 def _from_topo_file(path: str, resource: str, id_strategy: IdStrategy) -> Observation:
     from toposcale.extender.topology.topo_text import parse_topo_text
 
