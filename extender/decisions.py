@@ -106,32 +106,37 @@ def _pick(names: Sequence[str], table: dict[str, object]) -> Sequence[object]:
     return [table[n] for n in names]
 
 
+# A node's entry in an OutcomeTable: its HostPriority fragment and its Outcome, in one object, so one hashed
+# lookup per node serves both the answer and the metrics.
+Entry = tuple[bytes, Outcome]
+FRAGMENT = itemgetter(0)
+OUTCOME = itemgetter(1)
+
+
 class OutcomeTable:
     """For one (k, scope): each node's Outcome and its prebuilt HostPriority JSON fragment, by node name.
 
-    The watch cache keeps one per (k, scope) and drops a node's entries whenever anything that node's answer
+    The watch cache keeps one per (k, scope) and drops a node's entry whenever anything that node's answer
     depends on changes (its annotations, a pod assumed on it), so a names-only request costs one C-level pass
     over its NodeNames. Names not in the table yet are filled in through `fill` (that node's outcome now).
     `failing` / `unknown` hold the names whose outcome fails / could not be judged: when they are empty, no
     request answered from this table has a failed or unknown node, and no per-node scan is needed.
     """
 
-    __slots__ = ("_fill", "_limit", "failing", "fragments_by_name", "outcomes_by_name", "unknown")
+    __slots__ = ("_fill", "_limit", "entries_by_name", "failing", "unknown")
 
     def __init__(self, fill: Callable[[str], Outcome], limit: int) -> None:
         self._fill = fill
         self._limit = limit  # names asked about that the cache does not hold are kept too: bound them
-        self.outcomes_by_name: dict[str, Outcome] = {}
-        self.fragments_by_name: dict[str, bytes] = {}
+        self.entries_by_name: dict[str, Entry] = {}
         self.failing: set[str] = set()
         self.unknown: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self.outcomes_by_name)
+        return len(self.entries_by_name)
 
     def put(self, name: str, outcome: Outcome) -> None:
-        self.outcomes_by_name[name] = outcome
-        self.fragments_by_name[name] = host_priority(name, outcome.score)
+        self.entries_by_name[name] = (host_priority(name, outcome.score), outcome)
         if outcome.passes:
             self.failing.discard(name)
         else:
@@ -142,19 +147,17 @@ class OutcomeTable:
             self.unknown.discard(name)
 
     def drop(self, name: str) -> None:
-        if self.outcomes_by_name.pop(name, None) is not None:
-            del self.fragments_by_name[name]
+        if self.entries_by_name.pop(name, None) is not None:
             self.failing.discard(name)
             self.unknown.discard(name)
 
     def clear(self) -> None:
-        self.outcomes_by_name.clear()
-        self.fragments_by_name.clear()
+        self.entries_by_name.clear()
         self.failing.clear()
         self.unknown.clear()
 
     def _complete(self, names: Sequence[str]) -> None:
-        have = self.outcomes_by_name
+        have = self.entries_by_name
         missing = [n for n in dict.fromkeys(names) if n not in have]
         if len(have) + len(missing) > self._limit:
             self.clear()
@@ -162,18 +165,18 @@ class OutcomeTable:
         for name in missing:
             self.put(name, self._fill(name))
 
-    def outcomes(self, names: Sequence[str]) -> Sequence[Outcome]:
-        """The outcome of each named node, in order."""
+    def entries(self, names: Sequence[str]) -> Sequence[Entry]:
+        """The entry of each named node, in order (`FRAGMENT` / `OUTCOME` get its parts)."""
         try:
-            return _pick(names, self.outcomes_by_name)  # type: ignore[return-value]
+            return _pick(names, self.entries_by_name)  # type: ignore[return-value]
         except KeyError:
             self._complete(names)
-            return _pick(names, self.outcomes_by_name)  # type: ignore[return-value]
+            return _pick(names, self.entries_by_name)  # type: ignore[return-value]
 
-    def fragments(self, names: Sequence[str]) -> Sequence[bytes]:
+    def outcomes(self, names: Sequence[str]) -> list[Outcome]:
+        """The outcome of each named node, in order."""
+        return list(map(OUTCOME, self.entries(names)))
+
+    def fragments(self, names: Sequence[str]) -> list[bytes]:
         """The HostPriority fragment of each named node, in order (`wire.priority_list_of` joins them)."""
-        try:
-            return _pick(names, self.fragments_by_name)  # type: ignore[return-value]
-        except KeyError:
-            self._complete(names)
-            return _pick(names, self.fragments_by_name)  # type: ignore[return-value]
+        return list(map(FRAGMENT, self.entries(names)))

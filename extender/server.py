@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import wire
-from .decisions import Outcome, OutcomeTable, evaluate, reason_of
+from .decisions import FRAGMENT, OUTCOME, Entry, Outcome, OutcomeTable, evaluate, reason_of
 from .nodeview import NodeView, view_of_node
 from .pods import DEFAULT_RESOURCE, PodError, gpu_request, pod_key, required_scope
 from .state import ClusterState
@@ -225,12 +225,14 @@ class Extender:
         return view_of
 
     def _outcomes(
-        self, verb: str, args: wire.ExtenderArgs, k: int, need: Tier | None, table: OutcomeTable | None
+        self, verb: str, args: wire.ExtenderArgs, k: int, need: Tier | None,
+        table: OutcomeTable | None, entries: Sequence[Entry] | None = None,
     ) -> tuple[Sequence[Outcome], Callable[[int], NodeView | None]]:
-        """Outcome per input node and a way to get node i's view (for reasons), counted in the metrics."""
+        """Outcome per input node and a way to get node i's view (for reasons), counted in the metrics.
+        From the cache: `entries` (the table's, for these names) when the caller already has them."""
         view_of: Callable[[int], NodeView | None]
         if table is not None:
-            outcomes = table.outcomes(args.names)
+            outcomes = list(map(OUTCOME, entries if entries is not None else table.entries(args.names)))
             view_of = self._view_of(args)
         elif k <= 0:
             return evaluate([None] * len(args.names), 0, None), _no_view
@@ -269,19 +271,26 @@ class Extender:
                 self.m_outcome.labels("never-fits").inc(len(unresolvable))
                 return _json(wire.filter_result(args, passing, failed, unresolvable))
             table = self._table(args, k, need)
-            outcomes, view_of = self._outcomes("filter", args, k, need, table)
-            if table is not None and not table.failing:
-                passing = names  # no cached node fails this pod: all pass, no per-node scan
+            if table is not None:
+                entries = table.entries(names)  # one C-level pass; fills in nodes not judged yet
+                if not table.failing and not table.unknown:
+                    # No cached node fails this pod or is unknown: every name passes, nothing to scan.
+                    self.m_nodes.labels("filter").inc(len(names))
+                    if names:
+                        self.m_outcome.labels("fits").inc(len(names))
+                    return _json(wire.filter_result(args, names, failed, unresolvable))
+                outcomes, view_of = self._outcomes("filter", args, k, need, table, entries)
             else:
-                passing = list(compress(names, map(_PASSES, outcomes)))
-                if len(passing) < len(names):
-                    for i, o in enumerate(outcomes):
-                        if o.passes:
-                            continue
-                        if o.unresolvable:
-                            unresolvable[names[i]] = reason_of(o, view_of(i))
-                        else:
-                            failed[names[i]] = reason_of(o, view_of(i))
+                outcomes, view_of = self._outcomes("filter", args, k, need, None)
+            passing = list(compress(names, map(_PASSES, outcomes)))
+            if len(passing) < len(names):
+                for i, o in enumerate(outcomes):
+                    if o.passes:
+                        continue
+                    if o.unresolvable:
+                        unresolvable[names[i]] = reason_of(o, view_of(i))
+                    else:
+                        failed[names[i]] = reason_of(o, view_of(i))
             if outcomes:
                 self.m_outcome.labels("fits").inc(len(passing))
                 self.m_outcome.labels("fails-now").inc(len(failed))
@@ -301,18 +310,30 @@ class Extender:
             if table is not None:
                 # From the cache: the answer is a join of the nodes' prebuilt fragments; the metrics, which
                 # need every outcome, are counted right after the answer is on its way.
-                answer = wire.priority_list_of(table.fragments(names))
-                asyncio.get_running_loop().call_soon(self._count_prioritize, args, k, need, table)
+                entries = table.entries(names)
+                answer = wire.priority_list_of(map(FRAGMENT, entries))
+                later = self._count_prioritize_later
+                asyncio.get_running_loop().call_soon(later, args, k, need, table, entries)
                 return _json(answer)
-            outcomes = self._count_prioritize(args, k, need, None)
+            outcomes = self._count_prioritize(args, k, need, None, None)
             return _json(wire.priority_list(names, list(map(_SCORE, outcomes))))
 
         return await self._run("prioritize", request, work)
 
+    def _count_prioritize_later(
+        self, args: wire.ExtenderArgs, k: int, need: Tier | None,
+        table: OutcomeTable, entries: Sequence[Entry],
+    ) -> None:
+        try:
+            self._count_prioritize(args, k, need, table, entries)
+        except Exception:  # a bug in counting must not surface as an asyncio callback error per request
+            logger.exception("counting a prioritize answer failed", extra={"verb": "prioritize"})
+
     def _count_prioritize(
-        self, args: wire.ExtenderArgs, k: int, need: Tier | None, table: OutcomeTable | None
+        self, args: wire.ExtenderArgs, k: int, need: Tier | None,
+        table: OutcomeTable | None, entries: Sequence[Entry] | None,
     ) -> Sequence[Outcome]:
-        outcomes, _ = self._outcomes("prioritize", args, k, need, table)
+        outcomes, _ = self._outcomes("prioritize", args, k, need, table, entries)
         if outcomes:
             # The tier the pod most likely gets: that of the best-scored node (first of equals).
             best = max(outcomes, key=_SCORE)

@@ -74,7 +74,7 @@ def cache(nodes: dict[str, dict[str, Any]], **kw: Any) -> ClusterState:
 
 
 def entries(st: ClusterState) -> dict[tuple[int, Tier | None], dict[str, Outcome]]:
-    return {key: dict(t.outcomes_by_name) for key, t in st._tables.items()}
+    return {key: {name: e[1] for name, e in t.entries_by_name.items()} for key, t in st._tables.items()}
 
 
 async def test_answers_follow_node_annotation_changes_and_only_that_node_is_recomputed(serve) -> None:
@@ -130,10 +130,10 @@ async def test_assumed_pods_reach_the_tables_and_expire(serve, monkeypatch: pyte
     async with serve(state=st) as cached:
         filt, _ = await answers(cached, big, ["hgx", "hgx-2"])
         assert filt["NodeNames"] == ["hgx"]
-        other = st._tables[(8, Tier.NVLINK)].outcomes_by_name["hgx-2"]
+        other = st._tables[(8, Tier.NVLINK)].entries_by_name["hgx-2"]
         # The scheduler bound a 4-GPU pod to hgx; the annotation cannot show it yet.
         st.pod_event("ADDED", bound("vllm-0", 4, "hgx"))
-        assert st._tables[(8, Tier.NVLINK)].outcomes_by_name["hgx-2"] is other
+        assert st._tables[(8, Tier.NVLINK)].entries_by_name["hgx-2"] is other
         filt, prio = await answers(cached, big, ["hgx", "hgx-2"])
         assert filt["NodeNames"] == []
         assert filt["FailedNodes"]["hgx"].startswith("pod needs 8 GPUs, 4 free")
@@ -168,3 +168,26 @@ def test_names_the_cache_does_not_hold_are_bounded() -> None:
     table.fragments(["m1", "m2"])
     assert asked == []  # kept entries are not recomputed
     assert table.fragments(["m3"]) == [b'{"Host":"m3","Score":5}']
+
+
+def test_prebuilt_fragments_join_into_the_json_of_any_name() -> None:
+    import orjson
+    from toposcale.extender.wire import host_priority, priority_list_of
+
+    hosts = ["gpu-1", 'we"ird', "back\\slash", "ünïcode", "tab\tnode", ""]
+    body = priority_list_of(host_priority(h, i % 11) for i, h in enumerate(hosts))
+    assert orjson.loads(body) == [{"Host": h, "Score": i % 11} for i, h in enumerate(hosts)]
+    assert priority_list_of([]) == b"[]"
+
+
+async def test_cached_prioritize_is_counted_in_the_metrics(serve) -> None:
+    nodes = fleet()
+    async with serve(state=cache(nodes)) as cached:
+        _, prio = await answers(cached, pod_obj("tp4", 4), list(nodes))
+        assert max(prio, key=lambda h: h["Score"])["Host"] == "hgx"
+        # Counted right after the answer is sent: visible to the next request.
+        _, metrics = await cached.get("/metrics")
+    assert 'toposcale_extender_chosen_set_tier_total{tier="nvlink"} 1.0' in metrics
+    assert 'toposcale_extender_nodes_scored_total{verb="prioritize"} 5.0' in metrics
+    assert 'toposcale_extender_nodes_scored_total{verb="filter"} 5.0' in metrics
+    assert 'toposcale_extender_unknown_topology_nodes_total{reason="missing"} 2.0' in metrics  # bare, twice
