@@ -26,6 +26,7 @@ from .nvml import (
 )
 
 IdStrategy = Literal["uuid", "index"]
+MAX_GPUS = 64  # annotations.schema.json: gpuTopology.gpus maxItems
 T = TypeVar("T")
 
 
@@ -103,6 +104,8 @@ def _discover(backend: NvmlBackend, resource: str, id_strategy: IdStrategy) -> D
         n = backend.device_count()
     except NvmlError as exc:
         raise DiscoveryError(f"NVML could not count GPUs ({exc.name})") from None
+    if not 0 <= n <= MAX_GPUS:
+        raise DiscoveryError(f"NVML counted {n} GPUs; the annotation contract holds 0..{MAX_GPUS}")
 
     gpus: list[GPU] = []
     buses: list[str | None] = []

@@ -66,6 +66,11 @@ def observe_topology(*, topo_file: str | None = None, capture: str | None = None
         found: Discovery = discover(backend, resource=resource, id_strategy=id_strategy)
     except DiscoveryError as exc:
         raise ObserveError(str(exc)) from None
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        if not capture:
+            raise  # the real driver binding answering out of shape is a bug to see, not a user error
+        # A hand-edited or truncated capture: answers of the wrong JSON shape.
+        raise ObserveError(f"NVML capture {capture} is malformed: {type(exc).__name__}: {exc}") from None
     if found.topology.unknown:
         logger.info("discovery could not learn everything", extra={"unknown": found.topology.unknown})
     if len(found.socket_groups) > 1 and any(g.numa < 0 for g in found.topology.gpus):

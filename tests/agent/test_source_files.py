@@ -83,3 +83,25 @@ def test_cli_once_with_dev_zero_exits_1_with_one_clear_line(capsys) -> None:
     _, err = capsys.readouterr()
     assert rc == 1
     assert "not a regular file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "capture",
+    [
+        {"format": "toposcale-nvml-capture/1", "devices": "x", "device_count": {"value": 1}},
+        {"format": "toposcale-nvml-capture/1", "devices": [1], "device_count": {"value": 1}},
+        {"format": "toposcale-nvml-capture/1", "device_count": {"value": "a"}},
+        {"format": "toposcale-nvml-capture/1", "device_count": 5},
+        {"format": "toposcale-nvml-capture/1", "device_count": {"value": 10**9}},
+        [],
+    ],
+    ids=["devices-str", "device-int", "count-str", "count-bare", "count-huge", "list"],
+)
+def test_malformed_capture_is_one_clear_error(tmp_path: Path, capture: object) -> None:
+    import json
+
+    path = tmp_path / "capture.json"
+    path.write_text(json.dumps(capture))
+    exc = _observe_in_thread(capture=str(path))
+    assert isinstance(exc, ObserveError), exc
+    assert str(path) in str(exc) or "GPUs" in str(exc)
