@@ -178,6 +178,9 @@ def observe_allocation(obs: Observation, snapshot: Snapshot | None) -> Allocatio
     else:
         allocated = snapshot.allocated
         if snapshot.allocatable is not None:
+            # The kubelet answers GetAllocatableResources with allDevices.Filter(healthyDevices)
+            # (pkg/kubelet/cm/devicemanager/manager.go): held GPUs stay listed, unhealthy ones vanish. Before
+            # the device plugin registers, nothing is listed, and the Node's allocatable count is 0 as well.
             offered = snapshot.allocatable
             withheld = {g.id for g in obs.topology.gpus if g.id not in offered and g.uuid not in offered}
             if withheld - unhealthy:
