@@ -1,37 +1,38 @@
 #!/usr/bin/env python3
-"""Render each dashboard's main panels to docs/img/dashboard-<uid>.png, from a real Prometheus.
+"""Render each dashboard's main panels to docs/img/dashboard-<uid>.png, from the test stack's real Prometheus.
 
-    .venv/bin/python scripts/render_dashboards.py [--out docs/img] [--keep DIR]
+    .venv/bin/python scripts/render_dashboards.py [--out docs/img] [--seconds 150]
 
-How: dashboards/preview_data.py writes three hours of the series the test exporters and services expose
-(vLLM, DCGM exporter, kube-state-metrics, toposcale) as OpenMetrics; `promtool tsdb create-blocks-from
-openmetrics` backfills them; the Debian `prometheus` serves that TSDB on a loopback port; every rendered panel
-runs its own PromQL from the committed dashboards/*.json (variables set to "All") through /api/v1/query_range.
-A panel that comes back empty fails the script: the pictures never show a panel that is blank in Grafana.
-Grafana is not needed (nor available here); matplotlib draws an approximation of its look.
+Where the data comes from: the dashboard tests' live stack (tests/dashboards/live_stack.py), the same one
+every dashboard query is tested against: the harness vLLM exporters (both metric generations), the DCGM
+exporter and kube-state-metrics' HPA text, the in-process toposcale adapter, scheduler extender and node
+agent, all scraped every second by the Debian `prometheus` on a loopback port. While it runs for `--seconds`,
+this script moves the exporters' values along a load curve (queue, running requests, KV cache, GPU
+utilisation, time to first token), lets kube-state-metrics' replica counts follow what an HPA with the
+example targets (deploy/examples/qwen/hpa.yaml) would decide, and stops the vLLM pods answering for a short
+window (the adapter then answers 503 and the HPA holds). Every series in the pictures is one a real exporter
+or service exposed; only the values are steered. Each rendered panel runs its own PromQL from the committed
+dashboards/*.json (variables on "All") through /api/v1/query_range; a panel that comes back empty fails the
+script, so the pictures never show a panel that is blank in Grafana. Grafana is not needed (nor available
+here); matplotlib draws an approximation of its look.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-from dashboards.preview_data import Scenario  # noqa: E402
 
 # Per dashboard file: the stat tiles on top and the main panels below, by title (in dashboard order).
 MAIN_PANELS = {
@@ -54,65 +55,176 @@ MAIN_PANELS = {
          "Topology tier of the GPU sets chosen", "Decision latency by verb"],
     ),
 }
-RATE_INTERVAL = "1m"  # four samples of the 15 s preview data, as Grafana's $__rate_interval would pick
-STEP = 60
+# Set per run by configure(): the query_range step, Grafana's $__rate_interval (a few 1 s scrapes wide) and
+# $__range (the whole run).
+STEP = 1
+RATE_INTERVAL = "5s"
+RANGE = "60s"
+KV_TARGET = 0.75  # deploy/examples/qwen/hpa.yaml: vllm_kv_cache_usage Value 750m
+WAITING_TARGET = 4  # and vllm_requests_waiting AverageValue 4
 
 BG, PANEL_BG, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
 PALETTE = ["#73bf69", "#f2cc0c", "#5794f2", "#ff9830", "#f2495c", "#b877d9", "#8ab8ff", "#ca95e5",
            "#96d98d", "#ffb357", "#ff7383", "#c0d8ff"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def backfill(data_dir: Path, end: float) -> None:
-    om = data_dir.parent / "preview.om"
-    om.write_text(Scenario(end=end).render())
-    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(data_dir)],
-                   check=True, capture_output=True, timeout=300)
+def configure(seconds: float) -> None:
+    global STEP, RATE_INTERVAL, RANGE
+    STEP = max(1, round(seconds / 150))
+    RATE_INTERVAL = f"{max(5, 4 * STEP)}s" if seconds < 60 else f"{max(10, 4 * STEP)}s"
+    RANGE = f"{int(seconds)}s"
 
 
 class Prometheus:
-    """The real Prometheus over the backfilled TSDB; no scrape jobs, loopback only."""
+    """The live stack's Prometheus, queried over its HTTP API."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        config = data_dir.parent / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 15s\n")
-        self.log = (data_dir.parent / "prometheus.log").open("w")
-        self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={data_dir}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=30d"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        self.close()
-        raise RuntimeError("prometheus did not become ready")
+    def __init__(self, server: Any) -> None:
+        self.server = server
 
     def query(self, path: str, **params: Any) -> list[dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=30) as r:
-            body = json.load(r)
-        if body["status"] != "success":
-            raise RuntimeError(f"{params.get('query')}: {body}")
-        return body["data"]["result"]
+        return self.server.api(path, **{k: str(v) for k, v in params.items()})["result"]
 
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+
+class Scenario:
+    """Steers the live stack's exporters along a load curve; pure arithmetic per tick, no I/O of its own.
+
+    The story over the run (f = elapsed / seconds): quiet, a peak of requests around f = 0.4 that queues up
+    and fills the KV cache, replicas added by the HPA rule and taking a while to start, the vLLM pods
+    unreachable for f in [0.78, 0.86) (the adapter answers 503, the HPA holds), quiet again.
+    """
+
+    OUTAGE = (0.78, 0.86)
+    REQUESTS_PER_S = 3.0  # finished requests/s of one pod at full load
+    _SAMPLE = re.compile(r"^(?P<name>[^\s{]+)(?P<labels>\{.*\})? (?P<value>\S+)$")
+    _DCGM_STEERED = ("DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_PROF_SM_ACTIVE",
+                     "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE")
+
+    def __init__(self, stack: Any, seconds: float) -> None:
+        self.stack = stack
+        self.seconds = seconds
+        # vLLM counters and histograms grow with the load (the fixture's values, captured from a serving pod,
+        # scaled so a pod at full load finishes REQUESTS_PER_S requests/s), not once per scrape
+        self.served: dict[int, float] = {}
+        from tests.harness.exporters import VllmExporter
+
+        for v in (*stack.vllm, stack.vllm_legacy):
+            # carry on from what the live stack's exporters already served (fixture x scrapes): no reset
+            self.served[id(v)] = self._successes(VllmExporter.render(v)) * max(1, v.scrapes)
+            v.render = (lambda v=v: self.render_vllm(v))
+        stack.dcgm.render = self.render_dcgm
+        self.current = 1
+        self.desired = 1
+        self.active = True
+        self.proposals: list[tuple[float, int]] = []  # (f, raw proposal) for scale-down stabilisation
+        self.starting: list[float] = []  # f at which each replica being started becomes current
+        ksm = stack.ksm
+        self._ksm_text = type(ksm).render(ksm)
+        ksm.render = self.render_ksm  # the same families and labels, with the replicas this run decides
+
+    @staticmethod
+    def load(f: float) -> float:
+        x = min(1.0, max(0.0, (f - 0.12) / 0.55))
+        return 0.12 + 0.88 * math.sin(math.pi * x) ** 2
+
+    def tick(self, f: float, dt: float) -> None:
+        """Set every steered value for the point `f` (0..1) of the run, `dt` seconds after the last tick."""
+        load = self.load(f)
+        outage = self.OUTAGE[0] <= f < self.OUTAGE[1]
+        share = 2 / max(2, self.current)  # more replicas, shorter queues on the two pods the adapter reads
+        waiting = max(0.0, 22 * load - 6) * share
+        running = 3 + 40 * load * share
+        kv = min(0.97, 0.22 + 0.62 * load * share + 0.015 * waiting)
+        qwen0, qwen1 = self.stack.vllm
+        qwen0.waiting = [round(waiting * 0.6), round(waiting * 0.4)]
+        qwen0.running = [round(running * 0.5), round(running * 0.5)]
+        qwen0.kv_cache = [round(kv - 0.03, 3), round(kv + 0.03, 3)]
+        qwen1.waiting, qwen1.running, qwen1.kv_cache = round(waiting), round(running), round(kv, 3)
+        legacy = self.stack.vllm_legacy
+        legacy.waiting, legacy.running = round(waiting / 3), round(running / 2)
+        legacy.kv_cache = round(kv / 2, 3)
+        for v in (*self.stack.vllm, legacy):
+            v.mode = "error" if outage else "ok"
+            v.observe_ttft(0.06 + 0.5 * load + 0.12 * waiting, n=2)
+            if not outage:
+                self.served[id(v)] += load * dt * self.REQUESTS_PER_S
+        for g in self.stack.dcgm.gpus:
+            serving = g.index < 4 or self.current >= 2
+            holder = ("llm", f"qwen-{g.index // 4}", "vllm") if serving else ("", "", "")
+            g.namespace, g.pod, g.container = holder
+            g.util = round(min(100.0, 25 + 70 * load + 3 * math.sin(7 * f + g.index))) if serving else 0
+            g.fb_used, g.fb_free = (73000.0, 8000.0) if serving else (1.0, 81000.0)
+        self._hpa(f, qwen0, qwen1, outage)
+
+    def _hpa(self, f: float, qwen0: Any, qwen1: Any, outage: bool) -> None:
+        """The HPA controller's rule on the adapter's two metrics, as deploy/examples/qwen/hpa.yaml sets them:
+        the larger proposal wins, scale-up at once, scale-down after a stabilisation window; a failed metric
+        read (the outage) holds the replicas with ScalingActive false."""
+        self.current += sum(1 for t in self.starting if t <= f)  # started: weights loaded, /health green
+        self.starting = [t for t in self.starting if t > f]
+        self.active = not outage
+        if not outage:
+            total = sum(qwen0.waiting) + qwen1.waiting
+            kv = (sum(qwen0.kv_cache) / 2 + qwen1.kv_cache) / 2
+            by_queue = math.ceil(total / WAITING_TARGET)
+            ratio = kv / KV_TARGET
+            by_kv = self.current if abs(ratio - 1) <= 0.1 else math.ceil(self.current * ratio)
+            raw = max(1, min(4, max(by_queue, by_kv)))
+            self.proposals = [(t, d) for t, d in self.proposals if f - t <= 0.12] + [(f, raw)]
+            self.desired = raw if raw >= self.current else max(d for _, d in self.proposals)
+        if self.desired < self.current:
+            self.current = self.desired
+        self.starting = self.starting[: max(0, self.desired - self.current)]
+        while self.current + len(self.starting) < self.desired:
+            self.starting.append(f + 0.06)  # a new replica needs a while to start
+
+    def render_vllm(self, v: Any) -> str:
+        from tests.harness.exporters import VllmExporter
+
+        text = VllmExporter.render(v)  # the fixture's families; TTFT from the observations made so far
+        scale = self.served[id(v)] / self._successes(text)
+        out = []
+        for line in text.splitlines():
+            m = self._SAMPLE.match(line)
+            if m and m["name"].endswith(("_total", "_bucket", "_count", "_sum")) \
+                    and not m["name"].startswith("vllm:time_to_first_token_seconds"):
+                line = f"{m['name']}{m['labels'] or ''} {float(m['value']) * scale!r}"
+            out.append(line)
+        return "\n".join(out) + "\n"
+
+    @classmethod
+    def _successes(cls, text: str) -> float:
+        return sum(float(m["value"]) for m in map(cls._SAMPLE.match, text.splitlines())
+                   if m and m["name"] == "vllm:request_success_total") or 1.0
+
+    def render_dcgm(self) -> str:
+        """Power, temperature and the profiling ratios follow each GPU's utilisation."""
+        dcgm = self.stack.dcgm
+        util = {str(g.index): g.util / 100 for g in dcgm.gpus}
+        out = []
+        for line in type(dcgm).render(dcgm).splitlines():
+            m = self._SAMPLE.match(line)
+            gpu = re.search(r'gpu="(\d+)"', line)
+            if m and gpu and m["name"] in self._DCGM_STEERED:
+                u = util[gpu.group(1)]
+                value = {"DCGM_FI_DEV_POWER_USAGE": 72 + 560 * u, "DCGM_FI_DEV_GPU_TEMP": round(33 + 42 * u),
+                         "DCGM_FI_PROF_SM_ACTIVE": 0.85 * u, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": 0.41 * u}
+                line = f"{m['name']}{m['labels']} {round(value[m['name']], 4)!r}"
+            out.append(line)
+        return "\n".join(out) + "\n"
+
+    def render_ksm(self) -> str:
+        text = self._ksm_text
+        values = {"status_current_replicas": self.current, "status_desired_replicas": self.desired}
+        for family, value in values.items():
+            text = re.sub(rf"^(kube_horizontalpodautoscaler_{family}\{{.*\}}) \S+$", rf"\g<1> {value}", text,
+                          flags=re.M)
+        conditions = {"ScalingActive": self.active, "ScalingLimited": self.desired >= 4}
+        for cond, ok in conditions.items():
+            for status in ("true", "false"):
+                on = 1 if (status == "true") == ok else 0
+                text = re.sub(rf'^(kube_horizontalpodautoscaler_status_condition\{{.*condition="{cond}",'
+                              rf'status="{status}"\}}) \S+$', rf"\g<1> {on}", text, flags=re.M)
+        return text
 
 
 CUSTOM: dict[str, str] = {}  # fixed-list variables (e.g. replica_gpus) -> their default, set per dashboard
@@ -120,7 +232,7 @@ CUSTOM: dict[str, str] = {}  # fixed-list variables (e.g. replica_gpus) -> their
 
 def substitute(expr: str) -> str:
     """Grafana's interval macros, a custom variable's default, every other variable on "All"."""
-    expr = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$__range", "3h")
+    expr = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$__range", RANGE)
     return re.sub(r"\$\{?(\w+)\}?", lambda m: CUSTOM.get(m.group(1), ".*"), expr)
 
 
@@ -186,7 +298,7 @@ def render(name: str, dash: dict[str, Any], prom: Prometheus, start: float, end:
                             left=0.08, right=0.985, top=0.93, bottom=0.05)
     variables = ", ".join(v["name"] for v in dash["templating"]["list"][1:] if v["type"] == "query")
     fixed = "".join(f"    ·    {k} = {v}" for k, v in CUSTOM.items())
-    fig.suptitle(f"{dash['title']}    ·    last 3 h    ·    all {variables}{fixed}",
+    fig.suptitle(f"{dash['title']}    ·    live test stack, last {RANGE}    ·    all {variables}{fixed}",
                  color=TEXT, fontsize=14, x=0.08, ha="left")
     for i, panel in enumerate(stats[:6]):
         ax = fig.add_subplot(grid[0, i])
@@ -247,7 +359,7 @@ def render(name: str, dash: dict[str, Any], prom: Prometheus, start: float, end:
                 ax.plot(xs, ys, color=PALETTE[j % len(PALETTE)], linewidth=1.3, label=label,
                         linestyle="--" if label.startswith(("min ", "max ")) else "-")
         ax.yaxis.set_major_formatter(axis_formatter(unit))
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
         ax.set_xlim(datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
         defaults = panel["fieldConfig"]["defaults"]
         if "min" in defaults:
@@ -298,7 +410,7 @@ def _bargauge(ax: Any, prom: Prometheus, panel: dict[str, Any], end: float, name
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:.0f}", va="center", color=TEXT, fontsize=9)
     if "increase(" in target["expr"]:
-        ax.set_xlabel("over the last 3 h", color=TEXT, fontsize=8)
+        ax.set_xlabel(f"over the last {RANGE}", color=TEXT, fontsize=8)
     ax.grid(axis="y", visible=False)
 
 
@@ -338,36 +450,50 @@ def _status_history(ax: Any, series: list[tuple[str, list[Any], list[float]]], p
     ax.set_yticks(range(len(series)))
     ax.set_yticklabels([s[0] for s in series], fontsize=6.5)
     ax.xaxis_date()
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
     ax.grid(False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
-    parser.add_argument("--keep", type=Path, help="keep the backfilled TSDB and Prometheus log here")
+    parser.add_argument("--seconds", type=float, default=150.0,
+                        help="how long the live stack runs (and the pictures' time range); at least 20")
     args = parser.parse_args(argv)
-    for tool in ("prometheus", "promtool"):
-        if not shutil.which(tool):
-            print(f"{tool} not found: install the Debian prometheus package (scripts/test.sh does)",
-                  file=sys.stderr)
-            return 2
+    if args.seconds < 20:
+        parser.error("--seconds: at least 20 (rates need a few scrapes of history)")
+    if not shutil.which("prometheus") and not Path("/usr/bin/prometheus").exists():
+        print("prometheus not found: install the Debian prometheus package (scripts/test.sh does)",
+              file=sys.stderr)
+        return 2
+    from tests.dashboards.live_stack import LiveStack
+
+    configure(args.seconds)
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="toposcale-render-"))
-    data = work / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    end = float(int(time.time()) // 60 * 60 - 120)
-    start = end - 3 * 3600
-    backfill(data, end)
-    prom = Prometheus(data)
+    work = Path(tempfile.mkdtemp(prefix="toposcale-render-"))
+    logging.disable(logging.WARNING)  # the adapter logs every failed scrape of the dead pod and the outage
+    stack = LiveStack(work, ask_unknown_metric=False).start()
     try:
+        scenario = Scenario(stack, args.seconds)
+        # a warm-up before the pictures' range: the first rate() windows would still hold the live stack's
+        # own (per-scrape) counter growth
+        warmup = int(RATE_INTERVAL.rstrip("s")) + 3
+        begin = last = time.time()
+        while (now := time.time()) - begin < warmup + args.seconds:
+            scenario.tick(max(0.0, now - begin - warmup) / args.seconds, now - last)
+            last = now
+            time.sleep(0.25)
+        scenario.tick(1.0, time.time() - last)
+        time.sleep(2.0)  # the last values scraped
+        start = float(int(begin + warmup))
+        end = float(int(time.time()) - 1)
+        prom = Prometheus(stack.prometheus)
         for name in MAIN_PANELS:
             dash = json.loads((ROOT / "dashboards" / f"{name}.json").read_text())
-            print(f"wrote {render(name, dash, prom, start + 120, end, args.out)}")
+            print(f"wrote {render(name, dash, prom, start, end, args.out)}")
     finally:
-        prom.close()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
