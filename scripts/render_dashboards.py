@@ -458,10 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     parser.add_argument("--seconds", type=float, default=150.0,
-                        help="how long the live stack runs (and the pictures' time range); at least 20")
+                        help="how long the live stack runs (and the pictures' time range); at least 12")
     args = parser.parse_args(argv)
-    if args.seconds < 20:
-        parser.error("--seconds: at least 20 (rates need a few scrapes of history)")
+    if args.seconds < 12:
+        parser.error("--seconds: at least 12 (rates need a few scrapes of history)")
     if not shutil.which("prometheus") and not Path("/usr/bin/prometheus").exists():
         print("prometheus not found: install the Debian prometheus package (scripts/test.sh does)",
               file=sys.stderr)

@@ -30,7 +30,7 @@ def test_render_script_draws_every_dashboard_from_the_live_stack(tmp_path: Path)
     # the script fails when a rendered panel's own PromQL returns nothing from the live stack's Prometheus;
     # a short run (the committed pictures use the default 150 s)
     result = subprocess.run([sys.executable, "scripts/render_dashboards.py", "--out", str(tmp_path),
-                             "--seconds", "20"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+                             "--seconds", "12"], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     for dash in ALL_DASHBOARDS.values():
         png = tmp_path / f"dashboard-{dash['uid']}.png"
