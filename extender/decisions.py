@@ -106,11 +106,12 @@ def _pick(names: Sequence[str], table: dict[str, object]) -> Sequence[object]:
     return [table[n] for n in names]
 
 
-# A node's entry in an OutcomeTable: its HostPriority fragment and its Outcome, in one object, so one hashed
-# lookup per node serves both the answer and the metrics.
-Entry = tuple[bytes, Outcome]
+# A node's entry in an OutcomeTable: its HostPriority fragment, its Outcome and score, in one object, so one
+# hashed lookup per node serves both the answer and the metrics.
+Entry = tuple[bytes, Outcome, int]
 FRAGMENT = itemgetter(0)
 OUTCOME = itemgetter(1)
+SCORE = itemgetter(2)
 
 
 class OutcomeTable:
@@ -136,7 +137,7 @@ class OutcomeTable:
         return len(self.entries_by_name)
 
     def put(self, name: str, outcome: Outcome) -> None:
-        self.entries_by_name[name] = (host_priority(name, outcome.score), outcome)
+        self.entries_by_name[name] = (host_priority(name, outcome.score), outcome, outcome.score)
         if outcome.passes:
             self.failing.discard(name)
         else:

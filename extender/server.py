@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import wire
-from .decisions import FRAGMENT, OUTCOME, Entry, Outcome, OutcomeTable, evaluate, reason_of
+from .decisions import FRAGMENT, OUTCOME, SCORE, Entry, Outcome, OutcomeTable, evaluate, reason_of
 from .nodeview import NodeView, view_of_node
 from .pods import DEFAULT_RESOURCE, PodError, gpu_request, pod_key, required_scope
 from .state import ClusterState
@@ -325,7 +325,13 @@ class Extender:
         table: OutcomeTable, entries: Sequence[Entry],
     ) -> None:
         try:
-            self._count_prioritize(args, k, need, table, entries)
+            if table.unknown:
+                self._count_prioritize(args, k, need, table, entries)  # unknown nodes to count and log
+                return
+            self.m_nodes.labels("prioritize").inc(len(entries))
+            if entries:
+                scores = bytes(map(SCORE, entries))  # 0..10 each: max and index at C speed
+                self._count_tier(entries[scores.index(max(scores))][1])
         except Exception:  # a bug in counting must not surface as an asyncio callback error per request
             logger.exception("counting a prioritize answer failed", extra={"verb": "prioritize"})
 
@@ -335,12 +341,14 @@ class Extender:
     ) -> Sequence[Outcome]:
         outcomes, _ = self._outcomes("prioritize", args, k, need, table, entries)
         if outcomes:
-            # The tier the pod most likely gets: that of the best-scored node (first of equals).
-            best = max(outcomes, key=_SCORE)
-            if best.passes and best.decision is not None and best.decision.fits:
-                tier = best.decision.tier
-                self.m_tier.labels(tier.label if tier is not None else "single-gpu").inc()
+            self._count_tier(max(outcomes, key=_SCORE))
         return outcomes
+
+    def _count_tier(self, best: Outcome) -> None:
+        """The tier the pod most likely gets: that of the best-scored node (first of equals)."""
+        if best.passes and best.decision is not None and best.decision.fits:
+            tier = best.decision.tier
+            self.m_tier.labels(tier.label if tier is not None else "single-gpu").inc()
 
     def _explain_doc(self, args: wire.ExtenderArgs) -> dict[str, Any]:
         k, scope, pod_error = self._pod(args)

@@ -180,14 +180,22 @@ def test_prebuilt_fragments_join_into_the_json_of_any_name() -> None:
     assert priority_list_of([]) == b"[]"
 
 
-async def test_cached_prioritize_is_counted_in_the_metrics(serve) -> None:
+@pytest.mark.parametrize("with_unknown", [True, False])
+async def test_cached_prioritize_is_counted_in_the_metrics(serve, with_unknown: bool) -> None:
     nodes = fleet()
+    if not with_unknown:
+        del nodes["bare"]
+    n = len(nodes)
     async with serve(state=cache(nodes)) as cached:
-        _, prio = await answers(cached, pod_obj("tp4", 4), list(nodes))
-        assert max(prio, key=lambda h: h["Score"])["Host"] == "hgx"
+        for pod in (pod_obj("tp4", 4), pod_obj("tp2", 2)):
+            _, prio = await answers(cached, pod, list(nodes))
+            assert max(prio, key=lambda h: h["Score"])["Host"] == "hgx"
         # Counted right after the answer is sent: visible to the next request.
         _, metrics = await cached.get("/metrics")
-    assert 'toposcale_extender_chosen_set_tier_total{tier="nvlink"} 1.0' in metrics
-    assert 'toposcale_extender_nodes_scored_total{verb="prioritize"} 5.0' in metrics
-    assert 'toposcale_extender_nodes_scored_total{verb="filter"} 5.0' in metrics
-    assert 'toposcale_extender_unknown_topology_nodes_total{reason="missing"} 2.0' in metrics  # bare, twice
+    assert 'toposcale_extender_chosen_set_tier_total{tier="nvlink"} 2.0' in metrics
+    assert f'toposcale_extender_nodes_scored_total{{verb="prioritize"}} {2 * n}.0' in metrics
+    assert f'toposcale_extender_nodes_scored_total{{verb="filter"}} {2 * n}.0' in metrics
+    if with_unknown:  # bare, in 2 filters and 2 prioritizes
+        assert 'toposcale_extender_unknown_topology_nodes_total{reason="missing"} 4.0' in metrics
+    else:
+        assert "toposcale_extender_unknown_topology_nodes_total{" not in metrics
