@@ -76,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--assume-ttl", type=_seconds, default=120.0,
         help="seconds a bound pod's GPUs count as taken before the agent's annotation shows them",
     )
+    parser.add_argument(
+        "--allocation-max-age", type=_seconds, default=900.0,
+        help="seconds after which a node's toposcale.io/gpu-allocation (its `observed`) is stale and the "
+        "node's allocation unknown: neutral score, required scopes fail now (default 900 = three of the "
+        "agent's 300 s refresh intervals; 0 disables)",
+    )
     add_log_level_argument(parser)
 
 
@@ -102,6 +108,7 @@ async def _serve(args: Any) -> int:
     config = ServerConfig(
         host=args.host, port=args.port, url_prefix=args.url_prefix, resource=args.resource,
         max_body_bytes=args.max_body_mb * 1024 * 1024, max_inflight=args.max_inflight,
+        allocation_max_age_s=args.allocation_max_age,
     )
     state: ClusterState | None = None
     api = None
@@ -116,7 +123,10 @@ async def _serve(args: Any) -> int:
                 extra={"error": str(exc)},
             )
             return 2
-        state = ClusterState(args.resource, assume_ttl_s=args.assume_ttl)
+        state = ClusterState(
+            args.resource, assume_ttl_s=args.assume_ttl, allocation_max_age_s=args.allocation_max_age,
+            freeze_gc=True,  # see ClusterState._freeze: no ~90 ms full-collection pauses at 5,000 nodes
+        )
         await state.start(api)
     extender = Extender(config, state)
     runner = web.AppRunner(extender.app(), access_log=None)

@@ -7,7 +7,8 @@ waiting may help) or never fits (FailedAndUnresolvableNodes). Rules, in order:
 - the pod asks no GPU of the managed resource: every node passes, score 0;
 - the node's topology is unknown (no annotation, invalid annotation, not in the cache): passes with
   `NEUTRAL_SCORE` unless the pod requires a scope, which cannot then be promised (fails now);
-- the node's allocation is unknown (agent could not reach the kubelet): the same; never guessed as "all free";
+- the node's allocation is unknown (agent could not reach the kubelet) or stale (observed longer ago than
+  `--allocation-max-age`): the same; never guessed as "all free";
 - otherwise `scoring.decide_raw`; a node short of free GPUs without a required scope still passes with
   score 0: the scheduler's own resource count is authoritative for counts, the annotation may lag.
 
@@ -33,7 +34,7 @@ class Outcome(NamedTuple):
     score: int
     reason: str  # set for outcomes without a decision; else built on demand by `reason_of`
     decision: NodeDecision | None = None  # raw (index-based); `reason_of` / explain materialize it
-    unknown: str = ""  # "missing" / "invalid" / "uncached" / "allocation" when the extender could not judge
+    unknown: str = ""  # "missing"/"invalid"/"uncached"/"allocation"/"stale-allocation": could not judge
 
 
 NO_GPU = Outcome(True, False, 0, "pod asks no managed GPU")
@@ -63,7 +64,8 @@ def outcome_for(view: NodeView | None, k: int, need: Tier | None) -> Outcome:
     if topo is None:
         hit = _unknown(view.problem_kind, f"GPU topology unknown: {view.problem}", scoped)
     elif view.free_mask is None:
-        hit = _unknown("allocation", f"{view.allocation_problem}", scoped)
+        kind = "stale-allocation" if view.stale else "allocation"
+        hit = _unknown(kind, f"{view.allocation_problem}", scoped)
     else:
         d = decide_raw(topo, view.free_mask, k, need)
         if d.fits:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .topology.annotations import (
@@ -18,6 +18,7 @@ from .topology.annotations import (
     Allocation,
     AnnotationError,
     allocation_from_doc,
+    parse_observed,
     topology_from_doc,
 )
 from .topology.model import Topology
@@ -33,6 +34,8 @@ class NodeView:
     free_mask: int | None  # None: allocation unknown (no or invalid annotation, kubelet unreachable)
     allocation_problem: str | None
     allocation: Allocation | None = None
+    observed_at: float | None = None  # the allocation's `observed`, epoch seconds (set when free_mask is)
+    stale: bool = False  # allocation older than the extender's --allocation-max-age (free_mask is None)
     # Outcomes per (k, scope) for this exact view: a view is replaced, never changed, when the node changes.
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -135,7 +138,33 @@ def _view(name: str, raw_topo: Any, raw_alloc: Any, resource: str) -> NodeView:
             name, topo, None, None,
             f"GPU allocation unknown (agent could not reach the kubelet, observed {alloc.observed})", alloc,
         )
-    return NodeView(name, topo, None, free, None, alloc)
+    return NodeView(name, topo, None, free, None, alloc, parse_observed(alloc.observed).timestamp())
+
+
+_STALE = "stale"  # memo key of a view's stale twin (outcome keys are (k, scope) tuples)
+
+
+def stale_twin(view: NodeView, max_age_s: float) -> NodeView:
+    """The view with its allocation treated as unknown because it is too old (built once per view)."""
+    hit = view.memo.get(_STALE)
+    if hit is None:
+        observed = view.allocation.observed if view.allocation is not None else "?"
+        hit = replace(
+            view, free_mask=None, stale=True, memo={},
+            allocation_problem=(
+                f"GPU allocation stale: observed {observed}, more than {max_age_s:g}s ago (the agent "
+                "re-publishes at least every --refresh-interval: is it running on this node?)"
+            ),
+        )
+        view.memo[_STALE] = hit
+    return hit  # type: ignore[no-any-return]
+
+
+def aged(view: NodeView | None, cutoff: float, max_age_s: float) -> NodeView | None:
+    """`view`, or its stale twin when its allocation was observed before `cutoff` (now - max age)."""
+    if view is not None and view.observed_at is not None and view.observed_at < cutoff:
+        return stale_twin(view, max_age_s)
+    return view
 
 
 def view_of_node(node: Any, resource: str) -> NodeView | None:

@@ -9,20 +9,28 @@ while; until then its GPUs are *assumed* taken, as the set `scoring.choose_gpus`
 when the node's allocation was observed `reflect_grace_s` after the kubelet admitted the pod (its
 `status.startTime`; before that is known, the time the pod was first seen bound), when the pod ends or is
 deleted, or after `assume_ttl_s`. So pods long running when the extender starts are not counted twice.
+
+Stale allocations: the agent re-publishes its allocation at least every `--refresh-interval` (300 s). One
+observed longer than `allocation_max_age_s` ago (0: never stale) is unknown, like no allocation at all. A
+node goes stale without any watch event, so each cached view's expiry (observed + max age) is kept in a heap
+and the hot path compares the earliest one with the clock: one float comparison per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import heapq
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from .decisions import Outcome, OutcomeTable, outcome_for
-from .nodeview import NodeView, view_of_node
+from .nodeview import NodeView, stale_twin, view_of_node
 from .pods import PodError, gpu_request
 from .topology.model import Tier
 from .topology.scoring import choose_gpus
@@ -64,10 +72,20 @@ class ClusterState:
         *,
         assume_ttl_s: float = 120.0,
         reflect_grace_s: float = 2.0,
+        allocation_max_age_s: float = 900.0,
+        wall: Callable[[], float] = time.time,
+        freeze_gc: bool = False,
     ) -> None:
         self.resource = resource
         self.assume_ttl_s = assume_ttl_s
         self.reflect_grace_s = reflect_grace_s
+        self.allocation_max_age_s = allocation_max_age_s
+        self._wall = wall  # the agent's `observed` is wall-clock time
+        self._freeze_gc = freeze_gc
+        # (wall time a cached view's allocation turns stale, node name); entries of replaced views only
+        # cause a spare recompute of that node.
+        self._ages: list[tuple[float, str]] = []
+        self._bad_pods: set[str] = set()  # pods with a malformed field, logged once each
         self.base: dict[str, NodeView] = {}  # node name -> view from its annotations
         self.pods: dict[str, Assumed] = {}  # pod uid -> bound GPU pod (assumed until reflected)
         self._views: dict[str, NodeView] = {}  # name -> view adjusted for assumed pods
@@ -92,6 +110,7 @@ class ClusterState:
         self.base = base
         self._forget()
         self.synced_nodes.set()
+        self._freeze()
 
     def node_event(self, etype: str, obj: dict[str, Any]) -> None:
         v = view_of_node(obj, self.resource)
@@ -114,9 +133,23 @@ class ClusterState:
         self.pods = keep
         self._forget()
         self.synced_pods.set()
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """After a (re)list, move what is cached out of the collector's reach: a full collection walks every
+        tracked object, ~90 ms at 5,000 cached nodes, a pause a 2 s scheduler call can ill afford. The cache
+        is acyclic and freed by reference counting; unfreeze first so objects of the previous list that
+        became garbage are collectable again."""
+        if self._freeze_gc and self.synced:
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
 
     def pod_event(self, etype: str, obj: dict[str, Any]) -> None:
-        uid = (obj.get("metadata") or {}).get("uid", "")
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        uid = meta.get("uid", "") if isinstance(meta, dict) else ""
+        if not isinstance(uid, str):
+            uid = ""
         old = self.pods.get(uid)
         a = None if etype == "DELETED" else self._assumed_from(obj)
         if a is None:
@@ -130,21 +163,43 @@ class ClusterState:
             old.ref_wall = a.ref_wall  # the kubelet admitted it: its allocation happened then
         self._forget(a.node)
 
-    def _assumed_from(self, obj: dict[str, Any]) -> Assumed | None:
-        spec = obj.get("spec") or {}
+    def _bad_pod(self, obj: Any, problem: str) -> None:
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        key = f"{meta.get('namespace')}/{meta.get('name')}" if isinstance(meta, dict) else "?"
+        if key in self._bad_pods:
+            return
+        if len(self._bad_pods) >= _TABLE_LIMIT:
+            self._bad_pods.clear()
+        self._bad_pods.add(key)
+        logger.warning("watched pod skipped", extra={"pod": key, "problem": problem})
+
+    def _assumed_from(self, obj: Any) -> Assumed | None:
+        """The bound GPU pod this object describes; None for anything else (malformed: skipped, logged)."""
+        if not isinstance(obj, dict):
+            self._bad_pod(obj, "not an object")
+            return None
+        spec, meta, status = obj.get("spec"), obj.get("metadata"), obj.get("status")
+        for field, value in (("spec", spec), ("metadata", meta), ("status", status)):
+            if value is not None and not isinstance(value, dict):
+                self._bad_pod(obj, f"{field} is not an object")
+                return None
+        spec, meta, status = spec or {}, meta or {}, status or {}
         node = spec.get("nodeName")
-        if not node or (obj.get("status") or {}).get("phase") in _TERMINAL:
+        if not node or status.get("phase") in _TERMINAL:
+            return None
+        if not isinstance(node, str):
+            self._bad_pod(obj, "spec.nodeName is not a string")
             return None
         try:
             k = gpu_request(obj, self.resource)
-        except PodError:
+        except PodError as exc:
+            self._bad_pod(obj, str(exc))
             return None
         if k <= 0:
             return None
-        meta = obj.get("metadata") or {}
         started = _start_time(obj)
         return Assumed(
-            uid=meta.get("uid", ""), key=f"{meta.get('namespace')}/{meta.get('name')}", node=node, k=k,
+            uid=str(meta.get("uid", "")), key=f"{meta.get('namespace')}/{meta.get('name')}", node=node, k=k,
             ref_wall=started if started is not None else time.time(), seen_mono=time.monotonic(),
         )
 
@@ -156,6 +211,7 @@ class ClusterState:
             self._views.clear()
             self._tables.clear()
             self._views_expire = float("inf")
+            self._ages.clear()
             return
         self._views.pop(name, None)
         for table in self._tables.values():
@@ -164,6 +220,25 @@ class ClusterState:
     def _fresh(self, now: float) -> None:
         if now >= self._views_expire:
             self._forget()  # an assumption ran out: recompute lazily
+        ages = self._ages
+        if ages and ages[0][0] <= self._wall():
+            self._expire_ages()
+
+    def _expire_ages(self) -> None:
+        """Drop the cached views (and outcomes) of nodes whose allocation has just turned stale."""
+        ages, wall = self._ages, self._wall()
+        while ages and ages[0][0] <= wall:
+            self._forget(heapq.heappop(ages)[1])
+
+    def _compact_ages(self) -> None:
+        """Keep one expiry per cached view: entries of views replaced since only cost memory."""
+        limit = self.allocation_max_age_s
+        self._ages = [
+            (v.observed_at + limit, name)
+            for name, v in self._views.items()
+            if v.observed_at is not None and not v.stale
+        ]
+        heapq.heapify(self._ages)
 
     def table(self, k: int, need: Tier | None) -> OutcomeTable:
         """The outcomes (and answer fragments) of cached nodes for pods asking k GPUs with scope `need`: the
@@ -192,8 +267,17 @@ class ClusterState:
         base = self.base.get(name)
         if base is None:
             return None
+        limit = self.allocation_max_age_s
+        if limit > 0 and base.observed_at is not None:
+            expires = base.observed_at + limit
+            if self._wall() >= expires:
+                base = stale_twin(base, limit)  # allocation unknown: nothing to adjust either
+            else:
+                heapq.heappush(self._ages, (expires, name))
         v, valid = self._adjust(base, now)
         self._views[name] = v
+        if len(self._ages) > 4 * len(self._views) + 1024:
+            self._compact_ages()  # amortized: only after 3x the cached views' worth of replacements
         self._views_expire = min(self._views_expire, valid)
         return v
 

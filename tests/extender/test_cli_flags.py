@@ -32,6 +32,8 @@ TOPOSCALE = str(Path(sys.executable).parent / "toposcale")
         (["--url-prefix", "//evil"], "--url-prefix"),
         (["--assume-ttl", "nan"], "--assume-ttl"),
         (["--assume-ttl", "-5"], "--assume-ttl"),
+        (["--allocation-max-age", "-1"], "--allocation-max-age"),
+        (["--allocation-max-age", "inf"], "--allocation-max-age"),
     ],
 )
 def test_bad_flag_values_are_usage_errors(capsys, argv: list[str], flag: str) -> None:

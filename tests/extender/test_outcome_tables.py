@@ -125,7 +125,8 @@ async def test_assumed_pods_reach_the_tables_and_expire(serve, monkeypatch: pyte
         state_module, "time", types.SimpleNamespace(monotonic=lambda: clock["now"], time=time.time)
     )
     nodes = fleet(hgx=node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed="2026-01-01T00:00:00Z"))
-    st = cache(nodes, assume_ttl_s=60.0)
+    # An old observation on purpose (before any bind); its age is not what this test is about.
+    st = cache(nodes, assume_ttl_s=60.0, allocation_max_age_s=0)
     big = pod_obj("big", 8, scope="nvlink")
     async with serve(state=st) as cached:
         filt, _ = await answers(cached, big, ["hgx", "hgx-2"])
