@@ -1,10 +1,16 @@
-"""The extender's HTTP service (aiohttp): filter, prioritize, explain, healthz, metrics.
+"""The extender's HTTP service (aiohttp): filter, prioritize, explain, healthz, readyz, metrics.
 
 Paths are `ROUTES` (wire.py) under `--url-prefix`. Every request is bounded: body size (`max_body_bytes`,
-default large enough for 5,000 full Node objects), time to receive the body, and how many decisions run at
-once (beyond that: 503 after a short wait). Malformed input is a 400 with a metav1.Status body and one log
-line; a bad node never fails the request: it is answered for (neutral score, reason) and logged once per node
-and problem, not once per request.
+default large enough for 5,000 full Node objects), time to receive the body (`body_timeout_s`, 5 s: the
+scheduler's own httpTimeout is 2 s by our config), and how many decisions are being computed and answered at
+once (`max_inflight`; beyond that, after a short wait: 429 TooManyRequests with Retry-After, as
+kube-apiserver's max-in-flight filter answers). The body is read before a slot is taken, so slow or stalled
+uploads cannot hold the slots the scheduler's calls need. A slot is held until the answer has been handed to
+the socket: a client that does not read a large (full-Node echo) answer holds it, and its memory, until then.
+
+Every non-2xx answer, including aiohttp's own 404/405/413, is a metav1.Status JSON body (middleware), logged
+in one line. Malformed input is a 400; a bad node never fails the request: it is answered for (neutral
+score, reason) and logged once per node and problem, not once per request.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import wire
 from .decisions import FRAGMENT, OUTCOME, SCORE, Entry, Outcome, OutcomeTable, evaluate, reason_of
-from .nodeview import NodeView, view_of_node
+from .nodeview import NodeView, aged, view_of_node
 from .pods import DEFAULT_RESOURCE, PodError, gpu_request, pod_key, required_scope
 from .state import ClusterState
 from .topology.model import Tier
@@ -40,6 +46,7 @@ STANDALONE_REASON = (
     "only: configure the extender with nodeCacheCapable: false, or run it with cluster access"
 )
 _LOGGED_LIMIT = 100_000
+PENDING_PER_SLOT = 4
 
 
 @dataclass(slots=True)
@@ -49,9 +56,10 @@ class ServerConfig:
     url_prefix: str = ""
     resource: str = DEFAULT_RESOURCE
     max_body_bytes: int = DEFAULT_MAX_BODY
-    body_timeout_s: float = 30.0
+    body_timeout_s: float = 5.0
     max_inflight: int = 4
     queue_timeout_s: float = 2.0
+    allocation_max_age_s: float = 900.0  # full-Node mode; the watch cache has its own (ClusterState)
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -67,10 +75,46 @@ class BadRequest(Exception):
         self.code, self.reason, self.message = code, reason, message
 
 
+_REASONS = {  # metav1.StatusReason for the codes aiohttp answers on its own
+    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
+    406: "NotAcceptable", 408: "Timeout", 409: "Conflict", 413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
+    503: "ServiceUnavailable", 504: "Timeout",
+}
+
+
+def status_response(
+    code: int, reason: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=code, body=wire.status_body(code, reason, message), content_type="application/json",
+        headers=headers,
+    )
+
+
+@web.middleware
+async def status_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own error answers (404 unknown path, 405 wrong method, 413, ...) as metav1.Status JSON."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = _REASONS.get(exc.status, "InternalError" if exc.status >= 500 else "BadRequest")
+        message = f"{request.method} {request.path}: {exc.reason}"
+        logger.warning("bad request", extra={"code": exc.status, "reason": reason, "error": message})
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return status_response(exc.status, reason, message, headers)
+
+
 class Extender:
-    def __init__(self, config: ServerConfig, state: ClusterState | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, state: ClusterState | None = None, *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self.state = state
+        self._wall = wall  # for the age of full Node objects' allocations
         self.prefix = normalize_prefix(config.url_prefix)
         self.registry = CollectorRegistry()
         r = self.registry
@@ -105,6 +149,10 @@ class Extender:
         )
         g_assumed.set_function(lambda: len(state.pods) if state is not None else 0)
         self._sem = asyncio.Semaphore(config.max_inflight)
+        # Bodies are read before a slot is taken; this bounds how many are held at once (memory: at most
+        # max_pending x max_body_bytes of bodies), generous enough that a few stalled uploads starve nothing.
+        self.max_pending = PENDING_PER_SLOT * config.max_inflight
+        self._pending = 0
         self._logged: dict[str, str] = {}
 
     # ------------------------------------------------------------ app
@@ -116,24 +164,25 @@ class Extender:
             "explain": self.explain_post,
             "explain_get": self.explain_get,
             "healthz": self.healthz,
+            "readyz": self.readyz,
             "metrics": self.metrics,
         }
         return [(method, self.prefix + path, handlers[verb]) for verb, (method, path) in wire.ROUTES.items()]
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[status_errors])
         for method, path, handler in self.routes():
             app.router.add_route(method, path, handler)
         return app
 
     # ------------------------------------------------------------ plumbing
 
-    def _error(self, verb: str, code: int, reason: str, message: str) -> web.Response:
+    def _error(
+        self, verb: str, code: int, reason: str, message: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
         self.m_requests.labels(verb, str(code)).inc()
         logger.warning("bad request", extra={"verb": verb, "code": code, "reason": reason, "error": message})
-        return web.Response(
-            status=code, body=wire.status_body(code, reason, message), content_type="application/json"
-        )
+        return status_response(code, reason, message, headers)
 
     async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.config.max_body_bytes:
@@ -154,30 +203,54 @@ class Extender:
             ) from None
 
     async def _run(self, verb: str, request: web.Request, work: Any) -> web.StreamResponse:
+        # Requests being received, waiting or answered, at most `max_pending` (bodies held in memory).
+        if self._pending >= self.max_pending:
+            return self._error(
+                verb, 429, "TooManyRequests",
+                f"extender busy: {self._pending} requests being received or answered, retry",
+                {"Retry-After": "1"},
+            )
+        self._pending += 1
+        try:
+            return await self._admitted(verb, request, work)
+        finally:
+            self._pending -= 1
+
+    async def _admitted(self, verb: str, request: web.Request, work: Any) -> web.StreamResponse:
+        # The body first (bounded in size and time), outside the slots: a stalled upload holds no slot.
+        try:
+            body = await self._body(request)
+        except BadRequest as exc:
+            return self._error(verb, exc.code, exc.reason, exc.message)
         start = time.perf_counter()
         if self._sem.locked():
             try:
                 async with asyncio.timeout(self.config.queue_timeout_s):
                     await self._sem.acquire()
             except TimeoutError:
-                return self._error(verb, 503, "TooManyRequests", "extender busy: too many requests in flight")
+                return self._error(
+                    verb, 429, "TooManyRequests",
+                    f"extender busy: {self.config.max_inflight} requests in flight, retry",
+                    {"Retry-After": "1"},
+                )
         else:
             await self._sem.acquire()  # free: returns at once, without a timer
         try:
-            body = await self._body(request)
-            resp = work(body)
-        except BadRequest as exc:
-            return self._error(verb, exc.code, exc.reason, exc.message)
-        except wire.WireError as exc:
-            return self._error(verb, 400, "BadRequest", str(exc))
-        except Exception as exc:  # a bug, not the caller's fault: say so, keep serving
-            logger.exception("internal error", extra={"verb": verb})
-            return self._error(verb, 500, "InternalError", f"{type(exc).__name__}: {exc}")
+            try:
+                resp = work(body)
+            except wire.WireError as exc:
+                return self._error(verb, 400, "BadRequest", str(exc))
+            except Exception as exc:  # a bug, not the caller's fault: say so, keep serving
+                logger.exception("internal error", extra={"verb": verb})
+                return self._error(verb, 500, "InternalError", f"{type(exc).__name__}: {exc}")
+            self.m_latency.labels(verb).observe(time.perf_counter() - start)
+            self.m_requests.labels(verb, "200").inc()
+            # Hand the answer to the socket under the slot: a client not reading a large answer holds it.
+            await resp.prepare(request)
+            await resp.write_eof()
+            return resp
         finally:
             self._sem.release()
-        self.m_latency.labels(verb).observe(time.perf_counter() - start)
-        self.m_requests.labels(verb, "200").inc()
-        return resp
 
     def _log_node_once(self, name: str, problem: str) -> None:
         if self._logged.get(name) == problem:
@@ -214,6 +287,16 @@ class Extender:
             return k, None, STANDALONE_REASON
         return k, required_scope_tier(scope), None
 
+    def _node_views(self, nodes: list[dict[str, Any]]) -> list[NodeView | None]:
+        """Views of full Node objects, an allocation older than --allocation-max-age treated as unknown."""
+        res = self.config.resource
+        views = [view_of_node(n, res) for n in nodes]
+        limit = self.config.allocation_max_age_s
+        if limit > 0:
+            cutoff = self._wall() - limit
+            views = [aged(v, cutoff, limit) for v in views]
+        return views
+
     def _view_of(self, args: wire.ExtenderArgs) -> Callable[[int], NodeView | None]:
         state, names = self.state, args.names
         if state is None:
@@ -237,8 +320,7 @@ class Extender:
         elif k <= 0:
             return evaluate([None] * len(args.names), 0, None), _no_view
         else:
-            res = self.config.resource
-            views = [view_of_node(n, res) for n in args.nodes or []]
+            views = self._node_views(args.nodes or [])
             outcomes = evaluate(views, k, need)
             view_of = views.__getitem__
         self.m_nodes.labels(verb).inc(len(outcomes))
@@ -364,7 +446,7 @@ class Extender:
             doc["nodes"] = []
             return doc
         if k > 0 and args.nodes is not None:
-            views = [view_of_node(n, self.config.resource) for n in args.nodes]
+            views = self._node_views(args.nodes)
         elif k > 0 and self.state is not None:
             views = [self.state.view(n) for n in args.names]
         else:
@@ -419,11 +501,29 @@ class Extender:
         return _json(orjson.dumps(self._explain_doc(args), option=orjson.OPT_INDENT_2))
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
+        """Liveness: the process answers. Readiness (the watch cache synced) is /readyz."""
         body: dict[str, Any] = {"status": "ok", "mode": "standalone" if self.state is None else "watch"}
         if self.state is not None:
             body["synced"] = self.state.synced
             body["nodes"] = len(self.state.base)
         return _json(orjson.dumps(body))
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        """Ready once the Node and Pod caches have synced (always in --standalone): until then names-only
+        answers would call every node uncached, so the Service must not send the scheduler here."""
+        state = self.state
+        if state is not None:
+            missing = [
+                what for what, event in (("nodes", state.synced_nodes), ("pods", state.synced_pods))
+                if not event.is_set()
+            ]
+            if missing:
+                return status_response(
+                    503, "ServiceUnavailable",
+                    f"watch cache not synced yet: {' and '.join(missing)} not listed from the apiserver",
+                )
+        mode = "standalone" if state is None else "watch"
+        return _json(orjson.dumps({"status": "ready", "mode": mode}))
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         body = generate_latest(self.registry)

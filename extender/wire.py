@@ -23,6 +23,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "explain": ("POST", "/explain"),
     "explain_get": ("GET", "/explain"),
     "healthz": ("GET", "/healthz"),
+    "readyz": ("GET", "/readyz"),
     "metrics": ("GET", "/metrics"),
 }
 FILTER_VERB = "filter"

@@ -329,6 +329,22 @@ def test_probes_hit_routes_the_extender_serves(builds: dict[str, Build]) -> None
     served = {(m, args.url_prefix + p) for m, p in wire.ROUTES.values()}
     for probe in ("readinessProbe", "livenessProbe"):
         assert ("GET", c[probe]["httpGet"]["path"]) in served
+    # Ready only once the watch cache synced; alive meanwhile (a long first list must not restart it).
+    assert c["readinessProbe"]["httpGet"]["path"] == args.url_prefix + wire.ROUTES["readyz"][1]
+    assert c["livenessProbe"]["httpGet"]["path"] == args.url_prefix + wire.ROUTES["healthz"][1]
+
+
+def test_extender_body_limit_fits_its_memory_limit(builds: dict[str, Build]) -> None:
+    from toposcale.extender.server import PENDING_PER_SLOT
+
+    c = container(builds["extender"].one("Deployment", "toposcale-extender"))
+    args = _extender_args(builds["extender"])
+    limit = c["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") or limit.endswith("Mi")
+    limit_mib = int(limit[:-2]) * (1024 if limit.endswith("Gi") else 1)
+    # Bodies held at once (read before a slot is taken) at their largest, beside the cache and the process.
+    worst_bodies_mib = PENDING_PER_SLOT * args.max_inflight * args.max_body_mb
+    assert worst_bodies_mib <= limit_mib // 2, (worst_bodies_mib, limit_mib)
 
 
 # ------------------------------------------------------------------ agent

@@ -112,11 +112,11 @@ def serve() -> Callable[..., Any]:
 
     @contextlib.asynccontextmanager
     async def run(
-        config: ServerConfig | None = None, state: ClusterState | None = None
+        config: ServerConfig | None = None, state: ClusterState | None = None, **kw: Any
     ) -> AsyncIterator[Served]:
         cfg = config or ServerConfig()
         cfg.host, cfg.port = "127.0.0.1", free_port()
-        ext = Extender(cfg, state)
+        ext = Extender(cfg, state, **kw)
         runner = web.AppRunner(ext.app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, cfg.host, cfg.port).start()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -16,11 +17,15 @@ from tests.extender.conftest import free_port, node_obj, pod_obj
 TOPOSCALE = Path(sys.executable).parent / "toposcale"
 
 
+def ago(seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def test_standalone_process_serves_every_route() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
     proc = await asyncio.create_subprocess_exec(
-        str(TOPOSCALE), "extender", "--standalone", "--port", str(port),
+        str(TOPOSCALE), "extender", "--standalone", "--port", str(port), "--allocation-max-age", "600",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -48,6 +53,13 @@ async def test_standalone_process_serves_every_route() -> None:
             async with s.post(url + "/filter", data=orjson.dumps(names)) as r:
                 res = await r.json()
                 assert r.status == 200 and "standalone" in res["FailedAndUnresolvableNodes"]["hgx"]
+            async with s.get(url + "/readyz") as r:
+                assert r.status == 200 and (await r.json())["mode"] == "standalone"
+            old = dict(full, Nodes={"items": [node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed=ago(700))]})
+            async with s.post(url + "/prioritize", data=orjson.dumps(old)) as r:
+                assert (await r.json())[0]["Score"] == 5  # --allocation-max-age 600: stale, neutral
+            async with s.get(url + "/nope") as r:
+                assert r.status == 404 and (await r.json())["kind"] == "Status"
             async with s.get(url + "/metrics") as r:
                 assert "toposcale_extender_decision_seconds" in await r.text()
     finally:
@@ -79,8 +91,8 @@ async def test_watch_mode_process_answers_names_from_its_cache(tmp_path) -> None
                 synced = False
                 for _ in range(200):
                     try:
-                        async with s.get(url + "/healthz") as r:
-                            synced = (await r.json()).get("synced", False)
+                        async with s.get(url + "/readyz") as r:  # 503 Status until both caches listed
+                            synced = r.status == 200
                     except aiohttp.ClientConnectionError:
                         pass
                     if synced:
