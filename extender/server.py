@@ -105,6 +105,11 @@ async def status_errors(request: web.Request, handler: Any) -> web.StreamRespons
         logger.warning("bad request", extra={"code": exc.status, "reason": reason, "error": message})
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return status_response(exc.status, reason, message, headers)
+    except ConnectionError:
+        raise  # the caller went away: aiohttp closes the connection, nothing to answer
+    except Exception as exc:  # a bug in a handler: a Status too, and the service keeps serving
+        logger.exception("internal error", extra={"path": request.path})
+        return status_response(500, "InternalError", f"{type(exc).__name__}: {exc}")
 
 
 class Extender:
@@ -201,6 +206,8 @@ class Extender:
             raise BadRequest(
                 408, "Timeout", f"request body not received within {self.config.body_timeout_s:g}s"
             ) from None
+        except ConnectionError:  # the caller closed mid-upload: nobody reads the answer, one log line
+            raise BadRequest(400, "BadRequest", "connection closed before the body was received") from None
 
     async def _run(self, verb: str, request: web.Request, work: Any) -> web.StreamResponse:
         # Requests being received, waiting or answered, at most `max_pending` (bodies held in memory).
@@ -246,8 +253,11 @@ class Extender:
             self.m_latency.labels(verb).observe(time.perf_counter() - start)
             self.m_requests.labels(verb, "200").inc()
             # Hand the answer to the socket under the slot: a client not reading a large answer holds it.
-            await resp.prepare(request)
-            await resp.write_eof()
+            try:
+                await resp.prepare(request)
+                await resp.write_eof()
+            except ConnectionError as exc:  # the caller went away (e.g. its httpTimeout passed): not ours
+                logger.info("caller left before the answer was sent", extra={"verb": verb, "error": str(exc)})
             return resp
         finally:
             self._sem.release()

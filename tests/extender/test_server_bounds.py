@@ -156,3 +156,19 @@ async def test_readyz_waits_for_the_watch_cache(serve) -> None:
     async with serve() as s:
         code, text = await s.get("/readyz")
         assert code == 200 and orjson.loads(text)["mode"] == "standalone"
+
+
+async def test_a_handler_bug_is_a_500_status_and_the_service_keeps_serving(serve) -> None:
+    class Broken(ClusterState):
+        @property
+        def synced(self) -> bool:
+            raise RuntimeError("cache in a state nobody planned for")
+
+    async with serve(state=Broken("nvidia.com/gpu")) as s:
+        async with s.session.get(s.url + "/healthz") as r:
+            assert r.status == 500
+            doc = await r.json()
+            assert_status(doc, 500, "InternalError")
+            assert "cache in a state nobody planned for" in doc["message"]
+        code, _ = await s.get("/metrics")
+        assert code == 200
