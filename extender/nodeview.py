@@ -141,12 +141,13 @@ def _view(name: str, raw_topo: Any, raw_alloc: Any, resource: str) -> NodeView:
     return NodeView(name, topo, None, free, None, alloc, parse_observed(alloc.observed).timestamp())
 
 
-_STALE = "stale"  # memo key of a view's stale twin (outcome keys are (k, scope) tuples)
+_STALE = "stale"  # memo key of a view's stale twin, with the limit (outcome keys are (k, scope) tuples)
 
 
 def stale_twin(view: NodeView, max_age_s: float) -> NodeView:
     """The view with its allocation treated as unknown because it is too old (built once per view)."""
-    hit = view.memo.get(_STALE)
+    key = (_STALE, max_age_s)  # views are shared (cached by annotation text); the reason names the limit
+    hit = view.memo.get(key)
     if hit is None:
         observed = view.allocation.observed if view.allocation is not None else "?"
         hit = replace(
@@ -156,7 +157,7 @@ def stale_twin(view: NodeView, max_age_s: float) -> NodeView:
                 "re-publishes at least every --refresh-interval: is it running on this node?)"
             ),
         )
-        view.memo[_STALE] = hit
+        view.memo[key] = hit
     return hit  # type: ignore[no-any-return]
 
 
