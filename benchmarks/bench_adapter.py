@@ -59,9 +59,27 @@ def run_exporters(ports: list[int], dcgm_port: int) -> None:
     asyncio.run(main())
 
 
-def start_adapter(prom_url: str, port: int, ttl: float, cpu: int | None) -> subprocess.Popen[bytes]:
+# Runs `toposcale adapter` with `toposcale.adapter` imported from another tree's adapter/ folder (the baseline
+# row), e.g. `git archive <rev> adapter | tar -x -C /tmp/base`; the rest of toposcale stays this checkout's.
+_FROM_TREE = """
+import importlib.util, sys
+folder = sys.argv.pop(1) + "/adapter"
+spec = importlib.util.spec_from_file_location(
+    "toposcale.adapter", folder + "/__init__.py", submodule_search_locations=[folder])
+module = importlib.util.module_from_spec(spec)
+sys.modules["toposcale.adapter"] = module
+spec.loader.exec_module(module)
+from toposcale.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_adapter(
+    prom_url: str, port: int, ttl: float, cpu: int | None, tree: str | None = None
+) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).parent / "toposcale"
-    cmd = [str(exe), "adapter", "--prometheus-url", prom_url, "--port", str(port), "--bind-address",
+    launcher = [sys.executable, "-c", _FROM_TREE, str(Path(tree).resolve())] if tree else [str(exe)]
+    cmd = [*launcher, "adapter", "--prometheus-url", prom_url, "--port", str(port), "--bind-address",
            "127.0.0.1", "--cache-ttl", str(ttl), "--log-level", "warning", "--max-inflight", "4096",
            "--insecure-allow-anonymous", "--max-requests-inflight", "4096"]
     if cpu is not None and shutil.which("taskset"):
@@ -161,8 +179,13 @@ async def bench(args: argparse.Namespace) -> None:
         uncached_port, cached_port = free_port(), free_port()
         procs.append(start_adapter(prom.url, uncached_port, 0.0, adapter_cpu))
         procs.append(start_adapter(prom.url, cached_port, 60.0, adapter_cpu))
+        ports = [uncached_port, cached_port]
+        if args.baseline_tree:
+            baseline_port = free_port()
+            procs.append(start_adapter(prom.url, baseline_port, 0.0, adapter_cpu, args.baseline_tree))
+            ports.append(baseline_port)
         path = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{NAMESPACE}/{METRIC}?labelSelector="
-        for port in (uncached_port, cached_port):
+        for port in ports:
             await wait_http(f"http://127.0.0.1:{port}{path}{quote('app=vllm')}")
 
         rule = load_rules().by_name()[METRIC]
@@ -177,11 +200,16 @@ async def bench(args: argparse.Namespace) -> None:
         def cached_url(i: int) -> str:
             return f"http://127.0.0.1:{cached_port}{path}{quote('app=vllm')}"
 
+        def baseline_url(i: int) -> str:
+            return f"http://127.0.0.1:{baseline_port}{path}{quote(f'app=vllm,!bench{i}')}"
+
         rows = []
         for clients in args.clients:
             floor = None
-            modes = (("prometheus", prom_url, prom.proc), ("adapter uncached", uncached_url, procs[0]),
-                     ("adapter cached", cached_url, procs[1]))
+            modes = [("prometheus", prom_url, prom.proc), ("adapter uncached", uncached_url, procs[0]),
+                     ("adapter cached", cached_url, procs[1])]
+            if args.baseline_tree:
+                modes.insert(1, ("baseline uncached", baseline_url, procs[2]))
             for name, make, proc in modes:
                 await load(make, clients, min(0.5, args.duration))  # warm-up
                 cpu0 = cpu_seconds(proc.pid)  # type: ignore[union-attr]
@@ -191,7 +219,7 @@ async def bench(args: argparse.Namespace) -> None:
                 if name == "prometheus":
                     floor = (p50, p99)
                 over = ""
-                if name == "adapter uncached" and floor is not None:
+                if name.endswith("uncached") and floor is not None:
                     over = f"{p50 - floor[0]:+.2f} / {p99 - floor[1]:+.2f}"
                 rows.append((name, clients, n, n / args.duration, p50, p99, over, cpu, errors))
                 print(f"  {name:<17} clients={clients:<4} {n / args.duration:>9.0f} req/s", file=sys.stderr)
@@ -227,6 +255,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per row")
     ap.add_argument("--clients", default="1,10,100", help="concurrent clients, comma-separated")
     ap.add_argument("--pods", type=int, default=8, help="vLLM exporters behind Prometheus")
+    ap.add_argument("--baseline-tree", default="",
+                    help="also run an uncached adapter from this tree's adapter/ folder (e.g. an older "
+                         "commit: git archive <rev> adapter | tar -x -C DIR), same run: 'baseline uncached'")
     args = ap.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     asyncio.run(bench(args))
