@@ -1,6 +1,7 @@
 """Benchmark: the metrics adapter's read path against the same query sent straight to Prometheus.
 
-    .venv/bin/python benchmarks/bench_adapter.py [--duration 3] [--clients 1,10,100] [--pods 8]
+    .venv/bin/python benchmarks/bench_adapter.py [--duration 3] [--clients 1,10,100] [--pods 8] \
+        [--baseline-tree DIR]
 
 Set-up, all real parts on loopback: `--pods` in-test vLLM exporters (2 engines each) and one DCGM exporter,
 served from their own process; the Debian Prometheus scraping them every second; two `toposcale adapter`
@@ -13,6 +14,8 @@ Rows, for each number of concurrent clients:
 - `adapter uncached`: the metric through the adapter, every request a distinct selector (`!bench<N>`) so
   neither the cache nor request coalescing helps; the same distinct selectors go to Prometheus directly.
 - `adapter cached`: one selector, cache TTL 60 s: what many HPAs asking the same thing cost.
+- `baseline uncached` (with `--baseline-tree DIR`): as `adapter uncached`, with `toposcale.adapter` from
+  `DIR/adapter` (an older commit), same run.
 The table prints requests/s, p50 and p99 latency, and for uncached reads the p50/p99 overhead over the
 Prometheus row with the same number of clients, measured in the same run. Targets (issue 2): uncached
 overhead under 2 ms over Prometheus; cached over 2,000 requests/s on one core.
