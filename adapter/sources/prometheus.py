@@ -70,6 +70,10 @@ class PrometheusSource:
             pool_connections=1, pool_maxsize=workers, max_retries=Retry(total=0, raise_on_status=False)
         )
         session.mount(self.url, adapter)
+        # Prometheus gzips its answers when asked to, and Go's gzip writer costs it ~0.3-0.6 ms per query
+        # (measured on loopback) for an answer of a few hundred bytes (the generated queries return two
+        # series); a --prometheus-header Accept-Encoding still wins
+        session.headers["Accept-Encoding"] = "identity"
         session.headers.update(self._initial_headers())
         self._session = session
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
