@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from collections.abc import Callable
 from typing import Any
+
+from toposcale.cliargs import finite_number
 
 # A URL path: segments of RFC 3986 pchar. The scheduler's urlPrefix is a whole URL; only its path goes here.
 _PATH = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?$")
@@ -25,14 +26,7 @@ def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be a finite number >= 0")
-    return value
+_seconds = finite_number(allow_zero=True, unit="number of seconds")
 
 
 def _url_prefix(text: str) -> str:

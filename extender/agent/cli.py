@@ -10,19 +10,9 @@ import argparse
 import os
 from typing import Any
 
+from toposcale.cliargs import finite_number
+
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
-
-
-def _positive_seconds(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be a finite number > 0")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="kubelet pod-resources gRPC socket")
     p.add_argument("--kubelet-timeout", type=float, default=2.0, metavar="S",
                    help="deadline of each kubelet call; slower counts as allocation unknown")
-    p.add_argument("--discovery-timeout", type=_positive_seconds, default=30.0, metavar="S",
+    p.add_argument("--discovery-timeout", type=finite_number(unit="number of seconds"), default=30.0,
+                   metavar="S",
                    help="deadline of one NVML discovery, --once included; a hung driver call is abandoned")
     p.add_argument("--port", type=int, default=9410, help="/healthz and /metrics port")
     p.add_argument("--host", default="0.0.0.0", help="address to serve /healthz and /metrics on")

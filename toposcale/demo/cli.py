@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
+
+from toposcale.cliargs import finite_number
 
 MAX_SPEED = 100.0
 BASE_RPS = 2.0
 
 
-def _positive(value: str) -> float:
-    """A finite number above 0: `nan` or `inf` as a speed or duration would make the run never end."""
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not math.isfinite(f) or f <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {value}")
-    return f
+_positive = finite_number()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
