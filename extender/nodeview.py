@@ -58,26 +58,24 @@ _allocations: _Lru = _Lru()
 _views: _Lru = _Lru()
 
 
-def _topology(text: str) -> Topology | str:
-    hit = _topologies.get(text)
+def _parsed(cache: _Lru, parse: Any, text: str) -> Any:
+    """Parse an annotation once per distinct text; an invalid one is remembered as its reason."""
+    hit = cache.get(text)
     if hit is None:
         try:
-            hit = topology_from_doc(text)
+            hit = parse(text)
         except AnnotationError as exc:
             hit = f"invalid: {exc}"
-        _topologies.put(text, hit)
+        cache.put(text, hit)
     return hit
+
+
+def _topology(text: str) -> Topology | str:
+    return _parsed(_topologies, topology_from_doc, text)
 
 
 def _allocation(text: str) -> Allocation | str:
-    hit = _allocations.get(text)
-    if hit is None:
-        try:
-            hit = allocation_from_doc(text)
-        except AnnotationError as exc:
-            hit = f"invalid: {exc}"
-        _allocations.put(text, hit)
-    return hit
+    return _parsed(_allocations, allocation_from_doc, text)
 
 
 def annotation_digest(text: str) -> str:
