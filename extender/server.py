@@ -445,7 +445,8 @@ class Extender:
     def _explain_doc(self, args: wire.ExtenderArgs) -> dict[str, Any]:
         k, scope, pod_error = self._pod(args)
         doc: dict[str, Any] = {
-            "pod": pod_key(args.pod), "resource": self.config.resource, "gpus": k, "requiredScope": scope,
+            "pod": pod_key(args.pod), "resource": self.config.resource, "gpus": wire.json_int(k),
+            "requiredScope": scope,
         }
         if pod_error is not None:
             doc["error"] = pod_error

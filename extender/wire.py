@@ -176,6 +176,15 @@ def status_body(code: int, reason: str, message: str) -> bytes:
     )
 
 
+_INT64 = 2**63
+
+
+def json_int(n: int) -> int | orjson.Fragment:
+    """`n` for orjson, which refuses integers beyond 64 bits: those (a pod asking 1e30 GPUs) as a raw JSON
+    number, so an explain document stays exact and encodable whatever count a pod spec holds."""
+    return n if -_INT64 <= n < _INT64 else orjson.Fragment(str(n).encode())
+
+
 def host_priority(host: str, score: int) -> bytes:
     """One HostPriority `{"Host": .., "Score": ..}` as JSON text, built once per node and outcome so that
     a HostPriorityList over thousands of cached nodes is a join of prebuilt fragments."""

@@ -7,6 +7,7 @@ follow k8s.io/apimachinery resource.Quantity: "1k" is 1000, "1000m" is 1; extend
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -121,3 +122,44 @@ async def test_extender_counts_1k_gpus_as_1000(serve) -> None:
     async with serve() as s:
         code, doc = await s.post("/explain", body)
     assert code == 200 and doc["gpus"] == 1000
+
+
+@pytest.mark.parametrize("count", ["1e30", "18446744073709551616", 1e20, "9" * 60, "9223372036854775807"])
+@pytest.mark.parametrize("scope", [None, "nvlink"])
+async def test_gpu_counts_beyond_64_bits_are_impossible_pods_on_every_route(serve, count, scope) -> None:
+    # No node has that many GPUs: every route answers it as it answers a 100-GPU pod (never a 500; explain
+    # used to fail encoding a count of 2^64 or more).
+    def body(gpus: Any) -> dict[str, Any]:
+        pod = pod_obj("huge", 4, scope=scope)
+        pod["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+        return {"Pod": pod, "Nodes": {"metadata": {}, "items": [node_obj("hgx", "hgx-h100-nvswitch-8gpu")]},
+                "NodeNames": None}
+
+    async with serve() as s:
+        answers = {}
+        for gpus in (count, "100"):
+            answers[gpus] = [await s.post(v, body(gpus)) for v in ("/filter", "/prioritize", "/explain")]
+        _, metrics = await s.get("/metrics")
+    (fcode, fres), (pcode, prio), (ecode, doc) = answers[count]
+    assert fcode == pcode == ecode == 200
+    want = answers["100"]
+    assert fres["FailedNodes"] == want[0][1]["FailedNodes"]
+    assert set(fres["FailedAndUnresolvableNodes"]) == set(want[0][1]["FailedAndUnresolvableNodes"])
+    assert len(fres["Nodes"]["items"]) == len(want[0][1]["Nodes"]["items"])
+    assert prio == want[1][1]
+    assert doc["gpus"] == int(Fraction(count))  # exact, a JSON number
+    assert [(r["outcome"], r["score"]) for r in doc["nodes"]] == [
+        (r["outcome"], r["score"]) for r in want[2][1]["nodes"]
+    ]
+    assert 'code="500"' not in metrics
+
+
+async def test_gpu_counts_summed_past_64_bits_explain(serve) -> None:
+    pod = pod_obj("sum", 4)
+    half = str(2**63)
+    pod["spec"]["containers"] = [
+        {"name": f"c{i}", "resources": {"limits": {"nvidia.com/gpu": half}}} for i in range(2)
+    ]
+    async with serve() as s:
+        code, doc = await s.post("/explain", {"Pod": pod, "Nodes": None, "NodeNames": ["a"]})
+    assert code == 200 and doc["gpus"] == 2**64

@@ -147,3 +147,33 @@ async def test_explain_get_reads_the_pending_pod(serve, kube: KubeStandIn, state
         assert all(r["tier"] == "nvlink" for r in doc["nodes"])
         code, text = await s.get("/explain?pod=default/absent")
         assert code == 404 and "not found" in text
+
+
+async def test_gpu_counts_beyond_64_bits_from_the_watch(
+    serve, kube: KubeStandIn, state: ClusterState
+) -> None:
+    # Names-only routes and GET /explain answer a 1e30-GPU pod as an impossible pod, never a 500; a bound
+    # pod holding such a count takes the node's GPUs in the cache, nothing breaks.
+    import json
+
+    huge = pod_obj("huge", 4, scope="nvlink")
+    huge["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1e30"}}
+    kube.add(huge)
+    bound = pod_obj("bound", 4, node="a6000")
+    bound["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1e30"}}
+    kube.add(bound)
+    await until(lambda: len(state.pods) == 1, "bound pod tracked")
+    async with serve(state=state) as s:
+        code, text = await s.get("/explain?pod=default/huge")
+        assert code == 200, text
+        doc = json.loads(text)  # orjson reads no integer that large, the stdlib does
+        assert doc["gpus"] == 10**30
+        assert {r["outcome"] for r in doc["nodes"]} == {"never-fits"}
+        code, res = await s.post("/filter", names_args(huge, ["hgx", "a6000"]))
+        assert code == 200 and set(res["FailedAndUnresolvableNodes"]) == {"hgx", "a6000"}
+        code, prio = await s.post("/prioritize", names_args(huge, ["hgx", "a6000"]))
+        assert code == 200 and {h["Score"] for h in prio} == {0}
+        code, res = await s.post("/filter", names_args(pod_obj("two", 2), ["hgx", "a6000"]))
+        assert code == 200 and res["NodeNames"] == ["hgx", "a6000"]
+        _, metrics = await s.get("/metrics")
+    assert 'code="500"' not in metrics
