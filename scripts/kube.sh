@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on loopback, built from the Kubernetes sources (tests/kube/go.mod).
+#
+#   ./scripts/kube.sh bin-dir     build what is missing, print the directory holding kube-apiserver,
+#                                 kube-controller-manager, kube-scheduler and etcd
+#   ./scripts/kube.sh up DIR      start etcd + kube-apiserver (aggregator on) + kube-controller-manager
+#                                 + kube-scheduler on free loopback ports with PKI made for the run;
+#                                 writes DIR/admin.kubeconfig, DIR/env, DIR/*.log
+#   ./scripts/kube.sh down DIR    stop exactly the processes of that run (by PID) and remove DIR
+#
+# Builds are cached outside the checkout in ${XDG_CACHE_HOME:-~/.cache}/toposcale/kube/<version>-<go.sum hash>/,
+# so only the first run on a machine pays for them (about 15-25 minutes on 2 cores). Needs Go >= 1.26 and a Go
+# module proxy. The control plane itself is tests/harness/kube_cluster.py; this script is its command line.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+mod="$root/tests/kube"
+K8S_VERSION="v1.37.2"
+
+die() { echo "kube.sh: $*" >&2; exit 1; }
+
+bin_dir() {
+  # Set by scripts/test.sh after it built (or found) the binaries once for the whole run.
+  if [ -n "${TOPOSCALE_KUBE_BIN_DIR:-}" ] && [ -x "$TOPOSCALE_KUBE_BIN_DIR/kube-apiserver" ]; then
+    echo "$TOPOSCALE_KUBE_BIN_DIR"; return
+  fi
+  command -v go >/dev/null 2>&1 || die "Go is not installed: the control plane is built from source with Go >= 1.26 (https://go.dev/dl)"
+  local gov; gov="$(go env GOVERSION 2>/dev/null | sed 's/^go//')"
+  case "$gov" in
+    1.2[6-9]*|1.[3-9][0-9]*|[2-9].*) ;;
+    *) die "Go $gov is too old: k8s.io/kubernetes $K8S_VERSION needs Go >= 1.26" ;;
+  esac
+  local hash; hash="$(cat "$mod/go.mod" "$mod/go.sum" "$mod/cmd/etcd/main.go" | sha256sum | cut -c1-12)"
+  local out="${XDG_CACHE_HOME:-$HOME/.cache}/toposcale/kube/$K8S_VERSION-$hash"
+  local want=(kube-apiserver kube-controller-manager kube-scheduler etcd)
+  local missing=0 b
+  for b in "${want[@]}"; do [ -x "$out/$b" ] || missing=1; done
+  if [ "$missing" = 1 ]; then
+    mkdir -p "$out.tmp"
+    echo "kube.sh: building ${want[*]} ($K8S_VERSION) into $out" >&2
+    echo "kube.sh: the first build on a machine takes 15-25 minutes on 2 cores; later runs reuse it" >&2
+    local ld="-s -w"
+    local v
+    for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ld="$ld -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=37 -X $v.gitTreeState=clean"
+    done
+    local start=$SECONDS log="$out.tmp/build.log"
+    # -v names each package as it is compiled: counted below as progress.
+    ( cd "$mod" && CGO_ENABLED=0 go build -v -trimpath -ldflags "$ld" -o "$out.tmp/" \
+        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+        k8s.io/kubernetes/cmd/kube-scheduler ./cmd/etcd ) >"$log" 2>&1 &
+    local pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+      sleep 30
+      kill -0 "$pid" 2>/dev/null || break
+      echo "kube.sh: building... $((SECONDS - start)) s, $(grep -c . "$log" 2>/dev/null || echo 0) packages compiled" >&2
+    done
+    if ! wait "$pid"; then
+      tail -n 30 "$log" >&2
+      die "building the Kubernetes components failed (log above, whole log in $log)"
+    fi
+    for b in "${want[@]}"; do
+      [ -x "$out.tmp/$b" ] || die "the build finished without $b (log: $log)"
+    done
+    rm -rf "$out"; mv "$out.tmp" "$out"
+    echo "kube.sh: built in $((SECONDS - start)) s" >&2
+  fi
+  echo "$out"
+}
+
+venv_python() {
+  if [ -x "$root/.venv/bin/python" ]; then echo "$root/.venv/bin/python"; else echo python3; fi
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  bin-dir) bin_dir ;;
+  up)
+    [ $# -eq 2 ] || die "usage: kube.sh up DIR"
+    bins="$(bin_dir)"
+    cd "$root" && exec "$(venv_python)" -m tests.harness.kube_cluster up "$2" --bin-dir "$bins"
+    ;;
+  down)
+    [ $# -eq 2 ] || die "usage: kube.sh down DIR"
+    cd "$root" && exec "$(venv_python)" -m tests.harness.kube_cluster down "$2"
+    ;;
+  *) die "usage: kube.sh bin-dir | up DIR | down DIR" ;;
+esac
