@@ -92,6 +92,22 @@ class Handlers:
     async def metric(self, request: web.Request) -> web.Response:
         namespace = request.match_info["namespace"]
         name = request.match_info["metric"]
+        rule, values = await self.compute(namespace, name, request.query.get("labelSelector"))
+        try:
+            body = wire.metric_value_list(rule.name, values)
+            served = float(sum(served_value(v.value) for v in values)) if values else None
+        except QuantityError as exc:
+            raise SourceUnavailable(f"{name}: {exc}") from exc
+        if served is not None:  # an empty list is no value for the HPA: nothing to record
+            self.metrics.served.record(rule.name, namespace, served, max(v.timestamp for v in values))
+        return json_response(body)
+
+    async def compute(
+        self, namespace: str, name: str, label_selector: str | None
+    ) -> tuple[Rule, list[MetricValue]]:
+        """The rule and items for metric `name` over the pods `label_selector` picks in `namespace`: what
+        every wire serves (this HTTP API and the KEDA gRPC scaler, adapter/keda), through one cache, one
+        in-flight bound and one deadline. Raises AdapterError subclasses (400, 404, 429, 503)."""
         if self.inflight >= self.max_inflight:
             raise TooManyRequests(f"more than {self.max_inflight} metric requests in flight; try again")
         if len(namespace) > 63 or not _NAMESPACE.match(namespace):
@@ -105,7 +121,7 @@ class Handlers:
                 {"name": name[:253], "group": wire.GROUP, "kind": name[:253]},
             )
         try:
-            selector = parse_selector(request.query.get("labelSelector"))
+            selector = parse_selector(label_selector)
         except SelectorError as exc:
             raise BadRequest(f"invalid labelSelector: {exc}") from exc
         reqs = tuple(sorted(selector.requirements, key=lambda r: (r.key, r.op, r.values)))
@@ -124,14 +140,7 @@ class Handlers:
             self.inflight -= 1
             self.metrics.inflight.dec()
         self.metrics.cache.labels(how).inc()
-        try:
-            body = wire.metric_value_list(rule.name, values)
-            served = float(sum(served_value(v.value) for v in values)) if values else None
-        except QuantityError as exc:
-            raise SourceUnavailable(f"{name}: {exc}") from exc
-        if served is not None:  # an empty list is no value for the HPA: nothing to record
-            self.metrics.served.record(rule.name, namespace, served, max(v.timestamp for v in values))
-        return json_response(body)
+        return rule, values
 
     async def _load(self, rule: Rule, namespace: str, selector: Any) -> list[MetricValue]:
         return await self.source.fetch(rule, namespace, selector)
