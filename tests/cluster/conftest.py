@@ -1,7 +1,7 @@
 """Fixtures for tests against the real control plane (the session fixture `kube_cluster`, tests/conftest.py).
 
-`deployed`: deploy/all-self-signed applied with `kubectl apply --server-side` (certificates from the
-deploy's own make-certs.py), then the toposcale Deployments scaled to 0: there is no kubelet to run their pods, so each
+`deployed`: deploy/all-self-signed applied with `kubectl apply --server-side` (certificates from the deploy's
+own make-certs.py), then the toposcale Deployments scaled to 0: there is no kubelet to run their pods, so each
 component runs as a process on loopback instead, authenticated by its own ServiceAccount's token (a Secret of
 type kubernetes.io/service-account-token filled by the real token controller). The adapter Service becomes
 `type: ExternalName, externalName: localhost` so the real aggregator proxies to the adapter process.

@@ -1,0 +1,227 @@
+"""deploy/ on the real API server: accepted by server-side apply, and RBAC proven by the real authorizer.
+
+kube-apiserver's own validation, defaulting and admission decide here (no offline schema). Kinds whose CRDs a
+bare control plane lacks (PodMonitor, ServiceMonitor, Certificate, ...) are left out and named.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.harness.kube_cluster import Cluster
+
+from .conftest import ROOT, Deployed, apply_objects, kubectl, render
+
+
+def test_all_self_signed_is_accepted_and_every_object_exists(deployed: Deployed) -> None:
+    # deploy/all-self-signed needs no CRD: everything in it was applied
+    assert deployed.left_out == []
+    kinds = {o["kind"] for o in deployed.objects}
+    assert {
+        "Namespace",
+        "Deployment",
+        "DaemonSet",
+        "APIService",
+        "ClusterRole",
+        "ConfigMap",
+        "Secret",
+        "KubeSchedulerConfiguration",
+    } - kinds == {"KubeSchedulerConfiguration"}
+    for o in deployed.objects:
+        ns = o["metadata"].get("namespace")
+        args = ["get", o["kind"].lower() + "." + _group(o), o["metadata"]["name"], "-o", "json"]
+        if ns:
+            args += ["-n", ns]
+        if o["kind"] == "Service" and o["metadata"]["name"] == "toposcale-adapter":
+            continue  # replaced by the ExternalName Service (conftest)
+        live = json.loads(kubectl(deployed.cluster, *args).stdout)
+        assert live["metadata"]["name"] == o["metadata"]["name"]
+    # the APIService is registered with the aggregator
+    svc = json.loads(
+        kubectl(deployed.cluster, "get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json").stdout
+    )
+    assert svc["spec"]["group"] == "external.metrics.k8s.io"
+    assert svc["spec"]["service"]["name"] == "toposcale-adapter"
+
+
+def _group(o: dict[str, Any]) -> str:
+    group = o["apiVersion"].rpartition("/")[0]
+    return group or ""
+
+
+def test_the_qwen_example_is_accepted(deployed: Deployed) -> None:
+    _, left = apply_objects(deployed.cluster, render(ROOT / "deploy" / "examples" / "qwen"))
+    try:
+        assert left == ["PodMonitor/dcgm-exporter", "PodMonitor/vllm"] or all(
+            k.startswith("PodMonitor/") for k in left
+        ), left
+        hpa = json.loads(
+            kubectl(deployed.cluster, "get", "hpa", "-n", "llm", "vllm-qwen", "-o", "json").stdout
+        )
+        # defaulting and conversion by the real server kept the example's two External metrics
+        assert [m["external"]["metric"]["name"] for m in hpa["spec"]["metrics"]] == [
+            "vllm_requests_waiting",
+            "vllm_kv_cache_usage",
+        ]
+        dep = json.loads(
+            kubectl(deployed.cluster, "get", "deployment", "-n", "llm", "vllm-qwen", "-o", "json").stdout
+        )
+        assert dep["spec"]["template"]["spec"]["schedulerName"] == "toposcale-scheduler"
+    finally:
+        kubectl(deployed.cluster, "delete", "namespace", "llm", "--wait=false", check=False)
+
+
+def test_a_broken_manifest_is_refused_by_the_real_server(deployed: Deployed) -> None:
+    # the same apply path rejects what the server's validation rejects (so acceptance above means something)
+    bad = render(ROOT / "deploy" / "extender")
+    dep = next(o for o in bad if o["kind"] == "Deployment")
+    dep["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"containerPort": 70000}]
+    r = kubectl(
+        deployed.cluster,
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        "-",
+        stdin=json.dumps(dep),
+        check=False,
+    )
+    assert r.returncode != 0
+    assert "containerPort" in r.stderr and "must be between 1 and 65535" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------- RBAC, decided by the real authorizer
+
+
+def rules_review(cluster: Cluster, kubeconfig: Any, namespace: str) -> set[tuple[str, str, str, str]]:
+    """What the caller may do in `namespace`, as the real authorizer lists it (SelfSubjectRulesReview)."""
+    body = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": namespace},
+    }
+    # --validate=false: kubectl's client-side validation would list CRDs, which none of these may do
+    out = json.loads(
+        kubectl(
+            cluster,
+            "create",
+            "--validate=false",
+            "-f",
+            "-",
+            "-o",
+            "json",
+            kubeconfig=kubeconfig,
+            stdin=json.dumps(body),
+        ).stdout
+    )
+    got = set()
+    for rule in out["status"]["resourceRules"]:
+        for g in rule.get("apiGroups", [""]):
+            for r in rule["resources"]:
+                for v in rule["verbs"]:
+                    for name in rule.get("resourceNames") or [""]:
+                        got.add((g, r, v, name))
+    return got
+
+
+def declared(deployed: Deployed, sa: str, namespace: str) -> set[tuple[str, str, str, str]]:
+    """The rules deploy/ binds to `sa` in `namespace`, with built-in roles read from the server itself."""
+    out: set[tuple[str, str, str, str]] = set()
+    for b in deployed.objects:
+        if b["kind"] not in ("ClusterRoleBinding", "RoleBinding"):
+            continue
+        if b["kind"] == "RoleBinding" and b["metadata"]["namespace"] != namespace:
+            continue
+        if not any(
+            s.get("kind") == "ServiceAccount"
+            and s["name"] == sa
+            and s.get("namespace", "toposcale") == "toposcale"
+            for s in b["subjects"]
+        ):
+            continue
+        ref = b["roleRef"]
+        args = ["get", ref["kind"].lower(), ref["name"], "-o", "json"]
+        if ref["kind"] == "Role":
+            args += ["-n", b["metadata"]["namespace"]]
+        role = json.loads(kubectl(deployed.cluster, *args).stdout)
+        for rule in role.get("rules") or []:
+            for g in rule.get("apiGroups", [""]):
+                for r in rule["resources"]:
+                    for v in rule["verbs"]:
+                        for name in rule.get("resourceNames") or [""]:
+                            out.add((g, r, v, name))
+    return out
+
+
+def test_each_service_account_may_do_exactly_what_deploy_binds(deployed: Deployed, tmp_path: Any) -> None:
+    cluster = deployed.cluster
+    # what any authenticated service account may do (system:basic-user, system:discovery, ...)
+    # (in `default`: the audit log proving "no 403" watches the toposcale namespace's accounts)
+    kubectl(cluster, "create", "serviceaccount", "-n", "default", "rbac-baseline")
+    try:
+        from tests.harness.kube_cluster import write_kubeconfig
+
+        from .conftest import sa_token
+
+        base_kc = write_kubeconfig(
+            tmp_path / "baseline.kubeconfig",
+            cluster.server,
+            cluster.ca_file,
+            token=sa_token(cluster, "default", "rbac-baseline"),
+        )
+        for ns in ("llm", "kube-system"):
+            baseline = rules_review(cluster, base_kc, ns)
+            for sa, kc in deployed.kubeconfigs.items():
+                own = rules_review(cluster, kc, ns) - baseline
+                want = declared(deployed, sa, ns) - baseline
+                assert own == want, f"{sa} in {ns}: authorizer {sorted(own ^ want)} differs from deploy/"
+                assert own, f"{sa} has no grants of its own in {ns}"
+    finally:
+        kubectl(cluster, "delete", "serviceaccount", "-n", "default", "rbac-baseline", check=False)
+        kubectl(cluster, "delete", "secret", "-n", "default", "rbac-baseline-test-token", check=False)
+
+
+def test_the_real_authorizer_answers_the_calls_each_component_makes(deployed: Deployed) -> None:
+    cases = {
+        "toposcale-agent": [
+            ("patch", "nodes", "", True),
+            ("get", "nodes", "", True),
+            ("list", "pods", "", False),
+            ("update", "nodes", "", False),
+        ],
+        "toposcale-extender": [
+            ("watch", "nodes", "", True),
+            ("list", "pods", "", True),
+            ("patch", "nodes", "", False),
+            ("get", "secrets", "toposcale", False),
+        ],
+        "toposcale-adapter": [
+            ("list", "pods", "llm", True),
+            ("get", "namespaces", "", True),
+            ("create", "subjectaccessreviews.authorization.k8s.io", "", True),
+            ("create", "tokenreviews.authentication.k8s.io", "", True),
+            ("watch", "pods", "llm", False),
+            ("get", "secrets", "llm", False),
+        ],
+    }
+    for sa, checks in cases.items():
+        for verb, resource, ns, allowed in checks:
+            args = ["auth", "can-i", verb, resource]
+            if ns:
+                args += ["-n", ns]
+            r = kubectl(deployed.cluster, *args, kubeconfig=deployed.kubeconfigs[sa], check=False)
+            assert (r.stdout.strip() == "yes") is allowed, f"{sa} {verb} {resource}: {r.stdout} {r.stderr}"
+    # and the ConfigMap with the front-proxy CA, in kube-system only
+    r = kubectl(
+        deployed.cluster,
+        "auth",
+        "can-i",
+        "get",
+        "configmaps/extension-apiserver-authentication",
+        "-n",
+        "kube-system",
+        kubeconfig=deployed.kubeconfigs["toposcale-adapter"],
+        check=False,
+    )
+    assert r.stdout.strip() == "yes"
