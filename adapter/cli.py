@@ -1,4 +1,5 @@
-"""`toposcale adapter`: the external.metrics.k8s.io/v1beta1 server for the HPA.
+"""`toposcale adapter`: the external.metrics.k8s.io/v1beta1 server for the HPA (and, with
+`--keda-grpc-port`, KEDA's external scaler gRPC service, adapter/keda).
 
 Sources (pick one): `--prometheus-url URL` queries Prometheus; `--scrape-targets FILE` scrapes a static
 list of
@@ -46,6 +47,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep /metrics' toposcale_adapter_served_value series for the N most recently served "
         "namespaces (bounds the series a client can create; default 100)",
     )
+    keda = parser.add_argument_group(
+        "KEDA external scaler",
+        "Serve KEDA's externalscaler.ExternalScaler gRPC service (a ScaledObject trigger `type: external` or "
+        "`external-push` with scalerAddress: <service>:<port>) beside the HTTP API, from the same rules, "
+        "source and cache. Trigger metadata: metricName (a rule), labelSelector, targetValue, "
+        "activationValue (default 0; active while the value is above it); the namespace is the "
+        "ScaledObject's. TLS with the --tls-cert-file/--tls-private-key-file pair (or the --cert-dir one), "
+        "client certificates required when --client-ca-file is given; plaintext only with "
+        "--insecure-allow-anonymous and no TLS flags. `toposcale keda-probe` prints what KEDA would read.",
+    )
+    keda.add_argument("--keda-grpc-port", type=int, default=None, metavar="N",
+                      help="listen port of the KEDA external scaler (default: not served)")
+    keda.add_argument("--keda-max-concurrent-rpcs", type=int, default=1024, metavar="N",
+                      help="gRPC calls in progress at once, open StreamIsActive streams included; more get "
+                           "RESOURCE_EXHAUSTED (default 1024)")
     prom = parser.add_argument_group("Prometheus source")
     prom.add_argument("--prometheus-timeout", type=float, default=5.0, help="seconds per query (default 5)")
     prom.add_argument("--prometheus-workers", type=int, default=8, help="threads querying Prometheus")
@@ -115,6 +131,7 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from .api import HANDLERS_KEY
     from .metrics import AdapterMetrics
     from .rules import load_rules
     from .security.options import build_security
@@ -146,11 +163,50 @@ async def _run(args: argparse.Namespace) -> int:
                 "rules": args.rules or "built-in",
             },
         )
+        on_stop = []
+        if args.keda_grpc_port is not None:
+            on_stop.append(await _start_keda(args, app[HANDLERS_KEY], security, metrics))
         await serve(app, host=args.bind_address or None, port=args.port, ssl_context=security.ssl_context,
-                    limits=security.limits, on_cut=security.on_cut)
+                    limits=security.limits, on_cut=security.on_cut, on_stop=on_stop)
     finally:
         await security.close()
     return 0
+
+
+async def _start_keda(args: argparse.Namespace, handlers: Any, security: Any, metrics: Any) -> Any:
+    """Start the KEDA gRPC server; returns its stop coroutine function (run before the source closes)."""
+    from .keda import scaler
+
+    if args.keda_grpc_port == args.port:
+        raise ValueError(f"--keda-grpc-port {args.keda_grpc_port}: already --port")
+    client_ca = None
+    if args.client_ca_file:
+        client_ca = _read_client_ca(args.client_ca_file)
+        if security.tls is None:
+            logger.warning("--client-ca-file ignored on the KEDA gRPC port: it is plaintext "
+                           "(--insecure-allow-anonymous without TLS flags)")
+            client_ca = None
+    elif security.tls is not None:
+        logger.warning("KEDA gRPC port: TLS without client certificates (no --client-ca-file): any client "
+                       "that reaches the port can read metric values; give KEDA a client certificate "
+                       "(TriggerAuthentication tlsClientCert/tlsClientKey) and pass --client-ca-file")
+    server = await scaler.start(handlers, host=args.bind_address or None, port=args.keda_grpc_port,
+                                tls=security.tls, client_ca=client_ca, registry=metrics.registry,
+                                max_concurrent_rpcs=args.keda_max_concurrent_rpcs)
+    return server.stop
+
+
+def _read_client_ca(path: str) -> bytes:
+    """--client-ca-file for the gRPC port, checked as the HTTPS listener checks it (a PEM CA bundle)."""
+    from pathlib import Path
+
+    from .security.clientcert import CABundle
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"--client-ca-file: cannot read {path}: {exc.strerror}") from None
+    return CABundle.from_pem(data, f"--client-ca-file {path}").pem
 
 
 def main(args: argparse.Namespace) -> int:

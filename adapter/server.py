@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -81,9 +81,11 @@ async def serve(
     stop: asyncio.Event | None = None,
     limits: Any = None,
     on_cut: Any = None,
+    on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> None:
     """Serve until SIGINT/SIGTERM (or `stop` is set), then shut down cleanly. `limits`
-    (security.serving.Limits) bounds each connection: handshake and header deadlines, header size, count."""
+    (security.serving.Limits) bounds each connection: handshake and header deadlines, header size, count.
+    `on_stop` runs first at shutdown, while the source is still open (the KEDA gRPC server stops there)."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site: web.BaseSite
@@ -109,4 +111,8 @@ async def serve(
         await stop.wait()
     finally:
         logger.info("adapter stopping")
-        await runner.cleanup()
+        try:
+            for hook in on_stop:
+                await hook()
+        finally:
+            await runner.cleanup()

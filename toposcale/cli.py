@@ -14,6 +14,7 @@ from . import __version__
 
 SUBCOMMANDS = {
     "adapter": ("toposcale.adapter.cli", "external.metrics.k8s.io API server for the HPA"),
+    "keda-probe": ("toposcale.adapter.keda.probe", "print what KEDA would read from the adapter's scaler"),
     "extender": ("toposcale.extender.cli", "kube-scheduler extender scoring GPU topology"),
     "agent": ("toposcale.extender.agent.cli", "node agent publishing GPU topology and allocation"),
     "simulate": ("toposcale.simulate.cli", "replay a GPU workload over a fleet, compare placement policies"),
