@@ -105,9 +105,9 @@ def parse_trigger(ref: pb.ScaledObjectRef, *, need_target: bool = False) -> Trig
     except SelectorError as exc:
         raise InvalidMetadata(f"scalerMetadata.labelSelector: {exc}") from None
     target = _number(meta, "targetValue", positive=True)
-    if need_target and target is None:
-        raise InvalidMetadata("scalerMetadata.targetValue is required (the value per replica, e.g. 4)")
     activation = _number(meta, "activationValue", positive=False)
+    if need_target and target is None:  # after the checks of what is there: a bad value is named first
+        raise InvalidMetadata("scalerMetadata.targetValue is required (the value per replica, e.g. 4)")
     if not ref.namespace:
         raise InvalidMetadata("scaledObjectRef.namespace is required")
     return Trigger(ref.namespace, metric, selector, target, 0.0 if activation is None else activation)
