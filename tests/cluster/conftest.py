@@ -176,10 +176,10 @@ def deployed(kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
     yield Deployed(cluster, objects, left, deploy, kcs)
 
 
-def forbidden(cluster: Cluster, since: int = 0) -> list[str]:
-    """403s the API server gave toposcale's ServiceAccounts (its audit log), after event `since`."""
+def forbidden(cluster: Cluster, since: int = 0, until: int | None = None) -> list[str]:
+    """403s the API server gave toposcale's ServiceAccounts (its audit log), for events since..until."""
     out = []
-    for ev in cluster.audit_events()[since:]:
+    for ev in cluster.audit_events()[since:until]:
         code = (ev.get("responseStatus") or {}).get("code")
         if code == 403:
             out.append(f"{ev['user']['username']} {ev['verb']} {ev['requestURI']}")
