@@ -67,6 +67,7 @@ def test_objects_validate_against_kubernetes_schemas(
         "monitoring.coreos.com/v1/PodMonitor",
         "monitoring.coreos.com/v1/ServiceMonitor",
         "keda.sh/v1alpha1/ScaledObject",
+        "keda.sh/v1alpha1/TriggerAuthentication",
     }
 
 
@@ -96,7 +97,11 @@ def test_crd_objects_have_the_fields_their_controllers_need(
         elif o["kind"] == "ScaledObject":
             assert spec["scaleTargetRef"]["name"] and spec["triggers"]
             for t in spec["triggers"]:
-                assert set(t["metadata"]) >= {"serverAddress", "query", "threshold"}
+                need = ({"scalerAddress", "metricName", "targetValue"} if t["type"] == "external"
+                        else {"serverAddress", "query", "threshold"})
+                assert set(t["metadata"]) >= need
+        elif o["kind"] == "TriggerAuthentication":
+            assert all(r["parameter"] and r["name"] and r["key"] for r in spec["secretTargetRef"])
         elif o["kind"] == "Certificate":
             assert spec["secretName"] and spec["issuerRef"]["name"]
         elif o["kind"] == "Issuer":

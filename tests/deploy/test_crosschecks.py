@@ -520,20 +520,83 @@ def test_reflector_resources_are_found_in_the_code() -> None:
 # ------------------------------------------------------------------ examples, monitoring, README
 
 
-def test_keda_variant_replaces_the_hpa_and_scales_on_the_same_series(builds: dict[str, Build]) -> None:
+def test_keda_variant_replaces_the_hpa_and_scales_on_the_same_metrics(builds: dict[str, Build]) -> None:
+    """The ScaledObject asks the toposcale adapter's external scaler for the HPA example's two metrics, with
+    the same selector and targets, and can scale to zero with activation on the queue."""
     b = builds["examples/qwen-keda"]
     assert b.find("HorizontalPodAutoscaler") == []
     so = b.one("ScaledObject")
-    assert so["spec"]["scaleTargetRef"]["name"] == b.one("Deployment")["metadata"]["name"]
-    series = {
-        s
-        for r in yaml.safe_load(RULES_FILE.read_text())["rules"]
-        if r["name"] in ("vllm_requests_waiting", "vllm_kv_cache_usage")
-        for s in r["series"]
-    }
+    dep = b.one("Deployment")
+    assert so["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert so["spec"]["minReplicaCount"] == 0
+    hpa = builds["examples/qwen"].one("HorizontalPodAutoscaler", "vllm-qwen")
+    assert so["spec"]["maxReplicaCount"] == hpa["spec"]["maxReplicas"]
+    from toposcale.adapter.selectors import parse_selector
+
+    def quantity(text: str) -> float:  # the two forms the example uses: "4", "750m"
+        return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+    want = {}
+    for m in hpa["spec"]["metrics"]:
+        target = m["external"]["target"]
+        want[m["external"]["metric"]["name"]] = (
+            target["type"], quantity(target.get("averageValue") or target["value"]),
+            m["external"]["metric"]["selector"]["matchLabels"])
+    got = {}
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     for t in so["spec"]["triggers"]:
-        used = set(re.findall(r"(vllm:[a-z_]+)", t["metadata"]["query"]))
-        assert used and used <= series, used - series
+        assert t["type"] == "external"
+        md = t["metadata"]
+        assert md["metricName"] in rule_names()
+        assert parse_selector(md["labelSelector"]).matches(pod_labels)
+        selector = dict(kv.split("=", 1) for kv in md["labelSelector"].split(","))
+        got[md["metricName"]] = (t["metricType"], float(md["targetValue"]), selector)
+        assert float(md["activationValue"]) >= 0
+    assert got == want
+    queue = next(t for t in so["spec"]["triggers"] if t["metadata"]["metricName"] == "vllm_requests_waiting")
+    assert queue["metadata"]["activationValue"] == "0"  # active while any request waits
+
+
+def test_keda_scaler_address_reaches_the_adapters_grpc_port_over_tls(builds: dict[str, Build]) -> None:
+    adapter_build = builds["adapter/keda"]
+    so = builds["examples/qwen-keda"].one("ScaledObject")
+    for t in so["spec"]["triggers"]:
+        host, port = t["metadata"]["scalerAddress"].rsplit(":", 1)
+        name, namespace, svc = host.split(".")
+        assert svc == "svc"
+        workload, container_port = service_target(adapter_build, name, namespace, int(port))
+        c = container(workload)
+        assert container_port == int(arg_value(c, "--keda-grpc-port") or 0)
+        # TLS, verified: KEDA checks the certificate for the host it dials, with the CA of the auth
+        assert t["metadata"]["enableTLS"] == "true" and "unsafeSsl" not in t["metadata"]
+        cert = adapter_build.one("Certificate", "toposcale-adapter-serving")
+        assert host in cert["spec"]["dnsNames"]
+        assert cert["spec"]["secretName"] == _serving_secret_name(adapter_build)
+        auth = builds["examples/qwen-keda"].one("TriggerAuthentication", t["authenticationRef"]["name"])
+        assert auth["metadata"]["namespace"] == so["metadata"]["namespace"]
+        assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} == {"caCert"}
+
+
+def test_keda_adapter_variant_has_no_apiservice_and_serves_grpc(builds: dict[str, Build]) -> None:
+    b = builds["adapter/keda"]
+    assert b.find("APIService") == []  # KEDA's metrics server owns v1beta1.external.metrics.k8s.io
+    dep = b.one("Deployment", "toposcale-adapter")
+    c = container(dep)
+    args, unknown = cli.build_parser().parse_known_args(c["args"])
+    assert unknown == [] and args.keda_grpc_port == port_number(c, "grpc")
+    assert args.tls_cert_file and args.insecure_allow_anonymous is False  # TLS on both ports
+    # the other variants keep the gRPC port closed
+    for variant in ("adapter/cert-manager", "adapter/self-signed", "all", "all-self-signed"):
+        assert arg_value(container(builds[variant].one("Deployment", "toposcale-adapter")),
+                         "--keda-grpc-port") is None
+    # only KEDA's namespace reaches the gRPC port; HTTPS stays open (probes, Prometheus, it authorizes)
+    pol = b.one("NetworkPolicy", "toposcale-adapter")
+    assert pol["spec"]["podSelector"]["matchLabels"].items() <= (
+        dep["spec"]["template"]["metadata"]["labels"].items())
+    by_port = {p["port"]: rule.get("from") for rule in pol["spec"]["ingress"] for p in rule["ports"]}
+    assert by_port["https"] is None
+    keda_ns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}
+    assert by_port["grpc"] == [keda_ns]
 
 
 def test_podmonitors_select_the_pods_and_ports(builds: dict[str, Build]) -> None:
