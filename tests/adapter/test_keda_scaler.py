@@ -36,6 +36,7 @@ from tests.harness.exporters import VllmExporter
 from .conftest import LOCAL, TOPOSCALE
 
 NS = "llm"
+SERVICE_NAME = "toposcale-adapter.toposcale.svc"
 BASE = "/apis/external.metrics.k8s.io/v1beta1"
 
 
@@ -359,8 +360,10 @@ def pki(tmp_path: Path) -> dict[str, Any]:
     ca = p.ca("toposcale-ca")
     keda_ca = p.ca("keda-clients")
     return {"ca": ca, "keda_ca": keda_ca,
-            "server": p.server(ca, "toposcale-adapter", hosts=["127.0.0.1", "localhost"]),
+            # only the Service name, as in a cluster: clients dialing 127.0.0.1 must name it
+            "server": p.server(ca, "toposcale-adapter", hosts=[SERVICE_NAME]),
             "keda": p.client(keda_ca, "keda-operator"),
+            "expired": p.client(keda_ca, "keda-old", expired=True),
             "stranger": p.client(ca, "stranger"), "pki": p}
 
 
@@ -372,8 +375,10 @@ def creds(pki: dict[str, Any], client: str | None = None) -> grpc.ChannelCredent
         certificate_chain=cert.cert_path.read_bytes() if cert else None)
 
 
-async def is_active(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
-    channel = (grpc.aio.secure_channel(address, credentials) if credentials is not None
+async def is_active(address: str, credentials: grpc.ChannelCredentials | None,
+                    server_name: str | None = SERVICE_NAME) -> bool:
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    channel = (grpc.aio.secure_channel(address, credentials, options=options) if credentials is not None
                else grpc.aio.insecure_channel(address))
     async with channel:
         return (await pb_grpc.ExternalScalerStub(channel).IsActive(ref(), timeout=5)).result
@@ -385,13 +390,16 @@ async def test_tls_with_client_certificates_and_rotation(start_adapter, pki: dic
     adapter = await start_adapter(tls=tls, client_ca=pki["keda_ca"].cert_pem)
     address = f"127.0.0.1:{adapter.keda.port}"
     assert await is_active(address, creds(pki, "keda")) is True  # KEDA's caCert + tlsClientCert/Key
-    for bad in (creds(pki), creds(pki, "stranger"), None):  # no cert, a cert from another CA, plaintext
+    # no cert, a cert from another CA, an expired one, plaintext
+    for bad in (creds(pki), creds(pki, "stranger"), creds(pki, "expired"), None):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await is_active(address, bad)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.aio.AioRpcError):  # the server's name is checked
+        await is_active(address, creds(pki, "keda"), server_name="other.toposcale.svc")
     # the serving pair rotates (cert-manager): new connections get the new certificate, nothing restarts
     new_ca = pki["pki"].ca("toposcale-ca-2")
-    fresh = pki["pki"].server(new_ca, "toposcale-adapter", hosts=["127.0.0.1"], file_name="rotated")
+    fresh = pki["pki"].server(new_ca, "toposcale-adapter", hosts=[SERVICE_NAME], file_name="rotated")
     server.cert_path.write_bytes(fresh.cert_path.read_bytes())
     server.key_path.write_bytes(fresh.key_path.read_bytes())
     assert tls.check() is True
@@ -444,7 +452,7 @@ async def test_cli_adapter_serves_tls_and_keda_probe_prints_what_keda_reads(
     try:
         await wait_port(grpc_port)
         tls_args = ["--ca-file", str(pki["ca"].cert_path), "--cert-file", str(pki["keda"].cert_path),
-                    "--key-file", str(pki["keda"].key_path)]
+                    "--key-file", str(pki["keda"].key_path), "--server-name", SERVICE_NAME]
         probe = ["keda-probe", "--address", f"127.0.0.1:{grpc_port}", "--metric", "vllm_requests_waiting",
                  "--selector", "app=vllm", "--namespace", NS]
         code, out, err = await run(*probe, *tls_args, "--target-value", "4")
@@ -459,8 +467,10 @@ async def test_cli_adapter_serves_tls_and_keda_probe_prints_what_keda_reads(
         code, out, err = await run(*probe[:-4], "--metric", "nope", "--namespace", NS, *tls_args)
         assert (code, out) == (1, "")
         assert err.count("\n") == 1 and err.startswith("toposcale keda-probe: NOT_FOUND: ")
-        code, out, err = await run(*probe, "--ca-file", str(pki["ca"].cert_path))  # no client cert
+        code, out, err = await run(*probe, *tls_args[:2], *tls_args[-2:])  # no client cert
         assert code == 1 and err.startswith("toposcale keda-probe: UNAVAILABLE: ") and err.count("\n") == 1
+        code, out, err = await run(*probe, *tls_args[:-2])  # 127.0.0.1 is not in the certificate
+        assert code == 1 and err.startswith("toposcale keda-probe: UNAVAILABLE: ")
         code, out, err = await run(*probe, "--insecure")  # plaintext to a TLS port
         assert code == 1 and err.startswith("toposcale keda-probe: UNAVAILABLE: ")
         a.mode = b.mode = "error"
@@ -469,7 +479,8 @@ async def test_cli_adapter_serves_tls_and_keda_probe_prints_what_keda_reads(
         assert code == 1 and "UNAVAILABLE" in err and "HTTP 500" in err and err.count("\n") == 1
         # the HTTPS listener serves the same pair
         ctx = ssl.create_default_context(cafile=str(pki["ca"].cert_path))
-        async with aiohttp.ClientSession() as s, s.get(f"https://127.0.0.1:{port}/healthz", ssl=ctx) as r:
+        async with aiohttp.ClientSession() as s, s.get(f"https://127.0.0.1:{port}/healthz", ssl=ctx,
+                                                       server_hostname=SERVICE_NAME) as r:
             assert r.status == 200
     finally:
         proc.terminate()
@@ -531,7 +542,7 @@ async def test_cli_without_insecure_the_grpc_port_is_tls(tmp_path: Path, vllm) -
             await is_active(f"127.0.0.1:{grpc_port}", None)  # plaintext refused
         # the generated pair's file holds leaf then CA: the CA verifies the server
         ca = grpc.ssl_channel_credentials(root_certificates=(cert_dir / "apiserver.crt").read_bytes())
-        assert await is_active(f"127.0.0.1:{grpc_port}", ca) is True
+        assert await is_active(f"127.0.0.1:{grpc_port}", ca, server_name=None) is True
     finally:
         proc.terminate()
         _, log = await asyncio.wait_for(proc.communicate(), 15)
