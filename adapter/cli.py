@@ -166,8 +166,14 @@ async def _run(args: argparse.Namespace) -> int:
         on_stop = []
         if args.keda_grpc_port is not None:
             on_stop.append(await _start_keda(args, app[HANDLERS_KEY], security, metrics))
-        await serve(app, host=args.bind_address or None, port=args.port, ssl_context=security.ssl_context,
-                    limits=security.limits, on_cut=security.on_cut, on_stop=on_stop)
+        try:
+            await serve(app, host=args.bind_address or None, port=args.port,
+                        ssl_context=security.ssl_context, limits=security.limits, on_cut=security.on_cut,
+                        on_stop=on_stop)
+        except OSError:  # the HTTPS port could not be bound: serve() never ran the hooks
+            for hook in on_stop:
+                await hook()
+            raise
     finally:
         await security.close()
     return 0

@@ -22,6 +22,7 @@ import aiohttp
 import grpc
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 from toposcale.adapter.api import HANDLERS_KEY
 from toposcale.adapter.keda import externalscaler_pb2 as pb
 from toposcale.adapter.keda import externalscaler_pb2_grpc as pb_grpc
@@ -557,3 +558,10 @@ def test_adapter_help_documents_the_grpc_option() -> None:
                          check=True).stdout
     assert "--keda-grpc-port N" in out and "--keda-max-concurrent-rpcs" in out
     assert "keda-probe" in out
+
+
+async def test_a_taken_port_fails_the_start(adapter: Adapter) -> None:
+    """gRPC sets SO_REUSEPORT by default, which would let a second adapter share the port silently."""
+    with pytest.raises(OSError, match=r"--keda-grpc-port: cannot listen on 127\.0\.0\.1:"):
+        await scaler.start(adapter.handlers, host="127.0.0.1", port=adapter.keda.port,
+                           registry=CollectorRegistry())
