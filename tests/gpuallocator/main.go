@@ -1,0 +1,276 @@
+// Command gpuallocator runs NVIDIA's go-gpuallocator best-effort policy, the code the NVIDIA device plugin
+// runs for GetPreferredAllocation on whole GPUs, over topologies and free sets given as JSON on stdin.
+//
+// The devices are built the way the device plugin builds them (internal/rm/nvml_manager.go, alignedAlloc):
+// gpuallocator.NewDevices(gpuallocator.WithNvmlLib(lib)), then DeviceList.Filter(available UUIDs, in the
+// order given), then gpuallocator.NewBestEffortPolicy().Allocate(available, required, size). Only lib is
+// ours: go-nvml's mock package answering what a real NVML would (device count and handles, names, UUIDs,
+// PCI bus IDs, GetTopologyCommonAncestor per pair, GetNvLinkState / GetNvLinkRemotePciInfo per link), as
+// go-gpuallocator's own tests do. So the link derivation (which NVML answer becomes which P2PLink, how
+// NVLinks are counted by remote bus ID) is NVIDIA's too.
+//
+// Input:
+//
+//	{"topologies": [{"name": "...", "gpus": [{"uuid": "GPU-0", "busId": "00000000:01:00.0", "name": "...",
+//	                  "nvlinks": [{"remotePci": "00000000:02:00.0"}, {"state": 0}, {"error": "NotSupported"}]}],
+//	                 "commonAncestor": [[0, 40], [40, 0]]}],
+//	 "queries": [{"topology": 0, "available": [3, 0, 2], "required": [], "size": 2}]}
+//
+// nvlinks lists the answers for links 0, 1, ...: state (1 enabled, the default, 0 disabled), remotePci (what
+// GetNvLinkRemotePciInfo returns for it) or error ("NotSupported", "InvalidArgument", "Unknown"); links past
+// the list answer NotSupported. commonAncestor[i][j] is the nvml.GpuTopologyLevel (0 INTERNAL, 10 SINGLE,
+// 20 MULTIPLE, 30 HOSTBRIDGE, 40 NODE, 50 SYSTEM) that GetTopologyCommonAncestor answers for GPU i and j.
+// available and required are GPU indices; the device plugin gets them from the kubelet in map order.
+//
+// Output: {"versions": {module: version}, "topologies": [{"name", "links": [[["P2PLinkSameCPU", ...]]]}],
+// "answers": [[indices in the order Allocate returned them; -1 for a nil (padding) device]]}; a topology
+// that go-gpuallocator refuses to build is reported in "error" and the command exits 1.
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime/debug"
+
+	"github.com/NVIDIA/go-gpuallocator/gpuallocator"
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+)
+
+type nvlinkIn struct {
+	State     *int   `json:"state"`
+	RemotePci string `json:"remotePci"`
+	Error     string `json:"error"`
+}
+
+type gpuIn struct {
+	UUID    string     `json:"uuid"`
+	BusID   string     `json:"busId"`
+	Name    string     `json:"name"`
+	NvLinks []nvlinkIn `json:"nvlinks"`
+}
+
+type topologyIn struct {
+	Name           string  `json:"name"`
+	GPUs           []gpuIn `json:"gpus"`
+	CommonAncestor [][]int `json:"commonAncestor"`
+}
+
+type queryIn struct {
+	Topology  int   `json:"topology"`
+	Available []int `json:"available"`
+	Required  []int `json:"required"`
+	Size      int   `json:"size"`
+}
+
+type input struct {
+	Topologies []topologyIn `json:"topologies"`
+	Queries    []queryIn    `json:"queries"`
+}
+
+type topologyOut struct {
+	Name  string       `json:"name"`
+	Links [][][]string `json:"links"`
+}
+
+type output struct {
+	Versions   map[string]string `json:"versions"`
+	Topologies []topologyOut     `json:"topologies"`
+	Answers    [][]int           `json:"answers"`
+	Error      string            `json:"error,omitempty"`
+}
+
+func pciInfo(busID string) nvml.PciInfo {
+	var p nvml.PciInfo
+	for i := 0; i < len(busID) && i < len(p.BusId)-1; i++ {
+		p.BusId[i] = int8(busID[i])
+	}
+	for i := 0; i < len(busID) && i < len(p.BusIdLegacy)-1; i++ {
+		p.BusIdLegacy[i] = int8(busID[i])
+	}
+	return p
+}
+
+func nvmlError(name string) nvml.Return {
+	switch name {
+	case "NotSupported":
+		return nvml.ERROR_NOT_SUPPORTED
+	case "InvalidArgument":
+		return nvml.ERROR_INVALID_ARGUMENT
+	case "NoPermission":
+		return nvml.ERROR_NO_PERMISSION
+	default:
+		return nvml.ERROR_UNKNOWN
+	}
+}
+
+// mockNVML answers as the NVML of a machine with this topology would.
+func mockNVML(t topologyIn) nvml.Interface {
+	byUUID := map[string]int{}
+	for i, g := range t.GPUs {
+		byUUID[g.UUID] = i
+	}
+	devices := make([]*mock.Device, len(t.GPUs))
+	for i := range t.GPUs {
+		i, g := i, t.GPUs[i]
+		devices[i] = &mock.Device{
+			GetNameFunc: func() (string, nvml.Return) { return g.Name, nvml.SUCCESS },
+			GetUUIDFunc: func() (string, nvml.Return) { return g.UUID, nvml.SUCCESS },
+			GetPciInfoFunc: func() (nvml.PciInfo, nvml.Return) {
+				return pciInfo(g.BusID), nvml.SUCCESS
+			},
+			GetTopologyCommonAncestorFunc: func(other nvml.Device) (nvml.GpuTopologyLevel, nvml.Return) {
+				// other is go-nvlib's wrapper around one of our mocks: find it by UUID.
+				uuid, ret := other.GetUUID()
+				if ret != nvml.SUCCESS {
+					return 0, ret
+				}
+				j, ok := byUUID[uuid]
+				if !ok {
+					return 0, nvml.ERROR_INVALID_ARGUMENT
+				}
+				return nvml.GpuTopologyLevel(t.CommonAncestor[i][j]), nvml.SUCCESS
+			},
+			GetNvLinkStateFunc: func(link int) (nvml.EnableState, nvml.Return) {
+				if link >= len(g.NvLinks) {
+					return 0, nvml.ERROR_NOT_SUPPORTED
+				}
+				l := g.NvLinks[link]
+				if l.Error != "" {
+					return 0, nvmlError(l.Error)
+				}
+				if l.State != nil && *l.State == 0 {
+					return nvml.FEATURE_DISABLED, nvml.SUCCESS
+				}
+				return nvml.FEATURE_ENABLED, nvml.SUCCESS
+			},
+			GetNvLinkRemotePciInfoFunc: func(link int) (nvml.PciInfo, nvml.Return) {
+				if link >= len(g.NvLinks) {
+					return nvml.PciInfo{}, nvml.ERROR_NOT_SUPPORTED
+				}
+				l := g.NvLinks[link]
+				if l.Error != "" {
+					return nvml.PciInfo{}, nvmlError(l.Error)
+				}
+				return pciInfo(l.RemotePci), nvml.SUCCESS
+			},
+		}
+	}
+	return &mock.Interface{
+		InitFunc:           func() nvml.Return { return nvml.SUCCESS },
+		ShutdownFunc:       func() nvml.Return { return nvml.SUCCESS },
+		DeviceGetCountFunc: func() (int, nvml.Return) { return len(devices), nvml.SUCCESS },
+		DeviceGetHandleByIndexFunc: func(index int) (nvml.Device, nvml.Return) {
+			if index < 0 || index >= len(devices) {
+				return nil, nvml.ERROR_INVALID_ARGUMENT
+			}
+			return devices[index], nvml.SUCCESS
+		},
+	}
+}
+
+func versions() map[string]string {
+	out := map[string]string{}
+	if info, ok := debug.ReadBuildInfo(); ok {
+		out["go"] = info.GoVersion
+		for _, m := range info.Deps {
+			out[m.Path] = m.Version
+		}
+	}
+	return out
+}
+
+func run(in input) (output, error) {
+	out := output{Versions: versions(), Answers: make([][]int, 0, len(in.Queries))}
+	lists := make([]gpuallocator.DeviceList, len(in.Topologies))
+	for ti, t := range in.Topologies {
+		n := len(t.GPUs)
+		if len(t.CommonAncestor) != n {
+			return out, fmt.Errorf("topology %d (%s): commonAncestor has %d rows for %d GPUs", ti, t.Name, len(t.CommonAncestor), n)
+		}
+		devices, err := gpuallocator.NewDevices(gpuallocator.WithNvmlLib(mockNVML(t)))
+		if err != nil {
+			return out, fmt.Errorf("topology %d (%s): %w", ti, t.Name, err)
+		}
+		lists[ti] = devices
+		links := make([][][]string, n)
+		for i, d := range devices {
+			links[i] = make([][]string, n)
+			for j := range links[i] {
+				links[i][j] = []string{}
+				for _, l := range d.Links[j] {
+					links[i][j] = append(links[i][j], l.Type.String())
+				}
+			}
+		}
+		out.Topologies = append(out.Topologies, topologyOut{Name: t.Name, Links: links})
+	}
+	policy := gpuallocator.NewBestEffortPolicy()
+	for qi, q := range in.Queries {
+		if q.Topology < 0 || q.Topology >= len(lists) {
+			return out, fmt.Errorf("query %d: no topology %d", qi, q.Topology)
+		}
+		all := lists[q.Topology]
+		uuids := func(idx []int) ([]string, error) {
+			ids := make([]string, 0, len(idx))
+			for _, i := range idx {
+				if i < 0 || i >= len(all) {
+					return nil, fmt.Errorf("query %d: no GPU %d", qi, i)
+				}
+				ids = append(ids, all[i].UUID)
+			}
+			return ids, nil
+		}
+		availableIDs, err := uuids(q.Available)
+		if err != nil {
+			return out, err
+		}
+		requiredIDs, err := uuids(q.Required)
+		if err != nil {
+			return out, err
+		}
+		// As the device plugin does: Filter keeps the order of the IDs it is given.
+		available, err := all.Filter(availableIDs)
+		if err != nil {
+			return out, fmt.Errorf("query %d: %w", qi, err)
+		}
+		required, err := all.Filter(requiredIDs)
+		if err != nil {
+			return out, fmt.Errorf("query %d: %w", qi, err)
+		}
+		got := policy.Allocate(available, required, q.Size)
+		answer := make([]int, 0, len(got))
+		for _, d := range got {
+			if d == nil {
+				answer = append(answer, -1)
+			} else {
+				answer = append(answer, d.Index)
+			}
+		}
+		out.Answers = append(out.Answers, answer)
+	}
+	return out, nil
+}
+
+func main() {
+	var in input
+	dec := json.NewDecoder(os.Stdin)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&in); err != nil {
+		fmt.Fprintf(os.Stderr, "gpuallocator: reading the input: %v\n", err)
+		os.Exit(2)
+	}
+	out, err := run(in)
+	code := 0
+	if err != nil {
+		out.Error = err.Error()
+		code = 1
+	}
+	enc := json.NewEncoder(os.Stdout)
+	if err := enc.Encode(out); err != nil {
+		fmt.Fprintf(os.Stderr, "gpuallocator: writing the answer: %v\n", err)
+		os.Exit(2)
+	}
+	os.Exit(code)
+}
