@@ -30,7 +30,8 @@ from .selectors import SelectorError, parse_selector
 from .sources.base import Source
 
 logger = logging.getLogger("toposcale.adapter.api")
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# fullmatch everywhere: `re.match` with "^...$" takes "ml\n" (`$` matches before a trailing newline).
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 BASE = f"/apis/{wire.GROUP_VERSION}"
 
 RULES_KEY = web.AppKey("rules", RuleSet)
@@ -110,7 +111,7 @@ class Handlers:
         in-flight bound and one deadline. Raises AdapterError subclasses (400, 404, 429, 503)."""
         if self.inflight >= self.max_inflight:
             raise TooManyRequests(f"more than {self.max_inflight} metric requests in flight; try again")
-        if len(namespace) > 63 or not _NAMESPACE.match(namespace):
+        if len(namespace) > 63 or not _NAMESPACE.fullmatch(namespace):
             raise BadRequest(f'invalid namespace "{namespace[:80]}": must be a DNS label (RFC 1123)')
         # Rule names are lowercase; the HPA passes metric.name as written, so match case-insensitively.
         rule = self.rules.get(name) or self.rules.get(name.lower())

@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .selectors import SelectorError, parse_selector
 
-_METRIC_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
-_SERIES_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Always fullmatch: `re.match` with "^...$" would take a trailing newline ("$" matches before one).
+_METRIC_NAME = re.compile(r"[a-z0-9]([-a-z0-9_.]*[a-z0-9])?")
+_SERIES_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 DEFAULT_RULES = "default.yaml"
 
 
@@ -59,14 +60,14 @@ class GpuOwner(_Strict):
     @field_validator("namespace_label", "pod_label")
     @classmethod
     def _label(cls, v: str) -> str:
-        if not _LABEL_NAME.match(v):
+        if not _LABEL_NAME.fullmatch(v):
             raise ValueError(f"{v!r} is not a Prometheus label name")
         return v
 
     @field_validator("owner_series")
     @classmethod
     def _owner(cls, v: str) -> str:
-        if not _SERIES_NAME.match(v):
+        if not _SERIES_NAME.fullmatch(v):
             raise ValueError(f"{v!r} is not a Prometheus metric name")
         return v
 
@@ -107,7 +108,7 @@ class Rule(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _METRIC_NAME.match(v) or len(v) > 253:
+        if not _METRIC_NAME.fullmatch(v) or len(v) > 253:
             raise ValueError("must be lowercase [a-z0-9_.-], start and end alphanumeric (a URL path segment)")
         return v
 
@@ -115,14 +116,14 @@ class Rule(_Strict):
     @classmethod
     def _series(cls, v: list[str]) -> list[str]:
         for s in v:
-            if not _SERIES_NAME.match(s):
+            if not _SERIES_NAME.fullmatch(s):
                 raise ValueError(f"{s!r} is not a Prometheus metric name")
         return v
 
     @field_validator("namespace_label", "pod_label")
     @classmethod
     def _label(cls, v: str) -> str:
-        if not _LABEL_NAME.match(v):
+        if not _LABEL_NAME.fullmatch(v):
             raise ValueError(f"{v!r} is not a Prometheus label name")
         return v
 

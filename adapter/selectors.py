@@ -17,8 +17,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Always fullmatch (Go's regexp "$" is the end of text; Python's also matches before a trailing newline).
+_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _TOKEN = re.compile(r"\s*(==|!=|=|\(|\)|,|!|>|<|[^\s=!(),<>]+)")
 _PROM_INVALID = re.compile(r"[^a-zA-Z0-9_]")
 MAX_SELECTOR_LENGTH = 4096
@@ -118,9 +119,9 @@ def validate_key(key: str) -> None:
     prefix, _, name = key.rpartition("/")
     if "/" in key and not prefix:
         raise SelectorError(f"invalid label key {key!r}: prefix part must be non-empty")
-    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
         raise SelectorError(f"invalid label key {key!r}: prefix must be a DNS subdomain (lowercase, <= 253)")
-    if not name or len(name) > 63 or not _NAME.match(name):
+    if not name or len(name) > 63 or not _NAME.fullmatch(name):
         raise SelectorError(
             f"invalid label key {key!r}: name part must be 1-63 characters of [A-Za-z0-9._-], "
             "beginning and ending with an alphanumeric character"
@@ -128,7 +129,7 @@ def validate_key(key: str) -> None:
 
 
 def validate_value(value: str) -> None:
-    if value and (len(value) > 63 or not _NAME.match(value)):
+    if value and (len(value) > 63 or not _NAME.fullmatch(value)):
         raise SelectorError(
             f"invalid label value {value!r}: must be at most 63 characters of [A-Za-z0-9._-], "
             "beginning and ending with an alphanumeric character"

@@ -10,7 +10,7 @@ from typing import Any
 from toposcale.cliargs import finite_number
 
 # A URL path: segments of RFC 3986 pchar. The scheduler's urlPrefix is a whole URL; only its path goes here.
-_PATH = re.compile(r"^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?$")
+_PATH = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?")  # fullmatch: "^...$" takes a trailing "\n"
 
 
 def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
@@ -30,7 +30,7 @@ _seconds = finite_number(allow_zero=True, unit="number of seconds")
 
 
 def _url_prefix(text: str) -> str:
-    if text == "" or (_PATH.match(text) and "//" not in text):
+    if text == "" or (_PATH.fullmatch(text) and "//" not in text):
         return text
     hint = " (give only the path of the scheduler's urlPrefix, e.g. /toposcale)" if "://" in text else ""
     raise argparse.ArgumentTypeError(f"{text!r} is not a URL path starting with '/'{hint}")

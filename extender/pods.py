@@ -27,7 +27,9 @@ class PodError(ValueError):
 # k8s.io/apimachinery/pkg/api/resource Quantity: <sign><number><suffix>, suffix a binary SI (Ki..Ei), a
 # decimal SI (n, u, m, "", k, M, G, T, P, E) or a decimal exponent (e3, E-2). Extended resources must be
 # whole (the apiserver rejects "1.5" or "500m"), but "1k", "1000m", "2e0" and "4.0" are whole numbers.
-_QUANTITY = re.compile(r"^([+-]?)([0-9]+\.?[0-9]*|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+# Matched whole (fullmatch: "^...$" with re.match would take "4\n"). The scheduler sends the Quantity as Go
+# prints it, never with spaces.
+_QUANTITY = re.compile(r"([+-]?)([0-9]+\.?[0-9]*|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?")
 _BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 _MAX_QUANTITY_CHARS = 64
@@ -35,7 +37,7 @@ _MAX_EXPONENT = 30  # "1e999999999" must not become a billion-digit integer
 
 
 def _parse_quantity(text: str) -> Fraction | None:
-    m = _QUANTITY.match(text) if len(text) <= _MAX_QUANTITY_CHARS else None
+    m = _QUANTITY.fullmatch(text) if len(text) <= _MAX_QUANTITY_CHARS else None
     if m is None:
         return None
     sign, number, suffix = m.groups()

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 # k8s.io/apiserver's default (SecureServingOptions.ServerCert.CertDirectory), relative to the working dir
 DEFAULT_CERT_DIR = "apiserver.local.config/certificates"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")  # ASCII digits: "\d" takes "٣"
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 

@@ -33,6 +33,10 @@ def format_cpuset(cpus: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit alone takes "²", which int() then refuses
+
+
 def parse_cpuset(text: str) -> list[int]:
     """`0-2,5` -> `[0,1,2,5]`. Raises ValueError on anything that is not a cpuset list."""
     cpus: list[int] = []
@@ -41,7 +45,7 @@ def parse_cpuset(text: str) -> list[int]:
         return cpus
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
+        if not _digits(lo) or (sep and not _digits(hi)):
             raise ValueError(f"not a cpuset: {text!r}")
         start, end = int(lo), int(hi) if sep else int(lo)
         if end < start:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -16,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 import jsonschema
+import jsonschema.validators
 import orjson
 
 from .model import GPU, Topology
@@ -44,17 +46,49 @@ def schema() -> dict[str, Any]:
 
 
 @cache
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    """A schema `pattern` as ECMA-262 reads it: there `$` is the end of the input, while Python's `$` also
+    matches before a trailing newline (jsonschema uses re.search as is, so "NV4\\n" passed "^...NV[1-9]...$").
+    Every `$` outside a character class and not escaped becomes `\\Z`."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if c == "[":
+            in_class = True
+        elif c == "]":
+            in_class = False
+        out.append(r"\Z" if c == "$" and not in_class else c)
+        i += 1
+    return re.compile("".join(out))
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern})
+
+
+@cache
 def _validator(defname: str) -> jsonschema.Draft202012Validator:
     root = schema()
     sub = {"$ref": f"#/$defs/{defname}", "$defs": root["$defs"]}
-    return jsonschema.Draft202012Validator(sub)
+    return _Validator(sub)  # type: ignore[no-any-return]
 
 
 _MESSAGE_LIMIT = 300  # a schema message quotes the offending value, which can be most of 256 KiB
 
 # RFC 3339 date-time (the schema's `format: date-time`): an offset is required, a naive time is no instant.
+# Matched whole (fullmatch), ASCII digits only.
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 
 
@@ -87,7 +121,7 @@ def _load(raw: str | dict[str, Any], what: str) -> Any:
 
 def parse_observed(value: str) -> datetime:
     """An `observed` timestamp (RFC 3339 with offset) as an aware datetime; ValueError otherwise."""
-    if not isinstance(value, str) or not _RFC3339.match(value):
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise ValueError(f"{value!r} is not an RFC 3339 date-time (e.g. 2026-01-02T03:04:05Z)")
     return datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
 

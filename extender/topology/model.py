@@ -14,7 +14,7 @@ from enum import IntEnum
 # Link codes exactly as the `nvidia-smi topo -m` legend prints them. NV<n> carries a bond count.
 PCIE_CODES = ("SYS", "NODE", "PHB", "PXB", "PIX")
 SELF = "X"
-_NV = re.compile(r"^NV([1-9][0-9]*)$")  # NV0 is no link: nvidia-smi prints none
+_NV = re.compile(r"NV([1-9][0-9]*)")  # fullmatch ("^...$" takes "NV4\n"); NV0 is no link: none printed
 
 
 class Tier(IntEnum):
@@ -54,17 +54,17 @@ _TIER_LABELS = {
 
 
 def is_valid_link(code: str) -> bool:
-    return code in PCIE_CODES or code == SELF or bool(_NV.match(code))
+    return code in PCIE_CODES or code == SELF or bool(_NV.fullmatch(code))
 
 
 def nvlink_count(code: str) -> int:
-    m = _NV.match(code)
+    m = _NV.fullmatch(code)
     return int(m.group(1)) if m else 0
 
 
 def link_tier(code: str) -> Tier:
     """The tier of a single GPU pair's link."""
-    if _NV.match(code):
+    if _NV.fullmatch(code):
         return Tier.NVLINK
     return {
         "PIX": Tier.PCIE_SWITCH,

@@ -24,8 +24,9 @@ from .model import GPU, SELF, Topology, is_valid_link
 __all__ = ["TopoTextError", "parse_topo_text"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_GPU_NAME = re.compile(r"^GPU(\d+)$")
-_CPUSET = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
+# Matched whole (fullmatch) and ASCII digits only ("\d" also takes "٣", which int() then reads as 3).
+_GPU_NAME = re.compile(r"GPU([0-9]+)")
+_CPUSET = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
 # Trailing column labels, as tuples of header words. Order of detection matters: "GPU NUMA ID" starts with a
 # word that would otherwise look like a device column prefix.
 _LABELS: tuple[tuple[str, ...], ...] = (("CPU", "Affinity"), ("NUMA", "Affinity"), ("GPU", "NUMA", "ID"))
@@ -71,7 +72,7 @@ def _is_row(tokens: list[str]) -> bool:
 def _numa(value: str | None) -> int:
     if value is None:
         return -1
-    return int(value) if value.isdigit() else -1
+    return int(value) if value.isascii() and value.isdigit() else -1
 
 
 def parse_topo_text(
@@ -98,7 +99,7 @@ def parse_topo_text(
             if _is_row(toks):
                 raise TopoTextError(f"line {lineno}: matrix row before the header row (GPU0 GPU1 ...)")
             devices, found_labels = _split_header(toks)
-            if devices and _GPU_NAME.match(devices[0]):
+            if devices and _GPU_NAME.fullmatch(devices[0]):
                 header, labels = devices, found_labels
             continue  # anything else before the header ("GPU Topology:", banners) is not ours
         if not _is_row(toks):
@@ -113,7 +114,7 @@ def parse_topo_text(
     if len(set(header)) != len(header):
         raise TopoTextError(f"header row names a column twice: {' '.join(header)}")
 
-    gpu_cols = [(c, int(m.group(1))) for c, m in ((c, _GPU_NAME.match(c)) for c in header) if m]
+    gpu_cols = [(c, int(m.group(1))) for c, m in ((c, _GPU_NAME.fullmatch(c)) for c in header) if m]
     ndev = len(header)
     gpus: list[GPU] = []
     matrix: list[list[str]] = []
@@ -130,7 +131,7 @@ def parse_topo_text(
         codes, extra = cells[:ndev], cells[ndev:]
         row: list[str] = []
         for col, code in zip(header, codes, strict=True):
-            if _GPU_NAME.match(col) is None:
+            if _GPU_NAME.fullmatch(col) is None:
                 continue  # NIC / mlx5 columns are not part of the GPU matrix
             code = _ALIASES.get(code, code)
             if not is_valid_link(code):
@@ -139,7 +140,7 @@ def parse_topo_text(
         values = dict(zip(labels, extra, strict=False))
         numa = _numa(values.get("NUMA Affinity"))
         cpus = values.get("CPU Affinity")
-        if cpus is not None and not _CPUSET.match(cpus):
+        if cpus is not None and not _CPUSET.fullmatch(cpus):
             cpus = None
         gpu_id = f"GPU{index}"
         if ids is not None:

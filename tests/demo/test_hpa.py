@@ -186,3 +186,9 @@ def test_spec_validation() -> None:
         HPASpec(min_replicas=0, max_replicas=2, metrics=(WAITING,))
     with pytest.raises(ValueError, match="at least one metric"):
         HPASpec(min_replicas=1, max_replicas=2, metrics=())
+
+
+@pytest.mark.parametrize("bad", ["1\nx", "1\n2", "\u0661\u0662", "1e\u0663"])
+def test_milli_value_matches_the_whole_quantity_in_ascii_digits(bad: str) -> None:
+    with pytest.raises(MetricError):
+        milli_value(bad)

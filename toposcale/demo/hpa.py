@@ -19,7 +19,8 @@ from typing import Literal
 TargetType = Literal["Value", "AverageValue"]
 DEFAULT_TOLERANCE = 0.1  # --horizontal-pod-autoscaler-tolerance
 
-_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
+# Matched whole (fullmatch; "^...$" with re.match takes a trailing newline), ASCII digits only.
+_QUANTITY = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?")
 _SUFFIX = {
     "n": Decimal("1e-9"),
     "u": Decimal("1e-6"),
@@ -46,7 +47,8 @@ class MetricError(Exception):
 
 def milli_value(quantity: str) -> int:
     """`resource.Quantity.MilliValue()`: the value in thousandths, rounded up as Go's ceil does."""
-    m = _QUANTITY.match(quantity.strip()) if isinstance(quantity, str) else None
+    # strip: Quantity.UnmarshalJSON trims spaces (strings.TrimSpace) before ParseQuantity
+    m = _QUANTITY.fullmatch(quantity.strip()) if isinstance(quantity, str) else None
     if not m:
         raise MetricError(f"{quantity!r} is not a Kubernetes quantity")
     number, suffix = m.group(1), m.group(2) or ""
