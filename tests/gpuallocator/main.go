@@ -16,9 +16,10 @@
 //	                 "commonAncestor": [[0, 40], [40, 0]]}],
 //	 "queries": [{"topology": 0, "available": [3, 0, 2], "required": [], "size": 2}]}
 //
-// nvlinks lists the answers for links 0, 1, ...: state (1 enabled, the default, 0 disabled), remotePci (what
-// GetNvLinkRemotePciInfo returns for it) or error ("NotSupported", "InvalidArgument", "Unknown"); links past
-// the list answer NotSupported. commonAncestor[i][j] is the nvml.GpuTopologyLevel (0 INTERNAL, 10 SINGLE,
+// nvlinks lists the answers for links 0, 1, ...: GetNvLinkState's (state: 1 enabled, the default, 0
+// disabled; or error: "NotSupported", "InvalidArgument", "NoPermission", any other name reads as Unknown) and
+// GetNvLinkRemotePciInfo's (remotePci, the bus ID; or remotePciError); links past the list answer
+// NotSupported to both. commonAncestor[i][j] is the nvml.GpuTopologyLevel (0 INTERNAL, 10 SINGLE,
 // 20 MULTIPLE, 30 HOSTBRIDGE, 40 NODE, 50 SYSTEM) that GetTopologyCommonAncestor answers for GPU i and j.
 // available and required are GPU indices; the device plugin gets them from the kubelet in map order.
 //
@@ -39,9 +40,10 @@ import (
 )
 
 type nvlinkIn struct {
-	State     *int   `json:"state"`
-	RemotePci string `json:"remotePci"`
-	Error     string `json:"error"`
+	State          *int   `json:"state"`
+	Error          string `json:"error"`
+	RemotePci      string `json:"remotePci"`
+	RemotePciError string `json:"remotePciError"`
 }
 
 type gpuIn struct {
@@ -150,8 +152,8 @@ func mockNVML(t topologyIn) nvml.Interface {
 					return nvml.PciInfo{}, nvml.ERROR_NOT_SUPPORTED
 				}
 				l := g.NvLinks[link]
-				if l.Error != "" {
-					return nvml.PciInfo{}, nvmlError(l.Error)
+				if l.RemotePciError != "" {
+					return nvml.PciInfo{}, nvmlError(l.RemotePciError)
 				}
 				return pciInfo(l.RemotePci), nvml.SUCCESS
 			},
