@@ -1,10 +1,12 @@
 """Kubernetes label selectors (k8s.io/apimachinery/pkg/labels/selector.go), parsed once, used two ways.
 
-Syntax: comma-separated requirements, each one of `key=value`, `key==value`, `key!=value`,
-`key in (v1,v2)`, `key notin (v1,v2)`, `key` (exists), `!key` (does not exist). Keys are qualified names
-(optional DNS-subdomain prefix + "/" + name of at most 63 characters); values are at most 63 characters of
-`[A-Za-z0-9._-]` starting and ending alphanumeric, or empty. `key>N` / `key<N` parse (as in labels.Parse) but
-are refused here: an HPA's metricSelector cannot produce them and PromQL has no matcher for them.
+Syntax, exactly as labels.Parse reads it (the HPA's selector reaches the adapter in that form):
+comma-separated requirements, each one of `key=value`, `key==value`, `key!=value`, `key in (v1,v2)`,
+`key notin (v1,v2)`, `key` (exists), `!key` (does not exist). Keys are qualified names (optional
+DNS-subdomain prefix + "/" + name of at most 63 characters); values are at most 63 characters of
+`[A-Za-z0-9._-]` starting and ending alphanumeric, or empty (`x in ()` is the set holding ""). `key>N` /
+`key<N` parse (as in labels.Parse) but are refused here: an HPA's metricSelector cannot produce them
+and PromQL has no matcher for them.
 
 `Selector.matches(labels)` filters pods or series; `Selector.promql_matchers()` renders PromQL matchers, with
 keys mapped the way Prometheus' Kubernetes service discovery maps pod labels (every character outside
@@ -20,7 +22,6 @@ from dataclasses import dataclass
 # Always fullmatch (Go's regexp "$" is the end of text; Python's also matches before a trailing newline).
 _NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_TOKEN = re.compile(r"\s*(==|!=|=|\(|\)|,|!|>|<|[^\s=!(),<>]+)")
 _PROM_INVALID = re.compile(r"[^a-zA-Z0-9_]")
 MAX_SELECTOR_LENGTH = 4096
 
@@ -136,112 +137,205 @@ def validate_value(value: str) -> None:
         )
 
 
-def _tokenize(text: str) -> list[str]:
-    tokens: list[str] = []
+# ---------------------------------------------------------------- the parser: labels.Parse, ported
+#
+# A port of k8s.io/apimachinery/pkg/labels/selector.go (Lexer, Parser, NewRequirement), kept close to the Go
+# so that it accepts and rejects exactly what labels.Parse does (its cases: selector_test.go). Points where a
+# hand-written parser differs easily: only " \t\r\n" are whitespace; "in"/"notin" are keywords only where an
+# operator is expected (`in=x`, `notin=in` and `x in (in)` are valid); `x in ()` and `x notin ( )` are the
+# set holding "" (labels.Parse's "()" case); a NUL character ends the input where a token starts, as Go's
+# lexer reads byte 0 as "end of string".
+
+_EOS, _CLOSE, _COMMA, _NOT, _DEQ, _EQ, _GT, _IDENT, _IN, _LT, _NEQ, _NOTIN, _OPEN, _ERR = range(14)
+_STRING_TO_TOKEN = {
+    ")": _CLOSE, ",": _COMMA, "!": _NOT, "==": _DEQ, "=": _EQ, ">": _GT, "in": _IN, "<": _LT, "!=": _NEQ,
+    "notin": _NOTIN, "(": _OPEN,
+}
+_WHITESPACE = frozenset(" \t\r\n")
+_SPECIAL = frozenset("=!(),><")
+_END = "\x00"
+_BINARY = {_IN: "in", _NOTIN: "notin", _EQ: "=", _DEQ: "=", _NEQ: "!=", _GT: ">", _LT: "<"}
+
+
+def _lex(text: str) -> list[tuple[int, str]]:
+    """Every token up to and including the first end of string (Parser.scan over Lexer.Lex)."""
     pos = 0
-    while pos < len(text):
-        if text[pos:].strip() == "":
-            break
-        m = _TOKEN.match(text, pos)
-        if not m:  # pragma: no cover - the token regex matches any non-space character
-            raise SelectorError(f"unexpected character at position {pos} in {text!r}")
-        tokens.append(m.group(1))
-        pos = m.end()
-    return tokens
+    n = len(text)
+
+    def read() -> str:
+        nonlocal pos
+        if pos < n:
+            pos += 1
+            return text[pos - 1]
+        return _END
+
+    items: list[tuple[int, str]] = []
+    while True:
+        ch = read()
+        while ch in _WHITESPACE:
+            ch = read()
+        if ch == _END:
+            items.append((_EOS, ""))
+            return items
+        pos -= 1
+        buf: list[str] = []
+        if ch in _SPECIAL:  # scanSpecialSymbol: the longest run of specials that is a token
+            last: tuple[int, str] | None = None
+            while True:
+                c = read()
+                if c == _END:
+                    break
+                if c not in _SPECIAL:
+                    pos -= 1
+                    break
+                buf.append(c)
+                tok = _STRING_TO_TOKEN.get("".join(buf))
+                if tok is not None:
+                    last = (tok, "".join(buf))
+                elif last is not None:
+                    pos -= 1
+                    break
+            items.append(last if last is not None else (_ERR, "".join(buf)))
+        else:  # scanIDOrKeyword
+            while True:
+                c = read()
+                if c == _END:
+                    break
+                if c in _SPECIAL or c in _WHITESPACE:
+                    pos -= 1
+                    break
+                buf.append(c)
+            word = "".join(buf)
+            items.append((_STRING_TO_TOKEN.get(word, _IDENT), word))
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.items = _lex(text)
+        self.pos = 0
+
+    def fail(self, message: str) -> SelectorError:
+        return SelectorError(f"label selector {self.text!r}: {message}")
+
+    def lookahead(self, values: bool = True) -> tuple[int, str]:
+        tok, lit = self.items[self.pos]
+        return (_IDENT if values and tok in (_IN, _NOTIN) else tok), lit
+
+    def consume(self, values: bool = True) -> tuple[int, str]:
+        tok, lit = self.lookahead(values)
+        self.pos += 1
+        return tok, lit
+
+    def parse(self) -> list[Requirement]:
+        reqs: list[Requirement] = []
+        while True:
+            tok, lit = self.lookahead()
+            if tok == _EOS:
+                return reqs
+            if tok not in (_IDENT, _NOT):
+                raise self.fail(f"found {lit!r}, expected: !, identifier, or end of string")
+            reqs.append(self.requirement())
+            tok, lit = self.consume()
+            if tok == _EOS:
+                return reqs
+            if tok != _COMMA:
+                raise self.fail(f"found {lit!r}, expected: ',' or end of string")
+            tok, lit = self.lookahead()
+            if tok not in (_IDENT, _NOT):
+                raise self.fail(f"found {lit!r}, expected: identifier after ','")
+
+    def requirement(self) -> Requirement:
+        tok, key = self.consume()
+        negated = tok == _NOT
+        if negated:
+            tok, key = self.consume()
+        if tok != _IDENT:
+            raise self.fail(f"found {key!r}, expected: identifier")
+        validate_key(key)
+        if negated:
+            return Requirement(key, "!")  # whatever follows is the caller's "expected ','" error
+        if self.lookahead()[0] in (_EOS, _COMMA):
+            return Requirement(key, "exists")
+        tok, lit = self.consume(values=False)
+        op = _BINARY.get(tok)
+        if op is None:
+            raise self.fail(f"found {lit!r}, expected: in, notin, =, ==, !=, >, <")
+        values = self.value_set() if op in ("in", "notin") else (self.exact_value(),)
+        for v in values:
+            validate_value(v)
+        if op in (">", "<"):
+            v = values[0]
+            if not _INT.fullmatch(v) or not -(2**63) <= int(v) < 2**63:  # strconv.ParseInt(v, 10, 64)
+                raise self.fail(f"for '>' and '<' the value must be an integer, got {v!r}")
+        return Requirement(key, op, tuple(sorted(set(values))))
+
+    def exact_value(self) -> str:
+        tok, _ = self.lookahead()
+        if tok in (_EOS, _COMMA):
+            return ""
+        tok, lit = self.consume()
+        if tok != _IDENT:
+            raise self.fail(f"found {lit!r}, expected: identifier")
+        return lit
+
+    def value_set(self) -> tuple[str, ...]:
+        tok, lit = self.consume()
+        if tok != _OPEN:
+            raise self.fail(f"found {lit!r}, expected: '('")
+        tok, lit = self.lookahead()
+        if tok == _CLOSE:  # "()": the set holding the empty value
+            self.consume()
+            return ("",)
+        if tok not in (_IDENT, _COMMA):
+            raise self.fail(f"found {lit!r}, expected: ',', ')' or identifier")
+        values = self.identifiers()
+        tok, lit = self.consume()
+        if tok != _CLOSE:  # pragma: no cover - identifiers() returns only with ')' next
+            raise self.fail(f"found {lit!r}, expected: ')'")
+        return tuple(values)
+
+    def identifiers(self) -> set[str]:
+        out: set[str] = set()
+        while True:
+            tok, lit = self.consume()
+            if tok == _IDENT:
+                out.add(lit)
+                tok2, lit2 = self.lookahead()
+                if tok2 == _COMMA:
+                    continue
+                if tok2 == _CLOSE:
+                    return out
+                raise self.fail(f"found {lit2!r}, expected: ',' or ')'")
+            if tok == _COMMA:
+                if not out:
+                    out.add("")  # "(,"
+                tok2, _ = self.lookahead()
+                if tok2 == _CLOSE:
+                    out.add("")  # ",)"
+                    return out
+                if tok2 == _COMMA:
+                    self.consume()
+                    out.add("")  # ",,"
+                continue
+            raise self.fail(f"found {lit!r}, expected: ',', or identifier")
+
+
+_INT = re.compile(r"[+-]?[0-9]+")
 
 
 def parse_selector(text: str | None) -> Selector:
-    """Parse a label selector string; the empty string selects everything."""
-    if text is None or text.strip() == "":
+    """Parse a label selector string as labels.Parse does; the empty string selects everything. `>` and
+    `<` parse (and their value must be an integer) but are refused: an HPA's metricSelector cannot produce
+    them and PromQL has no matcher for them."""
+    if text is None:
         return Selector()
     if len(text) > MAX_SELECTOR_LENGTH:
         raise SelectorError(f"label selector longer than {MAX_SELECTOR_LENGTH} characters")
-    tokens = _tokenize(text)
-    reqs: list[Requirement] = []
-    i = 0
-
-    def peek(k: int = 0) -> str | None:
-        return tokens[i + k] if i + k < len(tokens) else None
-
-    while True:
-        tok = peek()
-        if tok is None:
-            raise SelectorError(f"label selector {text!r}: expected a requirement, found end of input")
-        if tok == "!":
-            key = peek(1)
-            if key is None or key in _OPERATORS:
-                raise SelectorError(f"label selector {text!r}: expected a label key after '!'")
-            validate_key(key)
-            reqs.append(Requirement(key, "!"))
-            i += 2
-        elif tok in _OPERATORS:
-            raise SelectorError(f"label selector {text!r}: expected a label key, found {tok!r}")
-        else:
-            key = tok
-            validate_key(key)
-            op = peek(1)
-            if op is None or op == ",":
-                reqs.append(Requirement(key, "exists"))
-                i += 1
-            elif op in ("=", "==", "!="):
-                value = peek(2)
-                if value is None or value == ",":
-                    value = ""
-                    i += 2
-                elif value in _PUNCTUATION:
-                    raise SelectorError(
-                        f"label selector {text!r}: expected a value after {op!r}, found {value!r}"
-                    )
-                else:
-                    i += 3
-                validate_value(value)
-                reqs.append(Requirement(key, "!=" if op == "!=" else "=", (value,)))
-            elif op in (">", "<"):
-                raise SelectorError(
-                    f"label selector {text!r}: operator {op!r} is not supported for external metrics"
-                )
-            elif op in ("in", "notin"):
-                i += 2
-                if peek() != "(":
-                    raise SelectorError(f"label selector {text!r}: expected '(' after {op!r}")
-                i += 1
-                if peek() == ")":
-                    raise SelectorError(
-                        f"label selector {text!r}: for {op!r} the set of values can't be empty"
-                    )
-                values: list[str] = []
-                while True:
-                    v = peek()
-                    if v is None:
-                        raise SelectorError(f"label selector {text!r}: missing ')'")
-                    if v in (",", ")"):
-                        values.append("")  # Kubernetes accepts empty values inside the set
-                    else:
-                        if v in _PUNCTUATION:
-                            raise SelectorError(f"label selector {text!r}: unexpected {v!r} in value set")
-                        validate_value(v)
-                        values.append(v)
-                        i += 1
-                        v = peek()
-                    if v == ",":
-                        i += 1
-                        continue
-                    if v == ")":
-                        i += 1
-                        break
-                    raise SelectorError(f"label selector {text!r}: expected ',' or ')' in value set")
-                reqs.append(Requirement(key, op, tuple(sorted(set(values)))))
-            else:
-                raise SelectorError(f"label selector {text!r}: unexpected {op!r} after key {key!r}")
-        nxt = peek()
-        if nxt is None:
-            break
-        if nxt != ",":
-            raise SelectorError(f"label selector {text!r}: expected ',' but found {nxt!r}")
-        i += 1
+    reqs = _Parser(text).parse()
+    for r in reqs:
+        if r.op in (">", "<"):
+            raise SelectorError(
+                f"label selector {text!r}: operator {r.op!r} is not supported for external metrics"
+            )
     return Selector(tuple(reqs))
-
-
-_PUNCTUATION = {"=", "==", "!=", "(", ")", ",", "!", ">", "<"}
-# As in the Kubernetes lexer, "in" and "notin" are keywords where a key is expected, plain words as values.
-_OPERATORS = _PUNCTUATION | {"in", "notin"}
