@@ -15,8 +15,11 @@ else SYS); on the NVSwitch boxes the links end at a switch, as NVML reports them
 counts none.
 
 Queries: on each topology every free set and request size (a seeded sample of free sets on boxes too large for
-that), each in several seeded random device orders, all in one run of the Go program. The test fails when any
-Go answer is not among toposcale's candidates, and prints how often the Go answer depended on device order.
+that), in every device order when at most ALL_ORDERS_MAX_FREE GPUs are free, else in ORDERS seeded random
+orders; all in one run of the Go program. The test fails when any Go answer is not among toposcale's
+candidates, or when, every order tried, a candidate is one the Go code never returned; it prints how often the
+Go answer depended on device order. Report-only rows show the NVLinked fixtures with other PCIe levels under
+their NVLinks than toposcale's estimate (topo -m hides them), to size what that estimate risks.
 If the Go program cannot be built the test fails with the reason; it is never skipped.
 """
 
