@@ -79,6 +79,16 @@ def load_targets(path: str | Path) -> list[Target]:
         lines = [f"{p}: invalid scrape targets (a list of {{url, labels: {{namespace, pod, ...}}}})"]
         lines += [f"  {'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors()]
         raise RulesError("\n".join(lines)) from exc
+    # A pod or an endpoint listed twice would be counted twice in every sum: the file is wrong, say where.
+    seen: dict[object, int] = {}
+    for i, spec in enumerate(specs):
+        ns, pod = spec.labels["namespace"], spec.labels["pod"]
+        for key, what in (((ns, pod), f"pod {ns}/{pod}"), (spec.url, f"url {spec.url}")):
+            if key in seen:
+                raise RulesError(
+                    f"{p}: invalid scrape targets: {i}: {what} is listed twice (first at {seen[key]})"
+                )
+            seen[key] = i
     return [Target(s.url, s.labels["namespace"], s.labels["pod"], dict(s.labels)) for s in specs]
 
 

@@ -4,7 +4,8 @@ Each target's scrape is cached for the TTL and coalesced, so several metrics (an
 pod cost one HTTP request. Requests are bounded: per-target timeout, body size limit, global concurrency.
 The text is parsed with prometheus-client's parser; only the series the rules use are kept (vLLM's counters
 bring `_created` companions, which are timestamps, and are never confused with data because names match
-exactly). One unreachable pod does not fail a metric; all unreachable does.
+exactly). One unreachable pod does not fail a metric; all unreachable does. A target printing a series
+twice is malformed: its scrape fails (kind `duplicate-series`), never summed twice.
 Histogram quantiles need increases: each scrape of a histogram is remembered for the rule's window and the
 quantile is taken over the increase since the oldest remembered scrape inside the window.
 """
@@ -32,7 +33,11 @@ _ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 
 
 class ScrapeError(Exception):
-    pass
+    kind = "target"  # toposcale_adapter_source_errors_total{kind}
+
+
+class DuplicateSeries(ScrapeError):
+    kind = "duplicate-series"
 
 
 @dataclass(slots=True)
@@ -61,18 +66,33 @@ def wanted_names(rules: RuleSet) -> set[str]:
 
 
 def parse_exposition(text: str, wanted: set[str]) -> list[Sample]:
-    """Samples named in `wanted` from Prometheus text exposition; garbage raises ScrapeError."""
+    """Samples named in `wanted` from Prometheus text exposition; garbage raises ScrapeError, and so does a
+    series printed twice: the exposition is malformed (Prometheus drops the duplicates and counts them), and
+    summing both copies would double the value (3 twice is not 6)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: list[Sample] = []
+    seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
     try:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
+                key = (s.name, frozenset(s.labels.items()))
+                if key in seen:
+                    raise DuplicateSeries(f"duplicate series {_series_text(s.name, s.labels)}")
+                seen.add(key)
                 if s.name in wanted:
                     out.append(Sample(s.name, s.labels, float(s.value)))
+    except DuplicateSeries:
+        raise
     except Exception as exc:  # the parser raises ValueError, IndexError, ... on garbage
         raise ScrapeError(f"not Prometheus text format: {type(exc).__name__}: {str(exc)[:200]}") from exc
     return out
+
+
+def _series_text(name: str, labels: dict[str, str]) -> str:
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    text = f"{name}{{{inner}}}" if inner else name
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _group_key(s: Sample) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -227,7 +247,7 @@ class ScrapeSource:
             if isinstance(r, Scrape):
                 ok[t.url] = r
             elif isinstance(r, ScrapeError):
-                self._error("target")
+                self._error(r.kind)
                 errors.append(f"{t.namespace}/{t.pod} ({t.url}): {r}")
             else:
                 self._error("target")

@@ -6,6 +6,7 @@ tests/harness/kube_standin.py."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -203,3 +204,62 @@ async def test_kubectl_discovery_and_metric(adapter, tmp_path: Path) -> None:
     assert "vllm_requests_waiting" in res.stdout and "ExternalMetricValueList" in res.stdout
     res = await kubectl(kc, "get", "--raw", f"{BASE}/namespaces/ml/nope")
     assert res.returncode != 0 and "NotFound" in res.stderr + res.stdout
+
+
+class _Duplicating(VllmExporter):
+    """vLLM text with one series printed twice (a broken exporter, or two registries merged)."""
+
+    def render(self) -> str:
+        text = super().render()
+        line = next(x for x in text.splitlines() if x.startswith("vllm:num_requests_waiting{"))
+        return text + line + "\n"
+
+
+async def test_a_duplicated_series_fails_that_target_never_sums_twice(rules, serve_adapter) -> None:
+    dup = _Duplicating(generation="v1", engines=1, waiting=3)
+    good = VllmExporter(generation="v1", engines=1, waiting=5)
+    async with dup, good:
+        source = ScrapeSource(StaticTargets([target(dup, "ml", "dup", app="vllm"),
+                                             target(good, "ml", "good", app="vllm")]), rules, ttl=0.0)
+        adapter = await serve_adapter(rules, source, cache_ttl=0.0)
+        code, body = await adapter.metric("vllm_requests_waiting", selector="app=vllm")
+        assert code == 200, body
+        assert value(body) not in ("11", "8")  # 3 twice plus 5, or its 3 taken once: it is malformed
+        # Only the duplicating target: its scrape fails with a clear reason, a 503, not 6.
+        source.finder.targets = [source.finder.targets[0]]
+        code, body = await adapter.metric("vllm_requests_waiting", selector="app=vllm")
+        assert (code, body["reason"]) == (503, "ServiceUnavailable"), body
+        assert 'duplicate series vllm:num_requests_waiting{' in body["message"]
+        assert "ml/dup" in body["message"]
+        _, text = await adapter.get("/metrics")
+        assert 'toposcale_adapter_source_errors_total{kind="duplicate-series",source="scrape"}' in text
+
+
+def test_duplicate_series_are_found_whatever_the_label_order() -> None:
+    from toposcale.adapter.sources.scrape import DuplicateSeries, parse_exposition
+
+    text = 'm{a="1",b="2"} 3\nm{b="2",a="1"} 3\n'
+    with pytest.raises(DuplicateSeries, match=re.escape('duplicate series m{a="1",b="2"}')):
+        parse_exposition(text, {"m"})
+    assert [s.value for s in parse_exposition('m{a="1"} 3\nm{a="2"} 3\n', {"m"})] == [3.0, 3.0]
+    with pytest.raises(DuplicateSeries):  # anywhere in the exposition, not only in the series the rules read
+        parse_exposition("other 1\nother 1\nm 3\n", {"m"})
+
+
+@pytest.mark.parametrize(("second", "why"), [
+    ({"url": "http://127.0.0.1:9/metrics", "labels": {"namespace": "ml", "pod": "a"}},
+     "pod ml/a is listed twice"),
+    ({"url": "http://127.0.0.1:8/metrics", "labels": {"namespace": "ml", "pod": "b"}},
+     re.escape("url http://127.0.0.1:8/metrics is listed twice")),
+])
+def test_a_targets_file_listing_a_pod_or_url_twice_is_refused(tmp_path: Path, second: dict, why: str) -> None:
+    from toposcale.adapter.rules import RulesError
+    from toposcale.adapter.sources.pods import load_targets
+
+    first = {"url": "http://127.0.0.1:8/metrics", "labels": {"namespace": "ml", "pod": "a"}}
+    path = tmp_path / "targets.yaml"
+    path.write_text(json.dumps([first, second]))
+    with pytest.raises(RulesError, match=why):
+        load_targets(path)
+    path.write_text(json.dumps([first]))
+    assert len(load_targets(path)) == 1
