@@ -79,16 +79,17 @@ def load_targets(path: str | Path) -> list[Target]:
         lines = [f"{p}: invalid scrape targets (a list of {{url, labels: {{namespace, pod, ...}}}})"]
         lines += [f"  {'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors()]
         raise RulesError("\n".join(lines)) from exc
-    # A pod or an endpoint listed twice would be counted twice in every sum: the file is wrong, say where.
-    seen: dict[object, int] = {}
+    # A pod listed twice would be counted twice in every sum: the file is wrong, say where. (One URL may stand
+    # for pods of several namespaces, as in tests; a request selects within one namespace.)
+    seen: dict[tuple[str, str], int] = {}
     for i, spec in enumerate(specs):
-        ns, pod = spec.labels["namespace"], spec.labels["pod"]
-        for key, what in (((ns, pod), f"pod {ns}/{pod}"), (spec.url, f"url {spec.url}")):
-            if key in seen:
-                raise RulesError(
-                    f"{p}: invalid scrape targets: {i}: {what} is listed twice (first at {seen[key]})"
-                )
-            seen[key] = i
+        key = (spec.labels["namespace"], spec.labels["pod"])
+        if key in seen:
+            raise RulesError(
+                f"{p}: invalid scrape targets: {i}: pod {key[0]}/{key[1]} is listed twice "
+                f"(first at {seen[key]})"
+            )
+        seen[key] = i
     return [Target(s.url, s.labels["namespace"], s.labels["pod"], dict(s.labels)) for s in specs]
 
 
