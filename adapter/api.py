@@ -24,7 +24,7 @@ from .cache import TTLCache
 from .errors import AdapterError, BadRequest, NotFound, SourceUnavailable, TooManyRequests
 from .metrics import AdapterMetrics
 from .model import MetricValue
-from .quantity import QuantityError, served_value
+from .quantity import QuantityError, check_hpa_range, served_value
 from .rules import Rule, RuleSet
 from .selectors import SelectorError, parse_selector
 from .sources.base import Source
@@ -141,6 +141,11 @@ class Handlers:
             self.inflight -= 1
             self.metrics.inflight.dec()
         self.metrics.cache.labels(how).inc()
+        for v in values:  # every wire serves what the HPA computes with: an int64 of milli-units
+            try:
+                check_hpa_range(v.value)
+            except QuantityError as exc:
+                raise SourceUnavailable(f"{name}: {exc}") from exc
         return rule, values
 
     async def _load(self, rule: Rule, namespace: str, selector: Any) -> list[MetricValue]:

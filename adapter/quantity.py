@@ -16,6 +16,11 @@ int64 conversion, which truncates toward zero. So 0.4219 is "421m", 1.005 is "10
 reads from those adapters (MilliValue of a milli-quantity is that integer). Only where int64 would overflow
 (|value| >= 2**63 / 1000, about 9.2e15; Go's result there is meaningless) is the exact value kept, cut to
 milli-units.
+
+The HPA controller reads each item as `Quantity.MilliValue()`, an int64 of thousandths, and computes with it
+(sums, ratios to the target's MilliValue): a value whose milli-value does not fit in int64 (|value| above
+about 9.2e15) comes out wrapped or 0 there. `check_hpa_range` refuses those; the API answers them as a 503
+naming the value, which the HPA reads as "keep the replicas".
 """
 
 from __future__ import annotations
@@ -54,6 +59,20 @@ def served_value(value: float | int | Decimal | str) -> Decimal:
         if abs(milli) < _INT64:
             return Decimal(int(milli)).scaleb(-3)  # int() truncates toward zero, as Go's int64()
     return (dec * 1000).to_integral_value(rounding=ROUND_DOWN).scaleb(-3)
+
+
+HPA_MAX_MILLI = _INT64 - 1  # the largest int64 MilliValue; -HPA_MAX_MILLI is the bound below
+
+
+def check_hpa_range(value: float | int | Decimal | str) -> None:
+    """QuantityError unless the HPA controller can read `value` (NaN, infinities, or a milli-value outside
+    int64: see the module doc)."""
+    milli = served_value(value).scaleb(3)
+    if abs(milli) > HPA_MAX_MILLI:
+        raise QuantityError(
+            f"value {value!r} is beyond what the HPA can read: its milli-value must fit in int64 "
+            f"(|value| <= {Decimal(HPA_MAX_MILLI).scaleb(-3)})"
+        )
 
 
 def format_quantity(value: float | int | Decimal | str, *, binary: bool = False) -> str:

@@ -83,3 +83,15 @@ def test_round_trip_and_canonical_form_over_many_values() -> None:
 def test_served_value_is_the_number_the_quantity_string_holds(value: object, want: str) -> None:
     # /metrics' served-value gauge shows this number: exactly what a client parsing the Quantity reads
     assert served_value(value) == parse(want)  # type: ignore[arg-type]
+
+
+def test_hpa_range_is_the_int64_milli_value() -> None:
+    # Quantity.MilliValue() is an int64: the largest readable value is (2**63 - 1) / 1000.
+    from toposcale.adapter.quantity import check_hpa_range
+
+    for ok in ("9223372036854775.807", "-9223372036854775.807", 9.2e15, 0.0004, "1e15", 0):
+        check_hpa_range(ok)
+    for bad in ("9223372036854775.808", "-9223372036854775.808", 1e300, -1e16, "1e19"):
+        with pytest.raises(QuantityError, match="beyond what the HPA can read"):
+            check_hpa_range(bad)
+    assert format_quantity("9223372036854775.807") == "9223372036854775807m"

@@ -182,3 +182,25 @@ async def test_the_adapter_process_bounds_namespaces_by_its_flag(tmp_path: Path)
             await asyncio.wait_for(proc.communicate(), 10)
     served = [line for line in text.splitlines() if line.startswith("toposcale_adapter_served_value")]
     assert served == ['toposcale_adapter_served_value{metric="vllm_requests_waiting",namespace="ns-b"} 3.0']
+
+
+@pytest.mark.parametrize(("waiting", "code", "want"), [
+    (1e300, 503, "1e+300"), (-1e300, 503, "-1e+300"), (9.3e15, 503, "9300000000000000.0"),
+    (9.2e15, 200, "9200T"), (1e15, 200, "1P"),
+])
+async def test_values_beyond_the_hpas_int64_milli_values_are_503(
+    rules, serve_adapter, waiting: float, code: int, want: str
+) -> None:
+    # The HPA reads Quantity.MilliValue(), an int64: a 300-digit Quantity comes out wrapped or 0 there.
+    async with VllmExporter(generation="v1", engines=1, waiting=waiting) as e:
+        target = Target(e.url, "ml", "p0", {"namespace": "ml", "pod": "p0", "app": "vllm"})
+        adapter = await serve_adapter(rules, ScrapeSource(StaticTargets([target]), rules, ttl=0.0))
+        got, body = await adapter.metric("vllm_requests_waiting", selector="app=vllm")
+        _, text = await adapter.get("/metrics")
+    assert got == code, body
+    if code == 503:
+        assert (body["kind"], body["reason"]) == ("Status", "ServiceUnavailable")
+        assert f"value {want} is beyond what the HPA can read" in body["message"]
+        assert "toposcale_adapter_served_value{" not in text  # nothing served, nothing recorded
+    else:
+        assert body["items"][0]["value"] == want
