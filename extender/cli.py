@@ -92,6 +92,7 @@ async def _serve(args: Any) -> int:
     import asyncio
     import logging
     import signal
+    import sys
 
     from aiohttp import web
 
@@ -116,6 +117,8 @@ async def _serve(args: Any) -> int:
                 "no Kubernetes connection; use --standalone to serve full-Node payloads without one",
                 extra={"error": str(exc)},
             )
+            print(f"toposcale extender: no Kubernetes connection ({exc}); use --standalone to serve "
+                  "full-Node payloads without one", file=sys.stderr)
             return 2
         state = ClusterState(
             args.resource, assume_ttl_s=args.assume_ttl, allocation_max_age_s=args.allocation_max_age,
@@ -126,19 +129,19 @@ async def _serve(args: Any) -> int:
     runner = web.AppRunner(extender.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    log.info(
-        "extender serving",
-        extra={
-            "port": config.port, "prefix": extender.prefix, "resource": config.resource,
-            "mode": "standalone" if state is None else "watch",
-        },
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        await site.start()  # a busy port: OSError, one line from toposcale.cli after the cleanup below
+        log.info(
+            "extender serving",
+            extra={
+                "port": config.port, "prefix": extender.prefix, "resource": config.resource,
+                "mode": "standalone" if state is None else "watch",
+            },
+        )
         await stop.wait()
     finally:
         await runner.cleanup()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from . import __version__
@@ -45,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._main(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # A busy port, an unreadable or unwritable file, whichever command: one line a person can act on
+        # (and one log line for the collector), never a 30-line traceback. Bad input stays exit 2 (usage).
+        logging.getLogger("toposcale").error(f"{args.command} stopped", extra={"error": str(exc)})
+        print(f"toposcale {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

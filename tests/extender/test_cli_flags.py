@@ -68,3 +68,27 @@ def test_console_script_exits_2_with_one_usage_line() -> None:
                           timeout=60)
     assert proc.returncode == 2
     assert "argument --max-inflight: 0 is outside 1..1024" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_busy_port_is_one_line_and_exit_1() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([TOPOSCALE, "extender", "--standalone", "--host", "127.0.0.1", "--port",
+                               str(port)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    plain = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{")]
+    assert len(plain) == 1 and plain[0].startswith("toposcale extender: ")
+    assert "address already in use" in plain[0]
+
+
+def test_no_kubernetes_connection_is_one_plain_line(tmp_path) -> None:
+    proc = subprocess.run([TOPOSCALE, "extender", "--kubeconfig", str(tmp_path / "none"), "--port", "1"],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    plain = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{")]
+    assert len(plain) == 1 and "no Kubernetes connection" in plain[0] and "--standalone" in plain[0]
