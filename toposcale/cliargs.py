@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 
 def finite_number(*, allow_zero: bool = False, unit: str = "number") -> Callable[[str], float]:
@@ -22,3 +24,17 @@ def finite_number(*, allow_zero: bool = False, unit: str = "number") -> Callable
         return value
 
     return parse
+
+
+def output_problem(path: str | os.PathLike[str], flag: str) -> str | None:
+    """Why `path` (an output file a run writes at its end) cannot be written, or None. Checked before the run
+    starts: a figure path with a missing folder must not cost a 95-second run and then a traceback."""
+    p = Path(path)
+    if p.is_dir():
+        return f"{flag} {path}: is a folder, expected a file name"
+    folder = p.resolve().parent
+    if not folder.is_dir():
+        return f"cannot write {path} ({flag}): {folder} is not a folder"
+    if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        return f"cannot write {path} ({flag}): permission denied"
+    return None

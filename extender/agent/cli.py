@@ -85,8 +85,14 @@ async def _once(args: argparse.Namespace, log: Any) -> int:
     import json
     import sys
 
+    from toposcale.cliargs import output_problem
+
     from .observe import ObserveError, documents, observe_allocation, observe_topology_within
 
+    if args.output != "-" and (problem := output_problem(args.output, "--output")) is not None:
+        log.error("cannot write output", extra={"path": args.output, "error": problem})
+        print(f"toposcale agent: {problem}", file=sys.stderr)
+        return 2  # before discovery, which may wait on NVML for --discovery-timeout
     try:
         # The service's deadline: a hung NVML call ends the run with an error instead of hanging it.
         topo = await observe_topology_within(

@@ -132,3 +132,12 @@ def test_service_without_kubernetes_credentials_is_a_clear_error(capsys, monkeyp
                "--host", "127.0.0.1", "--from-topo-file", str(X4 / "topo_m.txt")])
     assert rc == 1
     assert "no Kubernetes credentials" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_is_refused_before_discovery(capsys, tmp_path) -> None:
+    out = tmp_path / "no" / "such" / "docs.json"
+    # The capture would be read first otherwise; a path that does not exist proves it never was.
+    rc = main(["agent", "--once", "--output", str(out), "--from-capture", str(tmp_path / "absent.json")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"toposcale agent: cannot write {out} (--output)" in err and "is not a folder" in err

@@ -68,3 +68,26 @@ def test_prometheus_alias_parses_to_the_url() -> None:
     args = parser.parse_args(["--prometheus", "http://127.0.0.1:9090"])
     assert args.prometheus_url == "http://127.0.0.1:9090"
     assert args.prometheus_file_sd is None
+
+
+@pytest.mark.parametrize("flag", ["--plot", "--summary-json", "--prometheus-file-sd"])
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder"])
+def test_output_paths_are_checked_before_the_run(
+    flag: str, where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A figure path in a folder that does not exist used to cost the whole run, then a traceback.
+    work = tmp_path / "work"
+    path = tmp_path / "no" / "such" / "out" if where == "missing-folder" else tmp_path
+    extra = ["--prometheus-url", "http://127.0.0.1:9"] if flag == "--prometheus-file-sd" else []
+    assert main(["demo", flag, str(path), *extra, "--workdir", str(work)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and flag in err
+    assert ("is not a folder" if where == "missing-folder" else "is a folder") in err
+    assert not work.exists()  # nothing was started
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    work = tmp_path / "work"
+    work.write_text("")
+    assert main(["demo", "--workdir", str(work)]) == 2
+    assert "--workdir" in capsys.readouterr().err

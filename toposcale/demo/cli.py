@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toposcale.cliargs import finite_number
+from toposcale.cliargs import finite_number, output_problem
 
 MAX_SPEED = 100.0
 BASE_RPS = 2.0
@@ -81,6 +81,13 @@ def main(args: argparse.Namespace) -> int:
         problems.append("--prometheus-file-sd needs --prometheus-url")
     if args.prometheus_url and not args.prometheus_url.startswith(("http://", "https://")):
         problems.append(f"--prometheus-url {args.prometheus_url!r}: expected http://host:port")
+    # Every output path before the run, not after it (the run takes minutes).
+    for flag, path in (("--plot", args.plot), ("--summary-json", args.summary_json),
+                       ("--prometheus-file-sd", args.prometheus_file_sd)):
+        if path is not None and (problem := output_problem(path, flag)) is not None:
+            problems.append(problem)
+    if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
+        problems.append(f"--workdir {args.workdir}: is a file, expected a folder")
     if problems:
         for p in problems:
             print(f"toposcale demo: {p}", file=sys.stderr)

@@ -6,7 +6,6 @@ toposcale simulate --fleet examples/fleets/mixed-100.yaml --pods 2000 --seed 1 [
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 POLICY_NAMES = ("toposcale", "spread", "binpack", "random")  # policies.POLICIES, kept here for a fast --help
@@ -91,14 +90,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"toposcale simulate: error: {msg}", file=sys.stderr)
         return 2
 
+    from toposcale.cliargs import output_problem
+
     from .extender_api import ExtenderUnavailable
     from .fleet import FleetError, load_fleet
     from .workload import WorkloadError, generate, load_trace, parse_mix
 
-    if args.plot:
-        folder = Path(args.plot).resolve().parent
-        if not folder.is_dir():
-            return fail(f"cannot write {args.plot}: {folder} is not a folder")
+    if args.plot and (problem := output_problem(args.plot, "--plot")) is not None:
+        return fail(problem)
     try:
         fleet = load_fleet(args.fleet)
         if args.trace:
