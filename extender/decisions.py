@@ -10,7 +10,8 @@ waiting may help) or never fits (FailedAndUnresolvableNodes). Rules, in order:
 - the node's allocation is unknown (agent could not reach the kubelet) or stale (observed longer ago than
   `--allocation-max-age`): the same; never guessed as "all free";
 - otherwise `scoring.decide_raw`; a node short of free GPUs without a required scope still passes with
-  score 0: the scheduler's own resource count is authoritative for counts, the annotation may lag.
+  score 0: the scheduler's own resource count is authoritative for counts, the annotation may lag (explain
+  and the metrics call it `insufficient-free-gpus`, or `insufficient-gpus` when the node has fewer in all).
 
 Outcomes are shared objects, memoized on each node view per (k, scope), so a request over thousands of
 unchanged nodes costs a dictionary lookup per node; `scoring` memoizes per (wiring, free mask, k, scope).
@@ -90,6 +91,22 @@ def evaluate(views: list[NodeView | None], k: int, need: Tier | None) -> list[Ou
     ]
 
 
+# What explain and toposcale_extender_filter_outcomes_total{outcome} call an outcome. A node that passes only
+# because the scheduler's own count decides (the annotation shows too few free GPUs, score 0) is not "fits".
+OUTCOME_LABELS = ("fits", "insufficient-free-gpus", "insufficient-gpus", "unknown", "fails-now", "never-fits")
+
+
+def outcome_label(o: Outcome) -> str:
+    if not o.passes:
+        return "never-fits" if o.unresolvable else "fails-now"
+    if o.unknown:
+        return "unknown"  # passed with the neutral score: topology or allocation could not be judged
+    d = o.decision
+    if d is not None and not d.fits:  # count_only: passed to the scheduler's own count
+        return "insufficient-gpus" if d.unresolvable else "insufficient-free-gpus"
+    return "fits"
+
+
 def reason_of(outcome: Outcome, view: NodeView | None) -> str:
     """The human reason (with this node's GPU ids), built only when someone will read it."""
     if outcome.reason or outcome.decision is None:
@@ -122,11 +139,12 @@ class OutcomeTable:
     The watch cache keeps one per (k, scope) and drops a node's entry whenever anything that node's answer
     depends on changes (its annotations, a pod assumed on it), so a names-only request costs one C-level pass
     over its NodeNames. Names not in the table yet are filled in through `fill` (that node's outcome now).
-    `failing` / `unknown` hold the names whose outcome fails / could not be judged: when they are empty, no
-    request answered from this table has a failed or unknown node, and no per-node scan is needed.
+    `failing` / `unknown` hold the names whose outcome fails / could not be judged, `short` those passing on
+    the scheduler's count alone (too few free GPUs per the annotation): when all three are empty, every node
+    of a request answered from this table "fits", and no per-node scan is needed.
     """
 
-    __slots__ = ("_fill", "_limit", "entries_by_name", "failing", "unknown")
+    __slots__ = ("_fill", "_limit", "entries_by_name", "failing", "short", "unknown")
 
     def __init__(self, fill: Callable[[str], Outcome], limit: int) -> None:
         self._fill = fill
@@ -134,6 +152,7 @@ class OutcomeTable:
         self.entries_by_name: dict[str, Entry] = {}
         self.failing: set[str] = set()
         self.unknown: set[str] = set()
+        self.short: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.entries_by_name)
@@ -148,16 +167,22 @@ class OutcomeTable:
             self.unknown.add(name)
         else:
             self.unknown.discard(name)
+        if outcome.passes and outcome.decision is not None and not outcome.decision.fits:
+            self.short.add(name)
+        else:
+            self.short.discard(name)
 
     def drop(self, name: str) -> None:
         if self.entries_by_name.pop(name, None) is not None:
             self.failing.discard(name)
             self.unknown.discard(name)
+            self.short.discard(name)
 
     def clear(self) -> None:
         self.entries_by_name.clear()
         self.failing.clear()
         self.unknown.clear()
+        self.short.clear()
 
     def _complete(self, names: Sequence[str]) -> None:
         have = self.entries_by_name

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import compress
@@ -30,7 +31,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import wire
-from .decisions import FRAGMENT, OUTCOME, SCORE, Entry, Outcome, OutcomeTable, evaluate, reason_of
+from .decisions import (
+    FRAGMENT,
+    OUTCOME,
+    SCORE,
+    Entry,
+    Outcome,
+    OutcomeTable,
+    evaluate,
+    outcome_label,
+    reason_of,
+)
 from .nodeview import NodeView, aged, view_of_node
 from .pods import DEFAULT_RESOURCE, PodError, gpu_request, pod_key, required_scope
 from .state import ClusterState
@@ -365,8 +376,8 @@ class Extender:
             table = self._table(args, k, need)
             if table is not None:
                 entries = table.entries(names)  # one C-level pass; fills in nodes not judged yet
-                if not table.failing and not table.unknown:
-                    # No cached node fails this pod or is unknown: every name passes, nothing to scan.
+                if not table.failing and not table.unknown and not table.short:
+                    # No cached node fails this pod, is unknown or short: every name fits, nothing to scan.
                     self.m_nodes.labels("filter").inc(len(names))
                     if names:
                         self.m_outcome.labels("fits").inc(len(names))
@@ -384,9 +395,8 @@ class Extender:
                     else:
                         failed[names[i]] = reason_of(o, view_of(i))
             if outcomes:
-                self.m_outcome.labels("fits").inc(len(passing))
-                self.m_outcome.labels("fails-now").inc(len(failed))
-                self.m_outcome.labels("never-fits").inc(len(unresolvable))
+                for label, count in Tally(map(outcome_label, outcomes)).items():
+                    self.m_outcome.labels(label).inc(count)
             return _json(wire.filter_result(args, passing, failed, unresolvable))
 
         return await self._run("filter", request, work)
@@ -467,7 +477,7 @@ class Extender:
         for name, o, view in zip(args.names, outcomes, views, strict=True):
             row: dict[str, Any] = {
                 "node": name,
-                "outcome": "fits" if o.passes else ("never-fits" if o.unresolvable else "fails-now"),
+                "outcome": outcome_label(o),
                 "score": o.score,
                 "reason": reason_of(o, view),
             }

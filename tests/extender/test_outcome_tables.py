@@ -200,3 +200,32 @@ async def test_cached_prioritize_is_counted_in_the_metrics(serve, with_unknown: 
         assert 'toposcale_extender_unknown_topology_nodes_total{reason="missing"} 4.0' in metrics
     else:
         assert "toposcale_extender_unknown_topology_nodes_total{" not in metrics
+
+
+async def test_outcomes_are_named_for_what_they_are_in_explain_and_the_metrics(serve) -> None:
+    # hgx-2 has 3 free GPUs: a 4-GPU pod passes there only on the scheduler's own count, with score 0. That
+    # is "insufficient-free-gpus", not "fits" (explain said "fits" beside a reason saying the opposite).
+    nodes = fleet()
+    st = cache({k: v for k, v in nodes.items() if k != "bare"})
+    want = {"hgx": "fits", "hgx-2": "insufficient-free-gpus", "a6000": "fits", "l40s": "fits",
+            "bare": "unknown"}
+    async with serve(state=st) as cached, serve() as standalone:
+        _, doc = await standalone.post("/explain", full_args(pod_obj("tp4", 4), list(nodes.values())))
+        rows = {r["node"]: r for r in doc["nodes"]}
+        assert {n: r["outcome"] for n, r in rows.items()} == want
+        assert rows["hgx-2"]["score"] == 0 and "scheduler's own count decides" in rows["hgx-2"]["reason"]
+        _, doc = await standalone.post("/explain", full_args(pod_obj("tp8", 8), [nodes["l40s"]]))
+        assert doc["nodes"][0]["outcome"] == "insufficient-gpus"  # 4 GPUs in all
+        # The filter metrics use the same names, from full nodes and from the cache (whose fast path
+        # counted every passing name as "fits").
+        await standalone.post("/filter", full_args(pod_obj("tp4", 4), list(nodes.values())))
+        _, full_metrics = await standalone.get("/metrics")
+        await cached.post("/filter", names_args(pod_obj("tp4", 4), ["hgx", "hgx-2"]))
+        await cached.post("/filter", names_args(pod_obj("tp4", 4), ["hgx-2"]))
+        await cached.post("/filter", names_args(pod_obj("tp4", 4), ["hgx"]))
+        _, cached_metrics = await cached.get("/metrics")
+    line = 'toposcale_extender_filter_outcomes_total{outcome="%s"} %s'
+    for label, count in (("fits", "3.0"), ("insufficient-free-gpus", "1.0"), ("unknown", "1.0")):
+        assert line % (label, count) in full_metrics, full_metrics
+    assert line % ("fits", "2.0") in cached_metrics
+    assert line % ("insufficient-free-gpus", "2.0") in cached_metrics
