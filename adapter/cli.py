@@ -77,7 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scrape = parser.add_argument_group("direct scrape source")
     scrape.add_argument("--scrape-timeout", type=float, default=3.0, help="seconds per target (default 3)")
-    scrape.add_argument("--scrape-max-body-bytes", type=int, default=8 * 1024 * 1024)
+    scrape.add_argument("--scrape-max-body-bytes", type=int, default=8 * 1024 * 1024,
+                        help="largest /metrics answer read from a target; a larger one fails that target "
+                             "(default 8388608 = 8 MiB)")
     scrape.add_argument("--scrape-concurrency", type=int, default=64, help="scrapes in flight at once")
     from .security import options as security_options  # light: flags only, no cryptography import
 

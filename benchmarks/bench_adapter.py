@@ -256,7 +256,7 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per row")
     ap.add_argument("--clients", default="1,10,100", help="concurrent clients, comma-separated")
     ap.add_argument("--pods", type=int, default=8, help="vLLM exporters behind Prometheus")

@@ -293,7 +293,7 @@ def cold_decision(url: str, fleet: list[dict[str, Any]], client: str) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--sizes", default="100,1000,5000")
     ap.add_argument(
         "--decisions", type=int, default=0,

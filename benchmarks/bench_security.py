@@ -74,7 +74,7 @@ async def _server(mode: str, port: int, pki_dir: Path, ready: Any) -> None:
     from toposcale import logs
 
     logs.setup("error")
-    parser = ap.ArgumentParser()
+    parser = ap.ArgumentParser(allow_abbrev=False)
     options.add_arguments(parser)
     argv = ["--insecure-allow-anonymous"] if mode == "http anonymous" else []
     kube = None
@@ -148,7 +148,7 @@ async def load(mode: str, port: int, pki: dict[str, Any], clients: int, duration
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--clients", default="1,16")
     args = ap.parse_args()

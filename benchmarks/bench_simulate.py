@@ -20,7 +20,7 @@ BUDGET_S = 60.0
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--fleet", default=str(ROOT / "examples" / "fleets" / "mixed-1000.yaml"))
     ap.add_argument("--pods", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=1)

@@ -33,10 +33,11 @@ def render(build: Callable[[], dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboards.generate",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--check", action="store_true",
                         help="fail if a committed JSON differs; write nothing")
-    parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--out-dir", type=Path, default=HERE,
+                        help="where the dashboard JSON files go (default: beside this script)")
     args = parser.parse_args(argv)
     stale = []
     for name, build in DASHBOARDS.items():

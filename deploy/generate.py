@@ -97,7 +97,7 @@ def write() -> list[str]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--check", action="store_true", help="exit 1 and list the files that need regenerating")
     args = p.parse_args()
     if args.check:

@@ -455,8 +455,9 @@ def _status_history(ax: Any, series: list[tuple[str, list[Any], list[float]]], p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img",
+                        help="folder for the PNG files (default docs/img)")
     parser.add_argument("--seconds", type=float, default=150.0,
                         help="how long the live stack runs (and the pictures' time range); at least 12")
     args = parser.parse_args(argv)

@@ -23,8 +23,34 @@ SUBCOMMANDS = {
 }
 
 
+def has_default(action: argparse.Action) -> bool:
+    """Whether the option has a default worth showing (0 is one; None, False, "" and [] are "not set")."""
+    d = action.default
+    return not (d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, str | list) and not d))
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it already says it (or there is none to say)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text.lower()
+            or not has_default(action)
+            or not action.option_strings
+            or action.nargs == 0  # flags: store_true and the like
+        ):
+            return text
+        return f"{text} (default %(default)s)" if text else "(default %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="toposcale", description=__doc__.splitlines()[0])
+    # allow_abbrev=False everywhere: `--scrape-target` must be an error, not silently `--scrape-targets`
+    # (and a flag added later must not change what an abbreviation in someone's manifest means).
+    parser = argparse.ArgumentParser(
+        prog="toposcale", description=__doc__.splitlines()[0], allow_abbrev=False,
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"toposcale {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (modname, help_text) in SUBCOMMANDS.items():
@@ -34,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name and modname.startswith(exc.name):
                 continue  # subcommand not built yet
             raise
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, allow_abbrev=False, formatter_class=HelpFormatter
+        )
         mod.add_arguments(p)
         p.set_defaults(_main=mod.main)
     return parser

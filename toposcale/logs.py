@@ -55,4 +55,5 @@ def setup(level: str = "info", *, stream: Any = None) -> None:
 
 
 def add_log_level_argument(parser: Any) -> None:
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="lowest level logged, as one JSON object a line on stderr (default info)")

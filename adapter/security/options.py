@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-cert-file", default="",
                    help="serving certificate (PEM, leaf first, then intermediates); reloaded when it changes")
     g.add_argument("--tls-private-key-file", default="", help="private key of --tls-cert-file")
-    g.add_argument("--tls-min-version", default="VersionTLS12", choices=["VersionTLS12", "VersionTLS13"])
+    g.add_argument("--tls-min-version", default="VersionTLS12", choices=["VersionTLS12", "VersionTLS13"],
+                   help="oldest TLS version accepted (default VersionTLS12)")
     g.add_argument("--tls-handshake-timeout", type=go_duration, default=10.0, metavar="DURATION",
                    help="close connections whose TLS handshake takes longer (default 10s)")
     g.add_argument("--request-header-timeout", type=go_duration, default=10.0, metavar="DURATION",

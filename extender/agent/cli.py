@@ -16,6 +16,8 @@ DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from toposcale.logs import add_log_level_argument  # light: no logging setup
+
     p.add_argument("--once", action="store_true", help="discover once, print or write the documents, exit")
     p.add_argument("--output", metavar="FILE", default="-",
                    help="with --once: where to write the JSON ('-' = stdout)")
@@ -43,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refresh-interval", type=float, default=300.0, metavar="S",
                    help="re-patch unchanged annotations this often, so `observed` shows the agent is alive")
     p.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster service account)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_level_argument(p)
 
 
 def main(args: argparse.Namespace) -> int:

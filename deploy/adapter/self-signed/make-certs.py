@@ -88,11 +88,12 @@ def make(out: Path, service: str, namespace: str, days: int) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=HERE)
-    p.add_argument("--service", default="toposcale-adapter")
-    p.add_argument("--namespace", default="toposcale")
-    p.add_argument("--days", type=int, default=365)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--out", type=Path, default=HERE, help="folder for the files (default: this one)")
+    p.add_argument("--service", default="toposcale-adapter",
+                   help="Service the certificate names (default %(default)s)")
+    p.add_argument("--namespace", default="toposcale", help="its namespace (default %(default)s)")
+    p.add_argument("--days", type=int, default=365, help="validity in days (default %(default)s)")
     a = p.parse_args()
     make(a.out, a.service, a.namespace, a.days)
 

@@ -1,0 +1,90 @@
+"""Every subcommand's parser, walked: no abbreviated flags (`--scrape-target` is not `--scrape-targets`), a
+help text on every option, and every default shown in `--help` (issue 19, item 12). A new option without
+help fails here, not in a user's terminal."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from toposcale.cli import build_parser, has_default, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+SUBCOMMANDS = _subparsers()
+
+
+def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings
+            and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_no_abbreviations(name: str) -> None:
+    parser = SUBCOMMANDS[name]
+    assert parser.allow_abbrev is False
+    for action in _options(parser):
+        flag = max(action.option_strings, key=len)
+        if len(flag) > 4:
+            with pytest.raises(SystemExit):
+                parser.parse_args([flag[:-1], "1"] if action.nargs != 0 else [flag[:-1]])
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_every_option_has_help_and_shows_its_default(name: str) -> None:
+    parser = SUBCOMMANDS[name]
+    formatter = parser._get_formatter()
+    for action in _options(parser):
+        flag = max(action.option_strings, key=len)
+        assert action.help, f"toposcale {name} {flag}: no help text"
+        if action.nargs != 0 and has_default(action):
+            shown = formatter._expand_help(action)
+            assert "default" in shown.lower(), f"toposcale {name} {flag}: {action.default!r} not shown"
+
+
+def test_an_abbreviated_flag_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["adapter", "--scrape-target", "targets.yaml"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --scrape-target" in capsys.readouterr().err
+
+
+def test_every_parser_in_the_repository_refuses_abbreviations() -> None:
+    # Scripts, benchmarks and generators too: each ArgumentParser(...) call passes allow_abbrev=False.
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    calls = []
+    for rel in files:
+        path = ROOT / rel
+        if rel.startswith("tests/") or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        if "ArgumentParser(" not in text:
+            continue
+        for node in ast.walk(ast.parse(text)):
+            func = getattr(node, "func", None)
+            name = getattr(func, "attr", getattr(func, "id", ""))
+            if isinstance(node, ast.Call) and name == "ArgumentParser":
+                ok = any(k.arg == "allow_abbrev" and isinstance(k.value, ast.Constant)
+                         and k.value.value is False for k in node.keywords)
+                calls.append((rel, node.lineno, ok))
+    assert len(calls) >= 5 and [c for c in calls if not c[2]] == []
+
+
+def test_help_shows_the_defaults() -> None:
+    adapter = " ".join(SUBCOMMANDS["adapter"].format_help().split())
+    assert "scrape-max-body-bytes" in adapter and "(default 8388608 = 8 MiB)" in adapter
+    assert "(default 10.0)" in adapter  # --request-timeout: shown by the formatter
+    demo = " ".join(SUBCOMMANDS["demo"].format_help().split())
+    assert "tie-breaks (default 0)" in demo
