@@ -123,3 +123,22 @@ def test_error_records_of_the_demos_own_process_are_problems() -> None:
         "demo: error: toposcale.demo: scheduling failed",
         "demo: error: aiohttp.server: Error handling request",
     ]
+
+
+async def test_children_start_from_a_folder_that_shadows_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new user runs `toposcale demo` from the folder holding the clone, which is named `toposcale`:
+    # a child started as `python -m toposcale.cli` imported that folder (no __version__ there).
+    (tmp_path / "toposcale").mkdir()
+    (tmp_path / "toposcale" / "__init__.py").write_text("raise ImportError('the clone, not the package')\n")
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    sup = Supervisor(tmp_path)
+    svc = sup.add("extender", ["extender", "--standalone", "--host", "127.0.0.1", "--port", str(port)], port)
+    try:
+        await sup.start_healthy(svc, timeout_s=30)
+        assert svc.running()
+    finally:
+        sup.stop_all()
+    assert "the clone, not the package" not in (tmp_path / "extender.log").read_text()

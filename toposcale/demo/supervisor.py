@@ -227,7 +227,9 @@ class Supervisor:
                 )
 
     def add(self, name: str, args: list[str], port: int, health_path: str = "/healthz") -> Service:
-        argv = [sys.executable, "-m", "toposcale.cli", *args]
+        # -P: no current folder first on sys.path. Run from the folder holding a clone (itself named
+        # `toposcale`), `-m toposcale.cli` imported the clone instead of the installed package.
+        argv = [sys.executable, "-P", "-m", "toposcale.cli", *args]
         svc = Service(name, argv, port, self.workdir / f"{name}.log", health_path)
         self.services.append(svc)
         return svc
