@@ -76,6 +76,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "node's allocation unknown: neutral score, required scopes fail now (default 900 = three of the "
         "agent's 300 s refresh intervals; 0 disables)",
     )
+    parser.add_argument(
+        "--request-header-timeout", type=finite_number(unit="number of seconds"), default=10.0,
+        help="seconds a request may take to send its headers; then 408, connection closed (default 10)",
+    )
+    parser.add_argument(
+        "--max-connections", type=_int_in(1, 1_000_000, "open connections"), default=1000,
+        help="open connections at most; more are closed at once (default 1000)",
+    )
+    parser.add_argument(
+        "--keepalive-timeout", type=finite_number(unit="number of seconds"), default=75.0,
+        help="seconds an idle keep-alive connection stays open (default 75)",
+    )
     add_log_level_argument(parser)
 
 
@@ -94,8 +106,6 @@ async def _serve(args: Any) -> int:
     import signal
     import sys
 
-    from aiohttp import web
-
     from .server import Extender, ServerConfig
     from .state import ClusterState
 
@@ -103,7 +113,8 @@ async def _serve(args: Any) -> int:
     config = ServerConfig(
         host=args.host, port=args.port, url_prefix=args.url_prefix, resource=args.resource,
         max_body_bytes=args.max_body_mb * 1024 * 1024, max_inflight=args.max_inflight,
-        allocation_max_age_s=args.allocation_max_age,
+        allocation_max_age_s=args.allocation_max_age, header_timeout_s=args.request_header_timeout,
+        max_connections=args.max_connections, keepalive_timeout_s=args.keepalive_timeout,
     )
     state: ClusterState | None = None
     api = None
@@ -126,15 +137,14 @@ async def _serve(args: Any) -> int:
         )
         await state.start(api)
     extender = Extender(config, state)
-    runner = web.AppRunner(extender.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    runner = None
     try:
-        await site.start()  # a busy port: OSError, one line from toposcale.cli after the cleanup below
+        # a busy port: OSError, one line from toposcale.cli after the cleanup below
+        runner, _site = await extender.listen()
         log.info(
             "extender serving",
             extra={
@@ -144,7 +154,8 @@ async def _serve(args: Any) -> int:
         )
         await stop.wait()
     finally:
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()
         if state is not None:
             await state.stop()
         if api is not None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_runner import BaseSite
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -71,6 +72,13 @@ class ServerConfig:
     max_inflight: int = 4
     queue_timeout_s: float = 2.0
     allocation_max_age_s: float = 900.0  # full-Node mode; the watch cache has its own (ClusterState)
+    # Connection bounds, the adapter's (adapter/security/serving.py): a request's headers must arrive within
+    # header_timeout_s of its first byte (else 408, closed), at most max_connections are open (more are
+    # closed at once, before they can exhaust file descriptors), an idle keep-alive connection is closed
+    # after keepalive_timeout_s.
+    header_timeout_s: float = 10.0
+    max_connections: int = 1000
+    keepalive_timeout_s: float = 75.0
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -158,6 +166,11 @@ class Extender:
         self.m_outcome = Counter(
             "toposcale_extender_filter_outcomes", "Filter outcomes per node", ["outcome"], registry=r
         )
+        self.m_cut = Counter(
+            "toposcale_extender_connections_cut",
+            "Connections closed by a bound: header-timeout, header-size, max-connections", ["reason"],
+            registry=r,
+        )
         g_nodes = Gauge("toposcale_extender_cached_nodes", "Nodes in the watch cache", registry=r)
         g_nodes.set_function(lambda: len(state.base) if state is not None else 0)
         g_assumed = Gauge(
@@ -184,6 +197,25 @@ class Extender:
             "metrics": self.metrics,
         }
         return [(method, self.prefix + path, handlers[verb]) for verb, (method, path) in wire.ROUTES.items()]
+
+    async def listen(self) -> tuple[web.AppRunner, BaseSite]:
+        """Serve on config.host:port with the connection bounds; the caller cleans up the runner."""
+        from toposcale.adapter.security.serving import Limits, SecureSite  # the adapter's bounded listener
+
+        cfg = self.config
+        runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=cfg.keepalive_timeout_s)
+        await runner.setup()
+        limits = Limits(header_timeout=cfg.header_timeout_s, max_connections=cfg.max_connections)
+        site = SecureSite(
+            runner, cfg.host, cfg.port, ssl_context=None, limits=limits,
+            on_cut=lambda why: self.m_cut.labels(why).inc(),
+        )
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        return runner, site
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[status_errors])

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import pytest
 from toposcale.extender.server import ServerConfig
 from toposcale.extender.state import ClusterState
 
@@ -172,3 +173,73 @@ async def test_a_handler_bug_is_a_500_status_and_the_service_keeps_serving(serve
             assert "cache in a state nobody planned for" in doc["message"]
         code, _ = await s.get("/metrics")
         assert code == 200
+
+
+@contextlib.asynccontextmanager
+async def listening(config: ServerConfig) -> AsyncIterator[Any]:
+    """The extender on its own bounded listener (Extender.listen, what `toposcale extender` serves on)."""
+    from toposcale.extender.server import Extender
+
+    from tests.extender.conftest import free_port
+
+    config.host, config.port = "127.0.0.1", free_port()
+    ext = Extender(config)
+    runner, _site = await ext.listen()
+    try:
+        yield ext, f"http://127.0.0.1:{config.port}"
+    finally:
+        await runner.cleanup()
+
+
+async def _closed(reader: asyncio.StreamReader, within_s: float) -> bytes:
+    return await asyncio.wait_for(reader.read(), within_s)  # everything until the server closes
+
+
+async def test_a_request_whose_headers_stall_is_cut_after_the_header_timeout() -> None:
+    # Half a header, then nothing: before, the connection was held forever (20,000 of them made the
+    # extender unreachable).
+    async with listening(ServerConfig(header_timeout_s=0.3)) as (ext, url), raw(url) as (reader, writer):
+        writer.write(b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        await writer.drain()
+        answer = await _closed(reader, 5)
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        text = (await ext.metrics(None)).body.decode()
+    assert 'toposcale_extender_connections_cut_total{reason="header-timeout"} 1.0' in text
+
+
+async def test_connections_beyond_the_cap_are_closed_at_once() -> None:
+    async with listening(ServerConfig(max_connections=2)) as (ext, url), raw(url) as (_r1, w1), \
+            raw(url) as (_r2, _w2), raw(url) as (r3, _w3):
+        assert await _closed(r3, 5) == b""  # the third: closed without a byte
+        w1.close()
+        await asyncio.sleep(0.1)
+        async with raw(url) as (r4, w4):
+            w4.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (await _closed(r4, 5)).startswith(b"HTTP/1.1 200 ")
+        text = (await ext.metrics(None)).body.decode()
+    assert 'toposcale_extender_connections_cut_total{reason="max-connections"} 1.0' in text
+
+
+async def test_an_idle_keepalive_connection_is_closed_after_the_keepalive_timeout() -> None:
+    async with listening(ServerConfig(keepalive_timeout_s=0.3)) as (_ext, url), raw(url) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await _closed(reader, 5)  # answered, kept alive, then closed when idle
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1") == 1
+
+
+def test_the_bounds_are_flags_with_defaults() -> None:
+    import argparse
+
+    from toposcale.extender.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.request_header_timeout, args.max_connections, args.keepalive_timeout) == (10.0, 1000, 75.0)
+    args = parser.parse_args(["--request-header-timeout", "2", "--max-connections", "50",
+                              "--keepalive-timeout", "30"])
+    assert (args.request_header_timeout, args.max_connections, args.keepalive_timeout) == (2.0, 50, 30.0)
+    for bad in (["--max-connections", "0"], ["--request-header-timeout", "0"],
+                ["--keepalive-timeout", "nan"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
