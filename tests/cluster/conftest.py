@@ -1,11 +1,5 @@
-"""Fixtures for tests against the real control plane (the session fixture `kube_cluster`, tests/conftest.py).
-
-`deployed`: deploy/all-self-signed applied with `kubectl apply --server-side` (certificates from the deploy's
-own make-certs.py), then the toposcale Deployments scaled to 0: there is no kubelet to run their pods, so each
-component runs as a process on loopback instead, authenticated by its own ServiceAccount's token (a Secret of
-type kubernetes.io/service-account-token filled by the real token controller). The adapter Service becomes
-`type: ExternalName, externalName: localhost` so the real aggregator proxies to the adapter process.
-"""
+"""Fixtures and helpers for tests against the real control plane: `kube_cluster` and `deployed` are session
+fixtures in tests/conftest.py (deploy/ applied once per session, tests/harness/deployed.py)."""
 
 from __future__ import annotations
 
@@ -14,176 +8,27 @@ import base64
 import contextlib
 import json
 import os
-import shutil
 import ssl
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-import yaml
 
-from tests.harness.kube_cluster import Cluster, free_port, write_kubeconfig
-
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-KUBECTL = BIN / "kubectl"
-TOPOSCALE = BIN / "toposcale"
-# Kinds whose CRDs a bare control plane does not have (prometheus-operator, cert-manager, KEDA): left out of
-# the apply and named in the test's output.
-CRD_KINDS = {"PodMonitor", "ServiceMonitor", "Certificate", "Issuer", "ScaledObject", "TriggerAuthentication"}
-COMPONENTS = ("toposcale-adapter", "toposcale-extender", "toposcale-agent")
-
-
-def kubectl(
-    cluster: Cluster,
-    *args: str,
-    kubeconfig: Path | None = None,
-    stdin: str | None = None,
-    check: bool = True,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [str(KUBECTL), "--kubeconfig", str(kubeconfig or cluster.admin_kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
-    return r
-
-
-def render(kustomization: Path) -> list[dict[str, Any]]:
-    r = subprocess.run(
-        [str(KUBECTL), "kustomize", str(kustomization)], capture_output=True, text=True, timeout=60
-    )
-    assert r.returncode == 0, r.stderr
-    return [d for d in yaml.safe_load_all(r.stdout) if d]
-
-
-def apply_objects(cluster: Cluster, objects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Server-side apply of every object whose kind the cluster serves; returns (applied, left-out kinds)."""
-    keep = [o for o in objects if o["kind"] not in CRD_KINDS]
-    left = sorted({f"{o['kind']}/{o['metadata']['name']}" for o in objects if o["kind"] in CRD_KINDS})
-    kubectl(
-        cluster,
-        "apply",
-        "--server-side",
-        "--field-manager=toposcale-tests",
-        "-f",
-        "-",
-        stdin=yaml.safe_dump_all(keep),
-    )
-    return keep, left
-
-
-@dataclass
-class Deployed:
-    cluster: Cluster
-    objects: list[dict[str, Any]]
-    left_out: list[str]
-    deploy_dir: Path  # the copy of deploy/ with make-certs.py's output
-    kubeconfigs: dict[str, Path]  # ServiceAccount name -> kubeconfig with its token
-
-    @property
-    def serving_cert(self) -> Path:
-        return self.deploy_dir / "adapter" / "self-signed" / "tls.crt"
-
-    @property
-    def serving_key(self) -> Path:
-        return self.deploy_dir / "adapter" / "self-signed" / "tls.key"
-
-    @property
-    def serving_ca(self) -> Path:
-        return self.deploy_dir / "adapter" / "self-signed" / "ca.crt"
-
-
-def sa_token(cluster: Cluster, namespace: str, sa: str, *, timeout: float = 60) -> str:
-    """A long-lived token for `sa` from the real token controller (kube-controller-manager)."""
-    name = f"{sa}-test-token"
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/service-account-token",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "annotations": {"kubernetes.io/service-account.name": sa},
-        },
-    }
-    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(secret))
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = kubectl(cluster, "get", "secret", "-n", namespace, name, "-o", "json")
-        data = json.loads(r.stdout).get("data") or {}
-        if data.get("token"):
-            return base64.b64decode(data["token"]).decode()
-        time.sleep(0.3)
-    raise AssertionError(f"the token controller never filled {namespace}/{name}")
-
-
-@pytest.fixture(scope="session")
-def deployed(kube_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    cluster = kube_cluster
-    work = tmp_path_factory.mktemp("deploy")
-    deploy = work / "deploy"
-    shutil.copytree(ROOT / "deploy", deploy)
-    subprocess.run(
-        [
-            sys.executable,
-            str(deploy / "adapter" / "self-signed" / "make-certs.py"),
-            "--out",
-            str(deploy / "adapter" / "self-signed"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    objects, left = apply_objects(cluster, render(deploy / "all-self-signed"))
-    # No kubelet runs the pods: the components run as local processes with the ServiceAccounts' tokens.
-    for o in objects:
-        if o["kind"] == "Deployment" and o["metadata"]["namespace"] == "toposcale":
-            kubectl(cluster, "scale", "-n", "toposcale", "deployment", o["metadata"]["name"], "--replicas=0")
-    # The aggregator resolves an ExternalName Service to https://<externalName>:<APIService port>.
-    kubectl(cluster, "delete", "service", "-n", "toposcale", "toposcale-adapter")
-    kubectl(
-        cluster,
-        "apply",
-        "-f",
-        "-",
-        stdin=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": "toposcale-adapter", "namespace": "toposcale"},
-                "spec": {"type": "ExternalName", "externalName": "localhost"},
-            }
-        ),
-    )
-    kcs = {}
-    for sa in COMPONENTS:
-        token = sa_token(cluster, "toposcale", sa)
-        kcs[sa] = write_kubeconfig(
-            work / f"{sa}.kubeconfig", cluster.server, cluster.ca_file, token=token, user=sa
-        )
-    yield Deployed(cluster, objects, left, deploy, kcs)
-
-
-def forbidden(cluster: Cluster, since: int = 0, until: int | None = None) -> list[str]:
-    """403s the API server gave toposcale's ServiceAccounts (its audit log), for events since..until."""
-    out = []
-    for ev in cluster.audit_events()[since:until]:
-        code = (ev.get("responseStatus") or {}).get("code")
-        if code == 403:
-            out.append(f"{ev['user']['username']} {ev['verb']} {ev['requestURI']}")
-    return out
+from tests.harness.deployed import (  # noqa: F401 -- re-exported for the tests in this folder
+    CRD_KINDS,
+    KUBECTL,
+    ROOT,
+    TOPOSCALE,
+    Deployed,
+    apply_objects,
+    forbidden,
+    kubectl,
+    render,
+    sa_token,
+)
+from tests.harness.kube_cluster import free_port
 
 
 @dataclass

@@ -105,6 +105,31 @@ class QwenStack:
         return self
 
     async def stop(self) -> None:
+        # Scale to 0 and remove the pods at once (no real kubelet would finish a graceful deletion), then
+        # delete the namespace without waiting: kube-controller-manager's cached discovery can keep an aggregated
+        # group stale for up to 30 s after its APIService came back, and namespace deletion waits on it.
+        await asyncio.to_thread(
+            kubectl,
+            self.cluster,
+            "scale",
+            "-n",
+            self.namespace,
+            "deployment/vllm-qwen",
+            "--replicas=0",
+            check=False,
+        )
+        await asyncio.to_thread(
+            kubectl,
+            self.cluster,
+            "delete",
+            "pods",
+            "-n",
+            self.namespace,
+            "--all",
+            "--grace-period=0",
+            "--force",
+            check=False,
+        )
         await asyncio.to_thread(
             kubectl, self.cluster, "delete", "namespace", self.namespace, "--wait=false", check=False
         )

@@ -49,21 +49,24 @@ async def test_kubectl_reads_the_metric_through_the_real_aggregator(
 ) -> None:
     cluster = deployed.cluster
     audit_start = len(cluster.audit_events())
-    async with QwenStack(deployed, "llm") as stack:
-        await wait_for(lambda: len(stack.exporters) >= 1, 60, "the vLLM pod to run")
-        stack.set(waiting=7, kv_cache=0.4)
-        async with run_adapter(
-            deployed,
-            ["--kubeconfig", str(deployed.kubeconfigs["toposcale-adapter"])],
-            tmp_path / "adapter.log",
-        ) as adapter:
+    # The adapter outlives the namespace: with its APIService unavailable, the namespace controller cannot
+    # discover every API and a namespace deletion waits (kube-controller-manager's behaviour).
+    async with run_adapter(
+        deployed,
+        ["--kubeconfig", str(deployed.kubeconfigs["toposcale-adapter"])],
+        tmp_path / "adapter.log",
+    ) as adapter:
+        async with QwenStack(deployed, "llm") as stack:
+            await wait_for(lambda: len(stack.exporters) >= 1, 60, "the vLLM pod to run")
+            stack.set(waiting=7, kv_cache=0.4)
 
             async def served() -> str | None:
                 rc, out, _ = await asyncio.to_thread(raw, cluster, QUERY)
-                return out if rc == 0 else None
+                # (the example's HPA reads it too: an answer from before the queue was set may be cached 2 s)
+                return out if rc == 0 and '"value":"7"' in out.replace(" ", "") else None
 
             # the aggregator marks the APIService Available once it reaches the adapter
-            body = json.loads(await wait_for(served, 60, "the aggregated API to answer"))
+            body = json.loads(await wait_for(served, 60, "the aggregated API to answer 7"))
             assert body["kind"] == "ExternalMetricValueList"
             assert [i["value"] for i in body["items"]] == ["7"]
             assert body["items"][0]["metricName"] == "vllm_requests_waiting"
@@ -85,7 +88,7 @@ async def test_kubectl_reads_the_metric_through_the_real_aggregator(
 
             async def twelve() -> bool:
                 rc, out, _ = await asyncio.to_thread(raw, cluster, QUERY)
-                return rc == 0 and json.loads(out)["items"][0]["value"] == "12"
+                return rc == 0 and [i["value"] for i in json.loads(out)["items"]] == ["12"]
 
             await wait_for(twelve, 20, "the new queue length")
 
@@ -113,11 +116,6 @@ async def test_kubectl_reads_the_metric_through_the_real_aggregator(
             )
             assert rc != 0 and "NotFound" in err, err
             assert adapter.proc.returncode is None
-        svc = json.loads(
-            kubectl(cluster, "get", "apiservice", "v1beta1.external.metrics.k8s.io", "-o", "json").stdout
-        )
-        available = next(c for c in svc["status"]["conditions"] if c["type"] == "Available")
-        assert available["status"] in ("True", "False")  # the adapter is gone now; it was reached above
     assert forbidden(cluster, audit_start) == [], "the adapter's ServiceAccount got a 403"
     mine = [
         e

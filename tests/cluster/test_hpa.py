@@ -138,8 +138,8 @@ async def test_hpa_scales_on_the_prometheus_mode_adapter(deployed: Deployed, tmp
     await asyncio.to_thread(prom.start)
     try:
         async with (
-            QwenStack(deployed, ns, scale_down=SCALE_DOWN, first_ip=f"127.0.0.{first}") as stack,
             run_adapter(deployed, ["--prometheus-url", prom.url], tmp_path / "adapter.log") as adapter,
+            QwenStack(deployed, ns, scale_down=SCALE_DOWN, first_ip=f"127.0.0.{first}") as stack,
         ):
 
             async def fail() -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 from tests.harness.kube_cluster import Cluster
 
-from .conftest import ROOT, Deployed, apply_objects, kubectl, render
+from .conftest import CRD_KINDS, ROOT, Deployed, apply_objects, kubectl, render
+from .qwen import qwen_objects
 
 
 def test_all_self_signed_is_accepted_and_every_object_exists(deployed: Deployed) -> None:
@@ -51,13 +52,14 @@ def _group(o: dict[str, Any]) -> str:
 
 
 def test_the_qwen_example_is_accepted(deployed: Deployed) -> None:
-    _, left = apply_objects(deployed.cluster, render(ROOT / "deploy" / "examples" / "qwen"))
+    # into a namespace of its own (the aggregation test uses `llm`), otherwise as the deploy renders it
+    objects = render(ROOT / "deploy" / "examples" / "qwen")
+    left = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects if o["kind"] in CRD_KINDS)
+    assert left and all(k.startswith("PodMonitor/") for k in left), left
+    apply_objects(deployed.cluster, qwen_objects("llm-manifests"))
     try:
-        assert left == ["PodMonitor/dcgm-exporter", "PodMonitor/vllm"] or all(
-            k.startswith("PodMonitor/") for k in left
-        ), left
         hpa = json.loads(
-            kubectl(deployed.cluster, "get", "hpa", "-n", "llm", "vllm-qwen", "-o", "json").stdout
+            kubectl(deployed.cluster, "get", "hpa", "-n", "llm-manifests", "vllm-qwen", "-o", "json").stdout
         )
         # defaulting and conversion by the real server kept the example's two External metrics
         assert [m["external"]["metric"]["name"] for m in hpa["spec"]["metrics"]] == [
@@ -65,11 +67,17 @@ def test_the_qwen_example_is_accepted(deployed: Deployed) -> None:
             "vllm_kv_cache_usage",
         ]
         dep = json.loads(
-            kubectl(deployed.cluster, "get", "deployment", "-n", "llm", "vllm-qwen", "-o", "json").stdout
+            kubectl(
+                deployed.cluster, "get", "deployment", "-n", "llm-manifests", "vllm-qwen", "-o", "json"
+            ).stdout
         )
         assert dep["spec"]["template"]["spec"]["schedulerName"] == "toposcale-scheduler"
+        pvc = json.loads(
+            kubectl(deployed.cluster, "get", "pvc", "-n", "llm-manifests", "models", "-o", "json").stdout
+        )
+        assert pvc["spec"]["accessModes"]
     finally:
-        kubectl(deployed.cluster, "delete", "namespace", "llm", "--wait=false", check=False)
+        kubectl(deployed.cluster, "delete", "namespace", "llm-manifests", "--wait=false", check=False)
 
 
 def test_a_broken_manifest_is_refused_by_the_real_server(deployed: Deployed) -> None:

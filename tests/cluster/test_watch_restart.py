@@ -137,12 +137,12 @@ async def test_agent_extender_and_adapter_survive_restart_and_compaction(
     ]
     try:
         async with (
-            QwenStack(deployed, "llm-watch", first_ip="127.0.0.60") as stack,
             run_adapter(
                 deployed,
                 ["--kubeconfig", str(deployed.kubeconfigs["toposcale-adapter"])],
                 tmp_path / "adapter.log",
             ) as adapter,
+            QwenStack(deployed, "llm-watch", first_ip="127.0.0.60") as stack,
             process(agent, tmp_path / "agent.log") as agent_proc,
             process(extender, tmp_path / "extender.log") as ext_proc,
         ):
@@ -156,7 +156,9 @@ async def test_agent_extender_and_adapter_survive_restart_and_compaction(
             def served(value: str) -> Any:
                 def check() -> bool:
                     r = kubectl(cluster, "get", "--raw", query, check=False)
-                    return r.returncode == 0 and json.loads(r.stdout)["items"][0]["value"] == value
+                    return r.returncode == 0 and [i["value"] for i in json.loads(r.stdout)["items"]] == [
+                        value
+                    ]
 
                 return lambda: asyncio.to_thread(check)
 

@@ -71,6 +71,10 @@ CONTROLLERS = (
     "job-controller",
     "disruption-controller",
     "pod-garbage-collector-controller",
+    # PVCs (the qwen example's model volume) carry a protection finalizer only these remove: without them a
+    # namespace holding a PVC never finishes terminating.
+    "persistentvolumeclaim-protection-controller",
+    "persistentvolume-protection-controller",
 )
 READY_TIMEOUT_S = 120.0
 AUDIT_GROUP = "system:serviceaccounts:toposcale"
