@@ -1,19 +1,19 @@
 """Agent test fixtures: real NVML captures (tests/fixtures/nvml), the kubelet pod-resources stand-in (a real
-gRPC server on a unix socket), and the in-process Kubernetes API stand-in (tests/harness/kube_standin.py: the
-apiserver's wire format, spoken to the real kubernetes-asyncio client; no kube-apiserver on test machines).
+gRPC server on a unix socket), and the real kube-apiserver of the session's control plane (tests/conftest.py),
+reached with the agent's own ServiceAccount token through the real kubernetes-asyncio client.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness.kube_standin import KubeStandIn
+from tests.harness.real_kube import RealKube
 
 from .podresources_standin import PodResourcesStandIn
 
@@ -60,18 +60,23 @@ def node(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]
 
 
 @pytest.fixture
-async def kube() -> AsyncIterator[KubeStandIn]:
-    async with KubeStandIn() as k:
+def kube(kube_cluster: Any, deployed: Any) -> Iterator[RealKube]:
+    """The real kube-apiserver of the session's control plane; Nodes a test adds are deleted after it."""
+    k = RealKube(kube_cluster)
+    k.audit_start = len(kube_cluster.audit_events())  # type: ignore[attr-defined]
+    try:
         yield k
+    finally:
+        k.cleanup()
 
 
 @pytest.fixture
-async def api(kube: KubeStandIn, tmp_path: Path) -> AsyncIterator[Any]:
-    """A real kubernetes-asyncio ApiClient (from toposcale.kube) pointed at the stand-in by a kubeconfig."""
+async def api(kube: RealKube, deployed: Any) -> AsyncIterator[Any]:
+    """A real kubernetes-asyncio ApiClient (from toposcale.kube) with the agent's own ServiceAccount token:
+    every call the agent code makes in these tests is decided by the real RBAC of deploy/agent."""
     from toposcale.kube import api_client
 
-    cfg = kube.write_kubeconfig(tmp_path / "kubeconfig")
-    client = await api_client(cfg)
+    client = await api_client(str(deployed.kubeconfigs["toposcale-agent"]))
     try:
         yield client
     finally:

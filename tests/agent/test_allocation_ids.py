@@ -4,7 +4,7 @@ When the kubelet's IDs are not the GPUs' ids (the agent's --device-id-strategy d
 plugin's deviceIDStrategy), held GPUs would read as free: the allocation is published unknown (null), counted
 as a kubelet error and logged with the flag to fix. GPUs the kubelet does not offer as allocatable (the device
 plugin marked them unhealthy) are published unhealthy. Service tests use the pod-resources gRPC stand-in (real
-kubelet proto) and tests/harness/kube_standin.py (the apiserver's wire format; no kube-apiserver here).
+kubelet proto) and the real kube-apiserver of the session's control plane.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from toposcale.extender.agent.replay import ReplayBackend
 from toposcale.extender.nodeview import view_from_annotations
 from toposcale.extender.topology.annotations import ALLOCATION_ANNOTATION, dumps
 
-from tests.harness.kube_standin import KubeStandIn
+from tests.harness.real_kube import RealKube
 
 from .conftest import X4_UUIDS, load_x4, node
 from .podresources_standin import PodResourcesStandIn
@@ -82,7 +82,7 @@ def test_without_allocatable_nothing_is_guessed_unhealthy() -> None:
 
 
 async def test_agent_with_the_wrong_id_strategy_publishes_unknown_and_counts_a_kubelet_error(
-    kube: KubeStandIn, api, kubelet: PodResourcesStandIn
+    kube: RealKube, api, kubelet: PodResourcesStandIn
 ) -> None:
     kube.add(node("gpu-1"))
     kubelet.allocatable = {"nvidia.com/gpu": INDEX_IDS}  # the device plugin runs deviceIDStrategy=index
@@ -104,7 +104,7 @@ async def test_agent_with_the_wrong_id_strategy_publishes_unknown_and_counts_a_k
 
 
 async def test_agent_publishes_gpus_the_device_plugin_withholds_as_unhealthy(
-    kube: KubeStandIn, api, kubelet: PodResourcesStandIn
+    kube: RealKube, api, kubelet: PodResourcesStandIn
 ) -> None:
     kube.add(node("gpu-1"))
     kubelet.allocatable = {"nvidia.com/gpu": X4_UUIDS[1:]}

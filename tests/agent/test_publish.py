@@ -1,5 +1,5 @@
-"""Publishing the annotations on the Node through kubernetes-asyncio, against the in-process API stand-in
-(tests/harness/kube_standin.py: the apiserver's wire format, merge patch included; no kube-apiserver here)."""
+"""Publishing the annotations on the Node through kubernetes-asyncio, against the real kube-apiserver of the
+session's control plane, with the agent's own ServiceAccount token (deploy/agent's RBAC decides)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from toposcale.extender.topology.annotations import (
     topology_from_doc,
 )
 
-from tests.harness.kube_standin import KubeStandIn
+from tests.harness.real_kube import RealKube
 
 from .conftest import X4_UUIDS, load_x4, node
 
@@ -39,11 +39,16 @@ def _docs(allocated: list[str] | None) -> dict:
     return documents(obs, observe_allocation(obs, snap))
 
 
-def _patches(kube: KubeStandIn, name: str) -> list:
-    return [r for r in kube.requests if r.method == "PATCH" and r.path == f"/api/v1/nodes/{name}"]
+def _patches(kube: RealKube, name: str) -> list:
+    """The agent's PATCHes of Node `name` since the test began, from the real API server's audit log."""
+    return [
+        e for e in kube.cluster.audit_events()[kube.audit_start:]  # type: ignore[attr-defined]
+        if e["verb"] == "patch" and (e.get("objectRef") or {}).get("resource") == "nodes"
+        and e["objectRef"].get("name") == name and e["user"]["username"].endswith(":toposcale-agent")
+    ]
 
 
-async def test_first_publish_writes_both_annotations_the_extender_can_read(kube: KubeStandIn, api) -> None:
+async def test_first_publish_writes_both_annotations_the_extender_can_read(kube: RealKube, api) -> None:
     kube.add(node("gpu-1"))
     pub = Publisher(api, "gpu-1")
     result = await pub.publish(_docs([X4_UUIDS[0]]))
@@ -53,10 +58,10 @@ async def test_first_publish_writes_both_annotations_the_extender_can_read(kube:
     assert [g.id for g in topo.gpus] == X4_UUIDS and topo.links[0][3] == "NV18"
     assert allocation_from_doc(ann[ALLOCATION_ANNOTATION]).allocated == {X4_UUIDS[0]}
     (patch,) = _patches(kube, "gpu-1")
-    assert patch.content_type == "application/merge-patch+json"
+    assert patch["responseStatus"]["code"] == 200
 
 
-async def test_unchanged_content_is_not_patched_again(kube: KubeStandIn, api) -> None:
+async def test_unchanged_content_is_not_patched_again(kube: RealKube, api) -> None:
     kube.add(node("gpu-1"))
     clock = Clock()
     pub = Publisher(api, "gpu-1", min_interval=10, refresh_interval=300, clock=clock)
@@ -67,7 +72,7 @@ async def test_unchanged_content_is_not_patched_again(kube: KubeStandIn, api) ->
     assert len(_patches(kube, "gpu-1")) == 1
 
 
-async def test_changes_wait_for_the_minimum_interval(kube: KubeStandIn, api) -> None:
+async def test_changes_wait_for_the_minimum_interval(kube: RealKube, api) -> None:
     kube.add(node("gpu-1"))
     clock = Clock()
     pub = Publisher(api, "gpu-1", min_interval=10, clock=clock)
@@ -82,7 +87,7 @@ async def test_changes_wait_for_the_minimum_interval(kube: KubeStandIn, api) -> 
     assert alloc.allocated == {X4_UUIDS[1]}
 
 
-async def test_unchanged_content_is_refreshed_so_observed_stays_recent(kube: KubeStandIn, api) -> None:
+async def test_unchanged_content_is_refreshed_so_observed_stays_recent(kube: RealKube, api) -> None:
     kube.add(node("gpu-1"))
     clock = Clock()
     pub = Publisher(api, "gpu-1", min_interval=10, refresh_interval=300, clock=clock)
@@ -108,7 +113,7 @@ async def test_unchanged_content_is_refreshed_so_observed_stays_recent(kube: Kub
     ],
 )
 async def test_corrupt_annotation_is_overwritten_with_the_truth_and_logged(
-    kube: KubeStandIn, api, caplog, corrupt: str
+    kube: RealKube, api, caplog, corrupt: str
 ) -> None:
     kube.add(node("gpu-1", {TOPOLOGY_ANNOTATION: corrupt, "other.io/keep": "yes"}))
     pub = Publisher(api, "gpu-1")
@@ -123,7 +128,7 @@ async def test_corrupt_annotation_is_overwritten_with_the_truth_and_logged(
     )
 
 
-async def test_hand_edited_but_valid_annotation_is_put_back(kube: KubeStandIn, api) -> None:
+async def test_hand_edited_but_valid_annotation_is_put_back(kube: RealKube, api) -> None:
     kube.add(node("gpu-1"))
     clock = Clock()
     pub = Publisher(api, "gpu-1", min_interval=10, clock=clock)
@@ -141,13 +146,13 @@ async def test_hand_edited_but_valid_annotation_is_put_back(kube: KubeStandIn, a
     assert alloc.allocated == frozenset()
 
 
-async def test_unknown_allocation_is_published_as_null(kube: KubeStandIn, api) -> None:
+async def test_unknown_allocation_is_published_as_null(kube: RealKube, api) -> None:
     kube.add(node("gpu-1"))
     await Publisher(api, "gpu-1").publish(_docs(None))
     raw = kube.get("Node", "gpu-1")["metadata"]["annotations"][ALLOCATION_ANNOTATION]
     assert json.loads(raw)["allocated"] is None
 
 
-async def test_missing_node_is_a_publish_error(kube: KubeStandIn, api) -> None:
+async def test_missing_node_is_a_publish_error(kube: RealKube, api) -> None:
     with pytest.raises(PublishError, match="404"):
         await Publisher(api, "no-such-node").publish(_docs([]))

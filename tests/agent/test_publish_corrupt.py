@@ -1,6 +1,6 @@
 """The agent overwrites hostile annotation text (deep nesting that once crashed the publish loop, NV0 links,
-a naive `observed`) with the truth, against the in-process API stand-in (tests/harness/kube_standin.py: the
-apiserver's wire format, merge patch included; no kube-apiserver on test machines)."""
+a naive `observed`) with the truth, against the real kube-apiserver of the session's control plane (the
+agent's ServiceAccount token)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from toposcale.extender.topology.annotations import (
     topology_from_doc,
 )
 
-from tests.harness.kube_standin import KubeStandIn
+from tests.harness.real_kube import RealKube
 
 from .conftest import X4_UUIDS, node
 from .test_publish import _docs
@@ -30,7 +30,7 @@ DEEP = "[" * 5000 + "]" * 5000
     ids=["deep", "deep-inside", "list", "null"],
 )
 async def test_hostile_annotation_text_is_overwritten_with_the_truth(
-    kube: KubeStandIn, api, key: str, corrupt: str
+    kube: RealKube, api, key: str, corrupt: str
 ) -> None:
     kube.add(node("gpu-1", {key: corrupt}))
     result = await Publisher(api, "gpu-1").publish(_docs([X4_UUIDS[2]]))
@@ -40,7 +40,7 @@ async def test_hostile_annotation_text_is_overwritten_with_the_truth(
     assert allocation_from_doc(ann[ALLOCATION_ANNOTATION]).allocated == {X4_UUIDS[2]}
 
 
-async def test_allocation_with_a_naive_observed_time_is_overwritten(kube: KubeStandIn, api) -> None:
+async def test_allocation_with_a_naive_observed_time_is_overwritten(kube: RealKube, api) -> None:
     docs = _docs([])
     naive = dict(docs[ALLOCATION_ANNOTATION], observed="2026-11-26T10:00:00")  # no offset: no instant
     kube.add(node("gpu-1", {ALLOCATION_ANNOTATION: json.dumps(naive)}))

@@ -1,5 +1,5 @@
 """The running agent: NVML (replayed real capture) + kubelet (gRPC stand-in, real proto) -> Node annotations
-(kubernetes-asyncio against the in-process API stand-in), with its own /healthz and /metrics."""
+(kubernetes-asyncio against the real kube-apiserver, the agent's ServiceAccount token), /healthz, /metrics."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from toposcale.extender.topology.annotations import (
     topology_from_doc,
 )
 
-from tests.harness.kube_standin import KubeStandIn
+from tests.harness.real_kube import RealKube
 
 from .conftest import X4_UUIDS, load_x4, node
 from .podresources_standin import PodResourcesStandIn
@@ -45,7 +45,7 @@ def _samples(text: str) -> dict[str, float]:
 
 
 async def test_agent_publishes_topology_and_allocation(
-    kube: KubeStandIn, api, kubelet: PodResourcesStandIn
+    kube: RealKube, api, kubelet: PodResourcesStandIn
 ) -> None:
     kube.add(node("gpu-1"))
     kubelet.allocatable = {"nvidia.com/gpu": X4_UUIDS}
@@ -70,7 +70,7 @@ async def test_agent_publishes_topology_and_allocation(
 
 
 async def test_kubelet_missing_publishes_topology_with_allocation_unknown(
-    kube: KubeStandIn, api, tmp_path
+    kube: RealKube, api, tmp_path
 ) -> None:
     kube.add(node("gpu-1"))
     svc = _service(api, str(tmp_path / "kubelet.sock"))
@@ -90,14 +90,14 @@ async def test_kubelet_missing_publishes_topology_with_allocation_unknown(
         await svc.stop()
 
 
-async def test_failed_discovery_publishes_nothing_and_is_unhealthy(kube: KubeStandIn, api, tmp_path) -> None:
+async def test_failed_discovery_publishes_nothing_and_is_unhealthy(kube: RealKube, api, tmp_path) -> None:
     kube.add(node("gpu-1"))
     broken = {"format": "toposcale-nvml-capture/1", "init": {"error": "DriverNotLoaded"}}
     svc = _service(api, str(tmp_path / "k.sock"), capture=broken)
     await svc.start()
     try:
         assert await svc.step() is None
-        assert kube.get("Node", "gpu-1")["metadata"]["annotations"] == {}
+        assert kube.get("Node", "gpu-1")["metadata"].get("annotations", {}) == {}  # (the server omits empty)
         status, body = await _get(svc, "/healthz")
         assert status == 503 and "DriverNotLoaded" in json.loads(body)["topology_error"]
         m = _samples((await _get(svc, "/metrics"))[1])
@@ -132,7 +132,7 @@ async def test_healthz_before_the_first_observation_is_starting(api, tmp_path) -
 
 
 async def test_run_loop_follows_allocation_changes_until_stopped(
-    kube: KubeStandIn, api, kubelet: PodResourcesStandIn
+    kube: RealKube, api, kubelet: PodResourcesStandIn
 ) -> None:
     kube.add(node("gpu-1"))
     svc = _service(api, kubelet.socket, interval=0.05, min_publish_interval=0.0)
@@ -173,7 +173,7 @@ class _HangingReplay(ReplayBackend):
         return super().device_count()
 
 
-async def test_hung_nvml_is_reported_and_not_stacked(kube: KubeStandIn, api, tmp_path) -> None:
+async def test_hung_nvml_is_reported_and_not_stacked(kube: RealKube, api, tmp_path) -> None:
     kube.add(node("gpu-1"))
     backend = _HangingReplay()
     cfg = ServiceConfig(node_name="gpu-1", socket=str(tmp_path / "k.sock"), host="127.0.0.1", port=0,
