@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 from tests.harness.exporters import VllmExporter
@@ -47,6 +48,7 @@ class QwenStack:
         nodes: int = 2,
         scale_down: dict[str, Any] | None = None,
         first_ip: str = "127.0.0.2",
+        file_sd: Path | None = None,
     ) -> None:
         self.deployed = deployed
         self.cluster = deployed.cluster
@@ -56,6 +58,7 @@ class QwenStack:
         self.waiting_first = 0.0  # the queue of the oldest pod; the others' are 0
         self.kv_cache = 0.1
         self.mode = "ok"
+        self.file_sd = file_sd
         self.kubelet = FakeKubelet(
             self.cluster,
             [node_object(f"{namespace}-gpu-{i}", gpus=8) for i in range(nodes)],
@@ -85,6 +88,16 @@ class QwenStack:
             e.waiting = self.waiting_first if i == 0 else 0.0
             e.kv_cache = self.kv_cache
             e.mode = self.mode
+        if self.file_sd is not None:
+            # Prometheus file-based discovery of the running pods, as a PodMonitor's pod discovery gives it:
+            # the pod's address with its namespace, name and `app` label.
+            groups = [
+                {"targets": [e.address], "labels": {"namespace": self.namespace, "pod": name, "app": "vllm"}}
+                for name, e in self.exporters.items()
+            ]
+            tmp = self.file_sd.with_suffix(".tmp")
+            tmp.write_text(json.dumps(groups))
+            tmp.replace(self.file_sd)
 
     def set(
         self, *, waiting: float | None = None, kv_cache: float | None = None, mode: str | None = None
@@ -106,8 +119,8 @@ class QwenStack:
 
     async def stop(self) -> None:
         # Scale to 0 and remove the pods at once (no real kubelet would finish a graceful deletion), then
-        # delete the namespace without waiting: kube-controller-manager's cached discovery can keep an aggregated
-        # group stale for up to 30 s after its APIService came back, and namespace deletion waits on it.
+        # delete the namespace without waiting: kube-controller-manager's cached discovery can keep an
+        # aggregated group stale for up to 30 s after its APIService came back (namespace deletion waits).
         await asyncio.to_thread(
             kubectl,
             self.cluster,

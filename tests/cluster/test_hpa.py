@@ -20,10 +20,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.harness.prometheus import PrometheusServer, ScrapeJob
+from tests.harness.prometheus import PrometheusServer
 
 from .conftest import Deployed, forbidden, run_adapter, wait_for
-from .qwen import VLLM_PORT, QwenStack, condition
+from .qwen import QwenStack, condition
 
 SCALE_DOWN = {
     "stabilizationWindowSeconds": 10,
@@ -119,27 +119,39 @@ async def test_hpa_scales_on_the_scrape_mode_adapter(deployed: Deployed, tmp_pat
     assert forbidden(cluster, audit_start) == []
 
 
+class FileSdPrometheus(PrometheusServer):
+    def __init__(self, file_sd: Path) -> None:
+        super().__init__([], scrape_interval="1s")
+        self.file_sd = file_sd
+
+    def config(self) -> dict[str, Any]:
+        cfg = super().config()
+        cfg["scrape_configs"] = [
+            {
+                "job_name": "vllm",
+                "file_sd_configs": [{"files": [str(self.file_sd)], "refresh_interval": "1s"}],
+            }
+        ]
+        return cfg
+
+
 async def test_hpa_scales_on_the_prometheus_mode_adapter(deployed: Deployed, tmp_path: Path) -> None:
     cluster = deployed.cluster
     audit_start = len(cluster.audit_events())
     ns = "llm-prom"
     first = 100  # pod IPs 127.0.0.100.. for this test's pods
-    # The real Prometheus scrapes every address a pod of this test may get, as a PodMonitor's pod discovery
-    # would, with the pod's namespace and `app` label; addresses without a running pod are down (no series).
-    jobs = [
-        ScrapeJob(
-            f"slot-{i}",
-            [f"127.0.0.{first + i}:{VLLM_PORT}"],
-            labels={"namespace": ns, "pod": f"slot-{i}", "app": "vllm"},
-        )
-        for i in range(8)
-    ]
-    prom = PrometheusServer(jobs, scrape_interval="1s")
+    # The real Prometheus discovers the running pods from a file the in-test kubelet keeps (file_sd), with
+    # each pod's namespace, name and `app` label, as a PodMonitor's pod discovery would.
+    file_sd = tmp_path / "pods.json"
+    file_sd.write_text("[]")
+    prom = FileSdPrometheus(file_sd)
     await asyncio.to_thread(prom.start)
     try:
         async with (
             run_adapter(deployed, ["--prometheus-url", prom.url], tmp_path / "adapter.log") as adapter,
-            QwenStack(deployed, ns, scale_down=SCALE_DOWN, first_ip=f"127.0.0.{first}") as stack,
+            QwenStack(
+                deployed, ns, scale_down=SCALE_DOWN, first_ip=f"127.0.0.{first}", file_sd=file_sd
+            ) as stack,
         ):
 
             async def fail() -> None:
