@@ -81,10 +81,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest /metrics answer read from a target; a larger one fails that target "
                              "(default 8388608 = 8 MiB)")
     scrape.add_argument("--scrape-concurrency", type=int, default=64, help="scrapes in flight at once")
+    parser.add_argument(
+        "--min-answered-share", type=_share, default=0.5, metavar="S",
+        help="for rules without their own min_answered_share: below this share (0..1) of the expected "
+             "targets answering (pods, GPU exporters; in Prometheus mode where `up` tells), a metric is a "
+             "503 naming the failed ones (default 0.5)",
+    )
     from .security import options as security_options  # light: flags only, no cryptography import
 
     security_options.add_arguments(parser)
     add_log_level_argument(parser)
+
+
+def _share(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a share from 0 to 1")
+    return value
 
 
 def parse_headers(values: list[str]) -> dict[str, str]:
@@ -114,6 +132,8 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
             insecure_skip_verify=args.prometheus_insecure_skip_verify,
             headers=parse_headers(args.prometheus_header),
             on_error=metrics.source_error,
+            on_coverage=metrics.served.record_coverage,
+            min_answered_share=args.min_answered_share,
         )
     if args.scrape_targets:
         finder: Any = TargetsFile(args.scrape_targets)  # re-read when it changes
@@ -129,6 +149,8 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
         max_body_bytes=args.scrape_max_body_bytes,
         concurrency=args.scrape_concurrency,
         on_error=metrics.source_error,
+        on_coverage=metrics.served.record_coverage,
+        min_answered_share=args.min_answered_share,
     )
 
 

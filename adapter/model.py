@@ -42,6 +42,60 @@ class MetricValue:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+DEFAULT_MIN_ANSWERED_SHARE = 0.5
+_NAMED_FAILURES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """Of the targets a value needs (`expected`: Running and Ready pods, every listed target, the GPU
+    exporters), which could not be read: `failed` describes each ("ml/vllm-1 (http://...): HTTP 500")."""
+
+    expected: int
+    failed: tuple[str, ...] = ()
+
+    @property
+    def answered(self) -> int:
+        return self.expected - len(self.failed)
+
+
+def _named(failed: Sequence[str]) -> str:
+    shown = "; ".join(failed[:_NAMED_FAILURES])
+    more = len(failed) - _NAMED_FAILURES
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def check_coverage(rule: Rule, coverage: Coverage, default_share: float = DEFAULT_MIN_ANSWERED_SHARE) -> None:
+    """Raise SourceUnavailable (503, naming the failed targets) when the value must not be served: no target
+    answered, `on_missing: error` and one failed, or fewer answered than the rule's `min_answered_share`
+    (else `default_share`) of those expected. A pod that could not be read must never pull a value down
+    silently: the HPA would scale down exactly when a pod is too loaded to answer."""
+    n, answered, failed = coverage.expected, coverage.answered, coverage.failed
+    if not failed or n <= 0:
+        return
+    if answered <= 0:
+        raise SourceUnavailable(f"{rule.name}: all {n} targets failed: {_named(failed)}")
+    if rule.on_missing == "error":
+        raise SourceUnavailable(
+            f"{rule.name}: {len(failed)} of {n} targets failed (on_missing: error): {_named(failed)}"
+        )
+    share = default_share if rule.min_answered_share is None else rule.min_answered_share
+    if answered < share * n:
+        raise SourceUnavailable(
+            f"{rule.name}: only {answered} of {n} targets answered, below min_answered_share {share:g}: "
+            f"{_named(failed)}"
+        )
+
+
+def extrapolate(rule: Rule, value: float, coverage: Coverage) -> float:
+    """The value over the expected targets from the value over those that answered: a sum is scaled by
+    expected/answered (each missing pod counted as the mean of those that answered); an average, max, min,
+    ratio (both sides would scale alike) or quantile (scaling every bucket moves no rank) is kept as it is."""
+    if rule.aggregation != "sum" or not coverage.failed or coverage.answered <= 0:
+        return value
+    return value * coverage.expected / coverage.answered
+
+
 def pick_generation(samples: Sequence[Sample], names: Sequence[str]) -> list[Sample]:
     """A pod's samples of the first series name it exposes (newer vLLM exposes both, older only the last)."""
     for name in names:

@@ -3,6 +3,10 @@
 The two parts come back as two series told apart by the `toposcale_part` label, so staleness costs no second
 round trip. Generations (`series` with several names) use `or`, which keeps a pod's newer series and adds the
 older name only for pods that lack it (set operators match label sets without the metric name).
+Where the selected pods' scrape health can be read (a workload rule without `prometheus_query`: the selector
+and namespace apply to the `up` series of the pods' targets, as to their samples), two more parts say how many
+pods were expected (`count by (namespace, pod)` of their `up` series) and which are missing: a target down
+(`up == 0`) and no series of the rule from that pod (Prometheus marked them stale when the scrape failed).
 """
 
 from __future__ import annotations
@@ -82,10 +86,33 @@ def age_query(rule: Rule, namespace: str, selector: Selector) -> str:
     return f"min(time() - ({inner}))"
 
 
+def health_applies(rule: Rule) -> bool:
+    """The pods' `up` series tell which selected pods could not be scraped: workload rules with generated
+    queries only. A GPU rule's series come from exporters whose `up` names the exporter pod, not the pods
+    holding the GPUs; a `prometheus_query` may read anything."""
+    return rule.gpu_owner is None and rule.prometheus_query is None
+
+
+def health_queries(rule: Rule, namespace: str, selector: Selector) -> tuple[str, str]:
+    """(expected, missing): the number of selected pods with an `up` series, and one series per pod whose
+    scrape fails (`up == 0`) and that has none of the rule's series."""
+    m = matchers(rule, namespace, selector)
+    by = f"({rule.namespace_label}, {rule.pod_label})"
+    if rule.aggregation == "histogram_quantile":
+        names = [rule.series[0] + "_bucket"]
+    else:
+        names = list(dict.fromkeys([*rule.series, *rule.denominator]))
+    own = " or ".join(f"{n}{{{m}}}" for n in names)
+    expected = f"count(count by {by} (up{{{m}}}))"
+    missing = f"(max by {by} (up{{{m}}} == 0) unless on{by} ({own}))"
+    return expected, missing
+
+
 def combined_query(rule: Rule, namespace: str, selector: Selector) -> str:
     value = value_query(rule, namespace, selector)
     age = age_query(rule, namespace, selector)
-    return (
-        f'label_replace({value}, "{PART_LABEL}", "value", "", "") or '
-        f'label_replace({age}, "{PART_LABEL}", "age", "", "")'
-    )
+    parts = [(value, "value"), (age, "age")]
+    if health_applies(rule):
+        expected, missing = health_queries(rule, namespace, selector)
+        parts += [(expected, "expected"), (missing, "missing")]
+    return " or ".join(f'label_replace({q}, "{PART_LABEL}", "{name}", "", "")' for q, name in parts)

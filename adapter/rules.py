@@ -104,6 +104,19 @@ class Rule(_Strict):
     prometheus_query: str | None = Field(
         None, description="PromQL replacing the generated one; {matchers} and {window} are substituted"
     )
+    on_missing: Literal["extrapolate", "error"] = Field(
+        "extrapolate",
+        description="an expected target (pod, GPU exporter) whose metrics could not be read: 'extrapolate' "
+        "serves the aggregate over the targets that answered (a sum scaled to the expected targets; avg, "
+        "max, min, ratio and quantiles as they are), 'error' answers 503 naming it",
+    )
+    min_answered_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="below this share of expected targets answering the answer is a 503 naming the failed "
+        "ones; unset: the adapter's --min-answered-share (default 0.5)",
+    )
 
     @field_validator("name")
     @classmethod

@@ -43,6 +43,8 @@ def build_app(
     metrics = metrics or AdapterMetrics()
     if getattr(source, "on_error", False) is None:
         source.on_error = metrics.source_error  # type: ignore[attr-defined]
+    if getattr(source, "on_coverage", False) is None:
+        source.on_coverage = metrics.served.record_coverage  # type: ignore[attr-defined]
     app = web.Application(
         middlewares=[errors_middleware, *middlewares],
         client_max_size=MAX_REQUEST_BODY,

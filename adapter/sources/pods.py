@@ -4,7 +4,8 @@ targets.yaml is a list of `{url: http://host:port/metrics, labels: {namespace: .
 ...}}`; the
 labels act as the pod's labels for selectors and namespaces. With Kubernetes, pods are listed by namespace and
 label selector and scraped at `http://<podIP>:<rule.scrape.port><rule.scrape.path>` (DCGM exporters at the
-rule's `gpu_owner` port and path), Running pods with an IP only.
+rule's `gpu_owner` port and path), Running and Ready pods with an IP only: a pod that is not Ready gets no
+traffic from its Service, so its queue is not the workload's and it is neither scraped nor expected.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Target:
     namespace: str
     pod: str
     labels: Mapping[str, str]
+    node: str | None = None  # the pod's node (Kubernetes mode): which DCGM exporter holds its GPUs
 
 
 class PodFinder(Protocol):
@@ -159,6 +161,14 @@ class TargetsFile:
         return None
 
 
+def _running_and_ready(pod: Any) -> bool:
+    """Phase Running, an IP, and the Ready condition True (what a Service's endpoints require)."""
+    status = pod.status
+    if status is None or status.phase != "Running" or not status.pod_ip:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in status.conditions or ())
+
+
 class KubePods:
     """Pods from the Kubernetes API; lists are cached briefly (and coalesced) like metric values."""
 
@@ -205,14 +215,16 @@ class KubePods:
         pods, _ = await self._cache.get(("pods", namespace, selector), load)
         if pods is None:
             return []
-        return [p for p in pods.items if p.status and p.status.phase == "Running" and p.status.pod_ip]
+        return [p for p in pods.items if _running_and_ready(p)]
 
     @staticmethod
     def _target(pod: Any, port: int, path: str, scheme: str = "http") -> Target:
         ip = pod.status.pod_ip
         host = f"[{ip}]" if ":" in ip else ip
         labels = dict(pod.metadata.labels or {})
-        return Target(f"{scheme}://{host}:{port}{path}", pod.metadata.namespace, pod.metadata.name, labels)
+        node = (pod.spec.node_name if pod.spec is not None else None) or None
+        return Target(f"{scheme}://{host}:{port}{path}", pod.metadata.namespace, pod.metadata.name, labels,
+                      node)
 
     async def workload(self, rule: Rule, namespace: str, selector: Selector) -> list[Target]:
         pods = await self._pods(namespace, str(selector))

@@ -4,6 +4,9 @@ prometheus-api-client is synchronous (requests), so calls run in a bounded threa
 many wait for it, each call has a timeout, and there are no client-side retries (the HPA asks again anyway).
 Bearer token file (re-read so rotated tokens work), CA file and custom headers serve Thanos/Mimir-style
 endpoints.
+For workload rules the query also reads the selected pods' `up` series (promql.health_queries): a pod whose
+scrape fails is expected but missing, and the rule's `on_missing`/`min_answered_share` apply as in scrape
+mode (model.check_coverage). GPU rules and `prometheus_query` rules have no such reading (README).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SourceUnavailable, TooManyRequests
-from ..model import MetricValue
+from ..model import DEFAULT_MIN_ANSWERED_SHARE, Coverage, MetricValue, check_coverage, extrapolate
 from ..promql import PART_LABEL, combined_query
 from ..rules import Rule
 from ..selectors import Selector
@@ -43,6 +46,8 @@ class PrometheusSource:
         insecure_skip_verify: bool = False,
         headers: Mapping[str, str] | None = None,
         on_error: Any = None,
+        on_coverage: Any = None,
+        min_answered_share: float = DEFAULT_MIN_ANSWERED_SHARE,
         token_reread_seconds: float = TOKEN_REREAD_SECONDS,
     ) -> None:
         import requests
@@ -79,6 +84,8 @@ class PrometheusSource:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prometheus")
         self._slots = asyncio.Semaphore(workers + max_waiting)
         self.on_error = on_error
+        self.on_coverage = on_coverage
+        self.min_answered_share = min_answered_share
 
     def _initial_headers(self) -> dict[str, str]:
         try:
@@ -138,6 +145,8 @@ class PrometheusSource:
         value: tuple[float, float] | None = None
         age: float | None = None
         values: list[dict[str, str]] = []
+        expected: int | None = None
+        missing: list[str] = []
         for series in result:
             try:
                 part = series["metric"].get(PART_LABEL)
@@ -151,6 +160,12 @@ class PrometheusSource:
                 values.append(series["metric"])
             elif part == "age":
                 age = number
+            elif part == "expected":
+                expected = int(number) if math.isfinite(number) else None
+            elif part == "missing":
+                labels = series["metric"]
+                who = f"{labels.get(rule.namespace_label, namespace)}/{labels.get(rule.pod_label, '?')}"
+                missing.append(f"{who}: Prometheus cannot scrape it (up == 0)")
         if len(values) > 1:
             # one external metric value per (metric, namespace, selector): picking one of several series
             # would serve whichever Prometheus listed last (the generated queries always aggregate to one)
@@ -164,6 +179,12 @@ class PrometheusSource:
                 f"{'; ...' if len(values) > 3 else ''}); aggregate them in the rule's prometheus_query, "
                 f"e.g. sum(...) or max(...)"
             )
+        coverage = None
+        if expected is not None and expected > 0:
+            coverage = Coverage(expected, tuple(sorted(missing)[:expected]))
+            if self.on_coverage is not None:
+                self.on_coverage(rule.name, namespace, coverage.answered, coverage.expected)
+            check_coverage(rule, coverage, self.min_answered_share)
         if value is None:
             if age is not None:
                 raise SourceUnavailable(
@@ -179,6 +200,8 @@ class PrometheusSource:
         ts, number = value
         if math.isnan(number) or math.isinf(number):
             raise SourceUnavailable(f"{rule.name}: value is {number} (no observations or division by zero)")
+        if coverage is not None and coverage.failed:
+            number = extrapolate(rule, number, coverage)
         window = rule.window_seconds if rule.aggregation == "histogram_quantile" else None
         return [MetricValue(value=number, timestamp=ts, window_seconds=window)]
 

@@ -4,8 +4,13 @@ Each target's scrape is cached for the TTL and coalesced, so several metrics (an
 pod cost one HTTP request. Requests are bounded: per-target timeout, body size limit, global concurrency.
 The text is parsed with prometheus-client's parser; only the series the rules use are kept (vLLM's counters
 bring `_created` companions, which are timestamps, and are never confused with data because names match
-exactly). One unreachable pod does not fail a metric; all unreachable does. A target printing a series
-twice is malformed: its scrape fails (kind `duplicate-series`), never summed twice.
+exactly). A target printing a series twice is malformed: its scrape fails (kind `duplicate-series`), never
+summed twice.
+An expected target (a selected Running and Ready pod, every listed target of a targets file, the GPU
+exporters on the selected pods' nodes) that cannot be read never pulls the value down: per rule, `on_missing:
+extrapolate` serves the aggregate over the targets that answered (sums scaled to the expected targets) and
+`on_missing: error` a 503; below `min_answered_share` of them answering (default 50%) it is a 503 naming the
+failed targets (model.check_coverage).
 Histogram quantiles need increases: each scrape of a histogram is remembered for the rule's window and the
 quantile is taken over the increase since the oldest remembered scrape inside the window.
 """
@@ -23,7 +28,18 @@ import aiohttp
 
 from ..cache import TTLCache
 from ..errors import NotFound, SourceUnavailable
-from ..model import MetricValue, PodSamples, Sample, aggregate, bucket_increase, parse_le
+from ..model import (
+    DEFAULT_MIN_ANSWERED_SHARE,
+    Coverage,
+    MetricValue,
+    PodSamples,
+    Sample,
+    aggregate,
+    bucket_increase,
+    check_coverage,
+    extrapolate,
+    parse_le,
+)
 from ..rules import Rule, RuleSet
 from ..selectors import Selector
 from .pods import PodFinder, Target
@@ -112,8 +128,12 @@ class ScrapeSource:
         max_body_bytes: int = 8 * 1024 * 1024,
         concurrency: int = 64,
         on_error: Callable[[str, str], None] | None = None,
+        on_coverage: Callable[[str, str, int, int], None] | None = None,
+        min_answered_share: float = DEFAULT_MIN_ANSWERED_SHARE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`on_coverage(metric, namespace, answered, expected)` hears each computation's target counts;
+        `min_answered_share` applies to rules that do not set their own."""
         self.finder = finder
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
@@ -129,6 +149,8 @@ class ScrapeSource:
         self._history: dict[str, _History] = {}
         self._remembered = 0
         self.on_error = on_error
+        self.on_coverage = on_coverage
+        self.min_answered_share = min_answered_share
         self._clock = clock
 
     def _client(self) -> aiohttp.ClientSession:
@@ -268,19 +290,25 @@ class ScrapeSource:
                 raise SourceUnavailable(
                     f"{rule.name}: no GPU exporter targets match {rule.gpu_owner.exporters!r}"
                 )
+            sources = _on_nodes_of(sources, pods, rule)
         else:
             sources = pods
         scrapes, errors = await self._scrape_all(sources)
-        if not scrapes:
-            raise SourceUnavailable(
-                f"{rule.name}: all {len(sources)} targets failed: " + "; ".join(errors[:3])
-            )
+        coverage = Coverage(len(sources), tuple(errors))
+        if self.on_coverage is not None:
+            self.on_coverage(rule.name, namespace, coverage.answered, coverage.expected)
+        check_coverage(rule, coverage, self.min_answered_share)
         per_pod, span = self._assign(rule, pods, sources, scrapes)
         value = aggregate(rule, per_pod)
         if value is None:
             return []
         if value != value:  # NaN
             raise SourceUnavailable(f"{rule.name}: value is NaN")
+        if coverage.failed:
+            value = extrapolate(rule, value, coverage)
+            logger.warning("value extrapolated over targets that failed", extra={
+                "metric": rule.name, "namespace": namespace, "answered": coverage.answered,
+                "expected": coverage.expected})
         at = min(s.at for s in scrapes.values())
         window = max(1, round(span)) if span is not None else None
         return [MetricValue(value=value, timestamp=at, window_seconds=window)]
@@ -326,6 +354,22 @@ class ScrapeSource:
         if self._session is not None:
             await self._session.close()
         await self.finder.close()
+
+
+def _on_nodes_of(exporters: list[Target], pods: list[Target], rule: Rule) -> list[Target]:
+    """The GPU exporters a GPU rule expects: those on the selected pods' nodes when every node is known
+    (Kubernetes mode; an exporter elsewhere failing is no selected pod's missing GPU), else all of them
+    (a targets file names no nodes: every listed exporter is expected)."""
+    nodes = {p.node for p in pods}
+    if None in nodes or any(e.node is None for e in exporters):
+        return exporters
+    mine = [e for e in exporters if e.node in nodes]
+    if not mine:
+        raise SourceUnavailable(
+            f"{rule.name}: no Ready GPU exporter ({rule.gpu_owner.exporters if rule.gpu_owner else ''}) on "
+            f"the selected pods' nodes ({', '.join(sorted(n for n in nodes if n))})"
+        )
+    return mine
 
 
 def _format_le(le: float) -> str:

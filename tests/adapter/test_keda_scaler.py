@@ -212,11 +212,11 @@ async def test_failed_source_is_unavailable_never_zero(adapter: Adapter, vllm) -
         assert "all 2 targets failed" in err.details() and "HTTP 500" in err.details()
     err = await rpc_error(anext(adapter.stub.StreamIsActive(ref()).__aiter__()))
     assert err.code() == grpc.StatusCode.UNAVAILABLE  # no first answer: the stream ends with the reason
-    # one pod down out of two is not a failure (as on the HTTP API)
+    # one pod down out of two is not a failure (as on the HTTP API): b's 2, extrapolated to both pods
     b.mode = "ok"
     await asyncio.sleep(0.3)
     got = await adapter.stub.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref()))
-    assert got.metricValues[0].metricValueFloat == 2.0
+    assert got.metricValues[0].metricValueFloat == 4.0
 
 
 async def test_hung_source_is_unavailable_within_the_request_timeout(adapter: Adapter, vllm) -> None:

@@ -26,12 +26,13 @@ EXE = TOPOSCALE
 BASE = "/apis/external.metrics.k8s.io/v1beta1"
 
 
-def pod(name: str, ns: str, labels: dict[str, str], phase: str = "Running", ip: str = "127.0.0.1") -> dict:
+def pod(name: str, ns: str, labels: dict[str, str], phase: str = "Running", ip: str = "127.0.0.1",
+        ready: str = "True") -> dict:
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": labels},
         "spec": {"containers": [{"name": "c", "image": "vllm/vllm-openai"}]},
-        "status": {"phase": phase, "podIP": ip},
+        "status": {"phase": phase, "podIP": ip, "conditions": [{"type": "Ready", "status": ready}]},
     }
 
 
