@@ -8,6 +8,9 @@ copied here byte for byte, never edited by hand:
 - deploy/adapter/base/generated/rules.yaml   <- adapter/rules/default.yaml
 - deploy/monitoring/generated/<name>.json     <- dashboards/<name>.json
 - deploy/monitoring/kustomization.yaml         (one ConfigMap per dashboard)
+- deploy/helm/toposcale/files/rules.yaml      <- adapter/rules/default.yaml (the Helm chart reads it with
+  .Files.Get: helm, like kustomize, reads only files inside the chart)
+- deploy/helm/toposcale/files/dashboards/<name>.json <- dashboards/<name>.json (one ConfigMap each)
 
 tests/deploy runs the check, so CI fails when a source changes and this was not re-run.
 Usage: python deploy/generate.py [--check]
@@ -25,6 +28,9 @@ RULES_SRC = ROOT / "adapter" / "rules" / "default.yaml"
 RULES_DST = DEPLOY / "adapter" / "base" / "generated" / "rules.yaml"
 DASHBOARDS_SRC = ROOT / "dashboards"
 MONITORING = DEPLOY / "monitoring"
+CHART_FILES = DEPLOY / "helm" / "toposcale" / "files"
+# Folders holding only generated files: anything else in them is stale.
+GENERATED_DIRS = (RULES_DST.parent, MONITORING / "generated", CHART_FILES, CHART_FILES / "dashboards")
 
 
 def _monitoring_kustomization(names: list[str]) -> str:
@@ -61,10 +67,12 @@ def _monitoring_kustomization(names: list[str]) -> str:
 
 def expected() -> dict[Path, bytes]:
     """Every generated file and its content."""
-    out = {RULES_DST: RULES_SRC.read_bytes()}
+    out = {RULES_DST: RULES_SRC.read_bytes(), CHART_FILES / "rules.yaml": RULES_SRC.read_bytes()}
     names = sorted(p.stem for p in DASHBOARDS_SRC.glob("*.json")) if DASHBOARDS_SRC.is_dir() else []
     for name in names:
-        out[MONITORING / "generated" / f"{name}.json"] = (DASHBOARDS_SRC / f"{name}.json").read_bytes()
+        data = (DASHBOARDS_SRC / f"{name}.json").read_bytes()
+        out[MONITORING / "generated" / f"{name}.json"] = data
+        out[CHART_FILES / "dashboards" / f"{name}.json"] = data
     out[MONITORING / "kustomization.yaml"] = _monitoring_kustomization(names).encode()
     return out
 
@@ -75,17 +83,18 @@ def stale() -> list[str]:
     problems = [
         str(p.relative_to(ROOT)) for p, data in want.items() if not p.is_file() or p.read_bytes() != data
     ]
-    for gen_dir in (RULES_DST.parent, MONITORING / "generated"):
+    for gen_dir in GENERATED_DIRS:
         if gen_dir.is_dir():
             problems += [
-                str(p.relative_to(ROOT)) + " (no source)" for p in gen_dir.iterdir() if p not in want
+                str(p.relative_to(ROOT)) + " (no source)" for p in gen_dir.iterdir()
+                if p.is_file() and p not in want
             ]
     return sorted(problems)
 
 
 def write() -> list[str]:
     changed = stale()
-    for gen_dir in (RULES_DST.parent, MONITORING / "generated"):
+    for gen_dir in GENERATED_DIRS:
         if gen_dir.is_dir():
             for p in gen_dir.iterdir():
                 if p.is_file():
