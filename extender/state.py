@@ -297,12 +297,19 @@ class ClusterState:
         pending = sorted(
             (a for a in self.pods.values() if a.node == base.name), key=lambda a: (a.seen_mono, a.uid)
         )
+        # The annotation lists as many held GPUs as the node's bound pods ask: an observation no earlier than
+        # a pod's admission then holds that pod too. Without this, an allocation observed within the grace of
+        # the admission (the agent re-publishes only on change) left the pod counted twice until the TTL.
+        held = base.allocation.allocated
+        covered = held is not None and len(held) >= sum(a.k for a in pending)
         for a in pending:
             expires = a.seen_mono + self.assume_ttl_s
             if now >= expires:
                 continue
             if observed is not None and observed >= a.ref_wall + self.reflect_grace_s:
                 continue  # the agent has looked at the kubelet since this pod was bound
+            if covered and observed is not None and observed >= a.ref_wall:
+                continue  # observed since its admission, with every bound pod's GPUs listed
             taken = choose_gpus(base.topology, free, a.k)
             if taken == 0:
                 free = 0  # more assumed than free: nothing left to offer
