@@ -27,6 +27,8 @@ NS = 'namespace=~"$namespace"'
 METRIC_ROUTE = 'route=~".*/namespaces/.*"'  # the adapter's metric GET, not discovery or health
 SERVED = "toposcale_adapter_served_value"
 SERVED_AT = "toposcale_adapter_served_timestamp_seconds"
+ANSWERED = "toposcale_adapter_targets_answered"
+EXPECTED = "toposcale_adapter_targets_expected"
 AGENT = 'node=~"$node"'  # `node`: the agent PodMonitor's relabeling (deploy/monitors) adds it
 
 
@@ -104,6 +106,17 @@ def build() -> dict[str, Any]:
                        "no value, the HPA holds its replicas, and the panels on the left show the last good "
                        "value. Normal: the HPA's 15 s poll plus the source's scrape interval.",
               unit="s", min=0, width=8),
+        Panel("timeseries", "Targets answered / expected", [
+            Target(f"min by (metric, namespace) ({ANSWERED}{{{NS}}} / {EXPECTED}{{{NS}}})",
+                   legend="{{metric}} {{namespace}}"),
+        ], description="The share of the targets a value needs (Running and Ready pods, the GPU exporters on "
+                       "their nodes; in Prometheus mode the pods with an up series) whose metrics the "
+                       "adapter's last computation could read. Below 1 a pod did not answer: sums are "
+                       "scaled to the expected pods (on_missing: extrapolate) or the answer is a 503 "
+                       "(on_missing: error); below the rule's min_answered_share (default 0.5) it is a 503 "
+                       "naming the failed pods, and the HPA holds its replicas. With several adapter "
+                       "replicas the lowest share is drawn.",
+              unit="percentunit", min=0, max=1, width=24),
     ])
     adapter = Row("Adapter (external.metrics.k8s.io)", [
         Panel("timeseries", "Metric requests /s by code", [

@@ -110,13 +110,15 @@ def adapter_answer(stack: LiveStack, metric: str) -> str:
 
 def test_what_the_hpa_reads_is_what_the_adapter_answered(stack: LiveStack) -> None:
     # the "what the HPA reads" panels show the adapter's record of its latest answers, not a recomputation:
-    # qwen-0 waits 3 + 1 (two engines), qwen-1 5 (qwen-9 is dead and skipped); KV (0.5+0.7)/2 and 0.9 -> 0.75
+    # qwen-0 waits 3 + 1 (two engines), qwen-1 5, and qwen-9 is dead: an expected pod that did not answer,
+    # so the sum over the two that did (9) is scaled to the three expected, 13.5 (adapter/README.md, "Pods
+    # that do not answer"); KV is a mean, unscaled: (0.5+0.7)/2 and 0.9 -> 0.75
     panels = {p["title"]: p for p in ALL_DASHBOARDS["autoscaling-placement"]["panels"]}
-    # two replicas export a last answer; the one asked only at start (live_stack.py) holds an older, larger 11
+    # two replicas export a last answer; the one asked only at start (live_stack.py) holds an older 11
     raw = stack.query('toposcale_adapter_served_value{metric="vllm_requests_waiting"}')
-    assert sorted(float(r["value"][1]) for r in raw) == [9.0, 11.0]
+    assert sorted(float(r["value"][1]) for r in raw) == [11.0, 13.5]
     for title, metric, answer, want in [
-        ("vllm_requests_waiting vs the HPA's threshold", "vllm_requests_waiting", "9", 9.0),
+        ("vllm_requests_waiting vs the HPA's threshold", "vllm_requests_waiting", "13500m", 13.5),
         ("vllm_kv_cache_usage vs the HPA's threshold", "vllm_kv_cache_usage", "750m", 0.75),
     ]:
         assert adapter_answer(stack, metric) == answer
@@ -128,6 +130,10 @@ def test_what_the_hpa_reads_is_what_the_adapter_answered(stack: LiveStack) -> No
     ages = stack.query(substitute(panels["Age of the values served"]["targets"][0]["expr"]))
     assert {r["metric"]["metric"] for r in ages} == {"vllm_requests_waiting", "vllm_kv_cache_usage"}
     assert all(0 <= float(r["value"][1]) < 60 for r in ages), ages
+    # two of the three expected pods answered (qwen-9 is dead); the lowest share over the replicas is drawn
+    shares = stack.query(substitute(panels["Targets answered / expected"]["targets"][0]["expr"]))
+    by_metric = {(r["metric"]["metric"], r["metric"]["namespace"]): float(r["value"][1]) for r in shares}
+    assert by_metric[("vllm_requests_waiting", "llm")] == pytest.approx(2 / 3), shares
 
 
 def test_hpa_thresholds_are_the_example_hpas_targets(stack: LiveStack) -> None:
