@@ -21,15 +21,15 @@ helm_bin() {
   if [ -n "${TOPOSCALE_HELM_BIN:-}" ] && [ -x "$TOPOSCALE_HELM_BIN" ]; then
     echo "$TOPOSCALE_HELM_BIN"; return
   fi
-  command -v go >/dev/null 2>&1 || die "Go is not installed: helm is built from source with Go >= 1.26 (https://go.dev/dl)"
-  local gov; gov="$(go env GOVERSION 2>/dev/null | sed 's/^go//')"
-  case "$gov" in
-    1.2[6-9]*|1.[3-9][0-9]*|[2-9].*) ;;
-    *) die "Go $gov is too old: tests/helm/go.mod asks for Go >= 1.26" ;;
-  esac
   local hash; hash="$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-12)"
   local out="${XDG_CACHE_HOME:-$HOME/.cache}/toposcale/helm/$HELM_VERSION-$hash"
   if [ ! -x "$out/helm" ]; then
+    command -v go >/dev/null 2>&1 || die "Go is not installed: helm is built from source with Go >= 1.26 (https://go.dev/dl)"
+    local gov; gov="$(go env GOVERSION 2>/dev/null | sed 's/^go//')"
+    case "$gov" in
+      1.2[6-9]*|1.[3-9][0-9]*|[2-9].*) ;;
+      *) die "Go $gov is too old: tests/helm/go.mod asks for Go >= 1.26" ;;
+    esac
     rm -rf "$out.tmp"; mkdir -p "$out.tmp"
     echo "helm.sh: building helm $HELM_VERSION into $out" >&2
     echo "helm.sh: the first build on a machine takes a few minutes; later runs reuse it" >&2
