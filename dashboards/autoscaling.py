@@ -135,7 +135,8 @@ def build() -> dict[str, Any]:
             Target(f"sum by (source, kind) (rate(toposcale_adapter_source_errors_total[{RI}]))",
                    legend="{{source}} {{kind}}"),
         ], description="Failures talking to Prometheus or to scraped pods, by kind (timeout, target, stale, "
-                       "garbage...). One unreachable pod does not fail a metric; all of them do.",
+                       "garbage...). An unreachable pod fails a metric only below its min_answered_share (or "
+                       "with on_missing: error); see Targets answered / expected.",
               unit="ops", min=0, width=6),
         Panel("timeseries", "Cache outcomes", [
             Target(f"sum by (result) (rate(toposcale_adapter_cache_requests_total[{RI}]))",
