@@ -718,3 +718,96 @@ def running(*procs: Any) -> Iterator[None]:
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def failed_scheduling(api: Api, ns: str, pod: str) -> list[str]:
+    """The messages of the pod's FailedScheduling events, oldest first."""
+    return [
+        e.get("message") or e.get("note") or ""
+        for e in api.events(ns, pod)
+        if e.get("reason") == "FailedScheduling"
+    ]
+
+
+class TcpGate:
+    """A TCP relay to the API server that holds new connections while closed (TLS passes through untouched:
+    the client still verifies kube-apiserver's certificate, which names 127.0.0.1). Lets a test keep a
+    restarted extender from listing, so its not-yet-synced state can be seen."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+        import threading
+
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.open = threading.Event()
+        self.open.set()
+        self.held = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+        self._conns: list[Any] = []
+        t = threading.Thread(target=self._accept, name="tcp-gate", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: Any) -> None:
+        import socket
+        import threading
+
+        if not self.open.is_set():
+            self.held += 1
+            self.open.wait()
+        if self._stop:
+            conn.close()
+            return
+        try:
+            up = socket.create_connection(self.upstream, timeout=10)
+        except OSError:
+            conn.close()
+            return
+        up.settimeout(None)
+        self._conns.append(up)
+
+        def pipe(src: Any, dst: Any) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
+
+        threading.Thread(target=pipe, args=(up, conn), daemon=True).start()
+        pipe(conn, up)
+
+    def close(self) -> None:
+        self._stop = True
+        self.open.set()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        for c in self._conns:
+            with contextlib.suppress(OSError):
+                c.close()
+
+    def kubeconfig(self, source: Path, dest: Path) -> Path:
+        """`source` (a kubeconfig) pointed at the gate."""
+        doc = yaml.safe_load(source.read_text())
+        for c in doc["clusters"]:
+            c["cluster"]["server"] = f"https://127.0.0.1:{self.port}"
+        dest.write_text(yaml.safe_dump(doc))
+        dest.chmod(0o600)
+        return dest
