@@ -596,6 +596,9 @@ class Placed:
     def rows(self) -> dict[str, dict[str, Any]]:
         return {r["node"]: r for r in self.explain["nodes"]}
 
+    def free_ids(self, fleet: Fleet, node: str) -> set[str]:
+        return fleet.ids(node, self.free_before[node])
+
 
 class Stream:
     """Pods one at a time: create gated, let the extender settle, read /explain, lift the gate, follow the
