@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.deployed import Deployed
+from tests.harness.deployed import Deployed, forbidden
 
 from .conftest import (
     ALLOWED_CHANGES,
@@ -101,6 +101,7 @@ def test_stream_of_4gpu_pods_lands_where_explain_ranks_best(
     want = set(ALLOWED_CHANGES) - ({("extenders", 0, "nodeCacheCapable")} if names else set())
     assert sched.diff == want
     weight = shipped_weight()
+    audit_start = len(deployed.cluster.audit_events())
     with running(ext.start(), sched.start()):
         stream = Stream(fleet, ns, ext)
         for i in range(PODS):
@@ -108,6 +109,8 @@ def test_stream_of_4gpu_pods_lands_where_explain_ranks_best(
             check_placement(fleet, sched, ns, p, weight, full_nodes=not names)
         fleet.check_agents()
     assert not fleet.kubelet.errors, fleet.kubelet.errors
+    # the shipped RBAC sufficed: no 403 for the toposcale-scheduler, extender or agent ServiceAccounts
+    assert forbidden(deployed.cluster, audit_start) == []
     got = [(p.node, p.row["tier"], p.row["ties"]) for p in stream.placed]
     print(f"\n[{mode}] placements (node, tier, device-plugin ties):", got)
     # the fleet's four NVLink-capable 4-GPU groups (the HGX twice, the H100 VM once) go first
