@@ -1124,3 +1124,31 @@ def gpu_device_class(name: str = DRIVER, *, extended_resource: str | None = "nvi
         "metadata": {"name": name},
         "spec": spec,
     }
+
+
+# --- the simulator's node -------------------------------------------------------------------------------
+
+_SIM_MEMO: dict[tuple[str, int, int, int], int] = {}
+_SIM_MEMO_LIMIT = 200_000
+
+
+def first_fit_mask(topo: Topology, free_mask: int, k: int) -> int:
+    """The GPUs (mask over topo.gpus) DRA first-fit gives a `k`-GPU extended-resource pod on a node that
+    publishes `topo` as one slice in GPU order (`slice_from_topology`), the GPUs outside `free_mask` held by
+    earlier claims; 0 when it cannot allocate. Runs `predict` itself (memoized per wiring, mask and k)."""
+    key = (topo.fingerprint, len(topo), free_mask, k)
+    hit = _SIM_MEMO.get(key)
+    if hit is not None:
+        return hit
+    node = "sim"
+    pools = prepare_pools([slice_from_topology(topo, node)], node)
+    pos = {f"gpu-{g.index}": i for i, g in enumerate(topo.gpus)}
+    taken = {(DRIVER, node, f"gpu-{g.index}") for i, g in enumerate(topo.gpus) if not free_mask >> i & 1}
+    cls = gpu_device_class()
+    pod = {"spec": {"containers": [{"resources": {"requests": {"nvidia.com/gpu": str(k)}}}]}}
+    p = predict(pools, taken, extended_resource_requests(pod, "nvidia.com/gpu", DRIVER), [], {DRIVER: cls})
+    hit = mask_of(pos[d[2]] for d in p.devices) if p.ok else 0
+    if len(_SIM_MEMO) >= _SIM_MEMO_LIMIT:
+        _SIM_MEMO.clear()
+    _SIM_MEMO[key] = hit
+    return hit

@@ -11,6 +11,7 @@ from typing import Any
 POLICY_NAMES = ("toposcale", "spread", "binpack", "random")  # policies.POLICIES, kept here for a fast --help
 EXTRA_POLICY_NAMES = ("toposcale-spread",)
 DEFAULT_PODS = 2000
+ALLOCATORS = ("device-plugin", "dra-first-fit")
 
 
 def _positive_int(text: str) -> int:
@@ -68,6 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=5,
         help="extender weight in the scheduler config (default %(default)s)",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=ALLOCATORS,
+        default="device-plugin",
+        help="who picks a pod's GPUs on its node: the NVIDIA device plugin (default) or kube-scheduler's DRA "
+        "allocator (dra-first-fit: first free devices in slice order; the extender then scores that set)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--plot", metavar="PNG", help="write a figure of tier shares and stranded GPUs")
@@ -135,6 +143,7 @@ def main(args: argparse.Namespace) -> int:
             args.policies,
             seed=args.seed,
             extender_weight=args.extender_weight,
+            allocator=args.allocator,
             progress=None if args.no_progress else (lambda name: ProgressBar(name)),
         )
     except ExtenderUnavailable as exc:
@@ -155,6 +164,11 @@ def main(args: argparse.Namespace) -> int:
     else:
         source = f"trace {args.trace}" if args.trace else f"seed {args.seed}, load {args.load}"
         print(f"fleet {args.fleet}: {fleet.nodes} nodes, {fleet.gpus} GPUs; {len(pods)} pods ({source})")
+        if args.allocator == "dra-first-fit":
+            print(
+                "allocator dra-first-fit: kube-scheduler's DRA allocator picks the GPUs (first free in slice "
+                "order); spread, binpack, random: DRA alone; toposcale: the extender scoring DRA's set"
+            )
         print(table(results))
         print(legend())
     return 0

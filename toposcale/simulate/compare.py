@@ -18,14 +18,18 @@ def compare(
     *,
     seed: int,
     extender_weight: int = DEFAULT_EXTENDER_WEIGHT,
+    allocator: str = "device-plugin",
     progress: Callable[[str], ProgressFn] | None = None,
 ) -> list[PolicyResult]:
-    from .extender_api import device_choice  # the device plugin's pick, as the extender predicts it
+    from .extender_api import device_choice, dra_choice
 
-    built = [make_policy(name, extender_weight=extender_weight) for name in policies]  # fail before running
+    # Who picks the GPUs on the chosen node: the NVIDIA device plugin (as the extender predicts it) or,
+    # with dynamic resource allocation, kube-scheduler's own first-fit allocator (exactly predicted).
+    allocate = dra_choice if allocator == "dra-first-fit" else device_choice
+    built = [
+        make_policy(name, extender_weight=extender_weight, allocator=allocator) for name in policies
+    ]  # fail before running
     return [
-        replay(
-            fleet, pods, p, seed=seed, allocate=device_choice, progress=progress(p.name) if progress else None
-        )
+        replay(fleet, pods, p, seed=seed, allocate=allocate, progress=progress(p.name) if progress else None)
         for p in built
     ]

@@ -9,6 +9,8 @@ the same way (NodeResourcesFit: enough free GPUs); only scoring differs.
 - `toposcale`: the shipped scheduler profile (deploy/extender/scheduler-config.yaml): NodeResourcesFit
   MostAllocated on the GPU count plus the extender's own 0..10 score (imported from the extender, see
   `extender_api`) times the extender weight (5), scaled as the scheduler does.
+- With `--allocator dra-first-fit` the extender scores the set kube-scheduler's DRA allocator would give
+  (`dra.score_prediction` on `dra.first_fit_mask`) instead of the device plugin's candidates.
 - `toposcale-spread` (not run by default): the same extender on top of kube-scheduler's default
   LeastAllocated, for a cluster that keeps the default NodeResourcesFit strategy.
 """
@@ -50,7 +52,9 @@ def _random(topo: Topology, free: int, nfree: int, k: int) -> int:
     return 0
 
 
-def make_policy(name: str, *, extender_weight: int = DEFAULT_EXTENDER_WEIGHT) -> Policy:
+def make_policy(
+    name: str, *, extender_weight: int = DEFAULT_EXTENDER_WEIGHT, allocator: str = "device-plugin"
+) -> Policy:
     if name == "spread":
         return Policy(name, _spread)
     if name == "binpack":
@@ -58,7 +62,10 @@ def make_policy(name: str, *, extender_weight: int = DEFAULT_EXTENDER_WEIGHT) ->
     if name == "random":
         return Policy(name, _random)
     if name in ("toposcale", "toposcale-spread"):
-        from .extender_api import node_score  # raises ExtenderUnavailable with the module it needs
+        from .extender_api import dra_node_score, node_score  # raises ExtenderUnavailable (module it needs)
+
+        if allocator == "dra-first-fit":
+            node_score = dra_node_score  # the extender scores the set DRA first-fit would give
 
         base = _binpack if name == "toposcale" else _spread  # the shipped profile is MostAllocated
 
