@@ -398,3 +398,25 @@ def test_random_states_against_brute_force(seed):
         )
         want = _brute(order, roots, set(range(n)) - taken, k, match)
         assert (names(p) if p.ok else None) == want, (order, roots, taken, k, match, p)
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_unknown_or_none_never_a_crash():
+    s = node_slice()
+    s["spec"]["devices"][0]["attributes"]["weird"] = {"float": 1.5}
+    with pytest.raises(dra.DraUnknown):
+        dra.prepare_pools([s], "n1")
+    s = node_slice()
+    s["spec"]["devices"][0]["capacity"]["memory"] = {"value": "lots"}
+    with pytest.raises(dra.DraUnknown):
+        dra.prepare_pools([s], "n1")
+    # A device the topology annotation does not list: no mask, the caller scores neutral.
+    t = topo("dgx-a100-nvswitch-8gpu")
+    pools = dra.prepare_pools([node_slice()], "n1")
+    p = dra.predict(pools, set(), [req()], [], CLASSES)
+    assert dra.predicted_mask(t, pools, p.devices) is None
+    # Garbage CEL never raises out of predict.
+    for expr in ("device.", "))", "device.attributes[1].x == 2", "'unterminated"):
+        assert dra.predict(pools, set(), [req(1, expr)], [], CLASSES).status == "unknown"
