@@ -7,7 +7,9 @@ through `BoundedProtocol`, which wraps aiohttp's own protocol and
   ssl_handshake_timeout),
 - gives each request `header_timeout` seconds from its first byte to the end of its headers, else answers 408
   and closes,
-- answers 431 and closes when a request's headers exceed `max_header_bytes` in total,
+- answers 431 and closes when a request's headers exceed `max_header_bytes` in total (a body announced by
+  Content-Length is passed through uncounted, however the socket splits it; the next request's headers on a
+  keep-alive connection are bounded again),
 - refuses connections beyond `max_connections` (closed at once; clients retry).
 
 Everything else (keep-alive, request handling) is aiohttp's.
@@ -38,6 +40,23 @@ class Limits:
         self.max_connections = max_connections
 
 
+def _body_framing(head: bytes) -> tuple[int, bool]:
+    """(Content-Length, chunked) of a request from its header block; a bad length is aiohttp's 400 to give
+    (it reads the same headers), counted here as no body."""
+    length, chunked = 0, False
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        name = name.strip().lower()
+        if name == b"content-length":
+            value = value.strip()
+            length = int(value) if value.isdigit() else 0
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    return (0, True) if chunked else (length, False)
+
+
 class BoundedProtocol(asyncio.Protocol):
     def __init__(self, inner: asyncio.Protocol, limits: Limits, counter: dict[str, int],
                  on_cut: Callable[[str], None]) -> None:
@@ -52,6 +71,11 @@ class BoundedProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._counted = False
         self._cut = False
+        self._head = bytearray()  # the current request's headers so far (at most max_header_bytes)
+        self._body_left = 0  # bytes of the current request's body (Content-Length) not received yet
+        # a chunked body: where it ends is aiohttp's parser's business; this connection's later requests are
+        # then not header-bounded here (the body is bounded in time and size by the application)
+        self._unframed = False
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -86,26 +110,36 @@ class BoundedProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._cut:
             return
-        if not self._in_headers:
-            self._in_headers = True
-            self._header_bytes = 0
-            self._tail = b""
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.limits.header_timeout, self._header_deadline)
-        if self._in_headers:
-            window = self._tail + data
+        view = memoryview(data)
+        while view and not self._unframed:
+            if self._body_left:
+                # the body the headers announced (Content-Length): not headers, however it is chunked
+                n = min(self._body_left, len(view))
+                self._body_left -= n
+                view = view[n:]
+                continue
+            if not self._in_headers:
+                self._in_headers = True
+                self._header_bytes = 0
+                self._tail = b""
+                self._head = bytearray()
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self.limits.header_timeout, self._header_deadline)
+            window = self._tail + bytes(view[:self.limits.max_header_bytes + len(_END)])
             end = window.find(_END)
-            self._header_bytes += len(data) if end < 0 else end + len(_END) - len(self._tail)
+            used = len(view) if end < 0 else end + len(_END) - len(self._tail)
+            self._header_bytes += used
             if self._header_bytes > self.limits.max_header_bytes:
                 self._reject(431, "Request Header Fields Too Large", "header-size")
                 return
+            self._head += view[:used]
+            view = view[used:]
             if end < 0:
                 self._tail = window[-3:]
-            else:
-                self._in_headers = False
-                self._stop_timer()
-                # bytes after the headers (a body, a pipelined request) start no new deadline here; the
-                # next chunk that arrives while not in headers does
+                break
+            self._in_headers = False
+            self._stop_timer()
+            self._body_left, self._unframed = _body_framing(bytes(self._head))
         self.inner.data_received(data)
 
     # -- limits

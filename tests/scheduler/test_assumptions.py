@@ -53,10 +53,12 @@ def test_an_observation_short_of_the_bound_pods_keeps_the_assumption() -> None:
     st.pods_relisted([bound("vllm-0", 2, "hgx", stamp(-30)), bound("vllm-1", 4, "hgx", start)], "1")
     assert st.view("hgx").free_mask.bit_count() == 2  # 8 - 2 published - 4 assumed
     # an observation from before the admission never ends it, whatever it lists
-    st.node_event("MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5],
-                                       observed=stamp(-5)))
+    st.node_event(
+        "MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5], observed=stamp(-5))
+    )
     assert st.view("hgx").free_mask.bit_count() == 0
     # the agent's next one lists all six: the assumption ends
-    st.node_event("MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5],
-                                       observed=start))
+    st.node_event(
+        "MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5], observed=start)
+    )
     assert st.view("hgx").free_mask == 0b11000000
