@@ -108,6 +108,8 @@ def test_stream_of_4gpu_pods_lands_where_explain_ranks_best(
             p = stream.place(f"vllm-{i}", 4)
             check_placement(fleet, sched, ns, p, weight, full_nodes=not names)
         fleet.check_agents()
+        # every call reached the extender and was answered (ignorable: true would hide an error)
+        assert "Skipping extender" not in sched.proc.text(), sched.proc.tail()
     assert not fleet.kubelet.errors, fleet.kubelet.errors
     # the shipped RBAC sufficed: no 403 for the toposcale-scheduler, extender or agent ServiceAccounts
     assert forbidden(deployed.cluster, audit_start) == []
