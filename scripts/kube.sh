@@ -9,7 +9,7 @@
 #   ./scripts/kube.sh down DIR    stop exactly the processes of that run (by PID) and remove DIR
 #
 # Builds are cached outside the checkout in ${XDG_CACHE_HOME:-~/.cache}/toposcale/kube/<version>-<go.sum hash>/,
-# so only the first run on a machine pays for them (about 15-25 minutes on 2 cores). Needs Go >= 1.26 and a Go
+# so only the first run on a machine pays for them (about 6-10 minutes on 2 cores). Needs Go >= 1.26 and a Go
 # module proxy. The control plane itself is tests/harness/kube_cluster.py; this script is its command line.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,7 +37,7 @@ bin_dir() {
   if [ "$missing" = 1 ]; then
     mkdir -p "$out.tmp"
     echo "kube.sh: building ${want[*]} ($K8S_VERSION) into $out" >&2
-    echo "kube.sh: the first build on a machine takes 15-25 minutes on 2 cores; later runs reuse it" >&2
+    echo "kube.sh: the first build on a machine takes about 6-10 minutes on 2 cores (some 3,000 packages); later runs reuse it" >&2
     local ld="-s -w"
     local v
     for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do

@@ -31,6 +31,25 @@ from tests.harness.deployed import (  # noqa: F401 -- re-exported for the tests 
 from tests.harness.kube_cluster import free_port
 
 
+@contextlib.asynccontextmanager
+async def process(argv: list[str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A toposcale command as a child process, output to `log`; terminated (then killed) on exit."""
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=out, stderr=out, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
 @dataclass
 class AdapterProc:
     port: int
@@ -66,12 +85,8 @@ async def run_adapter(d: Deployed, args: list[str], log: Path) -> AsyncIterator[
         str(d.deploy_dir / "adapter" / "base" / "generated" / "rules.yaml"),
         *args,
     ]
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=out, stderr=out, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    ap = AdapterProc(port, proc, log)
-    try:
+    async with process(argv, log) as proc:
+        ap = AdapterProc(port, proc, log)
         ctx = ssl.create_default_context(cafile=str(d.serving_ca))
         ctx.check_hostname = False
         async with aiohttp.ClientSession() as s:
@@ -99,14 +114,6 @@ async def run_adapter(d: Deployed, args: list[str], log: Path) -> AsyncIterator[
             json.dumps({"spec": {"service": {"port": port}, "caBundle": ca}}),
         )
         yield ap
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 async def wait_for(predicate: Any, limit: float, what: str, interval: float = 0.5) -> Any:
