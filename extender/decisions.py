@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import NamedTuple
 
+from .draview import dra_decision
 from .nodeview import NodeView
 from .topology.model import Tier
 from .topology.scoring import NEUTRAL_SCORE, NodeDecision, decide_raw, materialize
@@ -35,7 +36,7 @@ class Outcome(NamedTuple):
     score: int
     reason: str  # set for outcomes without a decision; else built on demand by `reason_of`
     decision: NodeDecision | None = None  # raw (index-based); `reason_of` / explain materialize it
-    unknown: str = ""  # "missing"/"invalid"/"uncached"/"allocation"/"stale-allocation": could not judge
+    unknown: str = ""  # "missing"/"invalid"/"uncached"/"allocation"/"stale-allocation"/"dra": could not judge
 
 
 NO_GPU = Outcome(True, False, 0, "pod asks no managed GPU")
@@ -64,6 +65,16 @@ def outcome_for(view: NodeView | None, k: int, need: Tier | None) -> Outcome:
     topo = view.topology
     if topo is None:
         hit = _unknown(view.problem_kind, f"GPU topology unknown: {view.problem}", scoped)
+    elif view.dra is not None:
+        d = dra_decision(topo, view.dra, k, need)
+        if isinstance(d, str):
+            hit = _unknown("dra", d, scoped)
+        elif d.fits:
+            hit = Outcome(True, False, d.score, "", d)
+        elif d.count_only and not scoped:
+            hit = Outcome(True, False, 0, "", d)
+        else:
+            hit = Outcome(False, d.unresolvable, 0, "", d)
     elif view.free_mask is None:
         kind = "stale-allocation" if view.stale else "allocation"
         hit = _unknown(kind, f"{view.allocation_problem}", scoped)

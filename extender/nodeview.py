@@ -36,6 +36,7 @@ class NodeView:
     allocation: Allocation | None = None
     observed_at: float | None = None  # the allocation's `observed`, epoch seconds (set when free_mask is)
     stale: bool = False  # allocation older than the extender's --allocation-max-age (free_mask is None)
+    dra: Any = None  # draview.DraNode: the scheduler allocates this node's GPUs via DRA (watch mode only)
     # Outcomes per (k, scope) for this exact view: a view is replaced, never changed, when the node changes.
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 

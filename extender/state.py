@@ -30,8 +30,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .decisions import Outcome, OutcomeTable, outcome_for
+from .draview import dra_node
 from .nodeview import NodeView, stale_twin, view_of_node
 from .pods import PodError, gpu_request
+from .topology import dra
 from .topology.model import Tier
 from .topology.scoring import choose_gpus
 
@@ -98,6 +100,14 @@ class ClusterState:
         self._tasks: list[asyncio.Task[None]] = []
         self.reflectors: list[Any] = []
         self.api: Any = None
+        # DRA (resource.k8s.io/v1): a node with slices while a DeviceClass serves `resource` is scored on
+        # the scheduler's first-fit allocation (draview.py). Keys: slice name, claim namespace/name, class.
+        self.slices: dict[str, dict[str, Any]] = {}
+        self.claims: dict[str, dict[str, Any]] = {}
+        self.classes: dict[str, dict[str, Any]] = {}
+        self._slices_of: dict[str, dict[str, dict[str, Any]]] = {}  # node name -> slice name -> slice
+        self._allocated: set[dra.DeviceID] | None = None  # every device some claim holds (lazy)
+        self._dra_class: tuple[str | None] | None = None  # (class serving `resource` or None,) (lazy)
 
     # ------------------------------------------------------------ node events
 
@@ -203,6 +213,125 @@ class ClusterState:
             ref_wall=started if started is not None else time.time(), seen_mono=time.monotonic(),
         )
 
+    # ------------------------------------------------------------ DRA events
+
+    @staticmethod
+    def _key(obj: Any) -> str:
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        if not isinstance(meta, dict):
+            return ""
+        ns, name = meta.get("namespace"), meta.get("name")
+        return f"{ns}/{name}" if ns else str(name or "")
+
+    @staticmethod
+    def _slice_node(obj: dict[str, Any]) -> str | None:
+        spec = obj.get("spec")
+        node = spec.get("nodeName") if isinstance(spec, dict) else None
+        return node if isinstance(node, str) and node else None
+
+    def _index_slices(self) -> None:
+        by_node: dict[str, dict[str, dict[str, Any]]] = {}
+        for key, obj in self.slices.items():
+            node = self._slice_node(obj)
+            if node is not None:
+                by_node.setdefault(node, {})[key] = obj
+        self._slices_of = by_node
+
+    def slices_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
+        self.slices = {self._key(o): o for o in items if isinstance(o, dict) and self._key(o)}
+        self._index_slices()
+        self._forget()
+
+    def slice_event(self, etype: str, obj: dict[str, Any]) -> None:
+        key = self._key(obj)
+        if not key:
+            return
+        old = self.slices.pop(key, None)
+        if etype != "DELETED":
+            self.slices[key] = obj
+        for o in (old, obj):
+            node = self._slice_node(o) if isinstance(o, dict) else None
+            if node is None:
+                continue
+            mine = self._slices_of.setdefault(node, {})
+            mine.pop(key, None)
+            if o is obj and etype != "DELETED":
+                mine[key] = obj
+            if not mine:
+                del self._slices_of[node]
+            self._forget(node)
+
+    def claims_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
+        self.claims = {self._key(o): o for o in items if isinstance(o, dict) and self._key(o)}
+        self._allocated = None
+        self._forget_dra()
+
+    def claim_event(self, etype: str, obj: dict[str, Any]) -> None:
+        key = self._key(obj)
+        if not key:
+            return
+        old = self.claims.pop(key, None)
+        if etype != "DELETED":
+            self.claims[key] = obj
+        if self._devices_of(old) != self._devices_of(obj if etype != "DELETED" else None):
+            self._allocated = None
+            self._forget_dra()
+
+    @staticmethod
+    def _devices_of(claim: Any) -> set[dra.DeviceID]:
+        if not isinstance(claim, dict):
+            return set()
+        try:
+            return dra.allocated_devices([claim])
+        except (AttributeError, TypeError):
+            return set()
+
+    def classes_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
+        self.classes = {self._key(o): o for o in items if isinstance(o, dict) and self._key(o)}
+        self._dra_class = None
+        self._forget()
+
+    def class_event(self, etype: str, obj: dict[str, Any]) -> None:
+        key = self._key(obj)
+        if not key:
+            return
+        self.classes.pop(key, None)
+        if etype != "DELETED":
+            self.classes[key] = obj
+        self._dra_class = None
+        self._forget()
+
+    def _forget_dra(self) -> None:
+        for node in list(self._slices_of):
+            self._forget(node)
+
+    def dra_class(self) -> str | None:
+        """The DeviceClass serving the managed resource (extendedResourceName), or None."""
+        if self._dra_class is None:
+            try:
+                cls = dra.class_for_extended_resource(list(self.classes.values()), self.resource)
+            except (AttributeError, TypeError):
+                cls = None
+            name = (cls.get("metadata") or {}).get("name") if isinstance(cls, dict) else None
+            self._dra_class = (name if isinstance(name, str) else None,)
+        return self._dra_class[0]
+
+    def _dra_view(self, base: NodeView) -> NodeView | None:
+        """`base` as a DRA node when a class serves the resource and slices serve the node, else None."""
+        slices = self._slices_of.get(base.name)
+        if not slices:
+            return None
+        cls = self.dra_class()
+        if cls is None:
+            return None
+        if self._allocated is None:
+            allocated: set[dra.DeviceID] = set()
+            for c in self.claims.values():
+                allocated |= self._devices_of(c)
+            self._allocated = allocated
+        node = dra_node(cls, list(slices.values()), base.name, self._allocated, self.classes)
+        return replace(base, dra=node, memo={})
+
     # ------------------------------------------------------------ reads
 
     def _forget(self, name: str | None = None) -> None:
@@ -267,6 +396,11 @@ class ClusterState:
         base = self.base.get(name)
         if base is None:
             return None
+        if self._slices_of:
+            dv = self._dra_view(base)
+            if dv is not None:  # devices held come from the claims, not the allocation annotation
+                self._views[name] = dv
+                return dv
         limit = self.allocation_max_age_s
         if limit > 0 and base.observed_at is not None:
             expires = base.observed_at + limit
@@ -346,7 +480,22 @@ class ClusterState:
             name="pods",
             field_selector="spec.nodeName!=",
         )
-        self.reflectors = [nodes, pods]
+        resource = client.ResourceV1Api(api)
+        dra_reflectors = [
+            Reflector(
+                resource.list_resource_slice, on_relist=self.slices_relisted, on_event=self.slice_event,
+                name="resourceslices",
+            ),
+            Reflector(
+                resource.list_resource_claim_for_all_namespaces, on_relist=self.claims_relisted,
+                on_event=self.claim_event, name="resourceclaims",
+            ),
+            Reflector(
+                resource.list_device_class, on_relist=self.classes_relisted, on_event=self.class_event,
+                name="deviceclasses",
+            ),
+        ]
+        self.reflectors = [nodes, pods, *dra_reflectors]
         self._tasks = [asyncio.create_task(r.run(), name=f"reflector-{r.name}") for r in self.reflectors]
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
