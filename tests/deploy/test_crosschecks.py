@@ -428,6 +428,9 @@ RESOURCE_OF = {
     "event": ("", "events"),
     "endpoints": ("", "endpoints"),
     "lease": ("coordination.k8s.io", "leases"),
+    "resource_slice": ("resource.k8s.io", "resourceslices"),
+    "resource_claim": ("resource.k8s.io", "resourceclaims"),
+    "device_class": ("resource.k8s.io", "deviceclasses"),
     "token_review": ("authentication.k8s.io", "tokenreviews"),
     "subject_access_review": ("authorization.k8s.io", "subjectaccessreviews"),
 }
@@ -515,6 +518,9 @@ def test_reflector_resources_are_found_in_the_code() -> None:
     extender = [p for p in sorted((ROOT / "extender").rglob("*.py")) if "agent" not in p.parts]
     assert reflector_resources(adapter) == {("", "configmaps")}
     assert reflector_resources(extender) >= {("", "nodes"), ("", "pods")}
+    assert reflector_resources(extender) >= {
+        ("resource.k8s.io", r) for r in ("resourceslices", "resourceclaims", "deviceclasses")
+    }
 
 
 # ------------------------------------------------------------------ examples, monitoring, README
