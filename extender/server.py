@@ -386,7 +386,7 @@ class Extender:
                 counts[kind] = counts.get(kind, 0) + 1
                 v = view_of(i)
                 if v is not None:
-                    self._log_node_once(v.name, v.problem or v.allocation_problem or "")
+                    self._log_node_once(v.name, v.problem or v.allocation_problem or outcomes[i].reason)
             for kind, count in counts.items():
                 self.m_unknown.labels(kind).inc(count)
         return outcomes, view_of
