@@ -148,10 +148,12 @@ class GpuKubelet:
         self.assigned: dict[str, Assignment] = {}  # "ns/name" -> GPUs the device plugin gave the pod
         self.errors: list[str] = []  # admissions that could not be served (more GPUs asked than free, ...)
         self.released: list[str] = []
+        self.warnings: list[str] = []  # what went wrong around the pods, not with them
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gpu-kubelet", daemon=True)
         self._fake: FakeKubelet | None = None
+        self._reconciler: asyncio.Task[None] | None = None
 
     # -- from the test's thread --
 
@@ -200,8 +202,34 @@ class GpuKubelet:
             # kube-apiserver's TaintNodesByCondition admission taints every new Node not-ready; the node
             # lifecycle controller (not run here) would lift it once the kubelet reports Ready.
             await api.merge_patch(f"/api/v1/nodes/{n.name}", {"spec": {"taints": [dict(GPU_TAINT)]}})
+        self._reconciler = asyncio.create_task(self._reconcile())
+
+    async def _reconcile(self) -> None:
+        """What a kubelet's pod sync does: GPUs of pods the API no longer has are freed. FakeKubelet's watch
+        relists after an error (a 410 once kube-apiserver compacts etcd, every 5 minutes), and a pod deleted
+        in that gap never comes as a DELETED event."""
+        api = self._fake._api if self._fake is not None else None
+        assert api is not None
+        while True:
+            await asyncio.sleep(1.0)
+            with self._lock:
+                before = set(self.assigned)  # assigned before the list: a pod bound after it is not in it
+            try:
+                listing = await api.get("/api/v1/pods", params={"fieldSelector": "spec.nodeName!="})
+            except Exception as exc:  # the API server restarting: next round
+                self.warnings.append(f"reconcile: {exc}")
+                continue
+            live = {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in listing["items"]}
+            gone = sorted(before - live)
+            if gone:
+                self.warnings.append(f"reconcile freed the GPUs of pods deleted unseen: {gone}")
+            for key in gone:
+                ns, name = key.split("/", 1)
+                await self._release({"metadata": {"namespace": ns, "name": name}})
 
     async def _stop(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
         if self._fake is not None:
             self.errors += self._fake.errors
             await self._fake.stop()

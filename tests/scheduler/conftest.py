@@ -513,6 +513,8 @@ def fleet(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> Itera
         for a in agents.values():
             a.stop()
         kubelet.stop()
+        if kubelet.warnings:
+            print("\n[gpu kubelet]", *kubelet.warnings, sep="\n  ")
 
 
 @pytest.fixture
