@@ -399,30 +399,17 @@ class _Parser:
         return e
 
     def or_(self) -> _Eval:
-        terms = [self.and_()]
-        while self.accept("||"):
-            terms.append(self.and_())
-        if len(terms) == 1:
-            return terms[0]
-
-        def ev(d: Device) -> Any:
-            err = None
-            for t in terms:
-                v = t(d)
-                if v is True:
-                    return True
-                if isinstance(v, _Err):
-                    err = err or v
-                elif v is not False:
-                    raise self.unknown("|| of a non-bool")
-            return err if err is not None else False
-
-        return ev
+        return self._connective("||", self.and_, stop=True)
 
     def and_(self) -> _Eval:
-        terms = [self.unary()]
-        while self.accept("&&"):
-            terms.append(self.unary())
+        return self._connective("&&", self.unary, stop=False)
+
+    def _connective(self, op: str, operand: Any, *, stop: bool) -> _Eval:
+        """`a op b op ...` with CEL's error absorption: the first operand equal to `stop` decides (True for
+        ||, False for &&), else an error among the operands, else `not stop`."""
+        terms = [operand()]
+        while self.accept(op):
+            terms.append(operand())
         if len(terms) == 1:
             return terms[0]
 
@@ -430,13 +417,13 @@ class _Parser:
             err = None
             for t in terms:
                 v = t(d)
-                if v is False:
-                    return False
+                if v is stop:
+                    return stop
                 if isinstance(v, _Err):
                     err = err or v
-                elif v is not True:
-                    raise self.unknown("&& of a non-bool")
-            return err if err is not None else True
+                elif v is not (not stop):
+                    raise self.unknown(f"{op} of a non-bool")
+            return err if err is not None else (not stop)
 
         return ev
 

@@ -502,30 +502,16 @@ class Cluster:
         for name in ("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
             self.ports[name] = free_port()
         p = self.pki_dir
-        write_kubeconfig(
-            self.admin_kubeconfig,
-            self.server,
-            self.ca_file,
-            cert=p / "admin.crt",
-            key=p / "admin.key",
-            user="kubernetes-admin",
-        )
-        write_kubeconfig(
-            self.dir / "controller-manager.kubeconfig",
-            self.server,
-            self.ca_file,
-            cert=p / "controller-manager.crt",
-            key=p / "controller-manager.key",
-            user="system:kube-controller-manager",
-        )
-        write_kubeconfig(
-            self.dir / "scheduler.kubeconfig",
-            self.server,
-            self.ca_file,
-            cert=p / "scheduler.crt",
-            key=p / "scheduler.key",
-            user="system:kube-scheduler",
-        )
+        # one client certificate each: CN is the user the API server authorizes
+        for path, cert, user in (
+            (self.admin_kubeconfig, "admin", "kubernetes-admin"),
+            (self.dir / "controller-manager.kubeconfig", "controller-manager",
+             "system:kube-controller-manager"),
+            (self.dir / "scheduler.kubeconfig", "scheduler", "system:kube-scheduler"),
+        ):
+            write_kubeconfig(
+                path, self.server, self.ca_file, cert=p / f"{cert}.crt", key=p / f"{cert}.key", user=user
+            )
         self._flags(scheduler_config, hpa_sync_period)
         names = [n for n in COMPONENTS if with_scheduler or n != "kube-scheduler"]
         try:
