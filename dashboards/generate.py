@@ -1,7 +1,9 @@
 """Regenerate the Grafana dashboards: `python -m dashboards.generate` from the repository root.
 
-`--check` writes nothing and exits 1 when a committed `dashboards/<name>.json` differs from what the code
-makes (CI and tests/dashboards run it). deploy/ builds its Grafana ConfigMaps from these JSON files.
+The dashboards are built with Grafana's SDK (grafana-foundation-sdk, pinned in pyproject.toml's `dashboards`
+extra, which `test` includes). `--check` writes nothing and exits 1 when a committed `dashboards/<name>.json`
+differs from what the code makes (CI and tests/dashboards run it). deploy/ builds its Grafana ConfigMaps from
+these JSON files.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ HERE = Path(__file__).resolve().parent
 if __package__ in (None, ""):  # run as `python dashboards/generate.py`: make the folder importable
     sys.path.insert(0, str(HERE.parent))
 
-from dashboards import autoscaling, gpu_fleet, llm_serving  # noqa: E402
+try:
+    from dashboards import autoscaling, gpu_fleet, llm_serving
+except ModuleNotFoundError as missing:  # the SDK is an extra, not a dependency of toposcale itself
+    if missing.name != "grafana_foundation_sdk":
+        raise
+    sys.exit("dashboards.generate needs Grafana's SDK: .venv/bin/pip install -e '.[dashboards]'")
 
 # file name (without .json) -> builder; the file names are what deploy/ and the README link to.
 DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {

@@ -10,7 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboards.grafana import CustomVariable, Panel, Row, Target, Variable, dashboard, dashboard_links
+from dashboards.grafana import (
+    Row,
+    bargauge_panel,
+    custom_variable,
+    dashboard,
+    dashboard_links,
+    models,
+    query,
+    query_variable,
+    stat_panel,
+    status_history_panel,
+    table_panel,
+    timeseries_panel,
+)
 
 UID = "toposcale-gpu-fleet"
 SEL = 'Hostname=~"$node", gpu=~"$gpu"'
@@ -31,109 +44,109 @@ def per_gpu(metric: str) -> str:
 
 def build() -> dict[str, Any]:
     variables = [
-        Variable("node", "Node", "DCGM_FI_DEV_GPU_UTIL", "Hostname"),
-        Variable("gpu", "GPU", 'DCGM_FI_DEV_GPU_UTIL{Hostname=~"$node"}', "gpu"),
-        CustomVariable("replica_gpus", "GPUs per replica", ["1", "2", "4", "8"], "4"),
+        query_variable("node", "Node", "DCGM_FI_DEV_GPU_UTIL", "Hostname"),
+        query_variable("gpu", "GPU", 'DCGM_FI_DEV_GPU_UTIL{Hostname=~"$node"}', "gpu"),
+        custom_variable("replica_gpus", "GPUs per replica", ["1", "2", "4", "8"], "4"),
     ]
     overview = Row("Fleet", [
-        Panel("stat", "GPUs reporting", [Target(f"count(DCGM_FI_DEV_GPU_UTIL{{{SEL}}})", instant=True)],
-              description="GPUs whose DCGM exporter answered the last scrape.", width=4, height=4),
-        Panel("stat", "Mean GPU utilisation", [Target(f"avg(DCGM_FI_DEV_GPU_UTIL{{{SEL}}})")],
-              unit="percent", min=0, max=100, width=4, height=4,
-              thresholds=((None, "blue"), (30, "green"), (90, "orange"))),
-        Panel("stat", "Framebuffer used", [Target(
+        stat_panel("GPUs reporting", [query(f"count(DCGM_FI_DEV_GPU_UTIL{{{SEL}}})", instant=True)],
+                   description="GPUs whose DCGM exporter answered the last scrape.", width=4, height=4),
+        stat_panel("Mean GPU utilisation", [query(f"avg(DCGM_FI_DEV_GPU_UTIL{{{SEL}}})")],
+                   unit="percent", min=0, max=100, width=4, height=4,
+                   steps=((None, "blue"), (30, "green"), (90, "orange"))),
+        stat_panel("Framebuffer used", [query(
             f"sum(DCGM_FI_DEV_FB_USED{{{SEL}}}) / "
             f"(sum(DCGM_FI_DEV_FB_USED{{{SEL}}}) + sum(DCGM_FI_DEV_FB_FREE{{{SEL}}}))"
         )], unit="percentunit", min=0, max=1, decimals=1, width=4, height=4,
-              thresholds=((None, "green"), (0.9, "orange"), (0.97, "red"))),
-        Panel("stat", "Power draw", [Target(f"sum(DCGM_FI_DEV_POWER_USAGE{{{SEL}}})")],
-              unit="watt", width=4, height=4),
-        Panel("stat", "Hottest GPU", [Target(f"max(DCGM_FI_DEV_GPU_TEMP{{{SEL}}})")],
-              unit="celsius", width=4, height=4, thresholds=((None, "green"), (80, "orange"), (87, "red"))),
-        Panel("stat", "GPUs with an XID error", [Target(f"sum(DCGM_FI_DEV_XID_ERRORS{{{SEL}}} != bool 0)")],
-              description="GPUs whose last XID error code is non-zero (DCGM_FI_DEV_XID_ERRORS holds the code "
-                          "of the most recent XID, not a count). 48, 63, 64, 74, 79, 94, 95 usually mean the "
-                          "GPU needs a reset or a drain.",
-              width=4, height=4, thresholds=((None, "green"), (1, "red"))),
+                   steps=((None, "green"), (0.9, "orange"), (0.97, "red"))),
+        stat_panel("Power draw", [query(f"sum(DCGM_FI_DEV_POWER_USAGE{{{SEL}}})")],
+                   unit="watt", width=4, height=4),
+        stat_panel("Hottest GPU", [query(f"max(DCGM_FI_DEV_GPU_TEMP{{{SEL}}})")],
+                   unit="celsius", width=4, height=4, steps=((None, "green"), (80, "orange"), (87, "red"))),
+        stat_panel("GPUs with an XID error", [query(f"sum(DCGM_FI_DEV_XID_ERRORS{{{SEL}}} != bool 0)")],
+                   description="GPUs whose last XID error code is non-zero (DCGM_FI_DEV_XID_ERRORS holds "
+                               "the code of the most recent XID, not a count). 48, 63, 64, 74, 79, 94, 95 "
+                               "usually mean the GPU needs a reset or a drain.",
+                   width=4, height=4, steps=((None, "green"), (1, "red"))),
     ])
     capacity = Row("Room for the next replica", [
-        Panel("stat", "Nodes with $replica_gpus free GPUs", [
-            Target(f"sum(({FREE_PER_NODE}) >= bool $replica_gpus)"),
+        stat_panel("Nodes with $replica_gpus free GPUs", [
+            query(f"sum(({FREE_PER_NODE}) >= bool $replica_gpus)"),
         ], description="Nodes where a pod asking $replica_gpus GPUs still fits by count: GPUs the exporter "
                        "maps to no pod. 0 while the HPA wants more replicas means the next one will stay "
                        "Pending. Which of them has a well-connected set is the extender's call (placement "
                        "row of the autoscaling dashboard).",
-              width=6, height=6, decimals=0, thresholds=((None, "red"), (1, "orange"), (2, "green"))),
-        Panel("bargauge", "Free GPUs per node", [
-            Target(FREE_PER_NODE, legend="{{Hostname}}", instant=True),
+                   width=6, height=6, decimals=0, steps=((None, "red"), (1, "orange"), (2, "green"))),
+        bargauge_panel("Free GPUs per node", [
+            query(FREE_PER_NODE, legend="{{Hostname}}", instant=True),
         ], description="GPUs with no pod in the exporter's Kubernetes mapping, per node.",
-              unit="none", min=0, decimals=0, width=18, height=6,
-              thresholds=((None, "red"), (1, "orange"), (4, "green"))),
+                       unit="none", min=0, decimals=0, width=18, height=6,
+                       steps=((None, "red"), (1, "orange"), (4, "green"))),
     ])
     topology = Row("Topology: GPUs grouped by node", [
-        Panel("status-history", "Utilisation per GPU, grouped by node", [
-            Target(per_gpu("DCGM_FI_DEV_GPU_UTIL"), legend=GPU_LEGEND),
+        status_history_panel("Utilisation per GPU, grouped by node", [
+            query(per_gpu("DCGM_FI_DEV_GPU_UTIL"), legend=GPU_LEGEND),
         ], description="One row per GPU, sorted by node then index, so a node whose GPUs are half idle (a "
                        "tensor-parallel group split across PCIe or sockets) stands out from nodes that are "
                        "uniformly busy.",
-              unit="percent", min=0, max=100, width=24, height=10,
-              thresholds=((None, "#1f3d7a"), (10, "#2f7ed8"), (40, "green"), (75, "yellow"), (95, "red"))),
-        Panel("table", "Nodes", [
-            Target(f"count by (Hostname, modelName) (DCGM_FI_DEV_GPU_UTIL{{{SEL}}})",
-                   instant=True, table=True),
-            Target(f"avg by (Hostname) (DCGM_FI_DEV_GPU_UTIL{{{SEL}}})", instant=True, table=True),
-            Target(f"sum by (Hostname) (DCGM_FI_DEV_FB_USED{{{SEL}}}) / (sum by (Hostname) "
-                   f"(DCGM_FI_DEV_FB_USED{{{SEL}}}) + sum by (Hostname) (DCGM_FI_DEV_FB_FREE{{{SEL}}}))",
-                   instant=True, table=True),
-            Target(f"sum by (Hostname) (DCGM_FI_DEV_POWER_USAGE{{{SEL}}})", instant=True, table=True),
-            Target(f"max by (Hostname) (DCGM_FI_DEV_GPU_TEMP{{{SEL}}})", instant=True, table=True),
+                             unit="percent", min=0, max=100, width=24, height=10,
+                             steps=((None, "#1f3d7a"), (10, "#2f7ed8"), (40, "green"), (75, "yellow"),
+                                    (95, "red"))),
+        table_panel("Nodes", [
+            query(f"count by (Hostname, modelName) (DCGM_FI_DEV_GPU_UTIL{{{SEL}}})",
+                  instant=True, table_format=True),
+            query(f"avg by (Hostname) (DCGM_FI_DEV_GPU_UTIL{{{SEL}}})", instant=True, table_format=True),
+            query(f"sum by (Hostname) (DCGM_FI_DEV_FB_USED{{{SEL}}}) / (sum by (Hostname) "
+                  f"(DCGM_FI_DEV_FB_USED{{{SEL}}}) + sum by (Hostname) (DCGM_FI_DEV_FB_FREE{{{SEL}}}))",
+                  instant=True, table_format=True),
+            query(f"sum by (Hostname) (DCGM_FI_DEV_POWER_USAGE{{{SEL}}})", instant=True, table_format=True),
+            query(f"max by (Hostname) (DCGM_FI_DEV_GPU_TEMP{{{SEL}}})", instant=True, table_format=True),
         ], description="One line per node: GPU count and model, mean utilisation, framebuffer used, power "
                        "and the hottest GPU.",
-              width=24, height=8,
-              transformations=[
-                  {"id": "merge", "options": {}},
-                  {"id": "organize", "options": {
-                      "excludeByName": {"Time": True},
-                      "renameByName": {"Hostname": "Node", "modelName": "Model", "Value #A": "GPUs",
-                                       "Value #B": "Mean util %", "Value #C": "FB used",
-                                       "Value #D": "Power W", "Value #E": "Max temp C"},
-                  }},
-              ],
-              overrides=[{"matcher": {"id": "byName", "options": "FB used"},
-                          "properties": [{"id": "unit", "value": "percentunit"}]}]),
+                    width=24, height=8,
+        ).transformations([
+            models.DataTransformerConfig(id_val="merge", options={}),
+            models.DataTransformerConfig(id_val="organize", options={
+                "excludeByName": {"Time": True},
+                "renameByName": {"Hostname": "Node", "modelName": "Model", "Value #A": "GPUs",
+                                 "Value #B": "Mean util %", "Value #C": "FB used",
+                                 "Value #D": "Power W", "Value #E": "Max temp C"},
+            }),
+        ]).override_by_name("FB used", [models.DynamicConfigValue(id_val="unit", value="percentunit")]),
     ])
     each_gpu = Row("Per GPU", [
-        Panel("timeseries", "GPU utilisation", [Target(per_gpu("DCGM_FI_DEV_GPU_UTIL"), legend=GPU_LEGEND)],
-              description="DCGM_FI_DEV_GPU_UTIL: share of time a kernel was running (coarse: a GPU running "
-                          "one small kernel all the time reads 100%). SM activity is the finer measure.",
-              unit="percent", min=0, max=100),
-        Panel("timeseries", "SM activity (profiling counters)", [
-            Target(per_gpu("DCGM_FI_PROF_SM_ACTIVE"), legend=GPU_LEGEND),
+        timeseries_panel("GPU utilisation", [query(per_gpu("DCGM_FI_DEV_GPU_UTIL"), legend=GPU_LEGEND)],
+                         description="DCGM_FI_DEV_GPU_UTIL: share of time a kernel was running (coarse: a "
+                                     "GPU running one small kernel all the time reads 100%). SM activity is "
+                                     "the finer measure.",
+                         unit="percent", min=0, max=100),
+        timeseries_panel("SM activity (profiling counters)", [
+            query(per_gpu("DCGM_FI_PROF_SM_ACTIVE"), legend=GPU_LEGEND),
         ], description="DCGM_FI_PROF_SM_ACTIVE: fraction of cycles an SM had a warp resident. Needs the DCGM "
                        "profiling counters (DCP): empty on GPUs or exporters without them.",
-              unit="percentunit", min=0, max=1),
-        Panel("timeseries", "Tensor core activity (profiling counters)", [
-            Target(per_gpu("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"), legend=GPU_LEGEND),
+                         unit="percentunit", min=0, max=1),
+        timeseries_panel("Tensor core activity (profiling counters)", [
+            query(per_gpu("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE"), legend=GPU_LEGEND),
         ], description="DCGM_FI_PROF_PIPE_TENSOR_ACTIVE: fraction of cycles the tensor pipe was busy; "
                        "what an LLM spends its FLOPs on. Needs the DCGM profiling counters.",
-              unit="percentunit", min=0, max=1),
-        Panel("timeseries", "Framebuffer used", [
-            Target(f'{per_gpu("DCGM_FI_DEV_FB_USED")} / '
-                   f'({per_gpu("DCGM_FI_DEV_FB_USED")} + {per_gpu("DCGM_FI_DEV_FB_FREE")})',
-                   legend=GPU_LEGEND),
+                         unit="percentunit", min=0, max=1),
+        timeseries_panel("Framebuffer used", [
+            query(f'{per_gpu("DCGM_FI_DEV_FB_USED")} / '
+                  f'({per_gpu("DCGM_FI_DEV_FB_USED")} + {per_gpu("DCGM_FI_DEV_FB_FREE")})',
+                  legend=GPU_LEGEND),
         ], description="DCGM_FI_DEV_FB_USED / (used + free). vLLM pre-allocates its KV cache "
                        "(--gpu-memory-utilization): a serving GPU sits near that fraction whatever the load.",
-              unit="percentunit", min=0, max=1),
-        Panel("timeseries", "Framebuffer free", [Target(per_gpu("DCGM_FI_DEV_FB_FREE"), legend=GPU_LEGEND)],
-              unit="decmbytes", min=0),
-        Panel("timeseries", "Power draw", [Target(per_gpu("DCGM_FI_DEV_POWER_USAGE"), legend=GPU_LEGEND)],
-              unit="watt", min=0),
-        Panel("timeseries", "Temperature", [Target(per_gpu("DCGM_FI_DEV_GPU_TEMP"), legend=GPU_LEGEND)],
-              unit="celsius", thresholds=((None, "green"), (80, "orange"), (87, "red"))),
-        Panel("timeseries", "Last XID error code", [
-            Target(per_gpu("DCGM_FI_DEV_XID_ERRORS"), legend=GPU_LEGEND),
+                         unit="percentunit", min=0, max=1),
+        timeseries_panel("Framebuffer free", [query(per_gpu("DCGM_FI_DEV_FB_FREE"), legend=GPU_LEGEND)],
+                         unit="decmbytes", min=0),
+        timeseries_panel("Power draw", [query(per_gpu("DCGM_FI_DEV_POWER_USAGE"), legend=GPU_LEGEND)],
+                         unit="watt", min=0),
+        timeseries_panel("Temperature", [query(per_gpu("DCGM_FI_DEV_GPU_TEMP"), legend=GPU_LEGEND)],
+                         unit="celsius", steps=((None, "green"), (80, "orange"), (87, "red"))),
+        timeseries_panel("Last XID error code", [
+            query(per_gpu("DCGM_FI_DEV_XID_ERRORS"), legend=GPU_LEGEND),
         ], description="The code of the most recent XID error per GPU (0 = none since the exporter started).",
-              unit="none", min=0, decimals=0),
+                         unit="none", min=0, decimals=0),
     ])
     return dashboard(
         uid=UID,

@@ -1,277 +1,265 @@
-"""Grafana dashboard JSON builders: panels, targets, template variables, import metadata.
+"""The house style of the toposcale dashboards on Grafana's own typed builders (grafana-foundation-sdk).
 
-Pure functions over plain dicts (no I/O), so the generator and the tests build exactly the same documents.
-The JSON follows what Grafana writes for "Export -> Export for sharing externally": `__inputs` with a
-`DS_PROMETHEUS` datasource input, `__requires` listing Grafana, the Prometheus datasource and each panel type.
+Each helper returns an SDK builder already set up the way all three dashboards look (legend, tooltip, colour
+mode, thresholds, datasource); the dashboard modules chain further SDK calls where a panel differs. Pure (no
+I/O), so the generator and the tests build exactly the same documents.
+
+What the SDK does not model is added here by hand, and dashboards/README.md says why: the import metadata of
+Grafana's "Export for sharing externally" (`__inputs` with a `DS_PROMETHEUS` datasource input, `__requires`,
+`__elements`, `"id": null`), which wraps a dashboard rather than being part of its schema, and the
+panel ids. Rows stay expanded: panels go to the dashboard after their row (the SDK's `Row.with_panel` would
+collapse the row), and the SDK's own layout places them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-# The last schema version of Grafana's v1 dashboard API (grafana/grafana apps/dashboard/pkg/migration/
-# schemaversion: "Schema version 42 is the final version for the v1 dashboard API"). Older Grafana versions
-# load a newer schemaVersion unchanged: their migrator only runs steps above the stored version.
-SCHEMA_VERSION = 42
+# The v1 dashboard modules warn on import "Prefer using dashboardv2.Dashboard instead". The v2 schema is a
+# Grafana 12 API resource that Grafana 11 cannot import and the dashboard sidecar does not serve; these
+# dashboards stay v1 (schemaVersion 42) on purpose, so the warning is silenced here only.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "Prefer using dashboardv2", DeprecationWarning)
+    from grafana_foundation_sdk.builders import bargauge, prometheus, stat, statushistory, table, timeseries
+    from grafana_foundation_sdk.builders import common as common_builders
+    from grafana_foundation_sdk.builders import dashboard as builders
+    from grafana_foundation_sdk.cog.builder import Builder
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common
+    from grafana_foundation_sdk.models import dashboard as models
+    from grafana_foundation_sdk.models import prometheus as prom_models
+
+# The SDK's default: the last schema version of Grafana's v1 dashboard API ("Schema version 42 is the final
+# version for the v1 dashboard API"). Older Grafana versions load a newer schemaVersion unchanged: their
+# migrator only runs steps above the stored version.
+SCHEMA_VERSION: int = models.Dashboard().schema_version
 GRAFANA_VERSION = "11.0.0"  # oldest Grafana whose panel options these dashboards use (status-history, stat)
 
 DS_INPUT = "DS_PROMETHEUS"
 # Every panel and variable points at the `datasource` variable; its default is the import-time input, so
 # "Dashboards > Import" asks for a Prometheus once and a user can still switch datasource later.
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE = common.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
+# `__requires` names each panel plugin as Grafana's exporter does
 PANEL_NAMES = {
     "timeseries": "Time series",
     "stat": "Stat",
     "table": "Table",
     "status-history": "Status history",
     "bargauge": "Bar gauge",
-    "text": "Text",
 }
 
-
-@dataclass(frozen=True)
-class Target:
-    """One PromQL query of a panel."""
-
-    expr: str
-    legend: str = ""
-    instant: bool = False
-    table: bool = False  # format "table": one row per series, for table panels
-
-    def to_json(self, ref_id: str) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "datasource": DATASOURCE,
-            "editorMode": "code",
-            "expr": self.expr,
-            "legendFormat": self.legend or "__auto",
-            "range": not self.instant,
-            "instant": self.instant,
-            "refId": ref_id,
-        }
-        if self.table:
-            out["format"] = "table"
-        return out
+Steps = Sequence[tuple[float | None, str]]  # (lower bound, colour); the first bound is None (-Infinity)
+GREEN: Steps = ((None, "green"),)
 
 
-@dataclass
-class Panel:
-    """A panel before layout: the grid position and id are assigned by `layout`."""
-
-    type: str
-    title: str
-    targets: Sequence[Target]
-    description: str = ""
-    unit: str = "short"
-    width: int = 12
-    height: int = 8
-    min: float | None = None
-    max: float | None = None
-    decimals: int | None = None
-    stack: bool = False
-    thresholds: Sequence[tuple[float | None, str]] = ((None, "green"),)
-    options: dict[str, Any] = field(default_factory=dict)
-    overrides: list[dict[str, Any]] = field(default_factory=list)
-    transformations: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self, panel_id: int, x: int, y: int) -> dict[str, Any]:
-        defaults: dict[str, Any] = {
-            "unit": self.unit,
-            "color": {"mode": "palette-classic" if self.type == "timeseries" else "thresholds"},
-            "thresholds": {
-                "mode": "absolute",
-                "steps": [{"color": color, "value": value} for value, color in self.thresholds],
-            },
-            "mappings": [],
-        }
-        if self.min is not None:
-            defaults["min"] = self.min
-        if self.max is not None:
-            defaults["max"] = self.max
-        if self.decimals is not None:
-            defaults["decimals"] = self.decimals
-        if self.type == "timeseries":
-            defaults["custom"] = {
-                "drawStyle": "line",
-                "lineWidth": 1,
-                "fillOpacity": 20 if self.stack else 10,
-                "showPoints": "never",
-                "spanNulls": False,
-                "stacking": {"group": "A", "mode": "normal" if self.stack else "none"},
-            }
-        panel: dict[str, Any] = {
-            "id": panel_id,
-            "type": self.type,
-            "title": self.title,
-            "description": self.description,
-            "datasource": DATASOURCE,
-            "gridPos": {"h": self.height, "w": self.width, "x": x, "y": y},
-            "fieldConfig": {"defaults": defaults, "overrides": self.overrides},
-            "options": _default_options(self.type) | self.options,
-            "targets": [t.to_json(chr(ord("A") + i)) for i, t in enumerate(self.targets)],
-        }
-        if self.transformations:
-            panel["transformations"] = self.transformations
-        return panel
+def query(expr: str, legend: str = "", *, instant: bool = False, table_format: bool = False
+          ) -> prometheus.Dataquery:
+    """One PromQL target; its refId is set when a panel helper adds it (A, B, ... in order)."""
+    target = (prometheus.Dataquery().datasource(DATASOURCE).editor_mode(prom_models.QueryEditorMode.CODE)
+              .expr(expr).legend_format(legend or "__auto"))
+    if instant:  # the builder sets `range` and `instant` together
+        target.instant()
+    else:
+        target.range()
+    if table_format:  # one row per series, for table panels
+        target.format(prom_models.PromQueryFormat.TABLE)
+    return target
 
 
-def _default_options(panel_type: str) -> dict[str, Any]:
-    if panel_type == "timeseries":
-        return {
-            "legend": {"displayMode": "table", "placement": "right", "showLegend": True,
-                       "calcs": ["lastNotNull", "max"]},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        }
-    if panel_type == "stat":
-        return {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "colorMode": "value",
-            "graphMode": "area",
-            "textMode": "auto",
-            "justifyMode": "auto",
-            "orientation": "auto",
-        }
-    if panel_type == "status-history":
-        return {
-            "showValue": "never",
-            "rowHeight": 0.9,
-            "colWidth": 0.9,
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "single", "sort": "none"},
-        }
-    if panel_type == "table":
-        return {"showHeader": True, "cellHeight": "sm", "footer": {"show": False, "reducer": ["sum"]}}
-    if panel_type == "bargauge":
-        return {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "orientation": "horizontal",
-            "displayMode": "gradient",
-            "showUnfilled": True,
-        }
-    return {}
+def thresholds(steps: Steps) -> builders.ThresholdsConfig:
+    return builders.ThresholdsConfig().mode(models.ThresholdsMode.ABSOLUTE).steps(
+        [models.Threshold(value=value, color=color) for value, color in steps])
+
+
+P = TypeVar("P", timeseries.Panel, stat.Panel, table.Panel, statushistory.Panel, bargauge.Panel)
+
+
+def _common(
+    panel: P, title: str, targets: Sequence[prometheus.Dataquery], *, description: str, unit: str,
+    width: int, height: int, min_value: float | None, max_value: float | None, decimals: int | None,
+    steps: Steps, color: models.FieldColorModeId,
+) -> P:
+    panel.title(title).description(description).datasource(DATASOURCE).span(width).height(height)
+    for i, target in enumerate(targets):
+        panel.with_target(target.ref_id(chr(ord("A") + i)))
+    panel.unit(unit).color_scheme(builders.FieldColor().mode(color)).thresholds(thresholds(steps)).mappings([])
+    if min_value is not None:
+        panel.min(min_value)
+    if max_value is not None:
+        panel.max(max_value)
+    if decimals is not None:
+        panel.decimals(decimals)
+    return panel
+
+
+def legend(mode: common.LegendDisplayMode, placement: common.LegendPlacement, calcs: Sequence[str] = ()
+           ) -> common_builders.VizLegendOptions:
+    return (common_builders.VizLegendOptions().display_mode(mode).placement(placement).show_legend(True)
+            .calcs(list(calcs)))
+
+
+def tooltip(mode: common.TooltipDisplayMode, sort: common.SortOrder) -> common_builders.VizTooltipOptions:
+    return common_builders.VizTooltipOptions().mode(mode).sort(sort)
+
+
+def last_value() -> common_builders.ReduceDataOptions:
+    return common_builders.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+
+
+def timeseries_panel(
+    title: str, targets: Sequence[prometheus.Dataquery], *, description: str = "", unit: str = "short",
+    width: int = 12, height: int = 8, min: float | None = None, max: float | None = None,
+    decimals: int | None = None, stack: bool = False, steps: Steps = GREEN,
+) -> timeseries.Panel:
+    """Lines with a table legend on the right (last, max) and a shared tooltip sorted high to low."""
+    panel = _common(timeseries.Panel(), title, targets, description=description, unit=unit, width=width,
+                    height=height, min_value=min, max_value=max, decimals=decimals, steps=steps,
+                    color=models.FieldColorModeId.PALETTE_CLASSIC)
+    return (panel.draw_style(common.GraphDrawStyle.LINE).line_width(1).fill_opacity(20 if stack else 10)
+            .show_points(common.VisibilityMode.NEVER).span_nulls(False)
+            .stacking(common_builders.StackingConfig().group("A")
+                      .mode(common.StackingMode.NORMAL if stack else common.StackingMode.NONE))
+            .legend(legend(common.LegendDisplayMode.TABLE, common.LegendPlacement.RIGHT,
+                           ["lastNotNull", "max"]))
+            .tooltip(tooltip(common.TooltipDisplayMode.MULTI, common.SortOrder.DESCENDING)))
+
+
+def stat_panel(
+    title: str, targets: Sequence[prometheus.Dataquery], *, description: str = "", unit: str = "short",
+    width: int = 4, height: int = 4, min: float | None = None, max: float | None = None,
+    decimals: int | None = None, steps: Steps = GREEN,
+) -> stat.Panel:
+    """The last value, coloured by the thresholds, over a sparkline."""
+    panel = _common(stat.Panel(), title, targets, description=description, unit=unit, width=width,
+                    height=height, min_value=min, max_value=max, decimals=decimals, steps=steps,
+                    color=models.FieldColorModeId.THRESHOLDS)
+    return (panel.reduce_options(last_value()).color_mode(common.BigValueColorMode.VALUE)
+            .graph_mode(common.BigValueGraphMode.AREA).text_mode(common.BigValueTextMode.AUTO)
+            .justify_mode(common.BigValueJustifyMode.AUTO).orientation(common.VizOrientation.AUTO))
+
+
+def table_panel(
+    title: str, targets: Sequence[prometheus.Dataquery], *, description: str = "", unit: str = "short",
+    width: int = 12, height: int = 8,
+) -> table.Panel:
+    panel = _common(table.Panel(), title, targets, description=description, unit=unit, width=width,
+                    height=height, min_value=None, max_value=None, decimals=None, steps=GREEN,
+                    color=models.FieldColorModeId.THRESHOLDS)
+    return (panel.show_header(True).cell_height(common.TableCellHeight.SM)
+            .footer(common_builders.TableFooterOptions().show(False).reducer(["sum"])))
+
+
+def status_history_panel(
+    title: str, targets: Sequence[prometheus.Dataquery], *, description: str = "", unit: str = "short",
+    width: int = 24, height: int = 10, min: float | None = None, max: float | None = None,
+    steps: Steps = GREEN,
+) -> statushistory.Panel:
+    """One coloured row per series: the thresholds are the colour scale."""
+    panel = _common(statushistory.Panel(), title, targets, description=description, unit=unit, width=width,
+                    height=height, min_value=min, max_value=max, decimals=None, steps=steps,
+                    color=models.FieldColorModeId.THRESHOLDS)
+    return (panel.show_value(common.VisibilityMode.NEVER).row_height(0.9).col_width(0.9)
+            .legend(legend(common.LegendDisplayMode.LIST, common.LegendPlacement.BOTTOM))
+            .tooltip(tooltip(common.TooltipDisplayMode.SINGLE, common.SortOrder.NONE)))
+
+
+def bargauge_panel(
+    title: str, targets: Sequence[prometheus.Dataquery], *, description: str = "", unit: str = "short",
+    width: int = 12, height: int = 8, min: float | None = None, decimals: int | None = None,
+    steps: Steps = GREEN,
+) -> bargauge.Panel:
+    """Horizontal bars, one per series, of its last value."""
+    panel = _common(bargauge.Panel(), title, targets, description=description, unit=unit, width=width,
+                    height=height, min_value=min, max_value=None, decimals=decimals, steps=steps,
+                    color=models.FieldColorModeId.THRESHOLDS)
+    return (panel.reduce_options(last_value()).orientation(common.VizOrientation.HORIZONTAL)
+            .display_mode(common.BarGaugeDisplayMode.GRADIENT).show_unfilled(True))
+
+
+def query_variable(name: str, label: str, selector: str, label_name: str) -> builders.QueryVariable:
+    """`label_values(<selector>, <label>)`, multi-select with "All" (`.*`); the selector may reference
+    earlier variables: 'up{namespace=~"$namespace"}'."""
+    expr = f"label_values({selector}, {label_name})"
+    return (builders.QueryVariable(name).label(label).datasource(DATASOURCE).definition(expr)
+            .query({"qryType": 1, "query": expr, "refId": "PrometheusVariableQueryEditor-VariableQuery"})
+            .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)  # pods come and go with autoscaling
+            .regex("").sort(models.VariableSort.ALPHABETICAL_ASC).multi(True).include_all(True).all_value(".*")
+            .current(models.VariableOption(selected=True, text=["All"], value=["$__all"]))
+            .options([]).hide(models.VariableHide.DONT_HIDE))
+
+
+def custom_variable(name: str, label: str, values: Sequence[str], default: str) -> builders.CustomVariable:
+    """A fixed list of values (a number a query compares against), single-select."""
+    return (builders.CustomVariable(name).label(label).values(",".join(values))
+            .current(models.VariableOption(selected=True, text=default, value=default))
+            .options([models.VariableOption(selected=v == default, text=v, value=v) for v in values])
+            .multi(False).include_all(False).hide(models.VariableHide.DONT_HIDE))
+
+
+def datasource_variable() -> builders.DatasourceVariable:
+    ds_input = "${" + DS_INPUT + "}"  # replaced by the datasource picked at import
+    return (builders.DatasourceVariable("datasource").label("Data source").type("prometheus").regex("")
+            .current(models.VariableOption(selected=False, text=ds_input, value=ds_input))
+            .multi(False).include_all(False).hide(models.VariableHide.DONT_HIDE))
+
+
+def dashboard_links(tag: str = "toposcale") -> list[builders.DashboardLink]:
+    """A drop-down to the other toposcale dashboards, carrying the time range and variables over."""
+    link = (builders.DashboardLink("toposcale").type(models.DashboardLinkType.DASHBOARDS).tags([tag])
+            .as_dropdown(True).include_vars(True).keep_time(True).icon("external link").target_blank(False)
+            .tooltip("").url(""))
+    # The SDK sets every link's optional `placement` to its one allowed value, "inControlsMenu", which moves
+    # the link from the dashboard's top bar into the controls menu (Grafana 12); the builder cannot unset it.
+    link.build().placement = None  # type: ignore[assignment]
+    return [link]
 
 
 @dataclass(frozen=True)
 class Row:
+    """An expanded row: a full-width header, then its panels flowing left to right below it."""
+
     title: str
-    panels: Sequence[Panel]
-    collapsed: bool = False
-
-
-def layout(rows: Iterable[Row]) -> list[dict[str, Any]]:
-    """Assign ids and grid positions: each row header spans the width, its panels flow left to right."""
-    out: list[dict[str, Any]] = []
-    next_id = 1
-    y = 0
-    for row in rows:
-        out.append({
-            "id": next_id, "type": "row", "title": row.title, "collapsed": row.collapsed,
-            "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": [],
-        })
-        next_id += 1
-        y += 1
-        x = 0
-        line_height = 0
-        for panel in row.panels:
-            if x + panel.width > 24:
-                y += line_height
-                x, line_height = 0, 0
-            out.append(panel.to_json(next_id, x, y))
-            next_id += 1
-            x += panel.width
-            line_height = max(line_height, panel.height)
-        y += line_height
-    return out
-
-
-@dataclass(frozen=True)
-class Variable:
-    """A query template variable: `label_values(<metric selector>, <label>)`."""
-
-    name: str
-    label: str
-    metric: str  # a selector; may reference earlier variables: 'up{namespace=~"$namespace"}'
-    label_name: str
-    multi: bool = True
-    include_all: bool = True
-
-    @property
-    def query(self) -> str:
-        return f"label_values({self.metric}, {self.label_name})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "label": self.label,
-            "type": "query",
-            "datasource": DATASOURCE,
-            "definition": self.query,
-            "query": {"qryType": 1, "query": self.query,
-                      "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-            "refresh": 2,  # on time range change: pods come and go with autoscaling
-            "regex": "",
-            "sort": 1,
-            "multi": self.multi,
-            "includeAll": self.include_all,
-            "allValue": ".*" if self.include_all else None,
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]} if self.include_all else {},
-            "options": [],
-            "hide": 0,
-            "skipUrlSync": False,
-        }
-
-
-@dataclass(frozen=True)
-class CustomVariable:
-    """A fixed list of values (a number a query compares against), single-select."""
-
-    name: str
-    label: str
-    values: Sequence[str]
-    default: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "label": self.label,
-            "type": "custom",
-            "query": ",".join(self.values),
-            "current": {"selected": True, "text": self.default, "value": self.default},
-            "options": [{"selected": v == self.default, "text": v, "value": v} for v in self.values],
-            "multi": False,
-            "includeAll": False,
-            "hide": 0,
-            "skipUrlSync": False,
-        }
-
-
-def datasource_variable() -> dict[str, Any]:
-    return {
-        "name": "datasource",
-        "label": "Data source",
-        "type": "datasource",
-        "query": "prometheus",
-        "current": {"selected": False, "text": "${" + DS_INPUT + "}", "value": "${" + DS_INPUT + "}"},
-        "hide": 0,
-        "includeAll": False,
-        "multi": False,
-        "options": [],
-        "refresh": 1,
-        "regex": "",
-        "skipUrlSync": False,
-    }
+    panels: Sequence[Builder[models.Panel]]
 
 
 def dashboard(
     *, uid: str, title: str, description: str, tags: Sequence[str],
-    variables: Sequence[Variable | CustomVariable],
-    rows: Sequence[Row], links: Sequence[dict[str, Any]] = (),
+    variables: Sequence[Builder[models.VariableModel]], rows: Sequence[Row],
+    links: Sequence[builders.DashboardLink] = (),
 ) -> dict[str, Any]:
-    panels = layout(rows)
-    panel_types = sorted({p["type"] for p in panels if p["type"] != "row"})
+    """The dashboard as Grafana's "Export for sharing externally" writes it."""
+    built_in = (builders.AnnotationQuery().built_in(1).datasource(common.DataSourceRef(
+        type_val="grafana", uid="-- Grafana --")).enable(True).hide(True).icon_color("rgba(0, 211, 255, 1)")
+        .name("Annotations & Alerts").type("dashboard"))
+    built_in.build().placement = None  # type: ignore[assignment]  # as for links: the SDK's only value
+    # shared crosshair: line up a queue spike with the scale-out it caused
+    board = (builders.Dashboard(title).uid(uid).description(description).tags(list(tags)).editable()
+             .tooltip(models.DashboardCursorSync.CROSSHAIR)
+             .time("now-3h", "now").timepicker(builders.TimePicker()).timezone("").week_start("")
+             .fiscal_year_start_month(0).refresh("30s").version(1).annotation(built_in)
+             .links(list(links)).with_variable(datasource_variable()))
+    for variable in variables:
+        board.with_variable(variable)
+    # Rows are added to the dashboard, and their panels after them, not into Row.with_panel: that would
+    # collapse the row. The SDK's layout then puts each row below the last and flows panels into the grid.
+    for row in rows:
+        board.with_row(builders.Row(row.title).collapsed(False))
+        for panel in row.panels:
+            board.with_panel(panel)
+    model = board.build()
+    for panel_id, panel in enumerate(model.panels or [], start=1):
+        panel.id_val = panel_id  # stable ids in layout order: panel links and Grafana's state use them
+        if isinstance(panel, models.RowPanel):
+            panel.panels = []
+    doc: dict[str, Any] = json.loads(json.dumps(model, cls=JSONEncoder))
+    panel_types = sorted({p["type"] for p in doc["panels"] if p["type"] != "row"})
     return {
+        # export metadata: not part of the dashboard schema, so not in the SDK (see the module docstring)
         "__inputs": [{
             "name": DS_INPUT,
             "label": "Prometheus",
@@ -286,40 +274,6 @@ def dashboard(
             {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
             *({"type": "panel", "id": t, "name": PANEL_NAMES[t], "version": ""} for t in panel_types),
         ],
-        "annotations": {"list": [{
-            "builtIn": 1,
-            "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-            "enable": True,
-            "hide": True,
-            "iconColor": "rgba(0, 211, 255, 1)",
-            "name": "Annotations & Alerts",
-            "type": "dashboard",
-        }]},
-        "description": description,
-        "editable": True,
-        "fiscalYearStartMonth": 0,
-        "graphTooltip": 1,  # shared crosshair: line up a queue spike with the scale-out it caused
-        "id": None,
-        "links": list(links),
-        "panels": panels,
-        "refresh": "30s",
-        "schemaVersion": SCHEMA_VERSION,
-        "tags": list(tags),
-        "templating": {"list": [datasource_variable(), *(v.to_json() for v in variables)]},
-        "time": {"from": "now-3h", "to": "now"},
-        "timepicker": {},
-        "timezone": "",
-        "title": title,
-        "uid": uid,
-        "version": 1,
-        "weekStart": "",
+        "id": None,  # an exported dashboard has no database id; the SDK omits the key
+        **doc,
     }
-
-
-def dashboard_links(tag: str = "toposcale") -> list[dict[str, Any]]:
-    """A drop-down to the other toposcale dashboards, carrying the time range and variables over."""
-    return [{
-        "title": "toposcale", "type": "dashboards", "tags": [tag], "asDropdown": True,
-        "includeVars": True, "keepTime": True, "icon": "external link", "targetBlank": False,
-        "tooltip": "", "url": "",
-    }]

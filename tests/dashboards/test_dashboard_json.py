@@ -6,10 +6,13 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
 
 from dashboards import generate, grafana
 
@@ -41,6 +44,30 @@ def test_check_mode_reports_a_hand_edited_file(tmp_path: Path) -> None:
     assert generate.main(["--check", "--out-dir", str(tmp_path)]) == 1
     assert generate.main(["--out-dir", str(tmp_path)]) == 0
     assert generate.main(["--check", "--out-dir", str(tmp_path)]) == 0
+
+
+def test_the_generator_runs_on_the_pinned_sdk() -> None:
+    # The committed JSON carries the SDK's defaults, so another SDK build regenerates different files: name
+    # that cause here rather than leave a bare --check failure. The pin is exact (dashboards/README.md).
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    [pin] = [Requirement(r) for r in extras["dashboards"]]
+    assert pin.name == "grafana-foundation-sdk" and str(pin.specifier).startswith("==")
+    assert version(pin.name) in pin.specifier, f"installed {version(pin.name)}, pinned {pin.specifier}: " \
+        "run .venv/bin/pip install -e '.[test]'"
+    assert "toposcale[dashboards]" in extras["test"]
+
+
+def test_the_dashboard_body_is_the_sdk_model(dash: dict[str, Any]) -> None:
+    # Grafana's SDK reads each committed dashboard back field for field, so everything below the export
+    # metadata is the SDK's typed model; the parts written by hand are the ones dashboards/README.md lists.
+    export_metadata = {"__inputs", "__elements", "__requires", "id"}
+    body = {k: v for k, v in dash.items() if k not in export_metadata}
+    back = json.loads(json.dumps(grafana.models.Dashboard.from_json(body), cls=grafana.JSONEncoder))
+    # from_json gives every link and annotation the SDK's one placement, which the generator removes
+    for item in [*back["links"], *back["annotations"]["list"]]:
+        assert item.pop("placement") == "inControlsMenu"
+    assert back == body
+    assert set(dash) - set(body) == export_metadata and dash["id"] is None
 
 
 def test_one_file_per_dashboard_with_stable_uids() -> None:
