@@ -4,11 +4,11 @@ Each helper returns an SDK builder already set up the way all three dashboards l
 mode, thresholds, datasource); the dashboard modules chain further SDK calls where a panel differs. Pure (no
 I/O), so the generator and the tests build exactly the same documents.
 
-What the SDK does not model is added here by hand, and dashboards/README.md says why: the import metadata of
-Grafana's "Export for sharing externally" (`__inputs` with a `DS_PROMETHEUS` datasource input, `__requires`,
-`__elements`, `"id": null`), which wraps a dashboard rather than being part of its schema, and the
-panel ids. Rows stay expanded: panels go to the dashboard after their row (the SDK's `Row.with_panel` would
-collapse the row), and the SDK's own layout places them.
+Written here by hand, and dashboards/README.md says why: the import metadata of Grafana's "Export for sharing
+externally" (`__inputs` with a `DS_PROMETHEUS` datasource input, `__requires`, `__elements`, `"id": null`),
+which wraps a dashboard rather than being part of its schema; unsetting the `placement` the SDK forces on
+links and annotations; panel ids, numbered after the SDK's layout. Rows stay expanded: panels go to the
+dashboard after their row (the SDK's `Row.with_panel` would collapse the row).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-# The v1 dashboard modules warn on import "Prefer using dashboardv2.Dashboard instead". The v2 schema is a
-# Grafana 12 API resource that Grafana 11 cannot import and the dashboard sidecar does not serve; these
-# dashboards stay v1 (schemaVersion 42) on purpose, so the warning is silenced here only.
+# The v1 dashboard modules warn on import "Prefer using dashboardv2.Dashboard instead". v2 is a Grafana 12
+# resource that Grafana 11 cannot import; these dashboards stay v1 (schemaVersion 42) on purpose, so the
+# warning is silenced here, for these imports only.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", "Prefer using dashboardv2", DeprecationWarning)
     from grafana_foundation_sdk.builders import bargauge, prometheus, stat, statushistory, table, timeseries
@@ -246,7 +246,9 @@ def dashboard(
     for variable in variables:
         board.with_variable(variable)
     # Rows are added to the dashboard, and their panels after them, not into Row.with_panel: that would
-    # collapse the row. The SDK's layout then puts each row below the last and flows panels into the grid.
+    # collapse the row. The SDK's layout then puts each row below the last and flows panels into the grid;
+    # it starts a new line once one reaches 24 columns, not before a panel that does not fit, so a panel wider
+    # than what is left of its line overflows the grid (test_panels_fit_the_grid_without_overlap fails).
     for row in rows:
         board.with_row(builders.Row(row.title).collapsed(False))
         for panel in row.panels:
@@ -254,8 +256,6 @@ def dashboard(
     model = board.build()
     for panel_id, panel in enumerate(model.panels or [], start=1):
         panel.id_val = panel_id  # stable ids in layout order: panel links and Grafana's state use them
-        if isinstance(panel, models.RowPanel):
-            panel.panels = []
     doc: dict[str, Any] = json.loads(json.dumps(model, cls=JSONEncoder))
     panel_types = sorted({p["type"] for p in doc["panels"] if p["type"] != "row"})
     return {
