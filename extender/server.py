@@ -166,6 +166,11 @@ class Extender:
         self.m_outcome = Counter(
             "toposcale_extender_filter_outcomes", "Filter outcomes per node", ["outcome"], registry=r
         )
+        self.m_followup = Counter(
+            "toposcale_extender_prioritize_from_filter",
+            "Prioritize calls answered from the filter call before them (same pod and nodes, cache unchanged)",
+            registry=r,
+        )
         self.m_cut = Counter(
             "toposcale_extender_connections_cut",
             "Connections closed by a bound: header-timeout, header-size, max-connections", ["reason"],
@@ -183,6 +188,7 @@ class Extender:
         self.max_pending = PENDING_PER_SLOT * config.max_inflight
         self._pending = 0
         self._logged: dict[str, str] = {}
+        self._followups = Followups()
 
     # ------------------------------------------------------------ app
 
@@ -305,6 +311,9 @@ class Extender:
         finally:
             self._sem.release()
 
+    def _generation(self) -> int:
+        return self.state.generation if self.state is not None else -1
+
     def _log_node_once(self, name: str, problem: str) -> None:
         if self._logged.get(name) == problem:
             return
@@ -413,11 +422,15 @@ class Extender:
                     self.m_nodes.labels("filter").inc(len(names))
                     if names:
                         self.m_outcome.labels("fits").inc(len(names))
+                    self._followups.expect(body, names, entries, table, k, need, self._generation())
                     return _json(wire.filter_result(args, names, failed, unresolvable))
                 outcomes, view_of = self._outcomes("filter", args, k, need, table, entries)
             else:
                 outcomes, view_of = self._outcomes("filter", args, k, need, None)
             passing = list(compress(names, map(_PASSES, outcomes)))
+            if table is not None and not table.unknown:
+                kept = list(compress(entries, map(_PASSES, outcomes)))
+                self._followups.expect(body, passing, kept, table, k, need, self._generation())
             if len(passing) < len(names):
                 for i, o in enumerate(outcomes):
                     if o.passes:
@@ -435,6 +448,16 @@ class Extender:
 
     async def prioritize(self, request: web.Request) -> web.StreamResponse:
         def work(body: bytes) -> web.Response:
+            state = self.state
+            hit = self._followups.match(body, state) if state is not None else None
+            if hit is not None:
+                # The filter's own nodes for the same pod, nothing changed since: its entries are the answer.
+                entries, table, k, need = hit
+                self.m_followup.inc()
+                answer = wire.priority_list_of(map(FRAGMENT, entries))
+                later = self._count_prioritize_later
+                asyncio.get_running_loop().call_soon(later, None, k, need, table, entries)
+                return _json(answer)
             args = wire.parse_args(body)
             k, need, fail_all = self._prepare("prioritize", args)
             names = args.names
@@ -455,11 +478,11 @@ class Extender:
         return await self._run("prioritize", request, work)
 
     def _count_prioritize_later(
-        self, args: wire.ExtenderArgs, k: int, need: Tier | None,
+        self, args: wire.ExtenderArgs | None, k: int, need: Tier | None,
         table: OutcomeTable, entries: Sequence[Entry],
     ) -> None:
         try:
-            if table.unknown:
+            if table.unknown and args is not None:
                 self._count_prioritize(args, k, need, table, entries)  # unknown nodes to count and log
                 return
             self.m_nodes.labels("prioritize").inc(len(entries))
@@ -581,6 +604,50 @@ class Extender:
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class Followups:
+    """What the prioritize that follows a filter will send, so its answer comes from the filter's work.
+
+    kube-scheduler calls filter with the nodes its own filters passed, then prioritize with the nodes the
+    filter kept, for the same pod (`HTTPExtender.send`: `json.Marshal` of the same `ExtenderArgs{Pod,
+    Nodes, NodeNames}`, fields in that order). So the prioritize body is the filter body with the filter's
+    answer as NodeNames, byte for byte. When a prioritize body is exactly that and the watch cache has not
+    changed since (its generation), the filter's entries for those nodes are the answer: no JSON decoding
+    of the pod and thousands of names, no lookup per name. Any other body (another client, an extender
+    before this one in the chain dropping nodes, a changed cache) takes the ordinary path."""
+
+    SLOTS = 4  # calls of a few schedulers (or profiles) in flight at once
+
+    def __init__(self) -> None:
+        self._items: list[tuple[bytes, list[Any], OutcomeTable, int, Tier | None, int]] = []
+
+    def expect(
+        self, filter_body: bytes, kept: Sequence[str], entries: Sequence[Any], table: OutcomeTable, k: int,
+        need: Tier | None, generation: int,
+    ) -> None:
+        # Go's encoder writes NodeNames last: `...,"NodeNames":[...]}`; node names need no escaping.
+        cut = filter_body.rfind(b',"NodeNames":[')
+        if cut < 0 or not filter_body.endswith(b"]}"):
+            return
+        expected = filter_body[:cut] + b',"NodeNames":' + orjson.dumps(list(kept)) + b"}"
+        self._items.append((expected, list(entries), table, k, need, generation))
+        if len(self._items) > self.SLOTS:
+            del self._items[0]
+
+    def match(
+        self, body: bytes, state: ClusterState
+    ) -> tuple[list[Any], OutcomeTable, int, Tier | None] | None:
+        items = self._items
+        for i in range(len(items) - 1, -1, -1):
+            expected, entries, table, k, need, gen = items[i]
+            if len(expected) == len(body) and expected == body:
+                del items[i]
+                # table(): expires assumptions that ran out (bumping the generation) before the check
+                if state.table(k, need) is table and state.generation == gen:
+                    return entries, table, k, need
+                return None
+        return None
 
 
 # Outcome is a NamedTuple: item getters run at C speed over thousands of nodes.

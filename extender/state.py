@@ -95,6 +95,9 @@ class ClusterState:
         # Per (k, scope): each node's outcome and answer fragment, so a names-only request costs one C-level
         # pass over its names. A node's entries are dropped whenever its view changes (`_forget`).
         self._tables: dict[tuple[int, Tier | None], OutcomeTable] = {}
+        # Bumped whenever a derived view or outcome is dropped: an answer computed at generation g is still
+        # exactly the answer while the generation is g (the prioritize that follows a filter reuses it).
+        self.generation = 0
         self.synced_nodes = asyncio.Event()
         self.synced_pods = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -336,6 +339,7 @@ class ClusterState:
 
     def _forget(self, name: str | None = None) -> None:
         """Drop derived views and outcomes: of one node, or of all (relist, an assumption ran out)."""
+        self.generation += 1
         if name is None:
             self._views.clear()
             self._tables.clear()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import types
 from typing import Any
 
+import orjson
 import pytest
 from toposcale.extender import state as state_module
 from toposcale.extender.decisions import Outcome, OutcomeTable
@@ -229,3 +230,51 @@ async def test_outcomes_are_named_for_what_they_are_in_explain_and_the_metrics(s
         assert line % (label, count) in full_metrics, full_metrics
     assert line % ("fits", "2.0") in cached_metrics
     assert line % ("insufficient-free-gpus", "2.0") in cached_metrics
+
+
+def go_body(pod: dict[str, Any], names: list[str]) -> bytes:
+    """ExtenderArgs as kube-scheduler's json.Marshal writes it: fields in struct order, compact."""
+    return orjson.dumps({"Pod": pod, "Nodes": None, "NodeNames": names})
+
+
+async def test_prioritize_after_filter_answers_from_the_filter_only_while_nothing_changed(
+    serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler's sequence: filter, then prioritize with the nodes the filter kept. That prioritize is
+    answered from the filter's work (no decoding, no lookups) while the cache is unchanged; its answer is the
+    one the ordinary path gives, and after any event in between it is the ordinary path."""
+    from toposcale.extender import server as server_module
+
+    parsed = []
+    real = server_module.wire.parse_args
+    monkeypatch.setattr(server_module.wire, "parse_args", lambda b: parsed.append(b) or real(b))
+    nodes = fleet()
+    del nodes["bare"]  # a node without annotations is counted and logged by each prioritize: ordinary path
+    st = cache(nodes)
+    scoped = pod_obj("tp4-nvlink", 4, scope="nvlink")  # fails hgx-2 (3 free), the pairs and the PCIe box
+    async with serve(state=st) as cached, serve(state=cache(nodes)) as fresh:
+        for pod in (scoped, pod_obj("tp4", 4)):
+            code, filt = await cached.post("/filter", go_body(pod, list(nodes)))
+            kept = filt["NodeNames"]
+            assert kept and len(kept) < len(nodes) if pod is scoped else kept == list(nodes)
+            parsed.clear()
+            code2, prio = await cached.post("/prioritize", go_body(pod, kept))
+            assert (code, code2) == (200, 200)
+            assert parsed == []  # answered from the filter
+            # The same request spelled differently (not the scheduler's bytes) takes the ordinary path:
+            _, ref = await fresh.post("/prioritize", orjson.dumps({"NodeNames": kept, "Pod": pod}))
+            assert prio == ref and len(parsed) == 1
+        # An event between filter and prioritize: hgx now holds 6 GPUs. The prioritize must see it.
+        pod = pod_obj("tp4", 4)
+        _, filt = await cached.post("/filter", go_body(pod, ["hgx", "a6000"]))
+        assert filt["NodeNames"] == ["hgx", "a6000"]
+        st.node_event("MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5]))
+        parsed.clear()
+        _, prio = await cached.post("/prioritize", go_body(pod, ["hgx", "a6000"]))
+        assert len(parsed) == 1
+        assert prio[0] == {"Host": "hgx", "Score": 0}  # 2 free < 4: the new state, not the filter's
+        # Another pod's prioritize with the same nodes is not the filter's follow-up either.
+        _, filt = await cached.post("/filter", go_body(pod, ["a6000"]))
+        parsed.clear()
+        _, prio = await cached.post("/prioritize", go_body(pod_obj("other", 1), ["a6000"]))
+        assert len(parsed) == 1
