@@ -45,9 +45,10 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -204,16 +205,64 @@ def quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     return buckets[-1][0]
 
 
-def bind_rate(log: str) -> tuple[int, float]:
+def bind_times(log: str) -> list[float]:
+    """Wall-clock times (epoch seconds, UTC as klog writes them) of the scheduler's binds."""
+    year = datetime.now(UTC).year
     stamps = []
     for line in log.splitlines():
         m = BOUND.match(line)
         if m:
-            t = datetime.strptime(m[2], "%H:%M:%S.%f")
-            stamps.append(t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6)
+            t = datetime.strptime(f"{year}{m[1]} {m[2]}", "%Y%m%d %H:%M:%S.%f").replace(tzinfo=UTC)
+            stamps.append(t.timestamp())
+    return stamps
+
+
+def bind_rate(stamps: list[float]) -> tuple[int, float]:
     if len(stamps) < 2:
         return len(stamps), float("nan")
     return len(stamps), (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-6)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (its threads included), None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class CpuSampler:
+    """CPU seconds of named processes sampled every 50 ms against the wall clock, so the CPU each one spent
+    between two instants (the first and last bind) can be read off afterwards."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.samples: list[tuple[float, dict[str, float | None]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), {k: cpu_seconds(v) for k, v in self.pids.items()}))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, t0: float, t1: float) -> dict[str, float]:
+        """CPU seconds each process spent in [t0, t1] (nearest samples inside the window)."""
+        inside = [s for s in self.samples if t0 <= s[0] <= t1] or self.samples[-1:]
+        first, last = inside[0][1], inside[-1][1]
+        return {k: (last[k] or 0.0) - (first[k] or 0.0) for k in self.pids if first.get(k) is not None}
 
 
 def wait_http(url: str, timeout: float, ctx: ssl.SSLContext | None = None) -> None:
@@ -229,14 +278,57 @@ def wait_http(url: str, timeout: float, ctx: ssl.SSLContext | None = None) -> No
     raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
 
 
-def run_row(cluster: Cluster, work: Path, mode: str, pods: int, nodes: int) -> dict[str, Any]:
-    ns = f"bench-{mode}-{nodes}"
+# --extender-cpu: (CPUs of the extender, CPUs of everything else), as `taskset -c` lists; None: shared.
+PINNING: tuple[str, str] | None = None
+
+
+def pinned(argv: list[str], who: str) -> list[str]:
+    if PINNING is None:
+        return argv
+    return ["taskset", "-c", PINNING[0] if who == "extender" else PINNING[1], *argv]
+
+
+SCHEDJSON = ROOT / "benchmarks" / "schedjson"
+GPU = "nvidia.com/gpu"
+
+
+def go_json_floor(ext_url: str, names: list[str], work: Path) -> dict[str, float]:
+    """kube-scheduler's own JSON work for one pod against this extender (benchmarks/schedjson, Go's
+    encoding/json as HTTPExtender.send uses it) on the answers the extender really gives for `names`."""
+    body = {"Pod": {**pod(9999), "metadata": {"name": "vllm-9999", "namespace": "bench", "uid": "u-9999"}},
+            "Nodes": None, "NodeNames": names}
+    answers = []
+    for verb in ("filter", "prioritize"):
+        data = json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        req = urllib.request.Request(f"{ext_url}/{verb}", data=data, headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answers.append(r.read())
+        if verb == "filter":
+            body["NodeNames"] = json.loads(answers[0])["NodeNames"]
+    files = {}
+    for name, data in (("pod", json.dumps(body["Pod"]).encode()), ("names", json.dumps(names).encode()),
+                       ("filter", answers[0]), ("prioritize", answers[1])):
+        files[name] = work / f"schedjson-{name}.json"
+        files[name].write_bytes(data)
+    exe = work / "schedjson"
+    if not exe.exists():
+        subprocess.run(["go", "build", "-o", str(exe), "."], cwd=SCHEDJSON, check=True)
+    out = subprocess.run([str(exe), *(str(files[k]) for k in ("pod", "names", "filter", "prioritize"))],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def run_row(
+    cluster: Cluster, work: Path, mode: str, pods: int, nodes: int, n: int = 0, names: list[str] | None = None
+) -> dict[str, Any]:
+    ns = f"bench-{mode}-{nodes}-{n}"  # n: a row repeated in one run gets a fresh namespace
     asyncio.run(create_all(cluster, "/api/v1/namespaces",
                            [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}]))
     asyncio.run(create_all(cluster, f"/api/v1/namespaces/{ns}/pods", [pod(i) for i in range(pods)]))
     ext_port, sch_port = free_port(), free_port()
     ext = None
-    ext_log = work / f"extender-{mode}-{nodes}.log"
+    ext_log = work / f"extender-{mode}-{nodes}-{n}.log"
     if mode != "a":
         argv = [str(TOPOSCALE), "extender", "--host", "127.0.0.1", "--port", str(ext_port), "--log-level",
                 "warning"]
@@ -244,21 +336,25 @@ def run_row(cluster: Cluster, work: Path, mode: str, pods: int, nodes: int) -> d
         if mode == "c":
             argv += ["--max-body-mb", "256"]
         with ext_log.open("wb") as out:
-            ext = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+            ext = subprocess.Popen(pinned(argv, "extender"), stdout=out, stderr=subprocess.STDOUT)
         wait_http(f"http://127.0.0.1:{ext_port}/readyz", 120)
-    cfg = work / f"scheduler-{mode}-{nodes}.yaml"
+    cfg = work / f"scheduler-{mode}-{nodes}-{n}.yaml"
     scheduler_config(cfg, cluster.dir / "scheduler.kubeconfig", mode, f"http://127.0.0.1:{ext_port}")
     p = cluster.pki_dir
     kc = cluster.dir / "scheduler.kubeconfig"
-    log = work / f"kube-scheduler-{mode}-{nodes}.log"
+    log = work / f"kube-scheduler-{mode}-{nodes}-{n}.log"
     with log.open("wb") as out:
-        sched = subprocess.Popen([
+        sched = subprocess.Popen(pinned([
             str(cluster.bin_dir / "kube-scheduler"), f"--config={cfg}", f"--authentication-kubeconfig={kc}",
             f"--authorization-kubeconfig={kc}", f"--secure-port={sch_port}", "--bind-address=127.0.0.1",
             f"--tls-cert-file={p / 'scheduler-serving.crt'}",
             f"--tls-private-key-file={p / 'scheduler-serving.key'}",
             f"--client-ca-file={p / 'ca.crt'}", "--v=2",
-        ], stdout=out, stderr=subprocess.STDOUT)
+        ], "scheduler"), stdout=out, stderr=subprocess.STDOUT)
+    pids = {"scheduler": sched.pid, "apiserver": cluster.pids["kube-apiserver"], "etcd": cluster.pids["etcd"]}
+    if ext is not None:
+        pids["extender"] = ext.pid
+    sampler = CpuSampler(pids).__enter__()
     try:
         deadline = time.monotonic() + 60 + pods * (2.0 if mode == "c" else 0.5) * max(1, nodes // 1000)
         while asyncio.run(bound_count(cluster, ns)) < pods:
@@ -273,14 +369,25 @@ def run_row(cluster: Cluster, work: Path, mode: str, pods: int, nodes: int) -> d
         buckets, att_sum, att_count = histogram(
             text, "scheduler_scheduling_attempt_duration_seconds", {"result": "scheduled", "profile": PROFILE}
         )
-        ext_s = float("nan")
+        ext_s = reused = float("nan")
+        floor: dict[str, float] = {}
         if ext is not None:
             et = metrics_text(f"http://127.0.0.1:{ext_port}/metrics")
-            (work / f"extender-{mode}-{nodes}.metrics").write_text(et)
+            (work / f"extender-{mode}-{nodes}-{n}.metrics").write_text(et)
             ext_s = sum(histogram(et, "toposcale_extender_decision_seconds", {"verb": v})[1]
                         for v in ("filter", "prioritize"))
+            prio = histogram(et, "toposcale_extender_decision_seconds", {"verb": "prioritize"})[2]
+            m = re.search(r"^toposcale_extender_prioritize_from_filter_total (\S+)$", et, re.M)
+            reused = float(m[1]) / prio if m and prio else float("nan")
+            if mode == "b" and names:
+                floor = go_json_floor(f"http://127.0.0.1:{ext_port}", names, work)
+        sampler.__exit__()
         sched_log = log.read_text()
-        n_bound, rate = bind_rate(sched_log)
+        stamps = bind_times(sched_log)
+        n_bound, rate = bind_rate(stamps)
+        # CPU per bound pod between the first and last bind: where the machine's two cores went.
+        cpu = sampler.between(stamps[0], stamps[-1]) if len(stamps) >= 2 else {}
+        per_pod = {k: 1000 * v / max(n_bound - 1, 1) for k, v in cpu.items()}
         skipped = sched_log.count("Skipping extender as it returned error")
         return {
             "mode": mode, "nodes": nodes, "pods": n_bound, "pods_per_s": rate,
@@ -288,8 +395,12 @@ def run_row(cluster: Cluster, work: Path, mode: str, pods: int, nodes: int) -> d
             "mean_ms": 1000 * att_sum / att_count if att_count else float("nan"),
             "ext_share": ext_s / att_sum if att_sum else float("nan"),
             "ext_errors": skipped,
+            "cpu_ms_per_pod": per_pod,
+            "reused": reused,
+            "go_json_ms": floor.get("total_ms", float("nan")),
         }
     finally:
+        sampler.__exit__()
         sched.terminate()
         sched.wait(15)
         if ext is not None:
@@ -303,26 +414,70 @@ def run_row(cluster: Cluster, work: Path, mode: str, pods: int, nodes: int) -> d
                        capture_output=True, timeout=300)
 
 
+def pin(cluster: Cluster, spec: str) -> None:
+    """The extender on the CPUs of `spec`, etcd, kube-apiserver, kube-controller-manager (every thread) and
+    each row's scheduler on the others."""
+    global PINNING
+    mine = parse_cpus(spec)
+    rest = sorted(set(os.sched_getaffinity(0)) - mine)
+    if not mine or not rest:
+        sys.exit(f"bench_scheduler: --extender-cpu {spec} leaves no CPU for the control plane")
+    PINNING = (",".join(map(str, sorted(mine))), ",".join(map(str, rest)))
+    for pid in cluster.pids.values():
+        subprocess.run(["taskset", "-a", "-cp", PINNING[1], str(pid)], check=True, capture_output=True)
+    print(f"extender on CPU {PINNING[0]}, control plane and scheduler on {PINNING[1]}", file=sys.stderr)
+
+
+def parse_cpus(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 LABEL = {"a": "(a) no extender", "b": "(b) extender, nodeCacheCapable: true",
          "c": "(c) extender, nodeCacheCapable: false"}
+
+
+def cpu_cell(c: dict[str, float], name: str) -> str:
+    return f"{c[name]:.1f}" if name in c else ""
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     base = {r["nodes"]: r["pods_per_s"] for r in rows if r["mode"] == "a"}
     out = [
         "| nodes | row | pods | pods/s | attempt p50 ms | attempt p99 ms | mean ms | ext share | ext errors "
-        "| cost |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU ms/pod: scheduler | extender | apiserver + etcd | prioritize from filter "
+        "| scheduler JSON ms/pod | cost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cost = 1 - r["pods_per_s"] / base[r["nodes"]] if r["mode"] != "a" and base.get(r["nodes"]) else None
         share = "" if r["mode"] == "a" else f"{100 * r['ext_share']:.0f}%"
         errors = "" if r["mode"] == "a" else r["ext_errors"]
         cost_s = "" if cost is None else f"{100 * cost:.0f}%"
+        reused = "" if r["mode"] == "a" or r.get("reused") != r.get("reused") else f"{100 * r['reused']:.0f}%"
+        c = r.get("cpu_ms_per_pod") or {}
+        g = r.get("go_json_ms", float("nan"))
+        go_json = f"{g:.2f}" if g == g else ""
+        cp = f"{c['apiserver'] + c['etcd']:.1f}" if "apiserver" in c and "etcd" in c else ""
         out.append(
             f"| {r['nodes']:,} | {LABEL[r['mode']]} | {r['pods']} | {r['pods_per_s']:.1f} | "
-            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | {share} | {errors} | {cost_s} |"
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | {share} | {errors} | "
+            f"{cpu_cell(c, 'scheduler')} | {cpu_cell(c, 'extender')} | {cp} | {reused} | {go_json} | "
+            f"{cost_s} |"
         )
+    for r in rows:
+        floor, base_rate = r.get("go_json_ms", float("nan")), base.get(r["nodes"])
+        if floor == floor and base_rate:
+            per_pod = 1000 / base_rate
+            out.append(
+                f"\nAt {r['nodes']:,} nodes kube-scheduler's own encoding/json work for one pod's two "
+                f"extender calls (marshal both ExtenderArgs, decode both answers, benchmarks/schedjson) is "
+                f"{floor:.2f} ms: {100 * floor / per_pod:.0f}% of the {per_pod:.1f} ms a pod takes in (a), "
+                "inside the scheduling cycle."
+            )
     return "\n".join(out)
 
 
@@ -331,6 +486,12 @@ def main() -> int:
     ap.add_argument("--nodes", default="1000,5000", help="comma-separated fleet sizes (default 1000,5000)")
     ap.add_argument("--pods", type=int, default=100, help="4-GPU pods per row (default 100)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the taken GPUs (default 1)")
+    ap.add_argument("--rows", default="a,b,c", help="which rows to run (default a,b,c)")
+    ap.add_argument(
+        "--extender-cpu", default="",
+        help="pin the extender to these CPUs (taskset list, e.g. 1) and the control plane and scheduler to "
+        "the others, in every row: the extender on CPUs of its own, as its own Pod would be",
+    )
     ap.add_argument("--json", action="store_true", help="also print the rows as one JSON line")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, metrics) and print it")
     a = ap.parse_args()
@@ -341,16 +502,21 @@ def main() -> int:
     try:
         t0 = time.monotonic()
         cluster.start(with_scheduler=False)
+        if a.extender_cpu:
+            pin(cluster, a.extender_cpu)
         print(f"control plane up in {time.monotonic() - t0:.1f} s", file=sys.stderr)
         have = 0
         for size in sorted(sizes):
             t0 = time.monotonic()
-            asyncio.run(create_all(cluster, "/api/v1/nodes", fleet(size, a.seed)[have:]))
+            objs = fleet(size, a.seed)
+            asyncio.run(create_all(cluster, "/api/v1/nodes", objs[have:]))
+            # what the scheduler sends a 4-GPU pod: the nodes its own filters pass (4 or more GPUs free)
+            names = [o["metadata"]["name"] for o in objs if int(o["status"]["allocatable"][GPU]) >= 4]
             have = size
             print(f"{size} nodes in the API in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-            for mode in ("a", "b", "c"):
+            for n, mode in enumerate(a.rows.split(",")):
                 t0 = time.monotonic()
-                rows.append(run_row(cluster, work, mode, a.pods, size))
+                rows.append(run_row(cluster, work, mode, a.pods, size, n, names))
                 print(f"  row ({mode}) at {size} nodes: {time.monotonic() - t0:.1f} s", file=sys.stderr)
     finally:
         cluster.stop()

@@ -1,0 +1,3 @@
+module toposcale.io/benchmarks/schedjson
+
+go 1.26
