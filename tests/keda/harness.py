@@ -135,8 +135,7 @@ async def run_keda(cluster: Cluster, work: Path) -> AsyncIterator[Keda]:
     }
     kc = str(cluster.admin_kubeconfig)
     kubectl(cluster, "apply", "--server-side", "--field-manager=toposcale-tests", "-f", str(bins / "crds"))
-    kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/scaledobjects.keda.sh", "crd/triggerauthentications.keda.sh")
+    await wait_established(cluster, ["scaledobjects.keda.sh", "triggerauthentications.keda.sh"])
     _apply(cluster, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NS}})
     original = json.loads(kubectl(cluster, "get", "apiservice", APISERVICE, "-o", "json").stdout)["spec"]
     grpc_port, probe_port, ms_port, ms_metrics_port = free_port(), free_port(), free_port(), free_port()
@@ -195,6 +194,23 @@ async def run_keda(cluster: Cluster, work: Path) -> AsyncIterator[Keda]:
         kubectl(cluster, "delete", "-f", str(bins / "crds"), "--wait=false", "--ignore-not-found",
                 check=False)
         kubectl(cluster, "delete", "namespace", KEDA_NS, "--wait=false", "--ignore-not-found", check=False)
+
+
+async def wait_established(cluster: Cluster, crds: list[str], limit: float = 60) -> None:
+    # (`kubectl wait` fails outright on a CRD whose status the API server has not written yet)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        r = await asyncio.to_thread(kubectl, cluster, "get", "crd", *crds, "-o", "json")
+        items = json.loads(r.stdout)["items"]
+        if all(
+            any(c["type"] == "Established" and c["status"] == "True"
+                for c in (i.get("status") or {}).get("conditions") or [])
+            for i in items
+        ):
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"KEDA's CRDs {crds} never became Established")
 
 
 async def wait_available(cluster: Cluster, keda: Keda, limit: float = 60) -> None:
