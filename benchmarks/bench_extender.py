@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
-import random
 import socket
 import statistics
 import sys
@@ -32,32 +31,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-FIXTURES = ROOT / "tests" / "fixtures" / "topologies"
 POD_GPUS = (4, 2, 8, 1)
 
 
 def build_fleet(size: int, seed: int) -> list[dict[str, Any]]:
-    from toposcale.extender.topology.annotations import (
-        ALLOCATION_ANNOTATION,
-        TOPOLOGY_ANNOTATION,
-        Allocation,
-        allocation_to_doc,
-        dumps,
-        now_rfc3339,
-        topology_to_doc,
-    )
-    from toposcale.extender.topology.topo_text import parse_topo_text
+    from boxes import boxes
 
-    rng = random.Random(seed)
-    texts = [p.read_text() for p in sorted(FIXTURES.glob("*.txt")) if "1gpu" not in p.name]
     nodes = []
-    for i in range(size):
-        name = f"gpu-{i:05d}"
-        text = texts[i % len(texts)]
-        n = len(parse_topo_text(text))
-        topo = parse_topo_text(text, ids=[f"GPU-{name}-{j:02d}-5e1f0c3a-9d2b" for j in range(n)])
-        held = frozenset(g.id for g in topo.gpus if rng.random() < 0.3)
-        alloc = Allocation(held, frozenset(), now_rfc3339())
+    for box in boxes(size, seed, "gpu", "GPU-{name}-{j:02d}-5e1f0c3a-9d2b"):
+        i, name, n = box.i, box.name, box.gpus
         nodes.append(
             {
                 "metadata": {
@@ -70,10 +52,7 @@ def build_fleet(size: int, seed: int) -> list[dict[str, Any]]:
                         "nvidia.com/gpu.count": str(n),
                         "node.kubernetes.io/instance-type": "gpu-box",
                     },
-                    "annotations": {
-                        TOPOLOGY_ANNOTATION: dumps(topology_to_doc(topo)),
-                        ALLOCATION_ANNOTATION: dumps(allocation_to_doc(alloc)),
-                    },
+                    "annotations": dict(box.annotations),
                 },
                 "spec": {"podCIDR": f"10.{i // 250}.{i % 250}.0/24", "providerID": f"aws:///{name}"},
                 "status": {

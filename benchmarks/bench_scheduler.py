@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import re
 import shutil
 import ssl
@@ -60,7 +59,6 @@ sys.path.insert(0, str(ROOT))
 from tests.harness.kube_cluster import Cluster, free_port  # noqa: E402
 from tests.harness.kubelet import ApiSession  # noqa: E402
 
-FIXTURES = ROOT / "tests" / "fixtures" / "topologies"
 SHIPPED = ROOT / "deploy" / "extender" / "scheduler-config.yaml"
 TOPOSCALE = Path(sys.executable).parent / "toposcale"
 PROFILE = "toposcale-scheduler"
@@ -78,38 +76,19 @@ def bin_dir() -> Path:
 
 
 def fleet(size: int, seed: int) -> list[dict[str, Any]]:
-    from toposcale.extender.topology.annotations import (
-        ALLOCATION_ANNOTATION,
-        TOPOLOGY_ANNOTATION,
-        Allocation,
-        allocation_to_doc,
-        dumps,
-        now_rfc3339,
-        topology_to_doc,
-    )
-    from toposcale.extender.topology.topo_text import parse_topo_text
+    from boxes import boxes
+    from toposcale.extender.topology.annotations import now_rfc3339
 
-    rng = random.Random(seed)
-    texts = [p.read_text() for p in sorted(FIXTURES.glob("*.txt")) if "1gpu" not in p.name]
     nodes = []
-    for i in range(size):
-        name = f"bench-{i:05d}"
-        text = texts[i % len(texts)]
-        n = len(parse_topo_text(text))
-        topo = parse_topo_text(text, ids=[f"GPU-{name}-{j}" for j in range(n)])
-        held = frozenset(g.id for g in topo.gpus if rng.random() < 0.3)
-        alloc = Allocation(held, frozenset(), now_rfc3339())
-        free = n - len(held)
+    for box in boxes(size, seed, "bench"):
+        name, n, free = box.name, box.gpus, box.free
         nodes.append({
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {
                 "name": name,
                 "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
-                "annotations": {
-                    TOPOLOGY_ANNOTATION: dumps(topology_to_doc(topo)),
-                    ALLOCATION_ANNOTATION: dumps(allocation_to_doc(alloc)),
-                },
+                "annotations": dict(box.annotations),
             },
             "spec": {},
             "status": {
