@@ -240,13 +240,16 @@ async def scale_story(stack: GatewayStack, keda: Keda) -> None:
     assert s["conds"]["Ready"]["reason"] == "TriggerError", s["conds"]
     assert s["conds"]["Active"]["status"] == "False", s["conds"]
     failed = [e for e in await events(cluster) if e["reason"] == "KEDAScalerFailed"]
-    assert failed and "Unavailable" in failed[-1]["message"], failed
+    # toposcale's gRPC status and reason, as KEDA reports them to the user
+    assert failed and "code = Unavailable" in failed[-1]["message"], failed
+    assert f"{NS}/{GATEWAY}" in failed[-1]["message"] and "HTTP 500" in failed[-1]["message"], failed
     for _ in range(3 * COOLDOWN_S):  # more than cooldownPeriod, many polling intervals and HPA syncs
         assert (await state(cluster))["replicas"] == 3
         await asyncio.sleep(1)
     rc, out = await raw(cluster, f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{NS}/"
                         f"s2-vllm_requests_waiting?{sel}")
     assert rc != 0, f"KEDA's metrics server served a value for a failed source: {out}"
+    assert "error when getting metric values metric:s2-vllm_requests_waiting" in out, out
 
     # 4. back and drained: HPA to 1, then KEDA to 0 after cooldownPeriod
     stack.gateway_mode = "ok"
