@@ -112,7 +112,12 @@ async def _once(args: argparse.Namespace, log: Any) -> int:
 
         client = PodResourcesClient(args.pod_resources_socket, timeout=args.kubelet_timeout)
         try:
-            alloc = observe_allocation(topo, await client.snapshot(args.resource))
+            from .draalloc import OnceLog, resolve
+
+            # No apiserver here: DRA devices the kubelet names are mapped by their gpu-<minor> names.
+            snap = await resolve(topo.topology, await client.snapshot(args.resource), args.node_name or "",
+                                 OnceLog())
+            alloc = observe_allocation(topo, snap)
         finally:
             await client.close()
     try:

@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .discovery import IdStrategy
+from .draalloc import DraSource
 from .metrics import AgentMetrics
 from .nvml import NvmlBackend
 from .observe import (
@@ -74,6 +75,7 @@ class AgentService:
         self.state = StepState()
         self.port: int | None = None
         self._publisher: Any = None
+        self.dra = DraSource(api, cfg.node_name)
         self._runner: web.AppRunner | None = None
         self._discovering: asyncio.Future[Observation] | None = None
         # Its own worker, shut down without waiting: a hung NVML call must not hold up the agent's exit.
@@ -114,11 +116,14 @@ class AgentService:
         m.unknown_facts.set(len(obs.topology.unknown))
         self.state.gpus = len(obs.topology)
 
-        snap = await self.kubelet.snapshot(self.cfg.resource)
+        raw = await self.kubelet.snapshot(self.cfg.resource)
+        # On a DRA node: the held devices as GPU ids (kubelet dynamic resources, else the ResourceClaims).
+        snap = await self.dra.resolve(obs.topology, raw)
         problem = allocation_problem(obs, snap)  # unreachable, or device IDs that are not the GPUs' ids
-        if problem:
+        kubelet_error = raw.error or problem
+        if kubelet_error:
             m.kubelet_errors.inc()
-        self.state.kubelet_error = problem
+        self.state.kubelet_error = kubelet_error
         m.allocation_known.set(0 if problem else 1)
         try:
             docs = documents(obs, observe_allocation(obs, snap))
@@ -201,6 +206,7 @@ class AgentService:
             from toposcale.kube import api_client
 
             self.api = await api_client(self.cfg.kubeconfig)
+        self.dra.api = self.api
         self._publisher = Publisher(self.api, self.cfg.node_name, min_interval=self.cfg.min_publish_interval,
                                     refresh_interval=self.cfg.refresh_interval)
 

@@ -2,7 +2,9 @@
 the real kubelet proto (the agent's generated code): the agent's client talks to it exactly as to a kubelet.
 
 State is plain data the test sets: `allocatable` (resource -> device IDs) and `pods` (list of
-`(namespace, name, container, resource, [device IDs])`). `delay` makes every call slow;
+`(namespace, name, container, resource, [device IDs])`), `dynamic` (list of `(namespace, name, container,
+claim name, [(driver, pool, device)])`: the DRA devices the kubelet reports in `dynamic_resources`, as
+kubelet cm GetDynamicResources fills them, CDI device names included). `delay` makes every call slow;
 `allocatable_unimplemented` answers GetAllocatableResources with UNIMPLEMENTED, as kubelets before 1.23
 without the feature gate do.
 """
@@ -25,6 +27,7 @@ class PodResourcesStandIn(api_pb2_grpc.PodResourcesListerServicer):
         self.socket = os.path.join(self._dir, "kubelet.sock")
         self.allocatable: dict[str, list[str]] = {}
         self.pods: list[tuple[str, str, str, str, list[str]]] = []
+        self.dynamic: list[tuple[str, str, str, str, list[tuple[str, str, str]]]] = []
         self.delay = 0.0
         self.allocatable_unimplemented = False
         self.calls: dict[str, int] = {"List": 0, "GetAllocatableResources": 0}
@@ -46,18 +49,37 @@ class PodResourcesStandIn(api_pb2_grpc.PodResourcesListerServicer):
     async def List(self, request, context):
         self.calls["List"] += 1
         await asyncio.sleep(self.delay)
-        by_pod: dict[tuple[str, str], dict[str, list[api_pb2.ContainerDevices]]] = {}
+        by_pod: dict[tuple[str, str], dict[str, api_pb2.ContainerResources]] = {}
+
+        def container(ns: str, pod: str, ctr: str) -> api_pb2.ContainerResources:
+            ctrs = by_pod.setdefault((ns, pod), {})
+            if ctr not in ctrs:
+                ctrs[ctr] = api_pb2.ContainerResources(name=ctr)
+            return ctrs[ctr]
+
         for ns, pod, ctr, resource, ids in self.pods:
-            by_pod.setdefault((ns, pod), {}).setdefault(ctr, []).append(
+            container(ns, pod, ctr).devices.append(
                 api_pb2.ContainerDevices(resource_name=resource, device_ids=ids)
+            )
+        for ns, pod, ctr, claim, devices in self.dynamic:
+            container(ns, pod, ctr).dynamic_resources.append(
+                api_pb2.DynamicResource(
+                    claim_name=claim,
+                    claim_namespace=ns,
+                    claim_resources=[
+                        api_pb2.ClaimResource(
+                            cdi_devices=[api_pb2.CDIDevice(name=f"k8s.{driver}/gpu={device}")],
+                            driver_name=driver,
+                            pool_name=pool,
+                            device_name=device,
+                        )
+                        for driver, pool, device in devices
+                    ],
+                )
             )
         return api_pb2.ListPodResourcesResponse(
             pod_resources=[
-                api_pb2.PodResources(
-                    namespace=ns,
-                    name=pod,
-                    containers=[api_pb2.ContainerResources(name=c, devices=devs) for c, devs in ctrs.items()],
-                )
+                api_pb2.PodResources(namespace=ns, name=pod, containers=list(ctrs.values()))
                 for (ns, pod), ctrs in by_pod.items()
             ]
         )

@@ -30,6 +30,8 @@ class Snapshot:
     allocated: frozenset[str] | None = None  # None: unknown
     holders: dict[str, str] = field(default_factory=dict)  # device ID -> "namespace/pod/container"
     error: str | None = None
+    # DRA devices in the containers' dynamic_resources, (driver, pool, device) -> "namespace/pod/container"
+    dynamic_holders: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
 
 class PodResourcesClient:
@@ -101,18 +103,26 @@ class PodResourcesClient:
                 logger.warning("kubelet has no GetAllocatableResources; allocatable devices unknown")
         listing = await stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout)
         holders: dict[str, str] = {}
+        dynamic: dict[tuple[str, str, str], str] = {}
         for pod in listing.pod_resources:
             for ctr in pod.containers:
                 for dev in ctr.devices:
                     if dev.resource_name == resource:
                         for device_id in dev.device_ids:
                             holders[device_id] = f"{pod.namespace}/{pod.name}/{ctr.name}"
+                # A share (share_id set, consumable capacity) still holds the GPU for a whole-GPU pod.
+                for claim in ctr.dynamic_resources:
+                    for res in claim.claim_resources:
+                        if res.device_name:  # empty: a non-device resource (the proto reserves that case)
+                            key = (res.driver_name, res.pool_name, res.device_name)
+                            dynamic[key] = f"{pod.namespace}/{pod.name}/{ctr.name}"
         if self._failures:
             logger.info("kubelet pod-resources reachable again", extra={"socket": self.socket_path})
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = None
-        return Snapshot(allocatable=allocatable, allocated=frozenset(holders), holders=holders)
+        return Snapshot(allocatable=allocatable, allocated=frozenset(holders), holders=holders,
+                        dynamic_holders=dynamic)
 
     async def _failed(self, message: str) -> Snapshot:
         self._failures += 1
