@@ -80,6 +80,40 @@ def test_the_qwen_example_is_accepted(deployed: Deployed) -> None:
         kubectl(deployed.cluster, "delete", "namespace", "llm-manifests", "--wait=false", check=False)
 
 
+def test_the_qwen_dra_example_is_accepted(deployed: Deployed) -> None:
+    # server-side dry run into a namespace of its own (created for real: a dry-run Namespace is not there
+    # for the objects after it); what the server would store is read from the dry run's answer
+    ns = "llm-dra-manifests"
+    objects = []
+    for o in render(ROOT / "deploy" / "examples" / "qwen-dra"):
+        if o["kind"] in CRD_KINDS or o["kind"] == "Namespace":
+            continue
+        o["metadata"]["namespace"] = ns
+        objects.append(o)
+    kubectl(deployed.cluster, "create", "namespace", ns)
+    try:
+        out = kubectl(
+            deployed.cluster, "apply", "--server-side", "--dry-run=server", "--field-manager=toposcale-tests",
+            "-o", "json", "-f", "-", stdin="\n".join(json.dumps(o) for o in objects),
+        ).stdout
+        items = json.loads(out)
+        items = items.get("items", [items])
+        by_kind = {i["kind"]: i for i in items}
+        tpl = by_kind["ResourceClaimTemplate"]["spec"]["spec"]["devices"]
+        assert tpl["requests"][0]["exactly"] == {
+            "deviceClassName": "gpu.nvidia.com", "allocationMode": "ExactCount", "count": 4
+        }
+        pcie_root = "resource.kubernetes.io/pcieRoot"
+        assert tpl["constraints"] == [{"requests": ["gpus"], "matchAttribute": pcie_root}]
+        pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+        assert pod["resourceClaims"] == [{"name": "gpus", "resourceClaimTemplateName": "vllm-qwen-gpus"}]
+        assert pod["schedulerName"] == "toposcale-scheduler"
+        res = pod["containers"][0]["resources"]
+        assert res["claims"] == [{"name": "gpus"}] and "nvidia.com/gpu" not in res["requests"]
+    finally:
+        kubectl(deployed.cluster, "delete", "namespace", ns, "--wait=false", check=False)
+
+
 def test_a_broken_manifest_is_refused_by_the_real_server(deployed: Deployed) -> None:
     # the same apply path rejects what the server's validation rejects (so acceptance above means something)
     bad = render(ROOT / "deploy" / "extender")
@@ -197,6 +231,10 @@ def test_the_real_authorizer_answers_the_calls_each_component_makes(deployed: De
             ("get", "nodes", "", True),
             ("list", "pods", "", False),
             ("update", "nodes", "", False),
+            ("list", "resourceslices.resource.k8s.io", "", True),
+            ("list", "resourceclaims.resource.k8s.io", "", True),
+            ("update", "resourceclaims.resource.k8s.io", "llm", False),
+            ("list", "deviceclasses.resource.k8s.io", "", False),
         ],
         "toposcale-extender": [
             ("watch", "nodes", "", True),
