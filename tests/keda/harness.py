@@ -186,14 +186,16 @@ async def run_keda(cluster: Cluster, work: Path) -> AsyncIterator[Keda]:
                 await wait_available(cluster, keda)
                 yield keda
     finally:
-        # toposcale's APIService back as the session's deploy/ made it; KEDA's CRDs removed (their objects
-        # were deleted by the test while the operator still ran to take its finalizers off)
+        # toposcale's APIService back as the session's deploy/ made it; KEDA's CRDs removed (the test deleted
+        # their objects while the operator still ran to take its finalizers off)
         kubectl(cluster, "patch", "apiservice", APISERVICE, "--type=merge", "-p",
                 json.dumps({"spec": {"service": original["service"], "caBundle": original.get("caBundle")}}),
                 check=False)
-        kubectl(cluster, "delete", "-f", str(bins / "crds"), "--wait=false", "--ignore-not-found",
+        # waited for: a CRD still terminating refuses the next test's objects
+        kubectl(cluster, "delete", "-f", str(bins / "crds"), "--timeout=60s", "--ignore-not-found",
                 check=False)
-        kubectl(cluster, "delete", "namespace", KEDA_NS, "--wait=false", "--ignore-not-found", check=False)
+        # The `keda` namespace (only the ExternalName Service) stays: deleted without waiting, it raced with
+        # the next test's Service (the aggregator then answered 503 for KEDA's metrics all that test long).
 
 
 async def wait_established(cluster: Cluster, crds: list[str], limit: float = 60) -> None:

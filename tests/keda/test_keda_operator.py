@@ -27,9 +27,11 @@ The story:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,9 @@ pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "examples" / "qwen-keda"
 GATEWAY = "vllm-gateway"
-NS = "llm-keda"
-FIRST_IP = "127.0.0.180"  # this test's pod IPs: 127.0.0.180.. (the gateway first, then the vLLM replicas)
+# each test's namespace and pod IPs (the vLLM replicas and the gateway): 127.0.0.180.. and 127.0.0.200..
+NS, FIRST_IP = "llm-keda", "127.0.0.180"
+PUSH_NS, PUSH_FIRST_IP = "llm-keda-push", "127.0.0.200"
 POLLING_S, COOLDOWN_S = 1, 5
 
 
@@ -56,8 +59,8 @@ class GatewayStack(QwenStack):
     """qwen-keda's Deployment (no HPA: KEDA makes its own) plus a gateway pod whose vLLM exporter carries the
     queue; the vLLM replicas' queue and KV cache stay 0 (idle replicas)."""
 
-    def __init__(self, deployed: Deployed) -> None:
-        super().__init__(deployed, NS, first_ip=FIRST_IP)
+    def __init__(self, deployed: Deployed, namespace: str, first_ip: str) -> None:
+        super().__init__(deployed, namespace, first_ip=first_ip)
         self.kv_cache = 0.0
         self.gateway_mode = "ok"
         self.example: list[dict[str, Any]] = []
@@ -76,9 +79,9 @@ class GatewayStack(QwenStack):
         for o in self.example:
             o = copy.deepcopy(o)
             if o["kind"] == "Namespace":
-                o["metadata"]["name"] = NS
+                o["metadata"]["name"] = self.namespace
             else:
-                o["metadata"]["namespace"] = NS
+                o["metadata"]["namespace"] = self.namespace
             objects.append(o)
         _, left = await asyncio.to_thread(apply_objects, self.cluster, objects)  # CRD kinds left out
         assert "ScaledObject/vllm-qwen" in left, left
@@ -86,8 +89,9 @@ class GatewayStack(QwenStack):
         gateway = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": GATEWAY, "namespace": NS, "labels": {"app": GATEWAY}},
-            "spec": {"nodeName": f"{NS}-gpu-0", "containers": [{"name": "gateway", "image": "gateway"}]},
+            "metadata": {"name": GATEWAY, "namespace": self.namespace, "labels": {"app": GATEWAY}},
+            "spec": {"nodeName": f"{self.namespace}-gpu-0",
+                     "containers": [{"name": "gateway", "image": "gateway"}]},
         }
         await asyncio.to_thread(kubectl, self.cluster, "apply", "-f", "-", stdin=json.dumps(gateway))
         return self
@@ -96,11 +100,11 @@ class GatewayStack(QwenStack):
         return self.exporters.get(GATEWAY)
 
 
-def scaled_object(example: list[dict[str, Any]], address: str) -> list[dict[str, Any]]:
+def scaled_object(example: list[dict[str, Any]], ns: str, address: str) -> list[dict[str, Any]]:
     """The example's ScaledObject and TriggerAuthentication, changed as the module docstring says."""
     so = copy.deepcopy(next(o for o in example if o["kind"] == "ScaledObject"))
     ta = copy.deepcopy(next(o for o in example if o["kind"] == "TriggerAuthentication"))
-    so["metadata"]["namespace"] = ta["metadata"]["namespace"] = NS
+    so["metadata"]["namespace"] = ta["metadata"]["namespace"] = ns
     so["spec"]["pollingInterval"] = POLLING_S
     so["spec"]["cooldownPeriod"] = COOLDOWN_S
     so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"] = {
@@ -119,21 +123,21 @@ def scaled_object(example: list[dict[str, Any]], address: str) -> list[dict[str,
     return [ta, so]
 
 
-async def get(cluster: Any, *path: str) -> dict[str, Any]:
-    r = await asyncio.to_thread(kubectl, cluster, "get", *path, "-n", NS, "-o", "json")
+async def get(cluster: Any, ns: str, *path: str) -> dict[str, Any]:
+    r = await asyncio.to_thread(kubectl, cluster, "get", *path, "-n", ns, "-o", "json")
     return json.loads(r.stdout)
 
 
-async def state(cluster: Any) -> dict[str, Any]:
-    so = await get(cluster, "scaledobject", "vllm-qwen")
-    dep = await get(cluster, "deployment", "vllm-qwen")
+async def state(cluster: Any, ns: str) -> dict[str, Any]:
+    so = await get(cluster, ns, "scaledobject", "vllm-qwen")
+    dep = await get(cluster, ns, "deployment", "vllm-qwen")
     conds = {c["type"]: c for c in so.get("status", {}).get("conditions") or []}
     return {"replicas": dep["spec"]["replicas"], "conds": conds, "status": so.get("status", {})}
 
 
-async def events(cluster: Any) -> list[dict[str, Any]]:
+async def events(cluster: Any, ns: str) -> list[dict[str, Any]]:
     r = await asyncio.to_thread(
-        kubectl, cluster, "get", "events", "-n", NS, "-o", "json",
+        kubectl, cluster, "get", "events", "-n", ns, "-o", "json",
         "--field-selector", "involvedObject.kind=ScaledObject,involvedObject.name=vllm-qwen",
     )
     return json.loads(r.stdout)["items"]
@@ -144,12 +148,16 @@ async def raw(cluster: Any, path: str) -> tuple[int, str]:
     return r.returncode, r.stdout + r.stderr
 
 
-async def test_keda_scales_qwen_from_zero_to_n_and_back_on_the_toposcale_scaler(
-    deployed: Deployed, tmp_path: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def keda_on_toposcale(
+    deployed: Deployed, tmp_path: Path, ns: str, first_ip: str, change: Any = None
+) -> AsyncIterator[tuple[GatewayStack, Keda]]:
+    """KEDA, `toposcale adapter --keda-grpc-port` and the stack in `ns`, with the example's ScaledObject (as
+    scaled_object() changes it, then `change(so)`) applied; the ScaledObject and TriggerAuthentication deleted
+    at the end while the operator still runs (it takes its finalizers off and removes the HPA it made)."""
     cluster = deployed.cluster
     # the adapter's gRPC port with a certificate for 127.0.0.1 from a CA of the test's (KEDA's caCert)
-    tls = make_tls(tmp_path / "scaler-tls", "127.0.0.1", "localhost")
+    tls = await asyncio.to_thread(make_tls, tmp_path / "scaler-tls", "127.0.0.1", "localhost")
     port, grpc_port = free_port(), free_port()
     kc = str(deployed.kubeconfigs["toposcale-adapter"])
     argv = [
@@ -163,28 +171,33 @@ async def test_keda_scales_qwen_from_zero_to_n_and_back_on_the_toposcale_scaler(
     async with run_keda(cluster, tmp_path / "keda") as keda, process(argv, log) as adapter:
         ctx = ssl.create_default_context(cafile=str(tls / "ca.crt"))
         await wait_https(f"https://127.0.0.1:{port}/healthz", ctx, adapter, log)
-        stack = GatewayStack(deployed)
+        stack = GatewayStack(deployed, ns, first_ip)
         try:
             async with stack:
-                await story(stack, keda, tls, f"127.0.0.1:{grpc_port}")
+                await wait_for(lambda: stack.gateway() is not None, 60, "the gateway pod to run")
+                await asyncio.to_thread(
+                    kubectl, cluster, "create", "secret", "generic", "-n", ns, "toposcale-adapter-ca",
+                    f"--from-file=ca.crt={tls / 'ca.crt'}",
+                )
+                objects = scaled_object(stack.example, ns, f"127.0.0.1:{grpc_port}")
+                if change is not None:
+                    change(objects[1])
+                await asyncio.to_thread(apply_objects_crd, cluster, objects)
+                try:
+                    yield stack, keda
+                except AssertionError as e:
+                    hpa = await asyncio.to_thread(kubectl, cluster, "describe", "hpa,scaledobject", "-n", ns,
+                                                  check=False)
+                    raise AssertionError(f"{e}\n--- kubectl describe hpa,scaledobject:\n{hpa.stdout}"
+                                         f"{hpa.stderr}") from e
+                finally:
+                    # both carry KEDA's finalizer: deleted while the operator runs to take it off
+                    await asyncio.to_thread(
+                        kubectl, cluster, "delete", "-n", ns, "--timeout=60s", "scaledobject/vllm-qwen",
+                        "triggerauthentication/toposcale-adapter", check=False,
+                    )
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- toposcale adapter log:\n{tail(log)}\n{keda.logs()}") from e
-
-
-async def story(stack: GatewayStack, keda: Keda, tls: Path, address: str) -> None:
-    cluster = stack.cluster
-    await wait_for(lambda: stack.gateway() is not None, 60, "the gateway pod to run")
-    await asyncio.to_thread(
-        kubectl, cluster, "create", "secret", "generic", "-n", NS, "toposcale-adapter-ca",
-        f"--from-file=ca.crt={tls / 'ca.crt'}",
-    )
-    await asyncio.to_thread(apply_objects_crd, cluster, scaled_object(stack.example, address))
-    try:
-        await scale_story(stack, keda)
-    finally:
-        # while the operator runs, so that it takes its finalizer off (and removes the HPA it made)
-        await asyncio.to_thread(kubectl, cluster, "delete", "scaledobject", "-n", NS, "vllm-qwen",
-                                "--timeout=60s", check=False)
 
 
 def apply_objects_crd(cluster: Any, objects: list[dict[str, Any]]) -> None:
@@ -192,19 +205,26 @@ def apply_objects_crd(cluster: Any, objects: list[dict[str, Any]]) -> None:
             stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
 
 
+async def test_keda_scales_qwen_from_zero_to_n_and_back_on_the_toposcale_scaler(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    async with keda_on_toposcale(deployed, tmp_path, NS, FIRST_IP) as (stack, keda):
+        await scale_story(stack, keda)
+
+
 async def scale_story(stack: GatewayStack, keda: Keda) -> None:
-    cluster = stack.cluster
+    cluster, ns = stack.cluster, stack.namespace
 
     # 1. nothing waits anywhere: KEDA takes the Deployment to 0 and keeps the HPA it made at minReplicas 1
     async def idle() -> dict[str, Any] | None:
-        s = await state(cluster)
+        s = await state(cluster, ns)
         ok = (s["replicas"] == 0 and s["conds"].get("Ready", {}).get("status") == "True"
               and s["conds"].get("Active", {}).get("status") == "False")
         return s if ok else None
 
     s = await wait_for(idle, 90, "KEDA to scale the idle Deployment to 0 (Ready, not Active)")
     assert s["status"]["hpaName"] == "keda-hpa-vllm-qwen", s["status"]
-    hpa = await get(cluster, "hpa", "keda-hpa-vllm-qwen")
+    hpa = await get(cluster, ns, "hpa", "keda-hpa-vllm-qwen")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4), hpa["spec"]
     metrics = [m["external"]["metric"]["name"] for m in hpa["spec"]["metrics"]]
     assert metrics == ["s0-vllm_requests_waiting", "s1-vllm_kv_cache_usage", "s2-vllm_requests_waiting"]
@@ -214,13 +234,13 @@ async def scale_story(stack: GatewayStack, keda: Keda) -> None:
     stack.set(waiting=10)
 
     async def three() -> bool:
-        return (await state(cluster))["replicas"] == 3
+        return (await state(cluster, ns))["replicas"] == 3
 
     await wait_for(three, 90, "KEDA to activate and the HPA to scale to 3")
-    activated = [e for e in await events(cluster) if e["reason"] == "KEDAScaleTargetActivated"]
+    activated = [e for e in await events(cluster, ns) if e["reason"] == "KEDAScaleTargetActivated"]
     assert activated and "from 0 to 1" in activated[-1]["message"], activated
     sel = "labelSelector=scaledobject.keda.sh%2Fname%3Dvllm-qwen"
-    rc, out = await raw(cluster, f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{NS}/"
+    rc, out = await raw(cluster, f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/"
                         f"s2-vllm_requests_waiting?{sel}")
     assert rc == 0, out
     items = json.loads(out)["items"]
@@ -232,21 +252,21 @@ async def scale_story(stack: GatewayStack, keda: Keda) -> None:
     stack.set()
 
     async def trigger_error() -> dict[str, Any] | None:
-        s = await state(cluster)
+        s = await state(cluster, ns)
         ready = s["conds"].get("Ready", {})
         return s if ready.get("status") == "False" else None
 
     s = await wait_for(trigger_error, 60, "KEDA to report the failing trigger (Ready=False)")
     assert s["conds"]["Ready"]["reason"] == "TriggerError", s["conds"]
     assert s["conds"]["Active"]["status"] == "False", s["conds"]
-    failed = [e for e in await events(cluster) if e["reason"] == "KEDAScalerFailed"]
+    failed = [e for e in await events(cluster, ns) if e["reason"] == "KEDAScalerFailed"]
     # toposcale's gRPC status and reason, as KEDA reports them to the user
     assert failed and "code = Unavailable" in failed[-1]["message"], failed
-    assert f"{NS}/{GATEWAY}" in failed[-1]["message"] and "HTTP 500" in failed[-1]["message"], failed
+    assert f"{ns}/{GATEWAY}" in failed[-1]["message"] and "HTTP 500" in failed[-1]["message"], failed
     for _ in range(3 * COOLDOWN_S):  # more than cooldownPeriod, many polling intervals and HPA syncs
-        assert (await state(cluster))["replicas"] == 3
+        assert (await state(cluster, ns))["replicas"] == 3
         await asyncio.sleep(1)
-    rc, out = await raw(cluster, f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{NS}/"
+    rc, out = await raw(cluster, f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/"
                         f"s2-vllm_requests_waiting?{sel}")
     assert rc != 0, f"KEDA's metrics server served a value for a failed source: {out}"
     assert "error when getting metric values metric:s2-vllm_requests_waiting" in out, out
@@ -255,6 +275,32 @@ async def scale_story(stack: GatewayStack, keda: Keda) -> None:
     stack.gateway_mode = "ok"
     stack.set(waiting=0)
     await wait_for(idle, 90, "KEDA to scale the drained Deployment back to 0")
-    deactivated = [e for e in await events(cluster) if e["reason"] == "KEDAScaleTargetDeactivated"]
+    deactivated = [e for e in await events(cluster, ns) if e["reason"] == "KEDAScaleTargetDeactivated"]
     assert deactivated and "to 0" in deactivated[-1]["message"], deactivated
     await wait_for(lambda: len(stack.exporters) == 1, 60, "the vLLM replicas gone")
+
+
+async def test_keda_activates_from_zero_on_the_scalers_stream(deployed: Deployed, tmp_path: Path) -> None:
+    """The gateway trigger as `type: external-push` (KEDA holds StreamIsActive open) with pollingInterval
+    300 s: the Deployment leaves 0 within a minute of the queue rising, which only the stream can explain
+    (the next poll is minutes away), and the HPA then scales on the value as before."""
+
+    def push(so: dict[str, Any]) -> None:
+        so["spec"]["pollingInterval"] = 300
+        gateway = so["spec"]["triggers"][2]
+        assert gateway["metadata"]["labelSelector"] == f"app={GATEWAY}"
+        gateway["type"] = "external-push"
+
+    async with keda_on_toposcale(deployed, tmp_path, PUSH_NS, PUSH_FIRST_IP, push) as (stack, _):
+        cluster, ns = stack.cluster, stack.namespace
+
+        async def at(n: int) -> dict[str, Any] | None:
+            s = await state(cluster, ns)
+            return s if s["replicas"] == n else None
+
+        await wait_for(lambda: at(0), 90, "KEDA's first poll to scale the idle Deployment to 0")
+        await wait_for(lambda: len(stack.exporters) == 1, 30, "the vLLM replica gone (only the gateway left)")
+        stack.set(waiting=10)
+        await wait_for(lambda: at(3), 60, "the pushed activation (0 -> 1) and the HPA (-> 3)")
+        activated = [e for e in await events(cluster, ns) if e["reason"] == "KEDAScaleTargetActivated"]
+        assert activated and "from 0 to 1" in activated[-1]["message"], activated
