@@ -13,6 +13,7 @@ reads ResourceSlices and ResourceClaims from the real kube-apiserver with its ow
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -252,3 +253,22 @@ async def test_agent_without_a_kubelet_publishes_the_gpus_the_claims_hold(
         assert m["toposcale_agent_allocation_known"] == 1 and m["toposcale_agent_kubelet_errors_total"] == 1
     finally:
         await svc.stop()
+
+
+async def test_once_on_a_dra_node_maps_the_kubelets_devices_by_name(kubelet: PodResourcesStandIn) -> None:
+    # `--once` has no apiserver: no slices, so gpu-<N> is NVML index N, and nothing is marked unhealthy
+    from .test_cli import TOPOSCALE, X4
+
+    kubelet.allocatable = {}
+    nic = ("nic.example.com", NODE, "x")
+    kubelet.dynamic = [("llm", "vllm-0", "vllm", "vllm-0-gpu", [dev(1), dev(3), nic])]
+    proc = await asyncio.create_subprocess_exec(
+        TOPOSCALE, "agent", "--once", "--output", "-", "--from-capture", str(X4 / "nvml_capture.json"),
+        "--pod-resources-socket", kubelet.socket,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    doc = json.loads(out)[ALLOCATION_ANNOTATION]
+    assert doc["allocated"] == sorted([X4_UUIDS[1], X4_UUIDS[3]]) and doc["unhealthy"] == []
+    assert "taken as NVML index" in err.decode() and "nic.example.com" in err.decode()
