@@ -8,9 +8,10 @@ reports them per container as `dynamic_resources[].claim_resources[]{driver_name
 `pod.status.extendedResourceClaimStatus`), and `GetAllocatableResources` lists no DRA devices at all.
 
 A device becomes a GPU of the topology through this node's ResourceSlice (its `uuid`, else `pcieBusID`
-attribute; `topology.dra.join_topology`, the one join the extender uses too). Only when the slices cannot
-be read is the name used: `gpu-<N>` is taken as NVML index N (the driver's N is the /dev/nvidiaN minor
-number, which follows PCI order as NVML's index does on the machines we know; this is said in a log line).
+attribute; `topology.dra.join_topology`, the one join the extender uses too). Only when no slice of its
+pool is known (slices unreadable, incomplete or being republished) is the name used: `gpu-<N>` is taken
+as NVML index N (the driver's N is the /dev/nvidiaN minor number, which follows PCI order as NVML's index
+does on the machines we know, but is not promised to; a log line says so).
 A device of another driver, or one that joins no GPU, is logged once and not counted: it is not one of the
 GPUs the topology describes.
 
@@ -82,6 +83,9 @@ def map_devices(topo: Topology, held: Mapping[DeviceID, str], pools: dra.Pools |
     joined = dict(zip((d for d, _ in slice_devs), dra.join_topology(topo, (x for _, x in slice_devs)),
                       strict=True))
     by_index = {g.index: i for i, g in enumerate(topo.gpus)}
+    # Pools the slices describe: a device of such a pool that is not in them is not counted; a device of a
+    # pool no slice describes (slices unread, being republished, incomplete) is placed by its name.
+    described = {(d.driver, d.pool) for d in pools.devices} if pools is not None else set()
     for dev, holder in sorted(held.items()):
         driver, pool, name = dev
         if driver != dra.DRIVER:
@@ -90,7 +94,7 @@ def map_devices(topo: Topology, held: Mapping[DeviceID, str], pools: dra.Pools |
         elif dev in joined:
             idx = joined[dev]
             why = "its ResourceSlice uuid/pcieBusID match no GPU of the topology"
-        elif pools is not None:
+        elif (driver, pool) in described:
             idx = None
             why = "not in this node's ResourceSlices"
         else:
@@ -98,8 +102,8 @@ def map_devices(topo: Topology, held: Mapping[DeviceID, str], pools: dra.Pools |
             idx = by_index.get(int(m.group(1))) if m else None
             why = "no GPU of the topology has that index" if m else "not a gpu-<minor> name (MIG or other)"
             if idx is not None:
-                once.warn("by-name", "ResourceSlices unknown: DRA device gpu-<N> taken as NVML index N",
-                          device=name)
+                once.warn(f"by-name:{pool}", "no ResourceSlice of this pool known: DRA device gpu-<N> taken "
+                          "as NVML index N", pool=pool, device=name)
         if idx is None:
             out.skipped[dev] = why
             once.warn(f"skip:{dev}", "DRA device not counted as a GPU of this node",

@@ -84,7 +84,7 @@ def test_without_slices_the_name_is_taken_as_the_nvml_index(caplog: pytest.LogCa
     with caplog.at_level(logging.WARNING):
         m = map_devices(topo(), {dev(0): "a/b/c", dev(3): "a/b/c"}, None, OnceLog())
     assert m.gpus == {X4_UUIDS[0]: "a/b/c", X4_UUIDS[3]: "a/b/c"}
-    assert "taken as NVML index" in caplog.text
+    assert "as NVML index N" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -117,6 +117,13 @@ def test_a_slice_device_whose_uuid_is_no_gpu_of_the_topology_is_not_counted() ->
     s["spec"]["devices"][0]["attributes"]["pcieBusID"] = {"string": "0000:ff:00.0"}
     m = map_devices(topo(), {dev(2): "a/b/c"}, node_pools([s], NODE, OnceLog()), OnceLog())
     assert m.gpus == {} and "match no GPU" in m.skipped[dev(2)]
+
+
+def test_a_pool_no_slice_describes_is_mapped_by_name() -> None:
+    # the driver is republishing its slice under a new pool generation: the kubelet's devices still count
+    pools = node_pools([x4_slice()], NODE, OnceLog())
+    m = map_devices(topo(), {dev(1, pool="old-pool"): "a/b/c"}, pools, OnceLog())
+    assert m.gpus == {X4_UUIDS[1]: "a/b/c"}
 
 
 def test_slices_the_predictor_does_not_model_fall_back_to_names_without_crashing() -> None:
@@ -271,4 +278,4 @@ async def test_once_on_a_dra_node_maps_the_kubelets_devices_by_name(kubelet: Pod
     assert proc.returncode == 0, err.decode()
     doc = json.loads(out)[ALLOCATION_ANNOTATION]
     assert doc["allocated"] == sorted([X4_UUIDS[1], X4_UUIDS[3]]) and doc["unhealthy"] == []
-    assert "taken as NVML index" in err.decode() and "nic.example.com" in err.decode()
+    assert "as NVML index N" in err.decode() and "nic.example.com" in err.decode()
