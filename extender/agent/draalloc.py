@@ -201,16 +201,16 @@ async def resolve(topo: Topology, snap: Snapshot, node: str, once: OnceLog, read
     if not dra_node:
         return snap
     if snap.error is None:
-        held = dict(snap.dynamic_holders)
+        held, source = dict(snap.dynamic_holders), "kubelet-dra"
     elif read_claims is None or pools is None:
         return snap  # the kubelet is unreachable and the claims cannot be matched to this node: unknown
     else:
         mine = {(d.driver, d.pool) for d in pools.devices}
         try:
-            held = await read_claims(mine)
+            held, source = await read_claims(mine), "resourceclaims"
         except RuntimeError as exc:
             return Snapshot(error=f"{snap.error}; and the ResourceClaims: {exc}")
     mapped = map_devices(topo, held, pools, once)
     holders = {**snap.holders, **mapped.gpus}
     allocatable = snap.allocatable if snap.allocatable else None
-    return Snapshot(allocatable=allocatable, allocated=frozenset(holders), holders=holders)
+    return Snapshot(allocatable=allocatable, allocated=frozenset(holders), holders=holders, source=source)

@@ -62,6 +62,7 @@ class StepState:
     kubelet_error: str | None = None
     publish_error: str | None = None
     last_publish: str | None = None  # reason of the last publish result
+    allocation_source: str | None = None  # "kubelet", "kubelet-dra", "resourceclaims"; None: unknown
     gpus: int = 0
 
 
@@ -124,6 +125,7 @@ class AgentService:
         if kubelet_error:
             m.kubelet_errors.inc()
         self.state.kubelet_error = kubelet_error
+        self.state.allocation_source = None if problem else snap.source
         m.allocation_known.set(0 if problem else 1)
         try:
             docs = documents(obs, observe_allocation(obs, snap))
@@ -163,6 +165,7 @@ class AgentService:
             "kubelet_error": s.kubelet_error,
             "publish_error": s.publish_error,
             "last_publish": s.last_publish,
+            "allocation_source": s.allocation_source,
         }
         if s.finished is None:
             return False, {**body, "status": "starting"}

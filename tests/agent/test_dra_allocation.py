@@ -237,6 +237,7 @@ async def test_agent_publishes_the_gpus_of_the_kubelets_dynamic_resources(
         # gpu-2, gpu-3 are NVML index 0 and 1 by the slice's uuids (by name they would be 2 and 3)
         assert doc["allocated"] == sorted(X4_UUIDS[:2])
         assert doc["unhealthy"] == []
+        assert json.loads((await _get(svc, "/healthz"))[1])["allocation_source"] == "kubelet-dra"
         m = _samples((await _get(svc, "/metrics"))[1])
         assert m["toposcale_agent_allocation_known"] == 1 and m["toposcale_agent_kubelet_errors_total"] == 0
     finally:
@@ -256,6 +257,7 @@ async def test_agent_without_a_kubelet_publishes_the_gpus_the_claims_hold(
         assert doc["allocated"] == sorted(X4_UUIDS[2:])
         status, body = await _get(svc, "/healthz")
         assert status == 200 and "does not exist" in json.loads(body)["kubelet_error"]
+        assert json.loads(body)["allocation_source"] == "resourceclaims"
         m = _samples((await _get(svc, "/metrics"))[1])
         assert m["toposcale_agent_allocation_known"] == 1 and m["toposcale_agent_kubelet_errors_total"] == 1
     finally:

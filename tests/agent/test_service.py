@@ -59,6 +59,7 @@ async def test_agent_publishes_topology_and_allocation(
         assert topology_from_doc(ann[TOPOLOGY_ANNOTATION]).links[1][2] == "NV18"
         status, body = await _get(svc, "/healthz")
         assert status == 200 and json.loads(body)["status"] == "ok"
+        assert json.loads(body)["allocation_source"] == "kubelet"
         status, text = await _get(svc, "/metrics")
         m = _samples(text)
         assert m["toposcale_agent_gpus"] == 4

@@ -32,6 +32,8 @@ class Snapshot:
     error: str | None = None
     # DRA devices in the containers' dynamic_resources, (driver, pool, device) -> "namespace/pod/container"
     dynamic_holders: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    # where `allocated` came from: the kubelet's device-plugin list, its DRA devices, or the ResourceClaims
+    source: str = "kubelet"
 
 
 class PodResourcesClient:
