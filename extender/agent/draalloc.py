@@ -193,6 +193,8 @@ async def resolve(topo: Topology, snap: Snapshot, node: str, once: OnceLog, read
     A DRA node is one whose ResourceSlices carry `gpu.nvidia.com` devices, or whose kubelet reports such
     devices. There, `GetAllocatableResources` (device plugins only) says nothing about health: its empty
     list must not make every GPU unhealthy, so `allocatable` is dropped unless a device plugin filled it."""
+    if snap.allocatable and not snap.dynamic_holders:
+        return snap  # a device plugin serves this node's GPUs: no apiserver call every observation
     slices = await read_slices() if read_slices is not None else None
     pools = node_pools(slices, node, once)
     dra_node = any(d.driver == dra.DRIVER for d in (pools.devices if pools else ())) or any(

@@ -162,9 +162,9 @@ async def test_on_a_dra_node_the_empty_device_plugin_list_marks_nothing_unhealth
     assert alloc.unhealthy == frozenset()
 
 
-async def test_a_device_plugin_node_is_left_as_the_kubelet_said() -> None:
+async def test_a_device_plugin_node_is_left_as_the_kubelet_said_without_asking_the_apiserver() -> None:
     async def slices() -> list[dict[str, Any]]:
-        return []
+        raise AssertionError("a device-plugin node's slices are not listed")
 
     kubelet = Snapshot(allocatable=frozenset(X4_UUIDS[1:]), allocated=frozenset([X4_UUIDS[1]]),
                        holders={X4_UUIDS[1]: "a/b/c"})
