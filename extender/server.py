@@ -357,7 +357,19 @@ class Extender:
         if limit > 0:
             cutoff = self._wall() - limit
             views = [aged(v, cutoff, limit) for v in views]
-        return views
+        return self.state.overlay(views) if self.state is not None else views  # DRA nodes: slices watched
+
+    def _claimed(
+        self, args: wire.ExtenderArgs, need: Tier | None
+    ) -> tuple[list[Outcome], list[NodeView | None]] | None:
+        """Outcomes and views for a pod asking GPUs through an explicit ResourceClaim (no managed resource
+        asked); None for a pod without claims, or without a cluster connection to read them."""
+        state = self.state
+        ask = state.claim_ask(args.pod) if state is not None else None
+        if state is None or ask is None:
+            return None
+        views = self._node_views(args.nodes) if args.nodes is not None else None
+        return state.claim_outcomes(ask, args.names, need, views)
 
     def _view_of(self, args: wire.ExtenderArgs) -> Callable[[int], NodeView | None]:
         state, names = self.state, args.names
@@ -380,7 +392,11 @@ class Extender:
             outcomes = list(map(OUTCOME, entries if entries is not None else table.entries(args.names)))
             view_of = self._view_of(args)
         elif k <= 0:
-            return evaluate([None] * len(args.names), 0, None), _no_view
+            claimed = self._claimed(args, need)
+            if claimed is None:
+                return evaluate([None] * len(args.names), 0, None), _no_view
+            outcomes, claim_views = claimed
+            view_of = claim_views.__getitem__
         else:
             views = self._node_views(args.nodes or [])
             outcomes = evaluate(views, k, need)
@@ -529,6 +545,12 @@ class Extender:
             views = [None] * len(args.names)
         rows = []
         outcomes = evaluate(views, k, required_scope_tier(scope))
+        claimed = self._claimed(args, required_scope_tier(scope)) if k == 0 else None
+        if claimed is not None:
+            outcomes, views = claimed
+            ask = self.state.claim_ask(args.pod) if self.state is not None else None
+            doc["claim"] = ask if isinstance(ask, str) else getattr(ask, "source", None)
+            doc["gpus"] = getattr(ask, "k", 0)
         for name, o, view in zip(args.names, outcomes, views, strict=True):
             row: dict[str, Any] = {
                 "node": name,

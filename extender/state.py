@@ -29,8 +29,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .decisions import Outcome, OutcomeTable, outcome_for
-from .draview import dra_node
+from .decisions import Outcome, OutcomeTable, _unknown, outcome_for
+from .draview import ClaimAsk, claim_ask, dra_decision, dra_node
 from .nodeview import NodeView, stale_twin, view_of_node
 from .pods import PodError, gpu_request
 from .topology import dra
@@ -108,7 +108,12 @@ class ClusterState:
         self.slices: dict[str, dict[str, Any]] = {}
         self.claims: dict[str, dict[str, Any]] = {}
         self.classes: dict[str, dict[str, Any]] = {}
+        self.templates: dict[str, dict[str, Any]] = {}  # ResourceClaimTemplates, namespace/name
         self._slices_of: dict[str, dict[str, dict[str, Any]]] = {}  # node name -> slice name -> slice
+        # Per node: the view explicit-claim pods are judged on (a DraNode even without an extended-resource
+        # class), and full Node objects' views with their DRA overlay: dropped with the node's other views.
+        self._claim_views: dict[str, NodeView | None] = {}
+        self._overlays: dict[str, tuple[NodeView, NodeView]] = {}
         self._allocated: set[dra.DeviceID] | None = None  # every device some claim holds (lazy)
         self._dra_class: tuple[str | None] | None = None  # (class serving `resource` or None,) (lazy)
 
@@ -304,6 +309,17 @@ class ClusterState:
         self._dra_class = None
         self._forget()
 
+    def templates_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
+        self.templates = {self._key(o): o for o in items if isinstance(o, dict) and self._key(o)}
+
+    def template_event(self, etype: str, obj: dict[str, Any]) -> None:
+        key = self._key(obj)
+        if not key:
+            return
+        self.templates.pop(key, None)
+        if etype != "DELETED":
+            self.templates[key] = obj
+
     def _forget_dra(self) -> None:
         for node in list(self._slices_of):
             self._forget(node)
@@ -327,13 +343,101 @@ class ClusterState:
         cls = self.dra_class()
         if cls is None:
             return None
+        node = dra_node(cls, list(slices.values()), base.name, self.allocated(), self.classes)
+        return replace(base, dra=node, memo={})
+
+    def allocated(self) -> set[dra.DeviceID]:
         if self._allocated is None:
             allocated: set[dra.DeviceID] = set()
             for c in self.claims.values():
                 allocated |= self._devices_of(c)
             self._allocated = allocated
-        node = dra_node(cls, list(slices.values()), base.name, self._allocated, self.classes)
-        return replace(base, dra=node, memo={})
+        return self._allocated
+
+    def overlay(self, views: list[NodeView | None]) -> list[NodeView | None]:
+        """Full Node objects' views (nodeCacheCapable: false) with the DRA predictor where the node is a DRA
+        node: the watch mode sees the slices even when the scheduler sends whole Nodes."""
+        if not self._slices_of:
+            return views
+        out: list[NodeView | None] = []
+        for v in views:
+            if v is None or v.name not in self._slices_of:
+                out.append(v)
+                continue
+            hit = self._overlays.get(v.name)
+            if hit is None or hit[0] is not v:
+                dv = self._dra_view(v) or v
+                if len(self._overlays) >= _TABLE_LIMIT:
+                    self._overlays.clear()
+                self._overlays[v.name] = hit = (v, dv)
+            out.append(hit[1])
+        return out
+
+    # ------------------------------------------------------------ explicit claims
+
+    def claim_ask(self, pod: Any) -> ClaimAsk | str | None:
+        """The pod's explicit claim (draview.claim_ask over the watched templates and claims)."""
+        try:
+            return claim_ask(pod, self.templates, self.claims)
+        except (AttributeError, TypeError, ValueError) as exc:  # malformed pod or cached object
+            return f"resource claims unreadable: {exc}"
+
+    def _claim_view(self, v: NodeView | None) -> NodeView | None:
+        """`v` with a DraNode when slices serve the node (whatever class serves the managed resource)."""
+        if v is None or v.dra is not None:
+            return v
+        slices = self._slices_of.get(v.name)
+        if not slices:
+            return v
+        node = dra_node(self.dra_class() or "", list(slices.values()), v.name, self.allocated(), self.classes)
+        return replace(v, dra=node, memo={})
+
+    def claim_outcomes(
+        self, ask: ClaimAsk | str, names: list[str], need: Tier | None,
+        views: list[NodeView | None] | None = None,
+    ) -> tuple[list[Outcome], list[NodeView | None]]:
+        """Outcome per node for a pod asking devices through an explicit claim (`views`: full Node objects'
+        views; else the cache's, by name). A node no slice serves passes with score 0: the scheduler's own
+        DRA plugin decides whether it can host the claim at all."""
+        scoped = need is not None
+        if views is None:
+            self._fresh(time.monotonic())
+            vs = []
+            for name in names:
+                if name not in self._claim_views:
+                    if len(self._claim_views) >= _TABLE_LIMIT:
+                        self._claim_views.clear()
+                    self._claim_views[name] = self._claim_view(self.view(name))
+                vs.append(self._claim_views[name])
+        else:
+            vs = [self._claim_view(v) for v in views]
+        if isinstance(ask, str):
+            return [_unknown("dra", ask, scoped)] * len(vs), vs
+        return [self._claim_outcome(v, ask, need) for v in vs], vs
+
+    @staticmethod
+    def _claim_outcome(v: NodeView | None, ask: ClaimAsk, need: Tier | None) -> Outcome:
+        scoped = need is not None
+        if v is None:
+            return _unknown("uncached", "node not in the extender's cache (yet)", scoped)
+        if v.dra is None:
+            return Outcome(True, False, 0, "no ResourceSlice serves this node: the DRA plugin decides")
+        key = ("claim", ask.key, need)
+        hit = v.memo.get(key)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        if v.topology is None:
+            hit = _unknown(v.problem_kind, f"GPU topology unknown: {v.problem}", scoped)
+        else:
+            d = dra_decision(v.topology, v.dra, ask.k, need, ask)
+            if isinstance(d, str):
+                hit = _unknown("dra", f"{ask.source}: {d}", scoped)
+            elif d.fits:
+                hit = Outcome(True, False, d.score, "", d)
+            else:
+                hit = Outcome(False, d.unresolvable, 0, "", d)
+        v.memo[key] = hit
+        return hit
 
     # ------------------------------------------------------------ reads
 
@@ -341,12 +445,16 @@ class ClusterState:
         """Drop derived views and outcomes: of one node, or of all (relist, an assumption ran out)."""
         self.generation += 1
         if name is None:
+            self._claim_views.clear()
+            self._overlays.clear()
             self._views.clear()
             self._tables.clear()
             self._views_expire = float("inf")
             self._ages.clear()
             return
         self._views.pop(name, None)
+        self._claim_views.pop(name, None)
+        self._overlays.pop(name, None)
         for table in self._tables.values():
             table.drop(name)
 
@@ -497,6 +605,11 @@ class ClusterState:
             Reflector(
                 resource.list_device_class, on_relist=self.classes_relisted, on_event=self.class_event,
                 name="deviceclasses",
+            ),
+            Reflector(
+                resource.list_resource_claim_template_for_all_namespaces,
+                on_relist=self.templates_relisted, on_event=self.template_event,
+                name="resourceclaimtemplates",
             ),
         ]
         self.reflectors = [nodes, pods, *dra_reflectors]

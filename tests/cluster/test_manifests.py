@@ -241,6 +241,8 @@ def test_the_real_authorizer_answers_the_calls_each_component_makes(deployed: De
             ("list", "pods", "", True),
             ("patch", "nodes", "", False),
             ("get", "secrets", "toposcale", False),
+            ("watch", "resourceclaimtemplates.resource.k8s.io", "", True),
+            ("create", "resourceclaimtemplates.resource.k8s.io", "llm", False),
         ],
         "toposcale-adapter": [
             ("list", "pods", "llm", True),

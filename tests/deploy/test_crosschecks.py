@@ -430,6 +430,7 @@ RESOURCE_OF = {
     "lease": ("coordination.k8s.io", "leases"),
     "resource_slice": ("resource.k8s.io", "resourceslices"),
     "resource_claim": ("resource.k8s.io", "resourceclaims"),
+    "resource_claim_template": ("resource.k8s.io", "resourceclaimtemplates"),
     "device_class": ("resource.k8s.io", "deviceclasses"),
     "token_review": ("authentication.k8s.io", "tokenreviews"),
     "subject_access_review": ("authorization.k8s.io", "subjectaccessreviews"),

@@ -1,6 +1,7 @@
 """The extender server on DRA nodes: the watch state fed by hand with ResourceSlices, ResourceClaims and
 DeviceClasses (resource.k8s.io/v1), answers scored on DRA first-fit (topology/dra.py), device-plugin nodes
-unchanged, bad input neutral with a reason, full-Node requests on the device-plugin prediction."""
+unchanged, bad input neutral with a reason, full-Node requests too (the watched slices), --standalone on the
+device-plugin prediction."""
 
 from __future__ import annotations
 
@@ -117,12 +118,23 @@ async def test_predictor_follows_the_cluster(serve) -> None:
         assert (await explain(s, pod, ["dra"]))["dra"]["reason"].startswith("DRA first-fit")
 
 
-async def test_full_node_mode_keeps_the_device_plugin_prediction(serve) -> None:
+async def test_full_node_mode_on_dra_nodes(serve) -> None:
+    """nodeCacheCapable: false with cluster access: the watched slices still pick the DRA predictor for the
+    full Node objects; --standalone (no slices to see) keeps the device-plugin prediction."""
+    pod = pod_obj("vllm", 4)
+    body = {"Pod": pod, "Nodes": {"items": [node_obj("dra", PAIRS), node_obj("plugin", PAIRS)]}}
     async with serve(state=fed()) as s:
-        pod = pod_obj("vllm", 4)
-        code, doc = await s.post("/explain", {"Pod": pod, "Nodes": {"items": [node_obj("dra", PAIRS)]}})
+        code, doc = await s.post("/explain", body)
         assert code == 200
-        assert not doc["nodes"][0]["reason"].startswith("DRA")
+        rows = {r["node"]: r for r in doc["nodes"]}
+        assert rows["dra"]["reason"].startswith("DRA first-fit would give gpu-0,gpu-1,gpu-2,gpu-3: "), rows
+        assert not rows["plugin"]["reason"].startswith("DRA")
+        code, prio = await s.post("/prioritize", body)
+        assert code == 200 and {h["Host"]: h["Score"] for h in prio}["dra"] == rows["dra"]["score"]
+    async with serve(state=None) as s:
+        code, doc = await s.post("/explain", body)
+        assert code == 200
+        assert not any(r["reason"].startswith("DRA") for r in doc["nodes"])
 
 
 async def _neutral(s: Any, pod: dict[str, Any], want: str) -> None:
