@@ -39,8 +39,9 @@ class DraNode:
     classes: dict[str, Any]
 
 
-def dra_node(class_name: str, slices: list[Any], node: str, allocated: set[dra.DeviceID],
-             classes: dict[str, Any]) -> DraNode:
+def dra_node(
+    class_name: str, slices: list[Any], node: str, allocated: set[dra.DeviceID], classes: dict[str, Any]
+) -> DraNode:
     try:
         pools = dra.prepare_pools(slices, node)
     except (dra.DraUnknown, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -64,10 +65,20 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def gpu_class(name: str, classes: dict[str, Any] | None) -> bool:
+    """Whether a DeviceClass hands out NVIDIA GPUs: named after the driver, or a selector naming it."""
+    if name == dra.DRIVER or classes is None:
+        return True
+    cls = classes.get(name)
+    sels = _obj(_obj(cls).get("spec")).get("selectors") or []
+    return any(dra.DRIVER in str(_obj(_obj(x).get("cel")).get("expression", "")) for x in sels)
+
+
 def claim_ask(
-    pod: Any, templates: dict[str, Any], claims: dict[str, Any]
+    pod: Any, templates: dict[str, Any], claims: dict[str, Any], classes: dict[str, Any] | None = None
 ) -> ClaimAsk | str | None:
-    """The pod's explicit claim; None without `spec.resourceClaims`; a reason when it cannot be read."""
+    """The pod's explicit claim; None without `spec.resourceClaims` or when no claim asks a GPU class (a NIC
+    claim alone: the pod asks no managed GPU); a reason when it cannot be read."""
     spec = _obj(_obj(pod).get("spec"))
     refs = spec.get("resourceClaims")
     if not refs:
@@ -100,12 +111,24 @@ def claim_ask(
                 obj = {"spec": _obj(_obj(t.get("spec")).get("spec"))}
         else:
             return f"spec.resourceClaims entry {ref.get('name')!r} names no claim or template"
+        found.append((what, obj))
+
+    def asks_gpu(obj: dict[str, Any]) -> bool:
+        return any(
+            gpu_class(str(_obj(_obj(r).get("exactly")).get("deviceClassName", "")), classes)
+            or _obj(r).get("firstAvailable")  # not modelled: reported below rather than ignored
+            for r in _obj(_obj(obj.get("spec")).get("devices")).get("requests") or []
+        )
+
+    found = [(w, o) for w, o in found if asks_gpu(o)]
+    if not found:
+        return None
+    for what, obj in found:
         if _obj(obj.get("status")).get("allocation"):
             return f"{what} is already allocated (its devices are fixed)"
-        found.append((what, _obj(obj.get("spec"))))
     if len(found) != 1:
         return f"{len(found)} resource claims: the allocator's search across several claims is not modelled"
-    what, cspec = found[0]
+    what, cspec = found[0][0], _obj(found[0][1].get("spec"))
     try:
         reqs, cons = dra.claim_requests(cspec)
         if not reqs:

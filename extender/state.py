@@ -378,7 +378,7 @@ class ClusterState:
     def claim_ask(self, pod: Any) -> ClaimAsk | str | None:
         """The pod's explicit claim (draview.claim_ask over the watched templates and claims)."""
         try:
-            return claim_ask(pod, self.templates, self.claims)
+            return claim_ask(pod, self.templates, self.claims, self.classes)
         except (AttributeError, TypeError, ValueError) as exc:  # malformed pod or cached object
             return f"resource claims unreadable: {exc}"
 

@@ -236,3 +236,38 @@ async def test_full_node_mode_claim_pod(serve) -> None:  # noqa: F811
         assert doc["nodes"][0]["reason"].startswith("DRA first-fit would give gpu-4,gpu-5,gpu-6,gpu-7"), doc
         code, prio = await s.post("/prioritize", body)
         assert code == 200 and prio[0]["Score"] == doc["nodes"][0]["score"]
+
+
+async def test_claims_of_other_devices_are_not_gpu_claims(serve) -> None:  # noqa: F811
+    st = fed()
+    nic = {
+        "metadata": {"name": "nic.example.com"},
+        "spec": {"selectors": [{"cel": {"expression": "device.driver == 'nic.example.com'"}}]},
+    }
+    st.class_event("ADDED", nic)
+    nic_spec = {"devices": {"requests": [{"name": "nic", "exactly": {"deviceClassName": "nic.example.com"}}]}}
+    st.template_event("ADDED", template("nic", nic_spec))
+    # An allocated NIC claim beside the GPU template: only the GPU claim is predicted.
+    st.claim_event(
+        "ADDED",
+        {
+            "metadata": {"name": "nic-held", "namespace": "default"},
+            "spec": nic_spec,
+            "status": {
+                "allocation": {
+                    "devices": {
+                        "results": [
+                            {"request": "nic", "driver": "nic.example.com", "pool": "dra", "device": "nic-0"}
+                        ]
+                    }
+                }
+            },
+        },
+    )
+    async with serve(state=st) as s:
+        rows, prio, _ = await answers(s, claim_pod("n", tmpl="nic"), ["dra"])
+        assert rows["dra"]["reason"] == "pod asks no managed GPU" and prio["dra"] == 0, rows
+        both = claim_pod("b", tmpl="four")
+        both["spec"]["resourceClaims"].append({"name": "nic", "resourceClaimName": "nic-held"})
+        rows, _, _ = await answers(s, both, ["dra"])
+        assert rows["dra"]["reason"].startswith("DRA first-fit would give gpu-4,gpu-5,gpu-6,gpu-7"), rows
