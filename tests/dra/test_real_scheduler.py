@@ -13,6 +13,9 @@ the session's default kube-scheduler (default profile).
   0,4,1,5,2,6,3,7: a Go map's order, so first-fit there gives cross-socket sets). The devices the real
   scheduler wrote into each claim are rated; the simulator (`toposcale.simulate.compare`, allocator
   dra-first-fit, same fleet, same arrivals) predicts both runs.
+- Explicit claims: pods with a ResourceClaimTemplate through the shipped configuration without
+  `managedResources`: placed where the extender's prediction for the claim is best, the claim holding the
+  predicted set.
 - Mixed fleet: a device-plugin node beside DRA nodes, each scored with its own predictor.
 - Bad input: a slice with attributes the class's selector cannot evaluate (and one nobody defined), a
   slice whose devices the topology annotation does not hold, a claim (a real ResourceClaimTemplate) the
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from toposcale.extender.topology import annotations, dra
 from toposcale.extender.topology.model import Tier, Topology
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE, set_tier
@@ -306,3 +310,64 @@ async def test_mixed_fleet_and_bad_input(deployed: Any, tmp_path: Path) -> None:
         finally:
             ext.stop()
         assert "Traceback" not in ext.proc.text(), ext.proc.tail()
+
+
+async def test_explicit_claims_through_the_real_scheduler(deployed: Any, tmp_path: Path) -> None:
+    """Pods with a ResourceClaimTemplate (`exactly: {gpu.nvidia.com, count: 4}`), no nvidia.com/gpu: the
+    scheduler sends them to an extender only without `managedResources` (HTTPExtender.IsInterested), so the
+    shipped configuration is used with that list removed. The extender reads the template (or the claim the
+    resourceclaim controller made from it) and rates each DRA node on first-fit's set for it: both pods go to
+    the HGX node, whose sets are all-NVLink, and each claim holds the set /explain predicted just before."""
+    async with DraLab(deployed.cluster) as lab:
+        run = {"toposcale.test/dra-run": f"{lab.ns}-claims"}
+        topos: dict[str, Topology] = {}
+        for name, text, order in ((f"{lab.ns}-a6000", A6000, INTERLEAVED), (f"{lab.ns}-hgx", HGX, None)):
+            topo = topos[name] = topo_for(text, name)
+            await add_dra_node(lab, name, topo, [dra.slice_from_topology(topo, name, order=order)], run)
+        await lab.template("four", 4, False)
+        ext = Extender(deployed, tmp_path).start()
+        sched = Scheduler(deployed, tmp_path, ext.url)
+        del sched.config["extenders"][0]["managedResources"]
+        sched.config_path.write_text(yaml.safe_dump(sched.config, sort_keys=False))
+        try:
+            nodes = list(topos)
+            got_sets = []
+            for i in range(2):
+                p = pod(lab, f"c{i}", run["toposcale.test/dra-run"], scheduler=SCHEDULER_NAME, gpus=0)
+                p["spec"]["containers"][0]["resources"] = {"claims": [{"name": "gpus"}]}
+                p["spec"]["resourceClaims"] = [{"name": "gpus", "resourceClaimTemplateName": "four"}]
+
+                async def predicted(p: dict = p, i: int = i) -> dict | None:
+                    rows = explain(ext, p, nodes)
+                    hgx = rows[nodes[1]]
+                    ready = all(r["reason"].startswith("DRA first-fit") for r in rows.values())
+                    # the previous pod's claim seen: its devices are out of the prediction
+                    fresh = not got_sets or not set(hgx.get("gpus") or []) & got_sets[-1]
+                    return rows if ready and fresh else None
+
+                rows = await wait_until(predicted, 30, "the extender's claim predictions")
+                assert rows[nodes[1]]["score"] > rows[nodes[0]]["score"], rows
+                if i == 0:
+                    sched.start()
+                await lab.create_pod(p)
+
+                async def bound(name: str = p["metadata"]["name"]) -> dict | None:
+                    got = await lab.api.get(f"/api/v1/namespaces/{lab.ns}/pods/{name}")
+                    return got if outcome(got) == "bound" and pod_claim_name(got) else None
+
+                got = await wait_until(bound, 60, f"pod c{i} bound")
+                assert got["spec"]["nodeName"] == nodes[1], got["spec"]["nodeName"]
+                claim = await lab.api.get(f"{RES}/namespaces/{lab.ns}/resourceclaims/{pod_claim_name(got)}")
+                topo = topos[nodes[1]]
+                ids = {f"gpu-{g.index}": g.id for g in topo.gpus}
+                held = {ids[r["device"]] for r in claim["status"]["allocation"]["devices"]["results"]}
+                assert held == set(rows[nodes[1]]["gpus"]), (held, rows[nodes[1]])
+                mask = sum(1 << j for j, g in enumerate(topo.gpus) if g.id in held)
+                assert set_tier(topo, mask) == Tier.NVLINK and single_numa(topo, mask)
+                got_sets.append(held)
+                # the extender decided: kube-scheduler's own log has its scores for this pod's nodes
+                scored = [a.extender for a in sched.attempts(lab.ns, f"c{i}") if a.extender]
+                assert scored and scored[-1][nodes[1]] > scored[-1][nodes[0]], scored
+        finally:
+            sched.stop()
+            ext.stop()
