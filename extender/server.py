@@ -168,7 +168,7 @@ class Extender:
         )
         self.m_followup = Counter(
             "toposcale_extender_prioritize_from_filter",
-            "Prioritize calls answered from the filter call before them (same pod and nodes, cache unchanged)",
+            "Prioritize calls answered from the filter call before them (same pod, nodes and cache)",
             registry=r,
         )
         self.m_cut = Counter(
