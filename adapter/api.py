@@ -23,7 +23,7 @@ from . import wire
 from .cache import TTLCache
 from .errors import AdapterError, BadRequest, NotFound, SourceUnavailable, TooManyRequests
 from .metrics import AdapterMetrics
-from .model import MetricValue
+from .model import MetricValue, PodValue
 from .quantity import QuantityError, check_hpa_range, served_value
 from .rules import Rule, RuleSet
 from .selectors import SelectorError, parse_selector
@@ -32,6 +32,7 @@ from .sources.base import Source
 logger = logging.getLogger("toposcale.adapter.api")
 # fullmatch everywhere: `re.match` with "^...$" takes "ml\n" (`$` matches before a trailing newline).
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 BASE = f"/apis/{wire.GROUP_VERSION}"
 
 RULES_KEY = web.AppKey("rules", RuleSet)
@@ -66,6 +67,7 @@ class Handlers:
         self.source = source
         self.metrics = metrics
         self.cache: TTLCache[list[MetricValue]] = TTLCache(cache_ttl)
+        self.pod_cache: TTLCache[list[PodValue]] = TTLCache(cache_ttl)
         self.request_timeout = request_timeout
         self.max_inflight = max_inflight
         self.inflight = 0
@@ -127,11 +129,23 @@ class Handlers:
             raise BadRequest(f"invalid labelSelector: {exc}") from exc
         reqs = tuple(sorted(selector.requirements, key=lambda r: (r.key, r.op, r.values)))
         key = (rule.name, namespace, reqs)
+        values = await self._bounded(name, self.cache, key, lambda: self._load(rule, namespace, selector))
+        for v in values:  # every wire serves what the HPA computes with: an int64 of milli-units
+            try:
+                check_hpa_range(v.value)
+            except QuantityError as exc:
+                raise SourceUnavailable(f"{name}: {exc}") from exc
+        return rule, values
+
+    async def _bounded(
+        self, name: str, cache: TTLCache[Any], key: Any, load: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """`load` through `cache` (coalesced), within the in-flight bound and the request deadline."""
         self.inflight += 1
         self.metrics.inflight.inc()
         try:
             async with asyncio.timeout(self.request_timeout):
-                values, how = await self.cache.get(key, lambda: self._load(rule, namespace, selector))
+                values, how = await cache.get(key, load)
         except TimeoutError as exc:
             self.metrics.source_error(self.source.kind, "timeout")
             raise SourceUnavailable(
@@ -141,12 +155,53 @@ class Handlers:
             self.inflight -= 1
             self.metrics.inflight.dec()
         self.metrics.cache.labels(how).inc()
-        for v in values:  # every wire serves what the HPA computes with: an int64 of milli-units
+        return values
+
+    async def compute_pods(
+        self, rule: Rule, namespace: str, label_selector: str | None, *, pod: str | None = None
+    ) -> list[PodValue]:
+        """Each selected pod's own value of `rule` (custom.metrics.k8s.io), or of the one pod `pod`: the same
+        source, bounds and deadline as `compute`, its own cache (per-pod lists are another answer). A pod
+        that could not be read is absent; all failing is a 503 (the source raises it)."""
+        if self.inflight >= self.max_inflight:
+            raise TooManyRequests(f"more than {self.max_inflight} metric requests in flight; try again")
+        if len(namespace) > 63 or not _NAMESPACE.fullmatch(namespace):
+            raise BadRequest(f'invalid namespace "{namespace[:80]}": must be a DNS label (RFC 1123)')
+        fetch_pods = getattr(self.source, "fetch_pods", None)
+        if fetch_pods is None:
+            raise NotFound(f"the {self.source.kind} source serves no per-pod values")
+        if pod is not None:
+            if len(pod) > 253 or not _POD_NAME.fullmatch(pod):
+                raise BadRequest(f'invalid pod name "{pod[:80]}": must be a DNS subdomain (RFC 1123)')
+            selector = parse_selector(None)
+        else:
+            try:
+                selector = parse_selector(label_selector)
+            except SelectorError as exc:
+                raise BadRequest(f"invalid labelSelector: {exc}") from exc
+        reqs = tuple(sorted(selector.requirements, key=lambda r: (r.key, r.op, r.values)))
+        key = (rule.name, namespace, reqs, pod)
+        values: list[PodValue] = await self._bounded(
+            rule.name, self.pod_cache, key, lambda: fetch_pods(rule, namespace, selector, pod=pod)
+        )
+        for v in values:  # the HPA computes with int64 milli-units
             try:
                 check_hpa_range(v.value)
             except QuantityError as exc:
-                raise SourceUnavailable(f"{name}: {exc}") from exc
-        return rule, values
+                raise SourceUnavailable(f"{rule.name}: {v.namespace}/{v.pod}: {exc}") from exc
+        return values
+
+    async def object_selector(self, namespace: str, name: str) -> str | None:
+        """The label selector of Deployment `name` (None: not found), from the source's pod finder."""
+        if len(namespace) > 63 or not _NAMESPACE.fullmatch(namespace):
+            raise BadRequest(f'invalid namespace "{namespace[:80]}": must be a DNS label (RFC 1123)')
+        if len(name) > 253 or not _POD_NAME.fullmatch(name):
+            raise BadRequest(f'invalid Deployment name "{name[:80]}": must be a DNS subdomain (RFC 1123)')
+        resolve = getattr(self.source, "deployment_selector", None)
+        if resolve is None:
+            raise NotFound(f"the {self.source.kind} source cannot resolve Deployments")
+        selector: str | None = await resolve(namespace, name)
+        return selector
 
     async def _load(self, rule: Rule, namespace: str, selector: Any) -> list[MetricValue]:
         return await self.source.fetch(rule, namespace, selector)
@@ -168,15 +223,21 @@ class Handlers:
         return json_response(openapi_v2(list(self.rules)))
 
     async def openapi_v3(self, request: web.Request) -> web.Response:
+        from . import custom
+
         return json_response(
             {
                 "paths": {
-                    f"apis/{wire.GROUP_VERSION}": {
-                        "serverRelativeURL": "/openapi/v3/apis/" + wire.GROUP_VERSION
-                    }
+                    f"apis/{gv}": {"serverRelativeURL": "/openapi/v3/apis/" + gv}
+                    for gv in (wire.GROUP_VERSION, custom.GROUP_VERSION)
                 }
             }
         )
+
+    async def openapi_v3_custom(self, request: web.Request) -> web.Response:
+        # the aggregator merges each group-version's document; the custom group's paths are not described
+        info = {"title": "toposcale adapter", "version": "v1beta2"}
+        return json_response({"openapi": "3.0.0", "info": info, "paths": {}, "components": {"schemas": {}}})
 
     async def openapi_v3_group(self, request: web.Request) -> web.Response:
         return json_response(openapi_v3(list(self.rules)))
@@ -250,6 +311,10 @@ def add_routes(app: web.Application, handlers: Handlers) -> None:
     r.add_get("/openapi/v2", handlers.openapi_v2)
     r.add_get("/openapi/v3", handlers.openapi_v3)
     r.add_get(f"/openapi/v3/apis/{wire.GROUP_VERSION}", handlers.openapi_v3_group)
+    from . import custom
+
+    r.add_get(f"/openapi/v3/apis/{custom.GROUP_VERSION}", handlers.openapi_v3_custom)
+    custom.add_routes(app, custom.CustomMetrics(handlers))
 
 
 def _schemas() -> dict[str, Any]:

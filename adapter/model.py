@@ -42,6 +42,17 @@ class MetricValue:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class PodValue:
+    """One pod's own value (a custom.metrics.k8s.io MetricValue item)."""
+
+    namespace: str
+    pod: str
+    value: float
+    timestamp: float
+    window_seconds: int | None = None
+
+
 DEFAULT_MIN_ANSWERED_SHARE = 0.5
 _NAMED_FAILURES = 5
 
@@ -103,6 +114,20 @@ def pick_generation(samples: Sequence[Sample], names: Sequence[str]) -> list[Sam
         if chosen:
             return chosen
     return []
+
+
+def pod_value(rule: Rule, samples: Sequence[Sample]) -> float | None:
+    """One pod's own value of a per-pod rule (custom.metrics.k8s.io): its series of the first generation it
+    exposes combined with `per_pod` (`none`: the rule's aggregation); None when the pod has no such series."""
+    own = [s.value for s in pick_generation(samples, rule.series)]
+    if not own:
+        return None
+    return _combine(own, rule.aggregation if rule.per_pod == "none" else rule.per_pod)
+
+
+def combine(values: Sequence[float], how: str) -> float:
+    """sum/avg/max/min of `values` (not empty)."""
+    return _combine(values, how)
 
 
 def _combine(values: Sequence[float], how: str) -> float:

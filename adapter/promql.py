@@ -116,3 +116,21 @@ def combined_query(rule: Rule, namespace: str, selector: Selector) -> str:
         expected, missing = health_queries(rule, namespace, selector)
         parts += [(expected, "expected"), (missing, "missing")]
     return " or ".join(f'label_replace({q}, "{PART_LABEL}", "{name}", "", "")' for q, name in parts)
+
+
+def per_pod_query(rule: Rule, namespace: str, selector: Selector, *, pod: str | None = None) -> str:
+    """custom.metrics.k8s.io: one series per selected pod (its own series combined with `per_pod`), plus how
+    many selected pods have an `up` series and how many of those are up, to tell "all failed" from "none"."""
+    m = matchers(rule, namespace, selector)
+    if pod is not None:
+        m += f",{rule.pod_label}={_promql_string(pod)}"
+    by = f"({rule.namespace_label}, {rule.pod_label})"
+    how = rule.aggregation if rule.per_pod == "none" else rule.per_pod
+    names = rule.series
+    parts = [f"{n}{{{m}}}" for n in names]
+    inner = parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
+    value = f"{how} by {by} ({inner})"
+    expected = f"count(count by {by} (up{{{m}}}))"
+    answered = f"count(count by {by} (up{{{m}}} == 1))"
+    parts = [(value, "value"), (expected, "expected"), (answered, "answered")]
+    return " or ".join(f'label_replace({q}, "{PART_LABEL}", "{name}", "", "")' for q, name in parts)

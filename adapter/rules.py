@@ -117,6 +117,12 @@ class Rule(_Strict):
         description="below this share of expected targets answering the answer is a 503 naming the failed "
         "ones; unset: the adapter's --min-answered-share (default 0.5)",
     )
+    per_pod_metric: bool | None = Field(
+        None,
+        description="also offered in custom.metrics.k8s.io/v1beta2 per pod (the pod's own series combined "
+        "with `per_pod`) and for Deployments (the rule's aggregation over its pods); unset: yes for workload "
+        "rules (no gpu_owner, no prometheus_query) aggregating sum/avg/max/min",
+    )
 
     @field_validator("name")
     @classmethod
@@ -155,7 +161,25 @@ class Rule(_Strict):
             raise ValueError("'quantile' only applies to aggregation 'histogram_quantile'")
         if self.prometheus_query is not None and "{matchers}" not in self.prometheus_query:
             raise ValueError("'prometheus_query' must contain {matchers} so selectors and namespaces apply")
+        if self.per_pod_metric and not _per_pod_capable(self):
+            raise ValueError(
+                "'per_pod_metric' needs a workload rule (no gpu_owner, no prometheus_query) aggregating "
+                "sum, avg, max or min: a pod's own value is not defined otherwise"
+            )
         return self
+
+    @property
+    def offered_per_pod(self) -> bool:
+        """Served in custom.metrics.k8s.io (per pod, and for Deployments)."""
+        return _per_pod_capable(self) if self.per_pod_metric is None else self.per_pod_metric
+
+
+def _per_pod_capable(rule: Rule) -> bool:
+    return (
+        rule.gpu_owner is None
+        and rule.prometheus_query is None
+        and rule.aggregation in ("sum", "avg", "max", "min")
+    )
 
 
 class RuleSet(_Strict):

@@ -52,9 +52,14 @@ def api_group() -> dict[str, Any]:
 
 
 def api_group_list() -> dict[str, Any]:
-    group = api_group()
-    del group["kind"], group["apiVersion"]
-    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}
+    """Both groups this server serves: external.metrics.k8s.io and custom.metrics.k8s.io (adapter.custom)."""
+    from . import custom
+
+    groups = []
+    for group in (api_group(), custom.api_group()):
+        del group["kind"], group["apiVersion"]
+        groups.append(group)
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
 
 def api_versions() -> dict[str, Any]:

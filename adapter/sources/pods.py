@@ -161,6 +161,24 @@ class TargetsFile:
         return None
 
 
+def selector_text(selector: Any) -> str:
+    """A metav1.LabelSelector (kubernetes-asyncio model) as label-selector text (labels.Parse syntax)."""
+    parts = [f"{k}={v}" for k, v in sorted((selector.match_labels or {}).items())]
+    for e in selector.match_expressions or ():
+        op = e.operator
+        if op == "In":
+            parts.append(f"{e.key} in ({','.join(e.values or ())})")
+        elif op == "NotIn":
+            parts.append(f"{e.key} notin ({','.join(e.values or ())})")
+        elif op == "Exists":
+            parts.append(e.key)
+        elif op == "DoesNotExist":
+            parts.append(f"!{e.key}")
+        else:
+            raise SourceUnavailable(f"label selector operator {op!r} is not understood")
+    return ",".join(parts)
+
+
 def _running_and_ready(pod: Any) -> bool:
     """Phase Running, an IP, and the Ready condition True (what a Service's endpoints require)."""
     status = pod.status
@@ -230,6 +248,22 @@ class KubePods:
         pods = await self._pods(namespace, str(selector))
         s = rule.scrape
         return [self._target(p, s.port, s.path, s.scheme) for p in pods]
+
+    async def deployment_selector(self, namespace: str, name: str) -> str | None:
+        """Deployment `name`'s spec.selector as label-selector text; None when there is no such Deployment."""
+        from kubernetes_asyncio import client
+
+        async def load() -> Any:
+            apps = client.AppsV1Api(self._api)
+            return await self._call(
+                f"get deployment {namespace}/{name}", apps.read_namespaced_deployment, name=name,
+                namespace=namespace,
+            )
+
+        dep, _ = await self._cache.get(("deployment", namespace, name), load)
+        if dep is None:
+            return None
+        return selector_text(dep.spec.selector)
 
     async def exporters(self, rule: Rule) -> list[Target]:
         assert rule.gpu_owner is not None

@@ -21,9 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import SourceUnavailable, TooManyRequests
-from ..model import DEFAULT_MIN_ANSWERED_SHARE, Coverage, MetricValue, check_coverage, extrapolate
-from ..promql import PART_LABEL, combined_query
+from ..errors import NotFound, SourceUnavailable, TooManyRequests
+from ..model import (
+    DEFAULT_MIN_ANSWERED_SHARE,
+    Coverage,
+    MetricValue,
+    PodValue,
+    check_coverage,
+    extrapolate,
+)
+from ..promql import PART_LABEL, combined_query, per_pod_query
 from ..rules import Rule
 from ..selectors import Selector
 
@@ -204,6 +211,45 @@ class PrometheusSource:
             number = extrapolate(rule, number, coverage)
         window = rule.window_seconds if rule.aggregation == "histogram_quantile" else None
         return [MetricValue(value=number, timestamp=ts, window_seconds=window)]
+
+    async def fetch_pods(
+        self, rule: Rule, namespace: str, selector: Selector, *, pod: str | None = None
+    ) -> list[PodValue]:
+        """Each selected pod's own value (one query). A pod Prometheus cannot scrape has no fresh series and
+        is absent (never 0); every selected pod down is a 503."""
+        result = await self.query(per_pod_query(rule, namespace, selector, pod=pod))
+        out: list[PodValue] = []
+        expected = answered = 0
+        for series in result:
+            try:
+                labels = series["metric"]
+                part = labels.get(PART_LABEL)
+                ts, text = series["value"]
+                number = float(text)
+            except (KeyError, TypeError, ValueError) as exc:
+                self._error("garbage")
+                raise SourceUnavailable(f"Prometheus at {self.url} answered an unexpected result") from exc
+            if part == "expected":
+                expected = int(number)
+            elif part == "answered":
+                answered = int(number)
+            elif part == "value" and math.isfinite(number):
+                pod = labels.get(rule.pod_label)
+                if pod:
+                    out.append(PodValue(labels.get(rule.namespace_label, namespace), pod, number, float(ts)))
+        if expected > 0 and answered == 0 and not out:
+            raise SourceUnavailable(
+                f"{rule.name}: Prometheus cannot scrape any of the {expected} selected pods"
+            )
+        if self.on_coverage is not None and expected > 0:
+            self.on_coverage(rule.name, namespace, answered, expected)
+        return sorted(out, key=lambda v: v.pod)
+
+    async def deployment_selector(self, namespace: str, name: str) -> str | None:
+        raise NotFound(
+            "Deployment metrics need the Kubernetes API for the Deployment's selector: serve them in scrape "
+            "mode, or ask for pods/* with the Deployment's labelSelector"
+        )
 
     async def ready(self) -> str | None:
         try:

@@ -33,12 +33,14 @@ from ..model import (
     Coverage,
     MetricValue,
     PodSamples,
+    PodValue,
     Sample,
     aggregate,
     bucket_increase,
     check_coverage,
     extrapolate,
     parse_le,
+    pod_value,
 )
 from ..rules import Rule, RuleSet
 from ..selectors import Selector
@@ -312,6 +314,45 @@ class ScrapeSource:
         at = min(s.at for s in scrapes.values())
         window = max(1, round(span)) if span is not None else None
         return [MetricValue(value=value, timestamp=at, window_seconds=window)]
+
+    async def fetch_pods(
+        self, rule: Rule, namespace: str, selector: Selector, *, pod: str | None = None
+    ) -> list[PodValue]:
+        """Each selected pod's own value from its own scrape (the same cached scrape the aggregate uses).
+        A pod that could not be read, or that lacks the series, is absent (never 0: the HPA applies its
+        missing-pod rules); every selected pod failing is a 503 naming them."""
+        if not await self.finder.namespace_exists(namespace):
+            raise NotFound(f'namespace "{namespace}" not found', {"name": namespace, "kind": "namespaces"})
+        pods = await self.finder.workload(rule, namespace, selector)
+        if pod is not None:  # one pod by name: scrape only it
+            pods = [t for t in pods if t.pod == pod]
+        if not pods:
+            return []
+        scrapes, errors = await self._scrape_all(pods)
+        if self.on_coverage is not None:
+            self.on_coverage(rule.name, namespace, len(pods) - len(errors), len(pods))
+        if not scrapes:
+            raise SourceUnavailable(
+                f"{rule.name}: all {len(pods)} selected pods failed: {'; '.join(errors[:5])}"
+            )
+        out: list[PodValue] = []
+        for t in pods:
+            scrape = scrapes.get(t.url)
+            if scrape is None:
+                continue
+            value = pod_value(rule, scrape.samples)
+            if value is None or value != value:  # no such series, or NaN: no value for this pod
+                continue
+            out.append(PodValue(t.namespace, t.pod, value, scrape.at))
+        return out
+
+    async def deployment_selector(self, namespace: str, name: str) -> str | None:
+        """The label selector of Deployment `name` (None: no such Deployment); 404 without Kubernetes."""
+        resolve = getattr(self.finder, "deployment_selector", None)
+        if resolve is None:
+            raise NotFound("Deployments need pods from Kubernetes (a --scrape-targets file names no owners)")
+        result: str | None = await resolve(namespace, name)
+        return result
 
     def _assign(
         self, rule: Rule, pods: list[Target], sources: list[Target], scrapes: dict[str, Scrape]

@@ -112,7 +112,10 @@ async def test_discovery_documents(one_pod) -> None:
     assert body == {"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
         "name": "external.metrics.k8s.io",
         "versions": [{"groupVersion": "external.metrics.k8s.io/v1beta1", "version": "v1beta1"}],
-        "preferredVersion": {"groupVersion": "external.metrics.k8s.io/v1beta1", "version": "v1beta1"}}]}
+        "preferredVersion": {"groupVersion": "external.metrics.k8s.io/v1beta1", "version": "v1beta1"}}, {
+        "name": "custom.metrics.k8s.io",
+        "versions": [{"groupVersion": "custom.metrics.k8s.io/v1beta2", "version": "v1beta2"}],
+        "preferredVersion": {"groupVersion": "custom.metrics.k8s.io/v1beta2", "version": "v1beta2"}}]}
     code, body = await adapter.get("/apis/external.metrics.k8s.io")
     assert body["kind"] == "APIGroup" and body["name"] == "external.metrics.k8s.io"
     code, body = await adapter.get(BASE)
