@@ -129,7 +129,12 @@ def test_cert_manager_variant_issues_the_mounted_secret_for_the_service_name(
     builds: dict[str, Build],
 ) -> None:
     b = builds["adapter/cert-manager"]
-    api = b.one("APIService")
+    apis = b.find("APIService")  # external.metrics.k8s.io and custom.metrics.k8s.io, one Service
+    assert sorted(a["metadata"]["name"] for a in apis) == [
+        "v1beta1.external.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"]
+    assert apis[0]["metadata"]["annotations"] == apis[1]["metadata"]["annotations"]
+    assert apis[0]["spec"]["service"] == apis[1]["spec"]["service"]
+    api = apis[0]
     ns, cert_name = api["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
     cert = b.one("Certificate", cert_name)
     assert cert["metadata"]["namespace"] == ns
@@ -142,7 +147,9 @@ def test_cert_manager_variant_issues_the_mounted_secret_for_the_service_name(
 
 def test_self_signed_variant_ca_bundle_signs_the_serving_secret(builds: dict[str, Build]) -> None:
     b = builds["adapter/self-signed"]
-    api = b.one("APIService")
+    apis = b.find("APIService")
+    assert len(apis) == 2 and apis[0]["spec"]["caBundle"] == apis[1]["spec"]["caBundle"]
+    api = apis[0]
     ca = x509.load_pem_x509_certificate(base64.b64decode(api["spec"]["caBundle"]))
     secret = b.one("Secret", _serving_secret_name(b))
     assert secret["type"] == "kubernetes.io/tls"
@@ -188,6 +195,23 @@ def test_hpa_reader_role_lists_exactly_the_rule_metrics(builds: dict[str, Build]
         "name": "horizontal-pod-autoscaler",
         "namespace": "kube-system",
     } in binding["subjects"]
+
+
+def test_hpa_custom_reader_role_lists_the_rules_offered_per_pod(builds: dict[str, Build]) -> None:
+    from toposcale.adapter.rules import load_rules
+
+    b = builds["all"]
+    role = b.one("ClusterRole", "toposcale:custom-metrics-reader")
+    assert [rule["apiGroups"] for rule in role["rules"]] == [["custom.metrics.k8s.io"]]
+    offered = {r.name for r in load_rules().rules if r.offered_per_pod}
+    resources = {r for rule in role["rules"] for r in rule["resources"]}
+    # the SubjectAccessReview names resource pods or deployments.apps and the metric as subresource
+    assert resources == {f"{res}/{m}" for res in ("pods", "deployments.apps") for m in offered}
+    binding = next(
+        o for o in b.find("ClusterRoleBinding") if o["roleRef"]["name"] == role["metadata"]["name"]
+    )
+    assert {"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler", "namespace": "kube-system"} in \
+        binding["subjects"]
 
 
 def test_hpa_selects_the_pods_it_scales(builds: dict[str, Build]) -> None:

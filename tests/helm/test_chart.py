@@ -264,7 +264,7 @@ def test_template_with_any_release_name(helm: Path) -> None:
     for o in objs:
         name, ns = o["metadata"]["name"], o["metadata"].get("namespace")
         if o["kind"] == "APIService":
-            assert name == "v1beta1.external.metrics.k8s.io"
+            assert name in ("v1beta1.external.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io")
             assert o["spec"]["service"] == {
                 "name": "t-toposcale-adapter",
                 "namespace": "default",
