@@ -103,16 +103,17 @@ async def run_adapter(d: Deployed, args: list[str], log: Path) -> AsyncIterator[
             else:
                 raise AssertionError(f"adapter never became healthy:\n{ap.tail()}")
         ca = base64.b64encode(d.serving_ca.read_bytes()).decode()
-        await asyncio.to_thread(
-            kubectl,
-            d.cluster,
-            "patch",
-            "apiservice",
-            "v1beta1.external.metrics.k8s.io",
-            "--type=merge",
-            "-p",
-            json.dumps({"spec": {"service": {"port": port}, "caBundle": ca}}),
-        )
+        for apiservice in ("v1beta1.external.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"):
+            await asyncio.to_thread(
+                kubectl,
+                d.cluster,
+                "patch",
+                "apiservice",
+                apiservice,
+                "--type=merge",
+                "-p",
+                json.dumps({"spec": {"service": {"port": port}, "caBundle": ca}}),
+            )
         yield ap
 
 

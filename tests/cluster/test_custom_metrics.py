@@ -1,0 +1,91 @@
+"""custom.metrics.k8s.io/v1beta2 through the real aggregator (issue 16 acceptance): `kubectl get --raw
+/apis/custom.metrics.k8s.io/v1beta2/namespaces/<ns>/pods/*/vllm_requests_waiting?labelSelector=app%3Dvllm`
+against the scrape-mode adapter lists one item per Running and Ready pod, field by field; a pod whose
+/metrics fails is absent (never 0), all failing is the adapter's 503 Status. The caller is the adapter's
+APIService as deploy/ registers it (run_adapter patches its port and CA), with delegated authn/authz.
+Loopback pod IPs 127.0.0.140.. only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from .conftest import Deployed, kubectl, run_adapter, wait_for
+from .qwen import QwenStack
+
+NS = "llm-custom"
+PATH = (
+    f"/apis/custom.metrics.k8s.io/v1beta2/namespaces/{NS}/pods/*/vllm_requests_waiting"
+    "?labelSelector=app%3Dvllm"
+)
+
+
+def raw(deployed: Deployed, path: str) -> tuple[int, str]:
+    r = kubectl(deployed.cluster, "get", "--raw", path, check=False)
+    return r.returncode, r.stdout if r.returncode == 0 else r.stderr
+
+
+async def test_kubectl_get_raw_lists_one_item_per_pod(deployed: Deployed, tmp_path: Path) -> None:
+    async with (
+        QwenStack(deployed, NS, first_ip="127.0.0.140") as stack,
+        run_adapter(
+            deployed,
+            ["--kubeconfig", str(deployed.kubeconfigs["toposcale-adapter"])],
+            tmp_path / "adapter.log",
+        ) as adapter,
+    ):
+        try:
+            # the example's HPA would scale on the external metrics meanwhile: the pod count is the test's
+            await asyncio.to_thread(kubectl, deployed.cluster, "delete", "hpa", "-n", NS, "--all")
+            await asyncio.to_thread(
+                kubectl, deployed.cluster, "scale", "-n", NS, "deployment/vllm-qwen", "--replicas=2"
+            )
+            await wait_for(lambda: len(stack.exporters) == 2, 60, "two pods running")
+            stack.set(waiting=7)
+
+            async def listed() -> dict | None:
+                code, out = await asyncio.to_thread(raw, deployed, PATH)
+                if code != 0:
+                    return None
+                body = json.loads(out)
+                return body if len(body["items"]) == 2 else None
+
+            body = await wait_for(listed, 60, "two items through the aggregator")
+            assert body["kind"] == "MetricValueList"
+            assert body["apiVersion"] == "custom.metrics.k8s.io/v1beta2"
+            names = list(stack.exporters)
+            by_name = {i["describedObject"]["name"]: i for i in body["items"]}
+            assert set(by_name) == set(names)
+            for name, item in by_name.items():
+                assert item["describedObject"] == {
+                    "kind": "Pod",
+                    "namespace": NS,
+                    "name": name,
+                    "apiVersion": "v1",
+                }
+                assert item["metric"] == {"name": "vllm_requests_waiting"}
+                assert "windowSeconds" not in item
+                assert item["timestamp"].endswith("Z")
+            assert by_name[names[0]]["value"] == "7" and by_name[names[1]]["value"] == "0"
+
+            stack.exporters[names[1]].mode = "error"  # its /metrics answers 500: absent, never 0
+
+            async def one_left() -> list | None:  # after the adapter's 2 s cache
+                code, out = await asyncio.to_thread(raw, deployed, PATH)
+                assert code == 0, out
+                items = [(i["describedObject"]["name"], i["value"]) for i in json.loads(out)["items"]]
+                return items if len(items) == 1 else None
+
+            assert await wait_for(one_left, 20, "the failing pod left out") == [(names[0], "7")]
+
+            stack.set(mode="error")
+
+            async def unavailable() -> str | None:
+                code, out = await asyncio.to_thread(raw, deployed, PATH)
+                return out if code != 0 else None
+
+            out = await wait_for(unavailable, 20, "a 503 once every pod fails")
+            assert "ServiceUnavailable" in out and "all 2 selected pods failed" in out, out
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- adapter log:\n{adapter.tail()}") from e
