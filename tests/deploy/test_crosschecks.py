@@ -446,6 +446,7 @@ VERB_OF = {
 RESOURCE_OF = {
     "node": ("", "nodes"),
     "pod": ("", "pods"),
+    "deployment": ("apps", "deployments"),
     "namespace": ("", "namespaces"),
     "config_map": ("", "configmaps"),
     "service": ("", "services"),
