@@ -89,3 +89,84 @@ async def test_kubectl_get_raw_lists_one_item_per_pod(deployed: Deployed, tmp_pa
             assert "ServiceUnavailable" in out and "all 2 selected pods failed" in out, out
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- adapter log:\n{adapter.tail()}") from e
+
+
+def pods_hpa() -> dict:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "vllm-pods", "namespace": NS2},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vllm-qwen"},
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": "vllm_requests_waiting"},
+                        "target": {"type": "AverageValue", "averageValue": "4"},
+                    },
+                }
+            ],
+        },
+    }
+
+
+NS2 = "llm-custom-hpa"
+
+
+async def test_real_hpa_type_pods_with_a_failing_pod(deployed: Deployed, tmp_path: Path) -> None:
+    """2 pods: A queue 6, B's /metrics failing. The HPA averages over the pods with a value (6 / 4 = 1.5:
+    scale up), then counts B as 0 for a scale-up (podautoscaler/replica_calculator.go): (6 + 0) / 2 / 4 =
+    0.75 flips the direction, so it keeps 2 replicas. B answering 6 too: ceil(2 * 1.5) = 3."""
+    async with (
+        QwenStack(deployed, NS2, first_ip="127.0.0.150") as stack,
+        run_adapter(
+            deployed,
+            ["--kubeconfig", str(deployed.kubeconfigs["toposcale-adapter"])],
+            tmp_path / "adapter.log",
+        ) as adapter,
+    ):
+        try:
+            cluster = deployed.cluster
+            await asyncio.to_thread(kubectl, cluster, "delete", "hpa", "-n", NS2, "--all")
+            await asyncio.to_thread(
+                kubectl, cluster, "scale", "-n", NS2, "deployment/vllm-qwen", "--replicas=2"
+            )
+            await wait_for(lambda: len(stack.exporters) == 2, 60, "two pods running")
+            stack.set(waiting=6)
+            names = list(stack.exporters)
+            stack.exporters[names[1]].mode = "error"
+            await asyncio.to_thread(kubectl, cluster, "apply", "-f", "-", stdin=json.dumps(pods_hpa()))
+
+            async def hpa() -> dict:
+                return await stack.get(
+                    f"/apis/autoscaling/v2/namespaces/{NS2}/horizontalpodautoscalers/vllm-pods"
+                )
+
+            async def observed() -> dict | None:
+                h = await hpa()
+                cur = (h.get("status", {}).get("currentMetrics") or [{}])[0].get("pods", {})
+                return h if cur.get("current", {}).get("averageValue") == "6" else None
+
+            await wait_for(observed, 60, "the HPA reading A's 6 through custom.metrics.k8s.io")
+            await asyncio.sleep(8)  # four sync periods of the controller (2 s)
+            h = await hpa()
+            assert h["status"]["desiredReplicas"] == 2 and h["status"]["currentReplicas"] == 2, h["status"]
+            active = next(c for c in h["status"]["conditions"] if c["type"] == "ScalingActive")
+            assert active["status"] == "True", active
+            assert len(stack.exporters) == 2
+
+            b = stack.exporters[names[1]]
+            b.mode, b.waiting = "ok", 6.0
+
+            async def three() -> bool:
+                return (await hpa())["status"].get("desiredReplicas") == 3
+
+            await wait_for(three, 60, "the HPA scaling to 3 once B answers 6")
+        except AssertionError as e:
+            described = kubectl(
+                deployed.cluster, "describe", "hpa", "-n", NS2, "vllm-pods", check=False
+            ).stdout
+            raise AssertionError(f"{e}\n--- hpa:\n{described}\n--- adapter log:\n{adapter.tail()}") from e
