@@ -26,7 +26,7 @@ RUN set -eu; \
     /opt/toposcale/bin/pip uninstall -q -y pip setuptools wheel 2>/dev/null || true; \
     sp=$(echo /opt/toposcale/lib/python3*/site-packages); \
     find /opt/toposcale -name __pycache__ -prune -exec rm -rf {} +; \
-    rm -rf "$sp"/*/tests "$sp"/*/*/tests "$sp"/matplotlib/mpl-data/sample_data; \
+    rm -rf "$sp"/*/tests "$sp"/*/*/tests; \
     python3 -m compileall -q -j 0 /opt/toposcale >/dev/null
 
 FROM ${BASE}
@@ -34,8 +34,7 @@ COPY --from=build /opt/toposcale /opt/toposcale
 ENV PATH=/opt/toposcale/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    HOME=/tmp \
-    MPLCONFIGDIR=/tmp/matplotlib
+    HOME=/tmp
 RUN useradd --system --uid 65532 --user-group --no-create-home --shell /usr/sbin/nologin toposcale
 USER 65532:65532
 EXPOSE 6443 8888 9410

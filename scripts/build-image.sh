@@ -242,7 +242,10 @@ took
 step "image size and what takes the space"
 SIZE="$("${B[@]}" images --format '{{.Size}}' --filter "id=$IMAGE_ID" | head -1)"
 sp="$(echo "$mnt"/opt/toposcale/lib/python3*/site-packages)"
-du -sm "$mnt" "$mnt/usr" "$mnt/opt/toposcale" | sed "s|$mnt|/|; s|//|/|" | awk '{printf "    %5d MB  %s\n", $1, $2}'
+# One du per folder: a single du counts a folder once, so /usr and /opt would vanish under / .
+for d in / /usr /opt/toposcale; do
+  printf '    %5d MB  %s\n' "$(du -sm "$mnt$d" | cut -f1)" "$d"
+done
 echo "    largest in /usr (base) and site-packages (toposcale and its dependencies):"
 du -sm "$mnt"/usr/lib/* "$mnt"/usr/share/* "$sp"/* 2>/dev/null | sort -rn | head -12 \
   | sed "s|$mnt||" | awk '{printf "    %5d MB  %s\n", $1, $2}'

@@ -3,7 +3,8 @@
 # Real parts: the Debian `prometheus` package (started on loopback by the tests), kubectl from PyPI, and a real
 # Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) built from the
 # Kubernetes sources with Go >= 1.26 by scripts/kube.sh (the first build on a machine takes minutes; cached),
-# the real helm v4 (scripts/helm.sh) and NVIDIA's go-gpuallocator (scripts/gpuallocator.sh, needs a C compiler).
+# the real helm v4 (scripts/helm.sh), NVIDIA's go-gpuallocator (scripts/gpuallocator.sh, needs a C compiler),
+# KEDA (scripts/keda.sh) and the container image built with buildah (scripts/build-image.sh, needs root or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,15 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   $SUDO systemctl stop prometheus >/dev/null 2>&1 || $SUDO service prometheus stop >/dev/null 2>&1 || true
 fi
 phase "prometheus package"
+
+# buildah (daemonless image builds) and debootstrap (the image's Debian base): scripts/build-image.sh.
+if ! command -v buildah >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+  echo "==> installing the Debian buildah and debootstrap packages (the container image build)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends buildah debootstrap >/dev/null
+fi
+phase "buildah + debootstrap packages"
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
@@ -61,6 +71,15 @@ keda_dir="$(./scripts/keda.sh bin-dir)" || { echo "test.sh: KEDA could not be bu
 export TOPOSCALE_KEDA_BIN_DIR="$keda_dir"
 echo "    $keda_dir"
 phase "keda build (cached after 1st)"
+
+# The image users deploy, built for real (buildah, no daemon) and smoke-tested: --version, the agent's
+# documents, the extender answering /healthz and a filter, as the non-root user on a read-only root.
+# The debootstrap base and the wheels are cached in ~/.cache/toposcale/image/.
+echo "==> container image (scripts/build-image.sh)"
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo --preserve-env=HOME,TOPOSCALE_IMAGE_CACHE,DEBIAN_MIRROR"
+$SUDO env PYTHON="$PWD/.venv/bin/python" ./scripts/build-image.sh \
+  || { echo "test.sh: the container image build or its smoke tests failed (see above)" >&2; exit 1; }
+phase "container image (buildah)"
 
 echo "==> ruff"
 .venv/bin/ruff check .

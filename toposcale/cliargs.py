@@ -4,6 +4,7 @@ traceback."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -37,4 +38,12 @@ def output_problem(path: str | os.PathLike[str], flag: str) -> str | None:
         return f"cannot write {path} ({flag}): {folder} is not a folder"
     if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         return f"cannot write {path} ({flag}): permission denied"
+    return None
+
+
+def plot_problem(flag: str = "--plot") -> str | None:
+    """Why a figure cannot be drawn here, or None. matplotlib (with numpy, Pillow and fontTools, about
+    130 MB) is the `plot` extra, not a dependency: the services and the container image never draw."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return f"{flag} needs matplotlib, which is not installed: pip install 'toposcale[plot]'"
     return None

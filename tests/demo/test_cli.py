@@ -91,3 +91,18 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path: Path, capsys: pytest.Capt
     work.write_text("")
     assert main(["demo", "--workdir", str(work)]) == 2
     assert "--workdir" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_is_refused_before_the_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a)
+    )
+    work = tmp_path / "work"
+    assert main(["demo", "--plot", str(tmp_path / "demo.png"), "--workdir", str(work)]) == 2
+    assert "pip install 'toposcale[plot]'" in capsys.readouterr().err
+    assert not work.exists()

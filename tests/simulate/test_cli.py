@@ -147,3 +147,21 @@ def test_an_unwritable_plot_path_fails_before_the_run(tmp_path: Path) -> None:
     p = simulate("--fleet", "examples/fleets/mixed-100.yaml", "--plot", str(out))
     assert p.returncode == 2
     assert "is not a folder" in p.stderr and "[####" not in p.stderr
+
+
+def test_plot_without_matplotlib_names_the_extra_before_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # matplotlib is the `plot` extra: a plain `pip install toposcale` (and the image) has no figures to draw.
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a)
+    )
+    out = tmp_path / "x.png"
+    rc = cli.main(["simulate", "--fleet", str(EXAMPLES / "mixed-100.yaml"), "--plot", str(out)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--plot needs matplotlib" in err and "pip install 'toposcale[plot]'" in err
+    assert not out.exists()

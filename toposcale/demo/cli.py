@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toposcale.cliargs import finite_number, output_problem
+from toposcale.cliargs import finite_number, output_problem, plot_problem
 
 MAX_SPEED = 100.0
 BASE_RPS = 2.0
@@ -86,6 +86,8 @@ def main(args: argparse.Namespace) -> int:
                        ("--prometheus-file-sd", args.prometheus_file_sd)):
         if path is not None and (problem := output_problem(path, flag)) is not None:
             problems.append(problem)
+    if args.plot is not None and (problem := plot_problem()) is not None:
+        problems.append(problem)
     if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
         problems.append(f"--workdir {args.workdir}: is a file, expected a folder")
     if problems:

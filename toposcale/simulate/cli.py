@@ -98,13 +98,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"toposcale simulate: error: {msg}", file=sys.stderr)
         return 2
 
-    from toposcale.cliargs import output_problem
+    from toposcale.cliargs import output_problem, plot_problem
 
     from .extender_api import ExtenderUnavailable
     from .fleet import FleetError, load_fleet
     from .workload import WorkloadError, generate, load_trace, parse_mix
 
-    if args.plot and (problem := output_problem(args.plot, "--plot")) is not None:
+    if args.plot and (problem := plot_problem() or output_problem(args.plot, "--plot")) is not None:
         return fail(problem)
     try:
         fleet = load_fleet(args.fleet)
