@@ -14,7 +14,11 @@ deploy/extender/scheduler-config.yaml (leader election off, the kubeconfig, the 
 
 - (a) the shipped profile without the `extenders` stanza: kube-scheduler alone;
 - (b) with the extender, `nodeCacheCapable: true` (shipped): `toposcale extender` watching this API server;
-- (c) with `nodeCacheCapable: false`: every call carries every candidate Node, to `--standalone`.
+- (c) with `nodeCacheCapable: false`: every call carries every candidate Node, to `--standalone`;
+- (d) the floor: (b)'s stanza against benchmarks/floorextender, a Go extender that decides nothing (filter
+  keeps every node, prioritize answers each node with the score toposcale gave it in (b) at the same node
+  count, or 5 before any (b)): answers of toposcale's size at Go's speed, so 1 - (d)/(a) is what any HTTP
+  extender in names mode costs the scheduler here, and 1 - (b)/(d) what toposcale adds above that.
 
 For a row, `--pods` 4-GPU pods (the vLLM example's pod) are created first, then the scheduler is started,
 and the rate is taken between its first and last "Successfully bound pod" log lines (microsecond
@@ -143,7 +147,7 @@ def scheduler_config(path: Path, kubeconfig: Path, mode: str, ext_url: str) -> N
         del doc["extenders"]
     else:
         doc["extenders"][0]["urlPrefix"] = ext_url
-        doc["extenders"][0]["nodeCacheCapable"] = mode == "b"
+        doc["extenders"][0]["nodeCacheCapable"] = mode in ("b", "d")
     path.write_text(yaml.safe_dump(doc))
 
 
@@ -268,6 +272,8 @@ def pinned(argv: list[str], who: str) -> list[str]:
 
 
 SCHEDJSON = ROOT / "benchmarks" / "schedjson"
+FLOOR = ROOT / "benchmarks" / "floorextender"
+GO_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "toposcale" / "bench"
 GPU = "nvidia.com/gpu"
 
 
@@ -290,12 +296,19 @@ def go_json_floor(ext_url: str, names: list[str], work: Path) -> dict[str, float
                        ("filter", answers[0]), ("prioritize", answers[1])):
         files[name] = work / f"schedjson-{name}.json"
         files[name].write_bytes(data)
-    exe = work / "schedjson"
-    if not exe.exists():
-        subprocess.run(["go", "build", "-o", str(exe), "."], cwd=SCHEDJSON, check=True)
+    exe = go_build(SCHEDJSON)
     out = subprocess.run([str(exe), *(str(files[k]) for k in ("pod", "names", "filter", "prioritize"))],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
+
+
+def go_build(folder: Path) -> Path:
+    """The Go program in `folder`, built once into ~/.cache/toposcale/bench/ (outside the checkout); Go's
+    own build cache makes a rebuild after a change quick."""
+    GO_CACHE.mkdir(parents=True, exist_ok=True)
+    exe = GO_CACHE / folder.name
+    subprocess.run(["go", "build", "-o", str(exe), "."], cwd=folder, check=True)
+    return exe
 
 
 def run_row(
@@ -308,7 +321,14 @@ def run_row(
     ext_port, sch_port = free_port(), free_port()
     ext = None
     ext_log = work / f"extender-{mode}-{nodes}-{n}.log"
-    if mode != "a":
+    scores = work / f"scores-{nodes}.json"  # (b)'s real prioritize answer at this node count, for (d)
+    if mode == "d":
+        argv = [str(go_build(FLOOR)), "-listen", f"127.0.0.1:{ext_port}"]
+        argv += ["-scores", str(scores)] if scores.exists() else []
+        with ext_log.open("wb") as out:
+            ext = subprocess.Popen(pinned(argv, "extender"), stdout=out, stderr=subprocess.STDOUT)
+        wait_http(f"http://127.0.0.1:{ext_port}/readyz", 30)
+    elif mode != "a":
         argv = [str(TOPOSCALE), "extender", "--host", "127.0.0.1", "--port", str(ext_port), "--log-level",
                 "warning"]
         argv += ["--kubeconfig", str(cluster.admin_kubeconfig)] if mode == "b" else ["--standalone"]
@@ -350,7 +370,7 @@ def run_row(
         )
         ext_s = reused = float("nan")
         floor: dict[str, float] = {}
-        if ext is not None:
+        if ext is not None and mode != "d":
             et = metrics_text(f"http://127.0.0.1:{ext_port}/metrics")
             (work / f"extender-{mode}-{nodes}-{n}.metrics").write_text(et)
             ext_s = sum(histogram(et, "toposcale_extender_decision_seconds", {"verb": v})[1]
@@ -360,6 +380,7 @@ def run_row(
             reused = float(m[1]) / prio if m and prio else float("nan")
             if mode == "b" and names:
                 floor = go_json_floor(f"http://127.0.0.1:{ext_port}", names, work)
+                shutil.copyfile(work / "schedjson-prioritize.json", scores)
         sampler.__exit__()
         sched_log = log.read_text()
         stamps = bind_times(sched_log)
@@ -416,7 +437,7 @@ def parse_cpus(text: str) -> set[int]:
 
 
 LABEL = {"a": "(a) no extender", "b": "(b) extender, nodeCacheCapable: true",
-         "c": "(c) extender, nodeCacheCapable: false"}
+         "c": "(c) extender, nodeCacheCapable: false", "d": "(d) floor: Go extender deciding nothing"}
 
 
 def cpu_cell(c: dict[str, float], name: str) -> str:
@@ -433,7 +454,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         cost = 1 - r["pods_per_s"] / base[r["nodes"]] if r["mode"] != "a" and base.get(r["nodes"]) else None
-        share = "" if r["mode"] == "a" else f"{100 * r['ext_share']:.0f}%"
+        share = "" if r["mode"] in ("a", "d") else f"{100 * r['ext_share']:.0f}%"
         errors = "" if r["mode"] == "a" else r["ext_errors"]
         cost_s = "" if cost is None else f"{100 * cost:.0f}%"
         reused = "" if r["mode"] == "a" or r.get("reused") != r.get("reused") else f"{100 * r['reused']:.0f}%"
@@ -447,6 +468,18 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{cpu_cell(c, 'scheduler')} | {cpu_cell(c, 'extender')} | {cp} | {reused} | {go_json} | "
             f"{cost_s} |"
         )
+    # toposcale above the floor: each (b) against the mean (d) of its node count, in the same run.
+    for size in sorted({r["nodes"] for r in rows}):
+        d = [r["pods_per_s"] for r in rows if r["mode"] == "d" and r["nodes"] == size]
+        b = [r["pods_per_s"] for r in rows if r["mode"] == "b" and r["nodes"] == size]
+        if d and base.get(size):
+            d_mean = sum(d) / len(d)
+            line = (f"\nAt {size:,} nodes the floor (d), an extender that decides nothing, costs "
+                    f"{100 * (1 - d_mean / base[size]):.0f}% of (a)'s pods/s")
+            if b:
+                above = ", ".join(f"{100 * (1 - x / d_mean):.0f}%" for x in b)
+                line += f"; toposcale (b) costs {above} of the floor's pods/s above it"
+            out.append(line + ".")
     for r in rows:
         floor, base_rate = r.get("go_json_ms", float("nan")), base.get(r["nodes"])
         if floor == floor and base_rate:
@@ -465,7 +498,7 @@ def main() -> int:
     ap.add_argument("--nodes", default="1000,5000", help="comma-separated fleet sizes (default 1000,5000)")
     ap.add_argument("--pods", type=int, default=100, help="4-GPU pods per row (default 100)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the taken GPUs (default 1)")
-    ap.add_argument("--rows", default="a,b,c", help="which rows to run (default a,b,c)")
+    ap.add_argument("--rows", default="a,b,c,d", help="which rows to run, in order (default a,b,c,d)")
     ap.add_argument(
         "--extender-cpu", default="",
         help="pin the extender to these CPUs (taskset list, e.g. 1) and the control plane and scheduler to "
@@ -475,6 +508,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs, metrics) and print it")
     a = ap.parse_args()
     sizes = [int(x) for x in a.nodes.split(",")]
+    if bad := [m for m in a.rows.split(",") if m not in LABEL]:
+        ap.error(f"--rows: unknown row(s) {', '.join(bad)} (rows: {', '.join(LABEL)})")
     work = Path(tempfile.mkdtemp(prefix="bench-scheduler-"))
     cluster = Cluster(dir=work / "cluster", bin_dir=bin_dir())
     rows = []

@@ -1,0 +1,3 @@
+module toposcale.io/benchmarks/floorextender
+
+go 1.26
