@@ -1,7 +1,7 @@
 """Benchmark: the real kube-scheduler placing 4-GPU pods on 1,000 and 5,000 fake GPU nodes, with and without
 the extender, in the same run.
 
-    .venv/bin/python benchmarks/bench_scheduler.py [--nodes 1000,5000] [--pods 100] [--seed 1] [--rows a,b,c,d]
+    .venv/bin/python benchmarks/bench_scheduler.py [--nodes 1000,5000] [--pods 100] [--rows a,b,c,d]
 
 A control plane of its own (tests/harness/kube_cluster.py: etcd, kube-apiserver, kube-controller-manager;
 the binaries `scripts/kube.sh bin-dir` builds) and, per node count, a fleet of Node objects drawn in turn

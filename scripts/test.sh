@@ -17,6 +17,9 @@ report() {
   for t in "${timings[@]}"; do echo "    $t"; done
   echo "    $(printf '%-34s %5d s' total $((SECONDS - t0)))"
 }
+# On any exit, a failed phase included: what ran so far and how long it took.
+finished=""
+trap 'rc=$?; [ -z "$finished" ] && phase "(failed in this phase)"; report; exit $rc' EXIT
 
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   echo "==> installing the Debian prometheus package (real Prometheus for the tests)"
@@ -91,5 +94,5 @@ set +e
 rc=$?
 set -e
 phase "pytest"
-report
+finished=1
 exit $rc
