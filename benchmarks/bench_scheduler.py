@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -302,9 +303,10 @@ def go_json_floor(ext_url: str, names: list[str], work: Path) -> dict[str, float
     return json.loads(out)
 
 
+@functools.cache
 def go_build(folder: Path) -> Path:
-    """The Go program in `folder`, built once into ~/.cache/toposcale/bench/ (outside the checkout); Go's
-    own build cache makes a rebuild after a change quick."""
+    """The Go program in `folder`, built once a run into ~/.cache/toposcale/bench/ (outside the checkout);
+    Go's own build cache makes a rebuild after a change quick."""
     GO_CACHE.mkdir(parents=True, exist_ok=True)
     exe = GO_CACHE / folder.name
     subprocess.run(["go", "build", "-o", str(exe), "."], cwd=folder, check=True)

@@ -21,11 +21,15 @@ report() {
 finished=""
 trap 'rc=$?; [ -z "$finished" ] && phase "(failed in this phase)"; report; exit $rc' EXIT
 
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+apt_install() {  # Debian packages, quietly, without their recommends
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   echo "==> installing the Debian prometheus package (real Prometheus for the tests)"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_install prometheus
   # The package starts a system Prometheus on :9090; the tests start their own on free ports.
   $SUDO systemctl stop prometheus >/dev/null 2>&1 || $SUDO service prometheus stop >/dev/null 2>&1 || true
 fi
@@ -34,9 +38,7 @@ phase "prometheus package"
 # buildah (daemonless image builds) and debootstrap (the image's Debian base): scripts/build-image.sh.
 if ! command -v buildah >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
   echo "==> installing the Debian buildah and debootstrap packages (the container image build)"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends buildah debootstrap >/dev/null
+  apt_install buildah debootstrap
 fi
 phase "buildah + debootstrap packages"
 
@@ -79,8 +81,7 @@ phase "keda build (cached after 1st)"
 # documents, the extender answering /healthz and a filter, as the non-root user on a read-only root.
 # The debootstrap base and the wheels are cached in ~/.cache/toposcale/image/.
 echo "==> container image (scripts/build-image.sh)"
-SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo --preserve-env=HOME,TOPOSCALE_IMAGE_CACHE,DEBIAN_MIRROR"
-$SUDO env PYTHON="$PWD/.venv/bin/python" ./scripts/build-image.sh \
+${SUDO:+$SUDO --preserve-env=HOME,TOPOSCALE_IMAGE_CACHE,DEBIAN_MIRROR} env PYTHON="$PWD/.venv/bin/python" ./scripts/build-image.sh \
   || { echo "test.sh: the container image build or its smoke tests failed (see above)" >&2; exit 1; }
 phase "container image (buildah)"
 
