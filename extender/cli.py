@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-inflight", type=_int_in(1, 1024, "decisions at once"), default=4,
-        help="decisions computed at once; more wait, then get 503",
+        help="decisions computed at once; more wait up to 2 s, then get 429 TooManyRequests with "
+        "Retry-After: 1",
     )
     parser.add_argument(
         "--assume-ttl", type=_seconds, default=120.0,

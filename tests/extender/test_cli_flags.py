@@ -92,3 +92,21 @@ def test_no_kubernetes_connection_is_one_plain_line(tmp_path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     plain = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{")]
     assert len(plain) == 1 and "no Kubernetes connection" in plain[0] and "--standalone" in plain[0]
+
+
+def test_max_inflight_help_and_readme_say_what_the_server_answers() -> None:
+    # The server's answer itself is tested in test_server_bounds (a full house: 429 with Retry-After: 1);
+    # the help and the README must say that, with the server's wait, not another code.
+    import argparse
+
+    from toposcale.extender.cli import add_arguments
+    from toposcale.extender.server import ServerConfig
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    help_text = next(a.help for a in parser._actions if "--max-inflight" in a.option_strings)
+    assert help_text is not None
+    assert f"wait up to {ServerConfig().queue_timeout_s:g} s, then get 429 TooManyRequests" in help_text
+    assert "503" not in help_text
+    readme = " ".join((Path(__file__).parents[2] / "extender" / "README.md").read_text().split())
+    assert f"No slot within {ServerConfig().queue_timeout_s:g} s → **429 `TooManyRequests`**" in readme
