@@ -45,11 +45,20 @@ CLEAN_MOUNTS=()
 CLEAN_CTRS=()
 CLEAN_DIRS=()
 SERVER_PID=""
+# Cleanup is not a step of the build: every command in it ends in `|| ...`, because errexit holds inside an
+# EXIT trap too, so one failing command (`wait` answering 143 for the extender it killed, an `rm` that cannot
+# remove a folder) would skip the unmounts after it and turn a finished build's exit status into its own.
+# The status of the run is kept as it was.
 cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  local rc=$? i c d
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
   for ((i = ${#CLEAN_MOUNTS[@]} - 1; i >= 0; i--)); do umount "${CLEAN_MOUNTS[i]}" 2>/dev/null || true; done
   for c in "${CLEAN_CTRS[@]}"; do "${B[@]}" rm "$c" >/dev/null 2>&1 || true; done
-  for d in "${CLEAN_DIRS[@]}"; do rm -rf "$d"; done
+  for d in "${CLEAN_DIRS[@]}"; do rm -rf "$d" 2>/dev/null || echo "build-image.sh: could not remove $d (left behind)" >&2; done
+  exit "$rc"
 }
 trap cleanup EXIT
 

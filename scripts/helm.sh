@@ -45,7 +45,9 @@ helm_bin() {
     while kill -0 "$pid" 2>/dev/null; do
       sleep 15
       kill -0 "$pid" 2>/dev/null || break
-      echo "helm.sh: building... $((SECONDS - start)) s, $(grep -c . "$log" 2>/dev/null || echo 0) packages compiled" >&2
+      # Progress, not a step: it never stops the build (`|| :`). grep -c prints 0 and fails on an empty
+      # log, so `|| :` (not `|| echo 0`, which printed a second 0).
+      echo "helm.sh: building... $((SECONDS - start)) s, $(grep -c . "$log" 2>/dev/null || :) packages compiled" >&2 || :
     done
     if ! wait "$pid"; then
       tail -n 30 "$log" >&2

@@ -17,9 +17,10 @@ report() {
   for t in "${timings[@]}"; do echo "    $t"; done
   echo "    $(printf '%-34s %5d s' total $((SECONDS - t0)))"
 }
-# On any exit, a failed phase included: what ran so far and how long it took.
+# On any exit, a failed phase included: what ran so far and how long it took. A report: errexit holds in
+# the trap too, so `|| :` keeps a failing report (a closed stdout) from replacing the run's own status.
 finished=""
-trap 'rc=$?; [ -z "$finished" ] && phase "(failed in this phase)"; report; exit $rc' EXIT
+trap 'rc=$?; [ -z "$finished" ] && phase "(failed in this phase)"; report || :; exit $rc' EXIT
 
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 apt_install() {  # Debian packages, quietly, without their recommends
