@@ -250,10 +250,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args))
     except (RulesError, ValueError, ConfigException, RuntimeError) as exc:
-        logger.error("adapter cannot start", extra={"error": str(exc)})
-        print(f"toposcale adapter: {exc}", file=sys.stderr)
+        print(f"toposcale adapter: {exc}", file=sys.stderr)  # one line, not a JSON log line beside it
         return 2
     except OSError as exc:
-        logger.error("adapter cannot start", extra={"error": str(exc)})
-        print(f"toposcale adapter: {exc}", file=sys.stderr)
+        print(f"toposcale adapter: {exc}", file=sys.stderr)  # one line, not a JSON log line beside it
         return 1

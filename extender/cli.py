@@ -125,10 +125,6 @@ async def _serve(args: Any) -> int:
         try:
             api = await api_client(args.kubeconfig)
         except Exception as exc:
-            log.error(
-                "no Kubernetes connection; use --standalone to serve full-Node payloads without one",
-                extra={"error": str(exc)},
-            )
             print(f"toposcale extender: no Kubernetes connection ({exc}); use --standalone to serve "
                   "full-Node payloads without one", file=sys.stderr)
             return 2

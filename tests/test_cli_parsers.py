@@ -88,3 +88,52 @@ def test_help_shows_the_defaults() -> None:
     assert "(default 10.0)" in adapter  # --request-timeout: shown by the formatter
     demo = " ".join(SUBCOMMANDS["demo"].format_help().split())
     assert "tie-breaks (default 0)" in demo
+
+
+TOPOSCALE = str(Path(__import__("sys").executable).parent / "toposcale")
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["simulate", "--fleet", "/nonexistent"], "fleet: cannot read /nonexistent"),
+        (["adapter", "--rules", "/nonexistent", "--prometheus-url", "http://127.0.0.1:1"], "/nonexistent"),
+        (["extender", "--kubeconfig", "/nonexistent", "--port", "1"], "no Kubernetes connection"),
+        (["agent", "--once", "--output", "/no/such/f"], "/no/such is not a folder"),
+        (["agent", "--from-topo-file", "/nonexistent"], "no node name"),
+    ],
+)
+def test_an_error_found_after_parsing_is_said_once(argv: list[str], said: str) -> None:
+    # Each used to print it twice: a JSON error log line, then the same as a plain line.
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}  # no $KUBECONFIG, no NODE_NAME, not in a pod
+    proc = subprocess.run([TOPOSCALE, *argv], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{") or '"level": "error"' in ln]
+    assert len(errors) == 1 and errors[0].startswith(f"toposcale {argv[0]}: ") and said in errors[0], errors
+
+
+def test_an_os_error_is_said_once(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        argv = ["extender", "--standalone", "--host", "127.0.0.1", "--port", str(busy.getsockname()[1])]
+        proc = subprocess.run([TOPOSCALE, *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith("{") or '"level": "error"' in ln]
+    assert len(errors) == 1 and "address already in use" in errors[0], proc.stderr
+
+
+def test_an_unknown_flag_after_the_subcommand_gets_the_subcommands_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["extender", "--standlone"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: toposcale extender ") and "--standalone" in err
+    assert "toposcale extender: error: unrecognized arguments: --standlone" in err
+    with pytest.raises(SystemExit):  # before the subcommand: the top-level parser's
+        main(["--bogus", "extender", "--standalone"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: toposcale [-h]")
+    assert "toposcale: error: unrecognized arguments: --bogus" in err

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from . import __version__
@@ -64,20 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=help_text, description=help_text, allow_abbrev=False, formatter_class=HelpFormatter
         )
         mod.add_arguments(p)
-        p.set_defaults(_main=mod.main)
+        p.set_defaults(_main=mod.main, _parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # parse_known_args, then the subcommand's own error: argparse would blame an unknown flag after the
+    # subcommand (`extender --standlone`) on the top-level parser and print the top-level usage.
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command_at = argv.index(args.command)
+        before = [a for a in unknown if a in argv[:command_at]]  # `toposcale --bogus extender`
+        (parser if before else args._parser).error(f"unrecognized arguments: {' '.join(before or unknown)}")
     try:
         return int(args._main(args) or 0)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
         # A busy port, an unreadable or unwritable file, whichever command: one line a person can act on
-        # (and one log line for the collector), never a 30-line traceback. Bad input stays exit 2 (usage).
-        logging.getLogger("toposcale").error(f"{args.command} stopped", extra={"error": str(exc)})
+        # (once: no JSON log line beside it), never a 30-line traceback. Bad input stays exit 2 (usage).
         print(f"toposcale {args.command}: {exc}", file=sys.stderr)
         return 1
 

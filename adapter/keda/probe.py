@@ -116,16 +116,28 @@ def probe(args: argparse.Namespace, out: Any = sys.stdout) -> None:
                 print(f"{stamp}  active: {str(msg.result).lower()}  (StreamIsActive)", file=out, flush=True)
 
 
+def tls_hint(details: str, insecure: bool) -> str:
+    """What to do about a failed TLS handshake, or "". A plaintext server answers the ClientHello with bytes
+    that are no TLS record: BoringSSL's WRONG_VERSION_NUMBER."""
+    if not insecure and "WRONG_VERSION_NUMBER" in details:
+        return " (the server answered in plaintext: for an adapter without TLS flags, use --insecure)"
+    return ""
+
+
 def main(args: argparse.Namespace) -> int:
+    import os
+
+    # gRPC's C core logs a failed handshake itself, as a raw line before ours; its reason is in the status.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     import grpc
 
     try:
         probe(args)
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
+        details = " ".join(str(exc.details() if hasattr(exc, "details") else exc).split())
         name = code.name if code is not None else "ERROR"
-        print(f"toposcale keda-probe: {name}: {' '.join(str(details).split())}", file=sys.stderr)
+        print(f"toposcale keda-probe: {name}: {details}{tls_hint(details, args.insecure)}", file=sys.stderr)
         return 1
     except ValueError as exc:
         print(f"toposcale keda-probe: {exc}", file=sys.stderr)

@@ -44,13 +44,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="at most one Node patch per this many seconds, however often the content changes")
     p.add_argument("--refresh-interval", type=float, default=300.0, metavar="S",
                    help="re-patch unchanged annotations this often, so `observed` shows the agent is alive")
-    p.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster service account)")
+    p.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster service account, else "
+                   "$KUBECONFIG or ~/.kube/config)")
     add_log_level_argument(p)
 
 
 def main(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    import sys
 
     from toposcale import logs
 
@@ -59,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
     if args.once:
         return asyncio.run(_once(args, log))
     if not args.node_name:
-        log.error("no node name: pass --node-name or set NODE_NAME (the downward API's spec.nodeName)")
+        print("toposcale agent: no node name: pass --node-name or set NODE_NAME (the downward API's "
+              "spec.nodeName)", file=sys.stderr)
         return 2
     from .service import AgentService, ServiceConfig
 
@@ -92,8 +95,7 @@ async def _once(args: argparse.Namespace, log: Any) -> int:
     from .observe import ObserveError, documents, observe_allocation, observe_topology_within
 
     if args.output != "-" and (problem := output_problem(args.output, "--output")) is not None:
-        log.error("cannot write output", extra={"path": args.output, "error": problem})
-        print(f"toposcale agent: {problem}", file=sys.stderr)
+        print(f"toposcale agent: {problem}", file=sys.stderr)  # one line, not a JSON log line beside it
         return 2  # before discovery, which may wait on NVML for --discovery-timeout
     try:
         # The service's deadline: a hung NVML call ends the run with an error instead of hanging it.

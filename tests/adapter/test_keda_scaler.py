@@ -565,3 +565,21 @@ async def test_a_taken_port_fails_the_start(adapter: Adapter) -> None:
     with pytest.raises(OSError, match=r"--keda-grpc-port: cannot listen on 127\.0\.0\.1:"):
         await scaler.start(adapter.handlers, host="127.0.0.1", port=adapter.keda.port,
                            registry=CollectorRegistry())
+
+
+async def test_keda_probe_with_tls_against_a_plaintext_scaler_says_use_insecure() -> None:
+    # It used to print gRPC C-core's raw handshake log line, then the status, and no hint.
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        probe = ["keda-probe", "--address", f"127.0.0.1:{port}", "--metric", "m", "--namespace", NS,
+                 "--timeout", "5"]
+        code, out, err = await run(*probe)
+        assert code == 1 and out == ""
+        assert err.count("\n") == 1 and err.startswith("toposcale keda-probe: UNAVAILABLE: "), err
+        assert err.rstrip().endswith("use --insecure)")
+        code, _, err = await run(*probe, "--insecure")  # plaintext reaches it: no handshake, no hint
+        assert code == 1 and "--insecure" not in err and "UNIMPLEMENTED" in err
+    finally:
+        await server.stop(None)

@@ -141,3 +141,14 @@ def test_an_unwritable_output_is_refused_before_discovery(capsys, tmp_path) -> N
     assert rc == 2
     err = capsys.readouterr().err
     assert f"toposcale agent: cannot write {out} (--output)" in err and "is not a folder" in err
+
+
+def test_kubeconfig_help_says_every_place_it_is_read_from() -> None:
+    # toposcale.kube.api_client: in a pod the service account, else --kubeconfig, $KUBECONFIG, ~/.kube/config.
+    from toposcale.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["agent"]
+    help_text = next(a.help for a in sub._actions if "--kubeconfig" in a.option_strings)
+    assert "in-cluster service account" in help_text and "$KUBECONFIG" in help_text
+    assert "~/.kube/config" in help_text

@@ -106,3 +106,18 @@ def test_plot_without_matplotlib_is_refused_before_the_run(
     assert main(["demo", "--plot", str(tmp_path / "demo.png"), "--workdir", str(work)]) == 2
     assert "pip install 'toposcale[plot]'" in capsys.readouterr().err
     assert not work.exists()
+
+
+def test_a_prometheus_url_where_nothing_listens_fails_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It used to start every service, wait 60 s, and then advise adding a scrape job.
+    from toposcale.demo.supervisor import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # free: nothing listens there
+    work = tmp_path / "work"
+    assert main(["demo", "--prometheus-url", url, "--workdir", str(work)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"toposcale demo: --prometheus-url {url}: nothing answers there (Connection refused); " \
+        "start Prometheus or fix the URL\n"
+    assert not work.exists()

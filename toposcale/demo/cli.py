@@ -58,6 +58,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def prometheus_problem(url: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing can be asked at `url`, or None: checked before the run, or the demo would start its
+    services and wait a minute for a Prometheus that is not there, then advise a scrape job. Only the
+    connection is judged; an HTTP error or a TLS problem is left to the adapter, which says more."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the adapter asks it directly
+    try:
+        with opener.open(url.rstrip("/") + "/api/v1/status/buildinfo", timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, ConnectionError | socket.gaierror | TimeoutError):
+            detail = reason.strerror or str(reason) if isinstance(reason, OSError) else str(reason)
+            return f"--prometheus-url {url}: nothing answers there ({detail}); start Prometheus or fix the " \
+                "URL"
+        return None
+
+
 def main(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -90,6 +113,8 @@ def main(args: argparse.Namespace) -> int:
         problems.append(problem)
     if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
         problems.append(f"--workdir {args.workdir}: is a file, expected a folder")
+    if not problems and args.prometheus_url and (problem := prometheus_problem(args.prometheus_url)):
+        problems.append(problem)
     if problems:
         for p in problems:
             print(f"toposcale demo: {p}", file=sys.stderr)

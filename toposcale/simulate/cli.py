@@ -6,7 +6,6 @@ toposcale simulate --fleet examples/fleets/mixed-100.yaml --pods 2000 --seed 1 [
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 POLICY_NAMES = ("toposcale", "spread", "binpack", "random")  # policies.POLICIES, kept here for a fast --help
 EXTRA_POLICY_NAMES = ("toposcale-spread",)
@@ -93,8 +92,8 @@ def main(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     log = logging.getLogger("toposcale.simulate")
 
-    def fail(msg: str, **extra: Any) -> int:
-        log.error("simulate failed", extra={"error": msg, **extra})
+    def fail(msg: str) -> int:
+        # One plain line, as argparse's own errors: not a JSON log line beside it saying the same.
         print(f"toposcale simulate: error: {msg}", file=sys.stderr)
         return 2
 
