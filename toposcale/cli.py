@@ -12,8 +12,12 @@ import sys
 
 from . import __version__
 
+DESCRIPTION = (
+    "GPU-topology-aware scheduling and queue/KV-cache-aware autoscaling for LLM inference on Kubernetes: "
+    "one command per service."
+)
 SUBCOMMANDS = {
-    "adapter": ("toposcale.adapter.cli", "external.metrics.k8s.io API server for the HPA"),
+    "adapter": ("toposcale.adapter.cli", "external (and custom) metrics API server for the HPA"),
     "keda-probe": ("toposcale.adapter.keda.probe", "print what KEDA would read from the adapter's scaler"),
     "extender": ("toposcale.extender.cli", "kube-scheduler extender scoring GPU topology"),
     "agent": ("toposcale.extender.agent.cli", "node agent publishing GPU topology and allocation"),
@@ -47,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False everywhere: `--scrape-target` must be an error, not silently `--scrape-targets`
     # (and a flag added later must not change what an abbreviation in someone's manifest means).
     parser = argparse.ArgumentParser(
-        prog="toposcale", description=__doc__.splitlines()[0], allow_abbrev=False,
+        prog="toposcale", description=DESCRIPTION, allow_abbrev=False,
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"toposcale {__version__}")

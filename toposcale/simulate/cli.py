@@ -60,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--policies",
         type=_policies,
         default=list(POLICY_NAMES),
-        help="comma-separated: toposcale (the shipped profile: MostAllocated + extender), spread, binpack, "
-        "random (the default), toposcale-spread (LeastAllocated + extender)",
+        help="comma-separated, of: toposcale (the shipped profile: MostAllocated + extender), spread "
+        "(kube-scheduler's default, LeastAllocated), binpack (MostAllocated), random, toposcale-spread "
+        f"(LeastAllocated + extender) (default {','.join(POLICY_NAMES)})",
     )
     parser.add_argument(
         "--extender-weight",
