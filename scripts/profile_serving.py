@@ -17,7 +17,8 @@ beside it:
   - a chunked-prefill step: `budget` new tokens (2,048 / 8,192: vLLM's max_num_batched_tokens choices) of
     a prompt whose earlier `prior_context` tokens are already in the KV cache;
   - one decode step (one new token for each of `batch` sequences, each at context `context`) replayed
-    from a CUDA graph, with a static per-sequence KV cache carved from one preallocated buffer (what
+    from a CUDA graph (every prefill and chunk above is replayed from one too), with a static
+    per-sequence KV cache carved from one preallocated buffer (what
     vLLM's paged cache amounts to for uniform contexts), batch 1 ... 256 at contexts 512 ... 8,192;
     combinations whose KV cache does not fit in the budget below are left out (null);
   - the KV-cache capacity in tokens at gpu_memory_utilization 0.9: (0.9 x total memory - weights - the
@@ -26,9 +27,8 @@ beside it:
 
 Checks against the physical limits, measured in the same run: the HBM bandwidth of a device-to-device
 copy (bytes read + written / time) and the bf16 matmul rate of an 8192^3 product. Decode at batch 1 must
-be within 1.5x of (weights read per step + its KV cache) /
-    bandwidth; the largest prefill within 2x of its FLOPs / matmul rate. Both ratios are printed and
-    recorded in the profile's `checks`.
+be within 1.5x of (weights read per step + its KV cache) / bandwidth; the largest prefill within 2x of
+its FLOPs / matmul rate. Both ratios are printed and recorded in the profile's `checks`.
 
 Not a product dependency: it needs PyTorch and a CUDA GPU. `--help` works anywhere; without them it
 refuses with one line (exit 2).
@@ -75,6 +75,16 @@ def int_list(text: str) -> list[int]:
     return sorted(set(values))
 
 
+def nonneg_int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {text!r}")
+    return sorted(set(values))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="profile_serving.py",
@@ -109,9 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--decode-batches", type=int_list, default=DECODE_BATCHES, metavar="B,B,...")
     p.add_argument("--decode-contexts", type=int_list, default=DECODE_CONTEXTS, metavar="L,L,...")
     p.add_argument("--chunk-budgets", type=int_list, default=CHUNK_BUDGETS, metavar="C,C,...")
-    p.add_argument(
-        "--chunk-prior", type=lambda s: [int(v) for v in s.split(",")], default=CHUNK_PRIOR, metavar="P,P,..."
-    )
+    p.add_argument("--chunk-prior", type=nonneg_int_list, default=CHUNK_PRIOR, metavar="P,P,...")
     p.add_argument(
         "--layers",
         type=int,
@@ -177,6 +185,19 @@ def main(argv: list[str] | None = None) -> int:
             b.synchronize()
             out.append(a.elapsed_time(b) / 1e3)
         return out
+
+    def graphed(fn):
+        """`fn` captured whole in a CUDA graph, as vLLM captures its steps: launch overhead is not timed."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):  # a private memory pool, freed when the graph goes
+            fn()
+        return g
 
     # ---------------------------------------------------------------- the physical limits, this run
     log(f"GPU: {props.name}, {total_mem / 2**30:.1f} GiB, {props.multi_processor_count} SMs")
@@ -340,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     for n_tok in args.prefill_tokens:
         kv = carve(1, n_tok)
         t = toks[:n_tok]
-        samples = timed(lambda t=t, kv=kv: prefill(t, kv, 0), args.repeats, args.warmup)
+        g = graphed(lambda t=t, kv=kv: prefill(t, kv, 0))
+        samples = timed(g.replay, args.repeats, args.warmup)
+        del g
         med, spread = summary(samples)
         raw[f"prefill/{n_tok}"] = samples
         prefill_rows.append((n_tok, med, spread))
@@ -356,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             kv = carve(1, prior + budget)
             t = toks[:budget] if budget <= biggest else torch.randint(0, VOCAB, (budget,), device=dev)
-            samples = timed(lambda t=t, kv=kv, prior=prior: prefill(t, kv, prior), args.repeats, args.warmup)
+            g = graphed(lambda t=t, kv=kv, prior=prior: prefill(t, kv, prior))
+            samples = timed(g.replay, args.repeats, args.warmup)
+            del g
             med, _ = summary(samples)
             raw[f"chunk/{budget}/{prior}"] = samples
             row.append(med)
@@ -364,7 +389,6 @@ def main(argv: list[str] | None = None) -> int:
         chunk_rows.append(row)
 
     # ---------------------------------------------------------------- decode steps in CUDA graphs
-    pool = torch.cuda.graph_pool_handle()
     decode_sec: list[list[float | None]] = []
     decode_spread: list[list[float | None]] = []
     for batch in args.decode_batches:
@@ -392,15 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                     h = h + mlp(F.rms_norm(h, (HIDDEN,), lw["ln2"], RMS_EPS), lw)
                 return F.rms_norm(h, (HIDDEN,), norm_f, RMS_EPS) @ lm_head.t()
 
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    step()
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                step()
+            g = graphed(step)
             samples = timed(g.replay, args.repeats, args.warmup)
             med, spread = summary(samples)
             raw[f"decode/{batch}/{ctx}"] = samples
@@ -490,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Serving profile {args.name}: Qwen2.5-7B on one {props.name},",
         "# MEASURED by scripts/profile_serving.py. Architecture from https://huggingface.co/Qwen/Qwen2.5-7B",
         "# config.json, random bf16 weights (timings do not depend on the values); a compact implementation",
-        "# with fused QKV / gate-up projections, PyTorch SDPA (flash) attention, and the decode step",
-        "# replayed from a CUDA graph. Each figure is the median of",
+        "# with fused QKV / gate-up projections, PyTorch SDPA (flash) attention, and every prefill",
+        "# and decode step replayed from a CUDA graph. Each figure is the median of",
         f"# {args.repeats} timed runs after {args.warmup} warm-up runs; spread = (p90 - p10) / median.",
         f"# Measured {now} with: {command}",
         "kind: toposcale.io/serving-profile/v1",
