@@ -1,0 +1,92 @@
+"""toposcale's desired-replicas algorithm (pure): demand in tokens, forecast, backlog, hysteresis, zero."""
+
+from __future__ import annotations
+
+import pytest
+
+from toposcale.autoscale.desired import (
+    Capacity,
+    DesiredConfig,
+    DesiredError,
+    DesiredState,
+    Observation,
+    decide,
+)
+from toposcale.serving.profile import load_profile
+
+CAP = Capacity(prompt_tokens_s=10_000, generation_tokens_s=5_000)
+CFG = DesiredConfig(prior=CAP, cold_start_s=90, scale_down_window_s=300, learn=False)
+
+
+def obs(t: float, prompt: float, gen: float = 0.0, **kw: float) -> Observation:
+    return Observation(
+        t=t,
+        ready_replicas=kw.pop("ready", 2),
+        prompt_tokens_rate=prompt,
+        generation_tokens_rate=gen,
+        mean_prompt_tokens=kw.pop("mean_prompt", 1000),
+        **kw,
+    )
+
+
+def test_demand_counts_tokens_of_both_phases() -> None:
+    d = decide(CFG, DesiredState(), obs(0, prompt=16_000, gen=4_000))
+    assert d.demand == pytest.approx(1.6 + 0.8)
+    assert d.replicas == 3  # ceil(2.4 / 0.8)
+
+
+def test_long_prompt_backlog_scales_where_a_request_count_would_not() -> None:
+    """Four waiting 12k-token prompts are a backlog; four 100-token ones are not."""
+    few_long = decide(CFG, DesiredState(), obs(0, prompt=7_000, waiting_requests=40, mean_prompt=12_000))
+    few_short = decide(CFG, DesiredState(), obs(0, prompt=7_000, waiting_requests=40, mean_prompt=100))
+    assert few_long.replicas > few_short.replicas
+    assert few_long.backlog > 0.1 > few_short.backlog
+
+
+def test_rising_demand_is_met_a_cold_start_ahead() -> None:
+    st, last = DesiredState(), None
+    for i in range(8):
+        last = decide(CFG, st, obs(15 * i, prompt=8_000 + 1_000 * i))
+    assert last is not None and last.forecast > last.demand
+    assert last.replicas > decide(CFG, DesiredState(), obs(0, prompt=15_000)).replicas
+
+
+def test_scale_down_waits_for_the_window() -> None:
+    st = DesiredState()
+    assert decide(CFG, st, obs(0, prompt=30_000)).replicas == 4
+    for t in range(15, 300, 15):
+        assert decide(CFG, st, obs(t, prompt=5_000)).replicas == 4  # still inside the window
+    assert decide(CFG, st, obs(315, prompt=5_000)).replicas < 4
+
+
+def test_zero_replicas_needs_a_front_door_series() -> None:
+    with pytest.raises(DesiredError, match="front-door"):
+        decide(CFG, DesiredState(), Observation(t=0, ready_replicas=0))
+    assert decide(CFG, DesiredState(), Observation(t=0, ready_replicas=0, front_door_pending=0)).replicas == 0
+    assert decide(CFG, DesiredState(), Observation(t=0, ready_replicas=0, front_door_pending=3)).replicas >= 1
+
+
+def test_bad_inputs_are_errors_not_zero() -> None:
+    with pytest.raises(DesiredError):
+        decide(CFG, DesiredState(), obs(0, prompt=float("nan")))
+    with pytest.raises(DesiredError, match="mean prompt"):
+        decide(CFG, DesiredState(), Observation(t=0, ready_replicas=1, waiting_requests=3))
+
+
+def test_missed_targets_at_low_load_lower_the_learned_capacity() -> None:
+    cfg = DesiredConfig(prior=CAP, learn=True)
+    st = DesiredState()
+    for t in range(0, 300, 15):
+        decide(cfg, st, obs(t, prompt=8_000, waiting_requests=5, ttft_p90_s=5.0, tpot_p90_s=0.05))
+    assert st.kappa < 0.9
+
+
+def test_placeable_caps_the_answer() -> None:
+    d = decide(CFG, DesiredState(), obs(0, prompt=60_000, placeable_replicas=1))
+    assert d.replicas == 3 and any("placed" in r for r in d.reasons)
+
+
+def test_prior_from_profiles() -> None:
+    for name in ("h100-tp1", "rtx4090d-tp4"):
+        c = Capacity.from_profile(load_profile(name), tpot_slo_s=0.1)
+        assert c.prompt_tokens_s > 1_000 and c.generation_tokens_s > 1_000
