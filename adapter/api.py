@@ -75,6 +75,11 @@ class Handlers:
         self._group = orjson.dumps(wire.api_group())
         self._groups = orjson.dumps(wire.api_group_list())
         self._ready_cache: TTLCache[str | None] = TTLCache(2.0)
+        self.desired: Any = None  # vllm_desired_replicas rules' engine (adapter/desired.py)
+        if any(r.aggregation == "vllm_desired_replicas" for r in rules.rules):
+            from .desired import DesiredEngine
+
+            self.desired = DesiredEngine(source, rules.rules)
 
     @staticmethod
     def _raw(body: bytes) -> web.Response:
@@ -204,7 +209,15 @@ class Handlers:
         return selector
 
     async def _load(self, rule: Rule, namespace: str, selector: Any) -> list[MetricValue]:
+        if rule.aggregation == "vllm_desired_replicas":
+            values: list[MetricValue] = await self.desired.fetch(rule, namespace, selector)
+            return values
         return await self.source.fetch(rule, namespace, selector)
+
+    async def debug_desired(self, request: web.Request) -> web.Response:
+        from .desired import debug_desired
+
+        return json_response(await debug_desired(self, request.query))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -308,6 +321,7 @@ def add_routes(app: web.Application, handlers: Handlers) -> None:
         r.add_get(path, handlers.healthz)
     r.add_get("/readyz", handlers.readyz)
     r.add_get("/metrics", handlers.metrics_page)
+    r.add_get("/debug/desired", handlers.debug_desired)
     r.add_get("/openapi/v2", handlers.openapi_v2)
     r.add_get("/openapi/v3", handlers.openapi_v3)
     r.add_get(f"/openapi/v3/apis/{wire.GROUP_VERSION}", handlers.openapi_v3_group)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -81,15 +81,66 @@ class GpuOwner(_Strict):
         return v
 
 
+class FrontDoor(_Strict):
+    """Where demand is read when no vLLM pod runs (scale from zero): the gateway's or router's pending
+    requests for this workload. Prometheus mode: `prometheus_query` ({namespace} substituted), one series.
+    Scrape mode: `url` scraped, the samples of `series` whose labels include `labels` summed."""
+
+    prometheus_query: str | None = None
+    url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    series: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one(self) -> FrontDoor:
+        if (self.url is None) != (self.series is None):
+            raise ValueError("a scrape-mode front door needs both 'url' and 'series'")
+        if self.prometheus_query is None and self.url is None:
+            raise ValueError("needs 'prometheus_query' (Prometheus mode) or 'url' and 'series' (scrape mode)")
+        if self.series is not None and not _SERIES_NAME.fullmatch(self.series):
+            raise ValueError(f"{self.series!r} is not a Prometheus metric name")
+        return self
+
+
+class DesiredSpec(_Strict):
+    """A `vllm_desired_replicas` rule's settings (adapter/desired.py computes it; README section
+    "vllm_desired_replicas")."""
+
+    algorithm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fields of toposcale.autoscale.desired.DesiredConfig (SLO targets, cold start, profile "
+        "prior, windows), checked at load",
+    )
+    front_door: FrontDoor | None = None
+    max_selectors: int = Field(
+        1000, ge=1, le=100_000, description="selectors whose state is kept; the least recently asked goes"
+    )
+    idle_seconds: float = Field(
+        900, gt=0, le=86_400, description="a selector not asked for this long forgets its state"
+    )
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from .desired import check_algorithm  # the algorithm's own checks, named by field
+
+        check_algorithm(v)
+        return v
+
+
 class Rule(_Strict):
     name: str = Field(description="external metric name, as the HPA asks for it")
     help: str = ""
     series: list[str] = Field(
-        min_length=1,
+        default_factory=list,
         description="source series; later names are older generations, used for a pod only when it lacks "
-        "the earlier ones (vllm:kv_cache_usage_perc, then vllm:gpu_cache_usage_perc)",
+        "the earlier ones (vllm:kv_cache_usage_perc, then vllm:gpu_cache_usage_perc); not for "
+        "vllm_desired_replicas, which reads the vLLM series it needs (adapter/desired.py)",
     )
-    aggregation: Literal["sum", "avg", "max", "min", "ratio", "histogram_quantile"]
+    aggregation: Literal["sum", "avg", "max", "min", "ratio", "histogram_quantile", "vllm_desired_replicas"]
+    desired: DesiredSpec | None = Field(
+        None, description="vllm_desired_replicas: its settings (defaults when absent)"
+    )
     per_pod: Literal["sum", "avg", "max", "none"] = Field(
         "sum", description="how one pod's several series (vLLM engines) combine before aggregating pods"
     )
@@ -148,6 +199,22 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Rule:
+        if self.aggregation == "vllm_desired_replicas":
+            if self.series or self.denominator or self.quantile is not None or self.gpu_owner is not None:
+                raise ValueError(
+                    "aggregation 'vllm_desired_replicas' reads its own vLLM series: no series, denominator, "
+                    "quantile or gpu_owner"
+                )
+            if self.prometheus_query is not None or self.per_pod_metric:
+                raise ValueError(
+                    "aggregation 'vllm_desired_replicas' takes no prometheus_query or "
+                    "per_pod_metric (its front door is desired.front_door)"
+                )
+            return self
+        if self.desired is not None:
+            raise ValueError("'desired' only applies to aggregation 'vllm_desired_replicas'")
+        if not self.series:
+            raise ValueError("'series' needs at least one metric name")
         if self.aggregation == "ratio" and not self.denominator:
             raise ValueError("aggregation 'ratio' needs 'denominator'")
         if self.aggregation != "ratio" and self.denominator:

@@ -200,6 +200,7 @@ class Extender:
             "explain_get": self.explain_get,
             "healthz": self.healthz,
             "readyz": self.readyz,
+            "placeable": self.placeable,
             "metrics": self.metrics,
         }
         return [(method, self.prefix + path, handlers[verb]) for verb, (method, path) in wire.ROUTES.items()]
@@ -601,6 +602,41 @@ class Extender:
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         """Liveness: the process answers. Readiness (the watch cache synced) is /readyz."""
         body: dict[str, Any] = {"status": "ok", "mode": "standalone" if self.state is None else "watch"}
+    def _placeable_doc(self, body: bytes) -> dict[str, Any]:
+        template = pod_template(body)
+        try:
+            k, scope = gpu_request(template, self.config.resource), required_scope(template)
+        except PodError as exc:
+            raise wire.WireError(f"pod template {pod_key(template)}: {exc}") from None
+        if k <= 0:
+            claims = " (GPUs through spec.resourceClaims are not counted)" if _spec(template).get(
+                "resourceClaims"
+            ) else ""
+            what = f"pod template {pod_key(template)} asks no {self.config.resource}"
+            raise wire.WireError(f"{what}: GPUs do not limit it{claims}")
+        assert self.state is not None
+        doc = self.state.placeable(template, k, required_scope_tier(scope), scope).doc()
+        return {"kind": "Placeable", "template": pod_key(template), "resource": self.config.resource, **doc}
+
+    async def placeable(self, request: web.Request) -> web.StreamResponse:
+        """How many more pods like the posted template the cluster's GPUs take now (placeable.py)."""
+        state = self.state
+        if state is None:
+            return self._error(
+                "placeable", 404, "NotFound",
+                "no cluster connection (--standalone): placeable replicas need the watch cache",
+            )
+        if not (state.synced and state.synced_unbound.is_set()):
+            return self._error(
+                "placeable", 503, "ServiceUnavailable",
+                "watch cache not synced yet: nodes, bound and Pending pods must be listed first",
+            )
+
+        def work(body: bytes) -> web.Response:
+            return _json(orjson.dumps(self._placeable_doc(body)))
+
+        return await self._run("placeable", request, work)
+
         if self.state is not None:
             body["synced"] = self.state.synced
             body["nodes"] = len(self.state.base)
@@ -680,6 +716,39 @@ _UNKNOWN = itemgetter(Outcome._fields.index("unknown"))
 
 def _no_view(_i: int) -> NodeView | None:
     return None
+
+def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+_WORKLOADS = ("Deployment", "ReplicaSet", "StatefulSet", "Job", "PodTemplate", "LeaderWorkerSet")
+
+
+def pod_template(body: bytes) -> dict[str, Any]:
+    """The pod template of a /placeable body: a Pod, a PodTemplateSpec (`{metadata, spec}`), or a workload
+    holding one (`spec.template`, or `template` of a PodTemplate); WireError naming what is wrong."""
+    if not body:
+        raise wire.WireError("empty request body: expected a Pod, a PodTemplateSpec or a Deployment")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise wire.WireError(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise wire.WireError(f"pod template must be a JSON object, got {type(doc).__name__}")
+    kind = doc.get("kind")
+    if kind == "PodTemplate":
+        doc = doc.get("template")
+    elif kind in _WORKLOADS:
+        doc = _spec(doc).get("template")
+    elif kind not in (None, "Pod"):
+        raise wire.WireError(f"kind {str(kind)[:64]!r} holds no pod template: expected Pod or a workload")
+    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+        raise wire.WireError(f"{kind or 'pod template'}: no pod spec (expected metadata and spec)")
+    if not isinstance(doc.get("metadata", {}), dict):
+        raise wire.WireError("pod template: metadata must be an object")
+    return doc
+
 
 
 def _json(body: bytes) -> web.Response:

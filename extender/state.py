@@ -31,11 +31,13 @@ from typing import Any
 
 from .decisions import Outcome, OutcomeTable, _unknown, outcome_for
 from .draview import ClaimAsk, claim_ask, dra_decision, dra_node
+from .nodefit import NodeMeta, excluded, node_meta
 from .nodeview import NodeView, stale_twin, view_of_node
-from .pods import PodError, gpu_request
+from .placeable import PendingPod, Placeable, placeable
+from .pods import PodError, gpu_request, required_scope
 from .topology import dra
 from .topology.model import Tier
-from .topology.scoring import choose_gpus
+from .topology.scoring import choose_gpus, required_scope_tier
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,10 @@ _TERMINAL = ("Succeeded", "Failed")
 # Entries per outcome table: names the scheduler asks about that the cache lacks are kept too (answered
 # "uncached" until their Node arrives), so bound them; a real cluster has at most ~5,000 nodes.
 _TABLE_LIMIT = 100_000
+
+
+# A Pending GPU pod: (queue order key, GPUs, required scope, the pod's node selectors and tolerations).
+Unbound = tuple[tuple[int, str, str], int, Tier | None, dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -100,6 +106,11 @@ class ClusterState:
         self.generation = 0
         self.synced_nodes = asyncio.Event()
         self.synced_pods = asyncio.Event()
+        # Pending pods (not bound, not gated) asking GPUs: /placeable counts them as taking their slots.
+        # Only what placing them needs is kept: uid -> (order key, GPUs, scope, pod with its node selectors).
+        self.unbound: dict[str, Unbound] = {}
+        self.synced_unbound = asyncio.Event()
+        self.node_meta: dict[str, NodeMeta] = {}  # labels, taints, cordon: which nodes a template may use
         self._tasks: list[asyncio.Task[None]] = []
         self.reflectors: list[Any] = []
         self.api: Any = None
@@ -121,11 +132,14 @@ class ClusterState:
 
     def nodes_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
         base: dict[str, NodeView] = {}
+        meta: dict[str, NodeMeta] = {}
         for obj in items:
             v = view_of_node(obj, self.resource)
             if v is not None:
                 base[v.name] = v
+                meta[v.name] = node_meta(obj)
         self.base = base
+        self.node_meta = meta
         self._forget()
         self.synced_nodes.set()
         self._freeze()
@@ -136,8 +150,10 @@ class ClusterState:
             return
         if etype == "DELETED":
             self.base.pop(v.name, None)
+            self.node_meta.pop(v.name, None)
         else:
             self.base[v.name] = v
+            self.node_meta[v.name] = node_meta(obj)
         self._forget(v.name)
 
     # ------------------------------------------------------------ pod events
@@ -219,6 +235,81 @@ class ClusterState:
         return Assumed(
             uid=str(meta.get("uid", "")), key=f"{meta.get('namespace')}/{meta.get('name')}", node=node, k=k,
             ref_wall=started if started is not None else time.time(), seen_mono=time.monotonic(),
+        )
+
+    # ------------------------------------------------------------ Pending pods (for /placeable)
+
+    def unbound_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
+        self.unbound = {}
+        for obj in items:
+            self.unbound_event("ADDED", obj)
+        self.synced_unbound.set()
+
+    def unbound_event(self, etype: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        uid = meta.get("uid") if isinstance(meta, dict) else None
+        if not isinstance(uid, str) or not uid:
+            return
+        entry = None if etype == "DELETED" else self._pending_from(obj)
+        if entry is None:
+            self.unbound.pop(uid, None)
+        else:
+            self.unbound[uid] = entry
+
+    def _pending_from(self, obj: dict[str, Any]) -> Unbound | None:
+        """A Pending pod that will take GPUs when the scheduler places it; None for anything else: bound,
+        ended, being deleted, gated (`schedulingGates`: not being scheduled now) or asking no GPU."""
+        spec, meta, status = obj.get("spec"), obj.get("metadata"), obj.get("status")
+        if not isinstance(spec, dict) or not isinstance(meta, dict):
+            return None
+        status = status if isinstance(status, dict) else {}
+        if spec.get("nodeName") or spec.get("schedulingGates") or meta.get("deletionTimestamp"):
+            return None
+        if status.get("phase") in _TERMINAL:
+            return None
+        try:
+            k = gpu_request(obj, self.resource)
+            need = required_scope_tier(required_scope(obj))
+        except (PodError, ValueError) as exc:
+            self._bad_pod(obj, str(exc))
+            return None
+        if k <= 0:
+            return None
+        priority = spec.get("priority") if isinstance(spec.get("priority"), int) else 0
+        created = meta.get("creationTimestamp") if isinstance(meta.get("creationTimestamp"), str) else ""
+        keep = {k2: spec[k2] for k2 in ("nodeSelector", "affinity", "tolerations") if k2 in spec}
+        # The scheduler's queue order: higher priority first, then the older pod.
+        return (-priority, created, str(meta.get("uid"))), k, need, {"spec": keep}
+
+    def placeable(self, template: dict[str, Any], k: int, need: Tier | None, scope: str) -> Placeable:
+        """How many more pods like `template` (asking k GPUs, scope `need`) the cached nodes take now, the
+        Pending pods placed first (placeable.py)."""
+        names = list(self.base)
+        views = self.views(names)
+        empty = NodeMeta({}, (), False)
+        metas = self.node_meta
+
+        def admits_of(pod: dict[str, Any]) -> Any:
+            spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+            if not spec.get("nodeSelector") and not spec.get("affinity"):
+                # the common case, answered per node without a call: untainted nodes, or tolerated taints
+                return lambda name: excluded(pod, name, metas.get(name, empty)) is None
+            verdicts: dict[str, bool] = {}
+
+            def admits(name: str) -> bool:
+                hit = verdicts.get(name)
+                if hit is None:
+                    hit = verdicts[name] = excluded(pod, name, metas.get(name, empty)) is None
+                return hit
+
+            return admits
+
+        pending = [
+            PendingPod(pk, pneed, admits_of(pod))
+            for _, pk, pneed, pod in sorted(self.unbound.values(), key=lambda e: e[0])
+        ]
+        return placeable(
+            views, k, need, scope=scope, admits=admits_of(template), pending=pending, names=names
         )
 
     # ------------------------------------------------------------ DRA events
@@ -612,7 +703,14 @@ class ClusterState:
                 name="resourceclaimtemplates",
             ),
         ]
-        self.reflectors = [nodes, pods, *dra_reflectors]
+        unbound = Reflector(
+            core.list_pod_for_all_namespaces,
+            on_relist=self.unbound_relisted,
+            on_event=self.unbound_event,
+            name="pending-pods",
+            field_selector="spec.nodeName=",
+        )
+        self.reflectors = [nodes, pods, unbound, *dra_reflectors]
         self._tasks = [asyncio.create_task(r.run(), name=f"reflector-{r.name}") for r in self.reflectors]
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:

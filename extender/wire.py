@@ -22,6 +22,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "prioritize": ("POST", "/prioritize"),
     "explain": ("POST", "/explain"),
     "explain_get": ("GET", "/explain"),
+    "placeable": ("POST", "/placeable"),
     "healthz": ("GET", "/healthz"),
     "readyz": ("GET", "/readyz"),
     "metrics": ("GET", "/metrics"),

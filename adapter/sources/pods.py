@@ -218,6 +218,22 @@ class KubePods:
         return ns is not None
 
     async def _pods(self, namespace: str | None, selector: str) -> list[Any]:
+        return [p for p in await self._listed(namespace, selector) if _running_and_ready(p)]
+
+    async def pod_counts(self, namespace: str, selector: Selector) -> tuple[int, int]:
+        """(ready, starting) of the pods `selector` picks: Running and Ready ones, and those not yet (Pending,
+        or Running but not Ready) and not being deleted: the replicas a cold start is bringing
+        (vllm_desired_replicas counts them as capacity on its way)."""
+        pods = await self._listed(namespace, str(selector))
+        ready = sum(1 for p in pods if _running_and_ready(p))
+        starting = sum(
+            1 for p in pods
+            if not _running_and_ready(p) and p.metadata.deletion_timestamp is None
+            and p.status is not None and p.status.phase in ("Pending", "Running")
+        )
+        return ready, starting
+
+    async def _listed(self, namespace: str | None, selector: str) -> list[Any]:
         async def load() -> Any:
             if namespace is None:
                 return await self._call(
@@ -231,9 +247,7 @@ class KubePods:
             )
 
         pods, _ = await self._cache.get(("pods", namespace, selector), load)
-        if pods is None:
-            return []
-        return [p for p in pods.items if _running_and_ready(p)]
+        return [] if pods is None else list(pods.items)
 
     @staticmethod
     def _target(pod: Any, port: int, path: str, scheme: str = "http") -> Target:

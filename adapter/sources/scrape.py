@@ -75,7 +75,11 @@ class _History:
 def wanted_names(rules: RuleSet) -> set[str]:
     names: set[str] = set()
     for r in rules.rules:
-        if r.aggregation == "histogram_quantile":
+        if r.aggregation == "vllm_desired_replicas":
+            from ..desired import wanted_series
+
+            names.update(wanted_series(r))
+        elif r.aggregation == "histogram_quantile":
             names.add(r.series[0] + "_bucket")
         else:
             names.update(r.series)

@@ -51,6 +51,7 @@ __all__ = [
     "SCOPES",
     "TIER_QUALITY",
     "NodeDecision",
+    "best_tier",
     "choose_gpus",
     "decide_raw",
     "materialize",
@@ -250,6 +251,28 @@ def _greedy_group(w: Wiring, topo: Topology, idx: tuple[int, ...], need: Tier) -
                 counts[w.keys[i]] = counts.get(w.keys[i], 0) + 1
         best = max([best, *counts.values()])
     return best
+
+
+def best_tier(topo: Topology, k: int) -> Tier | None:
+    """The best tier any k GPUs of the node can have (its hardware, every GPU free): what "placed on the
+    node's best tier" compares with. None for k <= 1 (a single GPU has no link) or k > GPUs. Exact up to 12
+    GPUs; beyond, link cliques grown greedily (as `_max_group`)."""
+    n = len(topo)
+    if k <= 1 or k > n:
+        return None
+    w = wiring(topo)
+    key = ("best-tier", k)
+    hit = w.memo.get(key)
+    if hit is None:
+        if n <= _EXACT_PACKING_MAX:
+            hit = min(_tier(w, topo, mask_of(c)) for c in combinations(range(n), k))
+        else:
+            full = (1 << n) - 1
+            idx = indices_of(full)
+            tiers = (Tier.NVLINK, Tier.PCIE_SWITCH, Tier.HOST_BRIDGE, Tier.NUMA)
+            hit = next((t for t in tiers if _greedy_group(w, topo, idx, t) >= k), Tier.CROSS_SOCKET)
+        w.memo[key] = hit
+    return hit  # type: ignore[no-any-return]
 
 
 def _most(count: int) -> str:

@@ -12,6 +12,8 @@ Stable API (the dashboards and demo reuse it):
         vllm.running = 4            # vllm:num_requests_running
         vllm.kv_cache = 0.5         # vllm:kv_cache_usage_perc and the deprecated vllm:gpu_cache_usage_perc
         vllm.observe_ttft(0.3, n=10)  # adds observations to vllm:time_to_first_token_seconds
+        vllm.prompt_tokens = 1200.0 # vllm:prompt_tokens_total (None: the fixture's); generation_tokens and
+                                    # request_success likewise
         vllm.url                    # "http://127.0.0.1:<port>/metrics"
 
     gpus = [Gpu(0, namespace="ml", pod="vllm-0", util=80, fb_used=60000, fb_free=21000)]
@@ -147,6 +149,10 @@ class VllmExporter(Exporter):
         self.running = running
         self.kv_cache = kv_cache
         self.ttft: list[float] = []
+        # counters the tests drive (vllm_desired_replicas reads their rates); None: the fixture's value
+        self.prompt_tokens: float | None = None  # vllm:prompt_tokens_total, per engine
+        self.generation_tokens: float | None = None  # vllm:generation_tokens_total
+        self.request_success: float | None = None  # vllm:request_success_total (its finished_reason="stop")
         self._lines = load_fixture(f"vllm_{generation}.txt")
 
     def observe_ttft(self, seconds: float, n: int = 1) -> None:
@@ -164,6 +170,11 @@ class VllmExporter(Exporter):
             "vllm:kv_cache_usage_perc": self.kv_cache,
             "vllm:gpu_cache_usage_perc": self.kv_cache,
         }
+        counters = {
+            "vllm:prompt_tokens_total": self.prompt_tokens,
+            "vllm:generation_tokens_total": self.generation_tokens,
+        }
+        settable.update({k: v for k, v in counters.items() if v is not None})
         out: list[str] = []
         for kind, name, labels, value in self._lines:
             if kind == "comment":
@@ -179,6 +190,8 @@ class VllmExporter(Exporter):
                 v = value
                 if name in settable:
                     v = _fmt(self._per_engine(settable[name], e))
+                elif name == "vllm:request_success_total" and self.request_success is not None:
+                    v = _fmt(self.request_success if lab.get("finished_reason") == "stop" else 0.0)
                 elif name.startswith("vllm:time_to_first_token_seconds_"):
                     obs = self.ttft if e == 0 else []
                     if name.endswith("_bucket"):

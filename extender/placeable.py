@@ -1,0 +1,286 @@
+"""Placeable replicas: how many more pods like a template the cluster's GPUs take right now. Pure, no I/O.
+
+Shared by the extender's `POST /placeable`, the simulator and the demo. The prediction is filter's and
+prioritize's own (`scoring.decide_raw` for device-plugin nodes, DRA first-fit for DRA nodes): on each node
+the next pod gets the set the device plugin (or the DRA allocator) is predicted to hand out, and the node
+takes pods until its free GPUs can take no more, or the pod's `toposcale.io/required-scope` cannot be met.
+Pods already bound but not yet in the agent's allocation annotation are taken out by the caller's views
+(the watch cache's assumptions); Pending pods (no node yet, not gated) are placed first, each on the node
+the extender scores best for it (ties: the fuller node, as the shipped profile's MostAllocated packs,
+then the name), so they take the slots they will most likely take.
+
+Per placed pod the tier of its predicted set is kept, so the answer says how many land
+
+- `best`: on the best tier any k GPUs of that node can have (an NVSwitch box: nvlink; bridged pairs: for 4
+  GPUs, whatever the best 4 of that box are);
+- `numa`: on one NUMA node (a set of tier numa or better, or GPUs sharing one known socket);
+- `any`: anywhere the scheduler's prediction admits it.
+
+A node whose topology or allocation is unknown takes nothing here (a failed source is never read as "all
+free"): it is listed in `unknown`, so the count is a lower bound by exactly those nodes. A node that takes
+no more pods says why (`HELD_BACK` keys), which the adapter serves as
+`toposcale_unplaceable_replicas{reason}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .draview import DraNode, dra_decision
+from .nodeview import NodeView
+from .topology import dra
+from .topology.allocator import mask_of, wiring
+from .topology.model import Tier, Topology
+from .topology.scoring import NodeDecision, best_tier, decide_raw
+
+# Why a node takes no more pods of the template (or none of a tier):
+NO_GPU = "no-gpu"  # too few free GPUs
+NO_TOPOLOGY_SLOT = "no-topology-slot"  # GPUs free, but no set of the asked tier (numa / best)
+REQUIRED_SCOPE = "required-scope"  # GPUs free, but none meeting the pod's toposcale.io/required-scope
+HELD_BACK = (NO_GPU, NO_TOPOLOGY_SLOT, REQUIRED_SCOPE)
+TIERS = ("best", "numa", "any")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSlots:
+    """What one node takes of pods asking k GPUs (scope `need`), from a given free state."""
+
+    count: int
+    numa: int
+    best: int
+    tiers: tuple[str, ...]  # tier label of each pod's predicted set, in placement order
+    held_back: str  # HELD_BACK key: why it takes no more ("" when it can never run out, k <= 0)
+    reason: str  # the prediction's own words for the refusal that ended the count
+
+
+@dataclass(slots=True)
+class Placeable:
+    gpus: int
+    scope: str
+    nodes: dict[str, NodeSlots]  # every judged node, by name (count may be 0)
+    unknown: dict[str, str] = field(default_factory=dict)  # node -> why it could not be judged
+    excluded: int = 0  # nodes the template may not go to (selector, affinity, taints, cordon)
+    pending: int = 0  # Pending GPU pods placed first
+    pending_placed: int = 0  # of which a judged node takes
+    pending_on: dict[str, int] = field(default_factory=dict)  # node -> Pending pods placed there
+
+    def total(self, tier: str = "any") -> int:
+        if tier not in TIERS:
+            raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}")
+        attr = "count" if tier == "any" else tier
+        return sum(getattr(s, attr) for s in self.nodes.values())
+
+    def held_back(self, tier: str = "any") -> str:
+        """Why no more pods of `tier` fit: no-topology-slot when pods fit anywhere but not on that tier;
+        required-scope when some node has enough free GPUs but none meeting the scope; else no-gpu."""
+        if tier != "any" and self.total("any") > self.total(tier):
+            return NO_TOPOLOGY_SLOT
+        if any(s.held_back == REQUIRED_SCOPE for s in self.nodes.values()):
+            return REQUIRED_SCOPE
+        return NO_GPU
+
+    def doc(self, limit: int = 100) -> dict[str, Any]:
+        """The JSON answer: totals per tier, the nodes taking pods (most first, at most `limit`)."""
+        taking = sorted((s.count, name) for name, s in self.nodes.items() if s.count)
+        taking.sort(key=lambda x: (-x[0], x[1]))
+        held: dict[str, int] = {}
+        for s in self.nodes.values():
+            if s.held_back:
+                held[s.held_back] = held.get(s.held_back, 0) + 1
+        return {
+            "gpus": self.gpus,
+            "requiredScope": self.scope,
+            "placeable": {t: self.total(t) for t in TIERS},
+            "heldBack": {t: self.held_back(t) for t in TIERS},
+            "nodes": [
+                {
+                    "node": name,
+                    "any": self.nodes[name].count,
+                    "numa": self.nodes[name].numa,
+                    "best": self.nodes[name].best,
+                    "tiers": list(self.nodes[name].tiers),
+                }
+                for _, name in taking[:limit]
+            ],
+            "nodesTaking": len(taking),
+            "nodesJudged": len(self.nodes),
+            "nodesFullBy": held,
+            "unknownNodes": len(self.unknown),
+            "unknown": dict(sorted(self.unknown.items())[:limit]),
+            "excludedNodes": self.excluded,
+            "pending": {"pods": self.pending, "placed": self.pending_placed},
+        }
+
+
+# ------------------------------------------------------------------ one node's free GPUs, as a state
+
+
+@dataclass(frozen=True, slots=True)
+class _Free:
+    """A node's free GPUs as the predictor sees them: a device-plugin mask, or a DRA node's allocation."""
+
+    topo: Topology
+    mask: int = 0
+    dra: DraNode | None = None
+
+    def decide(self, k: int, need: Tier | None) -> NodeDecision | str:
+        if self.dra is not None:
+            return dra_decision(self.topo, self.dra, k, need)
+        return decide_raw(self.topo, self.mask, k, need)
+
+    def nfree(self) -> int:
+        if self.dra is None:
+            return self.mask.bit_count()
+        pools = self.dra.pools
+        return (len(pools.devices) if pools is not None else 0) - len(self.dra.allocated)
+
+    def take(self, d: NodeDecision) -> _Free:
+        chosen = mask_of(int(i) for i in d.gpus)
+        if self.dra is None:
+            return replace(self, mask=self.mask & ~chosen)
+        pools = self.dra.pools
+        assert pools is not None  # a decision was made on them
+        idx = dra.join_topology(self.topo, pools.devices)
+        taken = {
+            dev.id for dev, i in zip(pools.devices, idx, strict=True) if i is not None and chosen >> i & 1
+        }
+        return replace(self, dra=replace(self.dra, allocated=self.dra.allocated | frozenset(taken)))
+
+
+def _refusal(free: _Free, d: NodeDecision | str, k: int, need: Tier | None) -> str:
+    """Why the node takes no (more) pods: the scope, when the same pod without it would fit."""
+    if need is not None:
+        if not isinstance(d, str) and d.unresolvable and k <= len(free.topo):
+            return REQUIRED_SCOPE  # no k GPUs of this node ever meet the scope
+        plain = free.decide(k, None)
+        if not isinstance(plain, str) and plain.fits:
+            return REQUIRED_SCOPE
+    return NO_GPU  # too few free GPUs (or the DRA allocator found no devices: its words are in `reason`)
+
+
+def _slots(free: _Free, k: int, need: Tier | None) -> NodeSlots:
+    count = numa = best = 0
+    tiers: list[str] = []
+    top = best_tier(free.topo, k)
+    while True:
+        d = free.decide(k, need)
+        if isinstance(d, str) or not d.fits:
+            reason = d if isinstance(d, str) else d.reason
+            return NodeSlots(count, numa, best, tuple(tiers), _refusal(free, d, k, need), reason)
+        count += 1
+        tier = d.tier
+        if tier is None:  # one GPU: no link to rate, every placement is as good as any
+            tiers.append("single-gpu")
+            numa += 1
+            best += 1
+        else:
+            tiers.append(tier.label)
+            numa += tier <= Tier.NUMA or d.span == 1
+            best += top is None or tier <= top
+        free = free.take(d)
+        if not d.gpus:  # defensive: a fitting decision always names its set
+            return NodeSlots(count, numa, best, tuple(tiers), NO_GPU, d.reason)
+
+
+def node_slots(free: _Free, k: int, need: Tier | None) -> NodeSlots:
+    """Memoized per (wiring, free mask, k, scope) for device-plugin nodes: identical boxes share the work."""
+    if free.dra is not None:
+        return _slots(free, k, need)
+    w = wiring(free.topo)
+    key = ("slots", free.mask, k, need)
+    hit = w.memo.get(key)
+    if hit is None:
+        w.memo[key] = hit = _slots(free, k, need)
+    return hit  # type: ignore[no-any-return]
+
+
+def free_state(view: NodeView | None) -> _Free | str:
+    """The node's free GPUs, or why they cannot be judged."""
+    if view is None:
+        return "node not in the extender's cache (yet)"
+    if view.topology is None:
+        return f"GPU topology unknown: {view.problem}"
+    if view.dra is not None:
+        if view.dra.pools is None:
+            return view.dra.problem or "ResourceSlices unusable"
+        return _Free(view.topology, dra=view.dra)
+    if view.free_mask is None:
+        return str(view.allocation_problem)
+    return _Free(view.topology, mask=view.free_mask)
+
+
+# ------------------------------------------------------------------ the fleet
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPod:
+    """A Pending GPU pod: its shape and which nodes it may go to (`admits(node name)`)."""
+
+    k: int
+    need: Tier | None
+    admits: Callable[[str], bool]
+
+
+def placeable(
+    views: Iterable[NodeView | None],
+    k: int,
+    need: Tier | None,
+    *,
+    scope: str = "any",
+    admits: Callable[[str], bool] | None = None,
+    pending: Sequence[PendingPod] = (),
+    names: Sequence[str] | None = None,
+) -> Placeable:
+    """How many more pods asking k GPUs (scope `need`) the nodes take now, Pending pods placed first.
+
+    `views`: the nodes (None: not cached; then `names` gives their names, in the same order); `admits`:
+    whether the template may go to a node at all (nodefit.excluded), all when None."""
+    views = list(views)
+    if names is None:
+        names = [v.name for v in views if v is not None]
+        if len(names) != len(views):
+            raise ValueError("names are needed for views that are None")
+    out = Placeable(k, scope, {})
+    states: dict[str, _Free] = {}
+    for name, v in zip(names, views, strict=True):
+        st = free_state(v)
+        if isinstance(st, str):
+            if admits is None or admits(name):
+                out.unknown[name] = st
+            else:
+                out.excluded += 1
+            continue
+        states[name] = st
+    if pending:
+        _place_pending(states, pending, out)
+    if k <= 0:
+        return out
+    for name, st in states.items():
+        if admits is not None and not admits(name):
+            out.excluded += 1
+            continue
+        out.nodes[name] = node_slots(st, k, need)
+    return out
+
+
+def _place_pending(states: dict[str, _Free], pending: Sequence[PendingPod], out: Placeable) -> None:
+    """Each Pending pod, in order, on the node scoring best for it; its predicted set is then taken."""
+    out.pending = len(pending)
+    for pod in pending:
+        best: tuple[int, int, str] | None = None  # (score, -free GPUs, name) maximised; name minimised below
+        chosen: tuple[str, NodeDecision] | None = None
+        for name, st in states.items():
+            d = st.decide(pod.k, pod.need)
+            if isinstance(d, str) or not d.fits or not pod.admits(name):
+                continue
+            key = (d.score, -st.nfree(), name)
+            if best is None or key[:2] > best[:2] or (key[:2] == best[:2] and name < best[2]):
+                best, chosen = key, (name, d)
+        if chosen is None:
+            continue  # no judged node takes it: it stays Pending (or goes to a node we cannot judge)
+        name, d = chosen
+        states[name] = states[name].take(d)
+        out.pending_placed += 1
+        out.pending_on[name] = out.pending_on.get(name, 0) + 1

@@ -1,0 +1,213 @@
+"""Placeable replicas (issue 29, section 1): the pure count, which nodes a template may use, and the
+read-only `POST /placeable` endpoint with its bounds. The count against the real kube-scheduler is
+tests/scheduler/test_placeable.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from toposcale.extender.nodefit import NodeMeta, excluded, node_meta
+from toposcale.extender.nodeview import view_of_node
+from toposcale.extender.placeable import NO_GPU, NO_TOPOLOGY_SLOT, REQUIRED_SCOPE, PendingPod, placeable
+from toposcale.extender.server import ServerConfig
+from toposcale.extender.state import ClusterState
+from toposcale.extender.topology.model import Tier
+from toposcale.extender.topology.scoring import best_tier, choose_gpus
+
+from .conftest import node_obj, pod_obj, topology
+
+RES = "nvidia.com/gpu"
+
+
+def view(name: str, fixture: str, used: list[int] | None = None, **kw: Any):
+    return view_of_node(node_obj(name, fixture, used, **kw), RES)
+
+
+def test_each_node_takes_pods_until_its_predicted_sets_run_out() -> None:
+    views = [
+        view("hgx", "hgx-h100-nvswitch-8gpu"),
+        view("a6000", "a6000-8gpu-nvlink-bridge-pairs", [0, 1]),
+        view("l40s", "l40s-4gpu-two-per-socket", [0]),
+    ]
+    p = placeable(views, 4, None)
+    assert {n: s.count for n, s in p.nodes.items()} == {"hgx": 2, "a6000": 1, "l40s": 0}
+    assert p.nodes["hgx"].tiers == ("nvlink", "nvlink") and p.nodes["hgx"].best == 2
+    assert p.nodes["l40s"].held_back == NO_GPU and p.nodes["l40s"].reason == "pod needs 4 GPUs, 3 free"
+    assert p.total("any") == 3
+    # what the count means: placing that many, one after another, with the prediction filter uses
+    topo = topology("a6000-8gpu-nvlink-bridge-pairs", "a6000")
+    free = 0b11111100
+    taken = choose_gpus(topo, free, 4)
+    assert taken and choose_gpus(topo, free & ~taken, 4) == 0
+
+
+def test_tiers_best_and_single_numa_node() -> None:
+    # 8x RTX 4090 all-SYS: any 4 are cross-socket, the box's best for 4 GPUs; idle, the prediction takes one
+    # socket's four (least damage), so both land on one NUMA node; one GPU gone, the set spans both sockets
+    allsys = placeable([view("sys", "rtx4090-8gpu-all-sys")], 4, None)
+    assert (allsys.total("any"), allsys.total("best"), allsys.total("numa")) == (2, 2, 2)
+    allsys = placeable([view("sys", "rtx4090-8gpu-all-sys", [0])], 4, None)
+    assert (allsys.total("any"), allsys.total("best"), allsys.total("numa")) == (1, 1, 0)
+    assert allsys.held_back("numa") == NO_TOPOLOGY_SLOT
+    # bridged pairs, 4 of 8 free where only a cross-pair set is left: placed, but below the box's best
+    bridged = view("a6000", "a6000-8gpu-nvlink-bridge-pairs", [0, 2, 4, 6])
+    topo = topology("a6000-8gpu-nvlink-bridge-pairs", "a6000")
+    p = placeable([bridged], 2, None)
+    assert best_tier(topo, 2) == Tier.NVLINK
+    assert p.total("any") == 2 and p.total("best") < p.total("any")
+    assert p.held_back("best") == NO_TOPOLOGY_SLOT and p.held_back("any") == NO_GPU
+
+
+def test_required_scope_is_honoured_and_named() -> None:
+    views = [view("a6000", "a6000-8gpu-nvlink-bridge-pairs"), view("hgx", "hgx-h100-nvswitch-8gpu", [0])]
+    p = placeable(views, 4, Tier.NVLINK, scope="nvlink")
+    assert p.nodes["a6000"].count == 0 and p.nodes["a6000"].held_back == REQUIRED_SCOPE
+    assert "at most 2 connected by NVLink" in p.nodes["a6000"].reason
+    assert p.nodes["hgx"].count == 1
+    assert p.held_back("any") == REQUIRED_SCOPE
+
+
+def test_a_node_that_cannot_be_judged_takes_nothing_and_is_listed() -> None:
+    views = [view("hgx", "hgx-h100-nvswitch-8gpu", allocation=None), view("a6000", None)]  # type: ignore[arg-type]
+    p = placeable(views, 4, None)
+    assert p.total() == 0 and not p.nodes
+    assert set(p.unknown) == {"hgx", "a6000"}
+    assert "gpu-allocation" in p.unknown["hgx"] and "gpu-topology" in p.unknown["a6000"]
+
+
+def test_pending_pods_take_their_slots_first_on_the_node_they_fit_best() -> None:
+    views = [view("hgx", "hgx-h100-nvswitch-8gpu"), view("l40s", "l40s-4gpu-two-per-socket")]
+    alone = placeable(views, 4, None)
+    assert alone.total() == 3
+    everywhere = PendingPod(4, None, lambda _n: True)
+    p = placeable(views, 4, None, pending=[everywhere])
+    assert p.total() == 2 and p.pending_on == {"hgx": 1}  # nvlink scores above cross-socket
+    only_l40s = PendingPod(4, None, lambda n: n == "l40s")
+    p = placeable(views, 4, None, pending=[only_l40s, everywhere, everywhere, everywhere])
+    assert p.pending_on == {"l40s": 1, "hgx": 2} and p.pending_placed == 3 and p.total() == 0
+
+
+def test_template_selectors_and_taints_exclude_nodes() -> None:
+    tainted = node_obj("t", "hgx-h100-nvswitch-8gpu")
+    tainted["spec"]["taints"] = [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]
+    meta = node_meta(tainted)
+    pod = pod_obj("p", 4)
+    assert excluded(pod, "t", meta) == "node(s) had untolerated taint"
+    pod["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert excluded(pod, "t", meta) is None
+    pod["spec"]["nodeSelector"] = {"pool": "a"}
+    assert excluded(pod, "t", meta) is not None
+    assert excluded(pod, "t", NodeMeta({"pool": "a"}, meta.taints, False)) is None
+    assert excluded(pod, "t", NodeMeta({"pool": "a"}, meta.taints, True)) == "node(s) were unschedulable"
+    del pod["spec"]["nodeSelector"]
+    terms = [
+        {"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["3"]}]},
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["u"]}]},
+    ]
+    pod["spec"]["affinity"] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
+    }
+    assert excluded(pod, "t", NodeMeta({"gen": "4"}, (), False)) is None
+    assert excluded(pod, "t", NodeMeta({"gen": "3"}, (), False)) is not None
+    assert excluded(pod, "u", NodeMeta({}, (), False)) is None  # the second term, by name
+
+
+def synced_state(nodes: list[dict[str, Any]], bound: list[dict[str, Any]] = ()) -> ClusterState:  # type: ignore[assignment]
+    st = ClusterState(RES)
+    st.nodes_relisted(nodes, "1")
+    st.pods_relisted(list(bound), "1")
+    st.unbound_relisted([], "1")
+    return st
+
+
+def two_nodes() -> list[dict[str, Any]]:
+    return [node_obj("hgx", "hgx-h100-nvswitch-8gpu"), node_obj("l40s", "l40s-4gpu-two-per-socket")]
+
+
+def pending(name: str, gpus: int, **kw: Any) -> dict[str, Any]:
+    pod = pod_obj(name, gpus, **kw)
+    pod["metadata"].update(uid=f"uid-{name}", creationTimestamp="2026-01-01T00:00:00Z")
+    return pod
+
+
+def test_cluster_state_counts_assumed_pending_and_not_gated_pods() -> None:
+    st = synced_state(
+        [node_obj("hgx", "hgx-h100-nvswitch-8gpu"), node_obj("l40s", "l40s-4gpu-two-per-socket")]
+    )
+    tpl = pod_obj("t", 4)
+    assert st.placeable(tpl, 4, None, "any").total() == 3
+    b = pod_obj("bound", 4, node="hgx", phase="Running")
+    b["metadata"]["uid"] = "uid-bound"
+    st.pod_event("ADDED", b)  # bound, not yet in the agent's annotation: assumed
+    assert st.placeable(tpl, 4, None, "any").total() == 2
+    gated = pending("gated", 4)
+    gated["spec"]["schedulingGates"] = [{"name": "x"}]
+    st.unbound_event("ADDED", gated)
+    assert st.placeable(tpl, 4, None, "any").total() == 2  # not being scheduled now: takes nothing
+    st.unbound_event("ADDED", pending("waiting", 4))
+    got = st.placeable(tpl, 4, None, "any")
+    assert got.total() == 1 and got.pending == 1
+    st.unbound_event("DELETED", pending("waiting", 4))
+    assert st.placeable(tpl, 4, None, "any").total() == 2
+
+
+# ------------------------------------------------------------------ the endpoint
+
+
+async def test_placeable_endpoint_answers_and_rejects_clearly(serve: Any) -> None:
+    st = synced_state(
+        [node_obj("hgx", "hgx-h100-nvswitch-8gpu"), node_obj("l40s", "l40s-4gpu-two-per-socket")]
+    )
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "vllm", "namespace": "llm"},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {"toposcale.io/required-scope": "numa"}},
+                "spec": pod_obj("x", 4)["spec"],
+            }
+        },
+    }
+    async with serve(state=st) as s:
+        code, doc = await s.post("/placeable", pod_obj("vllm-0", 4))
+        assert code == 200, doc
+        assert doc["kind"] == "Placeable" and doc["gpus"] == 4 and doc["requiredScope"] == "any"
+        assert doc["placeable"] == {"best": 3, "numa": 2, "any": 3}
+        assert doc["nodes"][0] == {"node": "hgx", "any": 2, "numa": 2, "best": 2, "tiers": ["nvlink"] * 2}
+        code, doc = await s.post("/placeable", deployment)
+        assert code == 200 and doc["requiredScope"] == "numa" and doc["placeable"]["any"] == 2, doc
+        assert doc["heldBack"]["any"] == REQUIRED_SCOPE
+        for body, words in (
+            (b"{", "malformed JSON"),
+            (b"[]", "must be a JSON object"),
+            ({"kind": "Service", "spec": {}}, "holds no pod template"),
+            ({"kind": "Deployment", "spec": {}}, "no pod spec"),
+            (pod_obj("cpu-only", 0), "asks no nvidia.com/gpu"),
+            (pod_obj("bad", 4, scope="rack"), "'rack' is not one of"),
+        ):
+            code, status = await s.post("/placeable", body if isinstance(body, bytes) else orjson.dumps(body))
+            assert code == 400, (body, status)
+            assert status["kind"] == "Status" and status["reason"] == "BadRequest", status
+            assert words in status["message"], status
+    async with serve(state=None) as s:
+        code, status = await s.post("/placeable", pod_obj("vllm-0", 4))
+        assert code == 404 and "--standalone" in status["message"]
+    unsynced = ClusterState(RES)
+    async with serve(state=unsynced) as s:
+        code, status = await s.post("/placeable", pod_obj("vllm-0", 4))
+        assert code == 503 and status["reason"] == "ServiceUnavailable"
+    async with serve(config=ServerConfig(max_body_bytes=1024), state=st) as s:
+        big = pod_obj("vllm-0", 4)
+        big["metadata"]["annotations"]["pad"] = "x" * 4096
+        code, status = await s.post("/placeable", big)
+        assert code == 413 and status["reason"] == "RequestEntityTooLarge"
+
+
+@pytest.mark.parametrize("fixture", ["hgx-h100-nvswitch-8gpu", "a6000-8gpu-nvlink-bridge-pairs"])
+def test_identical_boxes_share_the_work(fixture: str) -> None:
+    views = [view(f"n{i}", fixture, [0]) for i in range(200)]
+    first = placeable(views, 2, None)
+    assert len({id(s) for s in first.nodes.values()}) == 1  # one NodeSlots per (wiring, free mask, k)
