@@ -198,9 +198,9 @@ class Extender:
             "prioritize": self.prioritize,
             "explain": self.explain_post,
             "explain_get": self.explain_get,
+            "placeable": self.placeable,
             "healthz": self.healthz,
             "readyz": self.readyz,
-            "placeable": self.placeable,
             "metrics": self.metrics,
         }
         return [(method, self.prefix + path, handlers[verb]) for verb, (method, path) in wire.ROUTES.items()]
@@ -599,9 +599,6 @@ class Extender:
         self.m_requests.labels("explain", "200").inc()
         return _json(orjson.dumps(self._explain_doc(args), option=orjson.OPT_INDENT_2))
 
-    async def healthz(self, request: web.Request) -> web.StreamResponse:
-        """Liveness: the process answers. Readiness (the watch cache synced) is /readyz."""
-        body: dict[str, Any] = {"status": "ok", "mode": "standalone" if self.state is None else "watch"}
     def _placeable_doc(self, body: bytes) -> dict[str, Any]:
         template = pod_template(body)
         try:
@@ -637,6 +634,9 @@ class Extender:
 
         return await self._run("placeable", request, work)
 
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        """Liveness: the process answers. Readiness (the watch cache synced) is /readyz."""
+        body: dict[str, Any] = {"status": "ok", "mode": "standalone" if self.state is None else "watch"}
         if self.state is not None:
             body["synced"] = self.state.synced
             body["nodes"] = len(self.state.base)
@@ -714,9 +714,6 @@ _SCORE = itemgetter(Outcome._fields.index("score"))
 _UNKNOWN = itemgetter(Outcome._fields.index("unknown"))
 
 
-def _no_view(_i: int) -> NodeView | None:
-    return None
-
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
     spec = obj.get("spec")
     return spec if isinstance(spec, dict) else {}
@@ -749,6 +746,9 @@ def pod_template(body: bytes) -> dict[str, Any]:
         raise wire.WireError("pod template: metadata must be an object")
     return doc
 
+
+def _no_view(_i: int) -> NodeView | None:
+    return None
 
 
 def _json(body: bytes) -> web.Response:
