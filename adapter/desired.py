@@ -89,10 +89,18 @@ def check_algorithm(fields: Mapping[str, Any]) -> None:
 
 
 def make_config(fields: Mapping[str, Any]) -> Any:
+    """DesiredConfig from a rule's `desired.algorithm` mapping; `prior` is given as
+    `{prompt_tokens_s: ..., generation_tokens_s: ...}` (one replica's capacity at the SLO)."""
     algo = _algo()
+    kwargs = dict(fields)
     try:
-        return algo.DesiredConfig(**dict(fields))
-    except TypeError as exc:  # an unknown or missing field
+        if "prior" in kwargs:
+            prior = kwargs["prior"]
+            if not isinstance(prior, Mapping):
+                raise ValueError("prior: expected {prompt_tokens_s: N, generation_tokens_s: N}")
+            kwargs["prior"] = algo.Capacity(**prior)
+        return algo.DesiredConfig(**kwargs)
+    except (TypeError, ValueError) as exc:  # an unknown or missing field, a value out of range
         raise ValueError(f"desired.algorithm: {exc}") from None
 
 
@@ -384,9 +392,10 @@ class DesiredEngine:
         obs = to_observation(algo, reading)
         if state.algo is None:
             state.algo = algo.DesiredState()
-        result = algo.decide(cfg, state.algo, obs)
-        new_state, decision = result if isinstance(result, tuple) else (state.algo, result)
-        state.algo = new_state
+        try:
+            decision = algo.decide(cfg, state.algo, obs)  # updates state.algo
+        except algo.DesiredError as exc:
+            raise SourceUnavailable(f"{rule.name}: {exc}") from exc
         desired = int(decision.replicas)
         state.explain = {
             "rule": rule.name,
@@ -394,7 +403,7 @@ class DesiredEngine:
             "labelSelector": selector,
             "at": reading.at,
             "inputs": _plain(reading),
-            "decision": _plain(decision),
+            "decision": decision.as_dict(),
             "desiredReplicas": desired,
         }
         logger.info(
@@ -406,7 +415,7 @@ class DesiredEngine:
                 "desired": desired,
                 "ready": reading.ready,
                 "starting": reading.starting,
-                "decision": _plain(decision),
+                "decision": decision.as_dict(),
             },
         )
         return desired
@@ -630,9 +639,19 @@ def prometheus_query(rule: Rule, namespace: str, selector: Selector) -> str:
 
 
 def to_observation(algo: Any, r: Reading) -> Any:
-    """The algorithm's Observation from a Reading (the adapter's names are the benchmark's)."""
+    """The algorithm's Observation from a Reading."""
     return algo.Observation(
-        **{k: getattr(r, k) for k in algo.Observation.__dataclass_fields__ if hasattr(r, k)}
+        t=r.at,
+        ready_replicas=r.ready,
+        starting_replicas=r.starting,
+        prompt_tokens_rate=r.prompt_tokens_per_s,
+        generation_tokens_rate=r.generation_tokens_per_s,
+        waiting_requests=r.waiting,
+        mean_prompt_tokens=r.mean_prompt_tokens,
+        running_requests=r.running,
+        ttft_p90_s=r.ttft_p90_s,
+        tpot_p90_s=r.tpot_p90_s,
+        front_door_pending=r.front_door_pending,
     )
 
 

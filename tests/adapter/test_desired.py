@@ -1,13 +1,12 @@
 """vllm_desired_replicas plumbing (adapter/desired.py): the rule kind, the readings it takes in scrape and
 Prometheus mode, the per-selector state and its bounds, the errors instead of made-up values, and
-/debug/desired. The decision is toposcale.autoscale.desired's (tested with the benchmark); here a recording
-stand-in takes its place where a test checks what the adapter hands it."""
+/debug/desired. The decision is toposcale.autoscale.desired's (tested with the benchmark), spied on here to
+check what the adapter hands it."""
 
 from __future__ import annotations
 
 import math
 import types
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -20,60 +19,32 @@ from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.scrape import ScrapeSource
 
 from tests.harness.exporters import Exporter, VllmExporter
+from toposcale.autoscale import desired as algo
 
 BASE = "/apis/external.metrics.k8s.io/v1beta1"
 
 
-@dataclass(frozen=True)
-class StubConfig:
-    tokens_per_replica: float = 1000.0
-
-
-@dataclass(frozen=True)
-class StubObservation:
-    at: float
-    ready: int
-    starting: int
-    prompt_tokens_per_s: float
-    generation_tokens_per_s: float
-    waiting_tokens: float
-    front_door_pending: float | None
-
-
-@dataclass
-class StubState:
-    decisions: int = 0
-
-
-@dataclass(frozen=True)
-class StubDecision:
-    replicas: int
-    demand_tokens_per_s: float
-
-
-def stub_algorithm(seen: list[Any]) -> types.SimpleNamespace:
-    """A stand-in with the algorithm module's shape: replicas = ceil(token demand / capacity), 1 for any
-    front-door demand at zero pods; records each Observation."""
-
-    def decide(cfg: StubConfig, state: StubState, obs: StubObservation) -> tuple[StubState, StubDecision]:
-        seen.append(obs)
-        demand = obs.prompt_tokens_per_s + obs.generation_tokens_per_s + obs.waiting_tokens / 10
-        n = math.ceil(demand / cfg.tokens_per_replica)
-        if obs.ready == 0 and obs.front_door_pending:
-            n = max(n, 1)
-        return StubState(state.decisions + 1), StubDecision(n, demand)
-
-    return types.SimpleNamespace(
-        DesiredConfig=StubConfig, Observation=StubObservation, DesiredState=StubState, decide=decide
-    )
-
-
 @pytest.fixture
 def seen(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The Observations the adapter hands the algorithm (the real toposcale.autoscale.desired, spied on)."""
     out: list[Any] = []
-    algo = stub_algorithm(out)
-    monkeypatch.setattr(desired, "_algo", lambda: algo)
+
+    def decide(cfg: Any, state: Any, obs: Any) -> Any:
+        out.append(obs)
+        return algo.decide(cfg, state, obs)
+
+    spy = types.SimpleNamespace(**{k: getattr(algo, k) for k in dir(algo) if not k.startswith("__")})
+    spy.decide = decide
+    monkeypatch.setattr(desired, "_algo", lambda: spy)
     return out
+
+
+PRIOR = {"prompt_tokens_s": 10_000.0, "generation_tokens_s": 2_000.0}
+
+
+def expected(obs: Any) -> Any:
+    """The algorithm's first decision on `obs` (what a fresh selector's state gives)."""
+    return algo.decide(desired.make_config({"prior": PRIOR}), algo.DesiredState(), obs)
 
 
 def desired_rules(front_door: dict[str, Any] | None = None, **spec: Any) -> RuleSet:
@@ -81,7 +52,7 @@ def desired_rules(front_door: dict[str, Any] | None = None, **spec: Any) -> Rule
         "name": "vllm_desired_replicas",
         "aggregation": "vllm_desired_replicas",
         "window_seconds": 60,
-        "desired": {"algorithm": {"tokens_per_replica": 1000}, **spec},
+        "desired": {"algorithm": {"prior": PRIOR}, **spec},
     }
     if front_door is not None:
         rule["desired"]["front_door"] = front_door
@@ -103,12 +74,14 @@ class Clock:
 def test_rule_kind_validation(seen: list[Any]) -> None:
     rules = desired_rules()
     rule = rules.by_name()["vllm_desired_replicas"]
-    assert rule.desired is not None and rule.desired.algorithm == {"tokens_per_replica": 1000}
+    assert rule.desired is not None and rule.desired.algorithm == {"prior": PRIOR}
     assert not rule.offered_per_pod  # one number per selector, not per pod
     bad = [
         ({"series": ["vllm:num_requests_waiting"]}, "reads its own vLLM series"),
         ({"prometheus_query": "x{{matchers}}"}, "no prometheus_query"),
         ({"desired": {"algorithm": {"no_such_field": 1}}}, "desired.algorithm"),
+        ({"desired": {"algorithm": {"ttft_slo_s": 0}}}, "ttft_slo_s must be positive"),
+        ({"desired": {"algorithm": {"prior": 5}}}, "prior: expected"),
         ({"desired": {"front_door": {"url": "http://gw:9090/metrics"}}}, "both 'url' and 'series'"),
         ({"desired": {"front_door": {}}}, "needs 'prometheus_query'"),
         ({"desired": {"max_selectors": 0}}, "max_selectors"),
@@ -257,26 +230,33 @@ async def test_scrape_mode_rates_backlog_and_debug(serve_adapter: Any, pods: Any
     assert status == 503 and "two readings" in body["message"], body
     clock.now += 15
     for e in (a, b):
-        e.prompt_tokens, e.generation_tokens = 15 * 1500.0, 15 * 300.0
+        e.prompt_tokens, e.generation_tokens = 15 * 7500.0, 15 * 1500.0
     status, body = await adapter.get(path, labelSelector="app=vllm")
     assert status == 200, body
     obs = seen[-1]
-    # 1500 + 1500 prompt tokens/s, 300 + 300 generated; 3 waiting x mean prompt (22500 / 10 requests)
-    assert obs.prompt_tokens_per_s == pytest.approx(3000) and obs.generation_tokens_per_s == pytest.approx(
-        600
+    # 2 x 7500 prompt tokens/s, 2 x 1500 generated, over the 15 s between the readings; 3 waiting; the
+    # mean prompt (no prompt-length histogram in this vLLM's text): 225000 prompt tokens / 20 requests
+    assert obs.prompt_tokens_rate == pytest.approx(15000) and obs.generation_tokens_rate == pytest.approx(
+        3000
     )
-    assert obs.waiting_tokens == pytest.approx(3 * 22500 / 10)
-    assert obs.ready == 2 and obs.starting == 0 and obs.front_door_pending is None
-    want = math.ceil((3000 + 600 + 3 * 2250 / 10) / 1000)
-    assert body["items"][0]["value"] == str(want) and body["items"][0]["window"] == 15
+    assert obs.waiting_requests == 3 and obs.mean_prompt_tokens == pytest.approx(11250)
+    assert (obs.ready_replicas, obs.starting_replicas, obs.front_door_pending) == (2, 0, None)
+    assert obs.t == clock.now
+    decision = expected(obs)
+    # 15000/10000 + 3000/2000 = 3 replicas busy, plus the backlog, at 80% each: 4
+    assert decision.replicas == 4 and decision.demand == pytest.approx(3.0)
+    assert body["items"][0]["value"] == "4" and body["items"][0]["window"] == 15
     # the reasons, on the debug endpoint
     status, dbg = await adapter.get(
         "/debug/desired", namespace="ml", labelSelector="app=vllm", rule="vllm_desired_replicas"
     )
-    assert status == 200 and dbg["answer"] == {"code": 200, "value": float(want)}, dbg
+    assert status == 200 and dbg["answer"] == {"code": 200, "value": 4.0}, dbg
     ex = dbg["explain"]
-    assert ex["desiredReplicas"] == want and ex["inputs"]["ready"] == 2
-    assert ex["decision"]["demand_tokens_per_s"] == pytest.approx(3000 + 600 + 675)
+    assert ex["desiredReplicas"] == 4 and ex["inputs"]["ready"] == 2
+    assert ex["inputs"]["waiting_tokens"] == pytest.approx(3 * 11250)
+    assert ex["decision"] == decision.as_dict()
+    for key in ("demand", "capacity_prompt_tokens_per_s", "forecast", "headroom", "backlog", "reasons"):
+        assert key in ex["decision"]
     status, _ = await adapter.get("/debug/desired", namespace="ml", rule="vllm_requests_waiting")
     assert status == 404
     status, _ = await adapter.get("/debug/desired", rule="vllm_desired_replicas")
@@ -309,7 +289,7 @@ async def test_zero_pods_needs_a_front_door(serve_adapter: Any, pods: Any, seen:
         adapter = await start(serve_adapter, rules, [tgt(a, "vllm-a")], clock)
         status, body = await adapter.get(path, labelSelector="app=none")
         assert status == 200 and body["items"][0]["value"] == "0", body  # the gateway says: nothing pending
-        assert seen[-1].front_door_pending == 0 and seen[-1].ready == 0
+        assert seen[-1].front_door_pending == 0 and seen[-1].ready_replicas == 0
         gw.pending = 7
         status, body = await adapter.get(path, labelSelector="app=none")
         assert status == 200 and body["items"][0]["value"] == "1", body
