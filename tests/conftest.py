@@ -52,8 +52,8 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def deployed(kube_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> object:
-    """deploy/all-self-signed applied to the session's control plane once, with a ServiceAccount token per
-    component (tests/harness/deployed.py)."""
+    """deploy/all (with the custom-metrics component) applied to the session's control plane once, with a
+    ServiceAccount token per component (tests/harness/deployed.py)."""
     from tests.harness.deployed import deploy_toposcale
 
     return deploy_toposcale(kube_cluster, tmp_path_factory.mktemp("deploy"))  # type: ignore[arg-type]

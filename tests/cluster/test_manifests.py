@@ -16,7 +16,7 @@ from .qwen import qwen_objects
 
 
 def test_all_self_signed_is_accepted_and_every_object_exists(deployed: Deployed) -> None:
-    # deploy/all-self-signed needs no CRD: everything in it was applied
+    # deploy/all needs no CRD: everything in it was applied
     assert deployed.left_out == []
     kinds = {o["kind"] for o in deployed.objects}
     assert {

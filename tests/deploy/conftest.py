@@ -6,6 +6,7 @@ deploy/ in a temporary folder after running deploy/adapter/self-signed/make-cert
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -20,12 +21,54 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUBECTL = Path(sys.executable).parent / "kubectl"
-NEEDS_CERTS = ("adapter/self-signed", "all-self-signed")
+NEEDS_CERTS = ("adapter/self-signed", "all")
+# The opt-in components (kind: Component cannot be built on its own), each built as the folder that names it
+# in a comment would list it: name -> (the kustomization, the components added to it).
+WITH_COMPONENTS: dict[str, tuple[str, list[str]]] = {
+    "all+custom-metrics": ("all", ["adapter/custom-metrics"]),
+    "adapter/cert-manager/apiservice+custom-metrics": (
+        "adapter/cert-manager/apiservice",
+        ["adapter/custom-metrics/base"],
+    ),
+    "examples/qwen+podmonitors": ("examples/qwen", ["examples/qwen/podmonitors"]),
+    "examples/qwen+shared-models": ("examples/qwen", ["examples/qwen/shared-models"]),
+}
+
+
+def is_component(folder: Path) -> bool:
+    return yaml.safe_load((folder / "kustomization.yaml").read_text()).get("kind") == "Component"
 
 
 def kustomizations() -> list[str]:
-    """Every folder under deploy/ holding a kustomization, relative to deploy/ (new ones are picked up)."""
-    return sorted(str(p.parent.relative_to(DEPLOY)) for p in DEPLOY.rglob("kustomization.yaml"))
+    """Every folder under deploy/ holding a kustomization (not a component), relative to deploy/ (new ones are
+    picked up)."""
+    return sorted(
+        str(p.parent.relative_to(DEPLOY))
+        for p in DEPLOY.rglob("kustomization.yaml")
+        if not is_component(p.parent)
+    )
+
+
+def components() -> list[str]:
+    return sorted(
+        str(p.parent.relative_to(DEPLOY))
+        for p in DEPLOY.rglob("kustomization.yaml")
+        if is_component(p.parent)
+    )
+
+
+def with_components(deploy: Path, name: str) -> Path:
+    """WITH_COMPONENTS[name] in `deploy` (a copy): the kustomization with `components:` listed in it, as its
+    commented lines say (a sibling folder, so its relative paths hold; patches there run after components)."""
+    base, comps = WITH_COMPONENTS[name]
+    src = deploy / base
+    folder = src.parent / (src.name + "+" + "+".join(Path(c).name for c in comps))
+    if not folder.exists():
+        shutil.copytree(src, folder)
+        k = yaml.safe_load((src / "kustomization.yaml").read_text())
+        k["components"] = [os.path.relpath(deploy / c, folder) for c in comps]
+        (folder / "kustomization.yaml").write_text(yaml.safe_dump(k, sort_keys=False))
+    return folder
 
 
 @dataclass
@@ -71,9 +114,11 @@ def certs_deploy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def builds(certs_deploy: Path) -> dict[str, Build]:
-    names = kustomizations()
+    names = kustomizations() + list(WITH_COMPONENTS)
 
     def one(name: str) -> Build:
+        if name in WITH_COMPONENTS:
+            return Build(name, kustomize(with_components(certs_deploy, name)))
         base = certs_deploy if name in NEEDS_CERTS else DEPLOY
         return Build(name, kustomize(base / name))
 

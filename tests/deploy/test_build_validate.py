@@ -12,7 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from .conftest import DEPLOY, ROOT, Build, kustomizations
+from .conftest import DEPLOY, ROOT, WITH_COMPONENTS, Build, components, kustomizations
 
 # Kinds from CRDs: kubernetes-validate ships the built-in API only and these machines cannot fetch the
 # projects' CRD schemas. They are skipped from schema validation (the checks below and in test_crosschecks
@@ -43,12 +43,20 @@ def test_generated_files_match_their_sources() -> None:
     assert stale == [], f"deploy/ is out of date with its sources, run `python deploy/generate.py`: {stale}"
 
 
-@pytest.mark.parametrize("name", kustomizations())
+@pytest.mark.parametrize("name", kustomizations() + list(WITH_COMPONENTS))
 def test_kustomization_builds(builds: dict[str, Build], name: str) -> None:
     objs = builds[name].objects
     assert objs, f"{name} renders nothing"
     for o in objs:
         assert o.get("apiVersion") and o.get("kind") and o.get("metadata", {}).get("name"), o
+
+
+def test_every_opt_in_component_is_built() -> None:
+    """A component (kind: Component) builds only inside a kustomization: each is built as its comments say
+    to use it (conftest WITH_COMPONENTS), so a new one without a build here fails."""
+    used = {c for _, comps in WITH_COMPONENTS.values() for c in comps}
+    assert set(components()) - used <= {"adapter/custom-metrics/base"}  # included by adapter/custom-metrics
+    assert used <= set(components())
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -92,19 +92,63 @@ def test_container_args_parse_with_the_real_cli(builds: dict[str, Build], name: 
 # ------------------------------------------------------------------ adapter
 
 
-@pytest.mark.parametrize("variant", ["adapter/cert-manager", "adapter/self-signed", "all", "all-self-signed"])
+def combined(builds: dict[str, Build], *names: str) -> Build:
+    """What a sequence of applies leaves in the cluster (the cert-manager variant is two)."""
+    return Build("+".join(names), [o for n in names for o in builds[n].objects])
+
+
+# (the adapter, the APIServices) of each install path
+INSTALLS = {
+    "self-signed": ("adapter/self-signed", "adapter/self-signed"),
+    "all": ("all", "all"),
+    "all+custom-metrics": ("all+custom-metrics", "all+custom-metrics"),
+    "cert-manager": ("all-cert-manager", "adapter/cert-manager/apiservice"),
+    "cert-manager+custom-metrics": ("all-cert-manager", "adapter/cert-manager/apiservice+custom-metrics"),
+}
+
+
+@pytest.mark.parametrize("variant", list(INSTALLS))
 def test_apiservice_reaches_the_adapter_port(builds: dict[str, Build], variant: str) -> None:
-    b = builds[variant]
-    api = b.one("APIService", "v1beta1.external.metrics.k8s.io")
-    assert (api["spec"]["group"], api["spec"]["version"]) == ("external.metrics.k8s.io", "v1beta1")
-    ref = api["spec"]["service"]
-    workload, port = service_target(b, ref["name"], ref["namespace"], ref.get("port", 443))
-    c = container(workload)
-    assert workload["metadata"]["name"] == "toposcale-adapter"
-    assert port == int(arg_value(c, "--port") or 0) == 6443
+    b = combined(builds, *dict.fromkeys(INSTALLS[variant]))
+    apis = b.find("APIService")
+    want = {("external.metrics.k8s.io", "v1beta1")}
+    if variant.endswith("+custom-metrics"):
+        want.add(("custom.metrics.k8s.io", "v1beta2"))
+    assert {(a["spec"]["group"], a["spec"]["version"]) for a in apis} == want
+    for api in apis:
+        ref = api["spec"]["service"]
+        workload, port = service_target(b, ref["name"], ref["namespace"], ref.get("port", 443))
+        c = container(workload)
+        assert workload["metadata"]["name"] == "toposcale-adapter"
+        assert port == int(arg_value(c, "--port") or 0) == 6443
 
 
-@pytest.mark.parametrize("variant", ["all", "all-self-signed"])
+def test_only_the_opt_in_claims_custom_metrics(builds: dict[str, Build]) -> None:
+    """custom.metrics.k8s.io/v1beta2 takes that whole group's preferred version: only the custom-metrics
+    component registers it (and the HPA reader role for it); no other build does."""
+    for name, b in builds.items():
+        external = "external.metrics.k8s.io"
+        claims = [a["metadata"]["name"] for a in b.find("APIService") if a["spec"]["group"] != external]
+        reader = "toposcale:custom-metrics-reader"
+        roles = [r for r in b.find("ClusterRole") if r["metadata"]["name"] == reader]
+        if name.endswith("+custom-metrics"):
+            assert claims == ["v1beta2.custom.metrics.k8s.io"] and roles, name
+        else:
+            assert claims == [] and roles == [], name
+
+
+def test_no_apiservice_where_the_certificate_needs_a_crd(builds: dict[str, Build]) -> None:
+    """Applied to a cluster without cert-manager, a build holding cert-manager kinds fails on them: it must
+    hold no APIService, or the cluster would keep one whose backend never gets its certificate (and the
+    whole API group stops answering). The cert-manager APIServices are a second apply, after the
+    certificate is Ready."""
+    for name, b in builds.items():
+        groups = {o["apiVersion"].split("/")[0] for o in b.objects}
+        if "cert-manager.io" in groups:
+            assert b.find("APIService") == [], name
+
+
+@pytest.mark.parametrize("variant", ["all", "all-cert-manager"])
 def test_adapter_on_a_read_only_root_serves_the_mounted_pair(builds: dict[str, Build], variant: str) -> None:
     """Without --tls-cert-file the adapter writes a pair into --cert-dir (default relative to the working
     directory), which a read-only root filesystem refuses: deploy/ must pass the mounted Secret's files."""
@@ -128,7 +172,7 @@ def _serving_secret_name(b: Build) -> str:
 def test_cert_manager_variant_issues_the_mounted_secret_for_the_service_name(
     builds: dict[str, Build],
 ) -> None:
-    b = builds["adapter/cert-manager"]
+    b = combined(builds, "adapter/cert-manager", "adapter/cert-manager/apiservice+custom-metrics")
     apis = b.find("APIService")  # external.metrics.k8s.io and custom.metrics.k8s.io, one Service
     assert sorted(a["metadata"]["name"] for a in apis) == [
         "v1beta1.external.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"]
@@ -146,7 +190,8 @@ def test_cert_manager_variant_issues_the_mounted_secret_for_the_service_name(
 
 
 def test_self_signed_variant_ca_bundle_signs_the_serving_secret(builds: dict[str, Build]) -> None:
-    b = builds["adapter/self-signed"]
+    assert len(builds["adapter/self-signed"].find("APIService")) == 1
+    b = builds["all+custom-metrics"]  # the component copies the external APIService's caBundle
     apis = b.find("APIService")
     assert len(apis) == 2 and apis[0]["spec"]["caBundle"] == apis[1]["spec"]["caBundle"]
     api = apis[0]
@@ -200,7 +245,7 @@ def test_hpa_reader_role_lists_exactly_the_rule_metrics(builds: dict[str, Build]
 def test_hpa_custom_reader_role_lists_the_rules_offered_per_pod(builds: dict[str, Build]) -> None:
     from toposcale.adapter.rules import load_rules
 
-    b = builds["all"]
+    b = builds["all+custom-metrics"]
     role = b.one("ClusterRole", "toposcale:custom-metrics-reader")
     assert [rule["apiGroups"] for rule in role["rules"]] == [["custom.metrics.k8s.io"]]
     offered = {r.name for r in load_rules().rules if r.offered_per_pod}
@@ -617,10 +662,14 @@ def test_keda_adapter_variant_has_no_apiservice_and_serves_grpc(builds: dict[str
     args, unknown = cli.build_parser().parse_known_args(c["args"])
     assert unknown == [] and args.keda_grpc_port == port_number(c, "grpc")
     assert args.tls_cert_file and args.insecure_allow_anonymous is False  # TLS on both ports
-    # the other variants keep the gRPC port closed
-    for variant in ("adapter/cert-manager", "adapter/self-signed", "all", "all-self-signed"):
-        assert arg_value(container(builds[variant].one("Deployment", "toposcale-adapter")),
-                         "--keda-grpc-port") is None
+    assert {p["name"] for p in b.one("Service", "toposcale-adapter")["spec"]["ports"]} == {"https", "grpc"}
+    # the other variants keep the gRPC port closed, and neither the Pod nor the Service names one
+    for variant in ("adapter/cert-manager", "adapter/self-signed", "all", "all-cert-manager"):
+        c = container(builds[variant].one("Deployment", "toposcale-adapter"))
+        assert arg_value(c, "--keda-grpc-port") is None
+        assert [p["name"] for p in c["ports"]] == ["https"]
+        assert [p["name"] for p in builds[variant].one("Service", "toposcale-adapter")["spec"]["ports"]] == [
+            "https"]
     # only KEDA's namespace reaches the gRPC port; HTTPS stays open (probes, Prometheus, it authorizes)
     pol = b.one("NetworkPolicy", "toposcale-adapter")
     assert pol["spec"]["podSelector"]["matchLabels"].items() <= (
@@ -632,7 +681,7 @@ def test_keda_adapter_variant_has_no_apiservice_and_serves_grpc(builds: dict[str
 
 
 def test_podmonitors_select_the_pods_and_ports(builds: dict[str, Build]) -> None:
-    b = builds["examples/qwen"]
+    b = builds["examples/qwen+podmonitors"]
     pm = b.one("PodMonitor", "vllm")
     dep = b.one("Deployment", "vllm-qwen")
     assert (
@@ -651,7 +700,7 @@ def test_hpa_selector_labels_reach_prometheus_through_the_podmonitor(builds: dic
     from toposcale.adapter.rules import load_rules
     from toposcale.adapter.selectors import prometheus_label_name
 
-    b = builds["examples/qwen"]
+    b = builds["examples/qwen+podmonitors"]
     pm = b.one("PodMonitor", "vllm")
     on_series = set(pm["spec"].get("podTargetLabels", [])) | {"namespace", "pod"}
     rules = {r.name: r for r in load_rules(str(RULES_FILE)).rules}
@@ -802,3 +851,28 @@ def test_priority_quota_covers_the_critical_classes_deploy_uses(builds: dict[str
     dep = builds["all"].one("Deployment", "toposcale-scheduler")
     assert int(quota["spec"]["hard"]["pods"]) > dep["spec"]["replicas"]
     assert "deploy/priority-quota" in (DEPLOY / "README.md").read_text()
+
+
+def test_qwen_needs_no_storage_class_and_shared_models_swaps_in_the_pvc(builds: dict[str, Build]) -> None:
+    """By default each vLLM pod downloads the weights into its own emptyDir (no PVC that a cluster without a
+    ReadWriteMany class leaves Pending); the shared-models component mounts the pre-filled RWX PVC instead,
+    read-only, offline, with --model pointing into it."""
+    plain = builds["examples/qwen"]
+    assert plain.find("PersistentVolumeClaim") == []
+    pod = plain.one("Deployment", "vllm-qwen")["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert "emptyDir" in vol and "persistentVolumeClaim" not in vol
+    c = container(plain.one("Deployment", "vllm-qwen"), "vllm")
+    assert arg_value(c, "--model") == "Qwen/Qwen2.5-7B-Instruct"
+    assert {"name": "HF_HOME", "value": "/models"} in c["env"]
+
+    shared = builds["examples/qwen+shared-models"]
+    pvc = shared.one("PersistentVolumeClaim", "models")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    pod = shared.one("Deployment", "vllm-qwen")["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert vol == {"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}
+    c = container(shared.one("Deployment", "vllm-qwen"), "vllm")
+    assert arg_value(c, "--model") == "/models/Qwen2.5-7B-Instruct"
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in c["env"]
+    assert next(m for m in c["volumeMounts"] if m["name"] == "models")["readOnly"] is True

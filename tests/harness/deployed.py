@@ -1,11 +1,12 @@
 """toposcale deployed on the real control plane (tests/harness/kube_cluster.py), for the session fixture
 `deployed` (tests/conftest.py).
 
-`deployed`: deploy/all-self-signed applied with `kubectl apply --server-side` (certificates from the deploy's
-own make-certs.py), then the toposcale Deployments scaled to 0: there is no kubelet to run their pods, so each
-component runs as a process on loopback instead, authenticated by its own ServiceAccount's token (a Secret of
-type kubernetes.io/service-account-token filled by the real token controller). The adapter Service becomes
-`type: ExternalName, externalName: localhost` so the real aggregator proxies to the adapter process.
+`deployed`: deploy/all applied with `kubectl apply --server-side` (certificates from the deploy's own
+make-certs.py), with the opt-in custom-metrics component listed in it as its comment says (the custom.metrics
+tests need that API), then the toposcale Deployments scaled to 0: there is no kubelet to run their pods, so
+each component runs as a process on loopback instead, authenticated by its own ServiceAccount's token (a
+Secret of type kubernetes.io/service-account-token filled by the real token controller). The adapter Service
+becomes `type: ExternalName, externalName: localhost` so the real aggregator proxies to the adapter process.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def sa_token(cluster: Cluster, namespace: str, sa: str, *, timeout: float = 60) 
 
 
 def deploy_toposcale(cluster: Cluster, work: Path) -> Deployed:
-    """deploy/all-self-signed applied, Deployments at 0, the ExternalName Service, a token per component."""
+    """deploy/all (+ adapter/custom-metrics) applied, Deployments at 0, the ExternalName Service, a token per
+    component."""
     deploy = work / "deploy"
     shutil.copytree(ROOT / "deploy", deploy)
     subprocess.run(
@@ -138,7 +140,11 @@ def deploy_toposcale(cluster: Cluster, work: Path) -> Deployed:
         check=True,
         capture_output=True,
     )
-    objects, left = apply_objects(cluster, render(deploy / "all-self-signed"))
+    kust = deploy / "all" / "kustomization.yaml"
+    k = yaml.safe_load(kust.read_text())
+    k["components"] = ["../adapter/custom-metrics"]  # the opt-in, as deploy/all's comment says
+    kust.write_text(yaml.safe_dump(k, sort_keys=False))
+    objects, left = apply_objects(cluster, render(deploy / "all"))
     # No kubelet runs the pods: the components run as local processes with the ServiceAccounts' tokens.
     for o in objects:
         if o["kind"] == "Deployment" and o["metadata"]["namespace"] == "toposcale":

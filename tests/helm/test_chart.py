@@ -1,7 +1,7 @@
 """The Helm chart deploy/helm/toposcale, with the real helm v4 (scripts/helm.sh bin: helm.sh/helm/v4 v4.3.2).
 
 - `helm lint --strict` (every variant) and `helm template t deploy/helm/toposcale` (the issue's acceptance);
-- the default render is deploy/all object by object (and the self-signed, KEDA, monitors and
+- the default render is deploy/all object by object (and the cert-manager, custom-metrics, KEDA, monitors and
   default-scheduler variants are their kustomize counterparts), up to what helm adds: the labels
   app.kubernetes.io/instance, managed-by, version and helm.sh/chart, checksum/ pod annotations (kustomize
   rolls pods with a hash in generated ConfigMap names instead, which is stripped here), the API default
@@ -13,7 +13,7 @@
   (the self-signed certificate is kept), `helm uninstall` (nothing of the release is left, cluster-scoped
   objects included).
 
-The same control plane holds deploy/all-self-signed in namespace `toposcale` (tests/harness/deployed.py), with
+The same control plane holds deploy/all in namespace `toposcale` (tests/harness/deployed.py), with
 cluster-scoped objects (toposcale-adapter ClusterRoles, ...) and the one APIService
 v1beta1.external.metrics.k8s.io. The release here is `helmtest` in a fresh namespace: every cluster-scoped
 name and kube-system RoleBinding carries the release's fullname (helmtest-toposcale-...), so nothing clashes;
@@ -62,12 +62,14 @@ CRD_GROUPS = {"monitoring.coreos.com", "keda.sh", "cert-manager.io"}
 VERSIONS = sorted({"1.30.0", kubernetes_validate.latest_version()})
 
 # The values of each variant, and what it is compared with.
+CERT_MANAGER = ["adapter.tls.mode=cert-manager"]
 VARIANTS: dict[str, list[str]] = {
     "default": [],
-    "self-signed": ["adapter.tls.mode=self-signed"],
-    "keda": ["adapter.keda.enabled=true"],
-    "monitors": ["monitors.enabled=true"],
-    "default-scheduler": ["scheduler.mode=default-scheduler"],
+    "cert-manager": CERT_MANAGER,
+    "custom-metrics": ["adapter.customMetrics.enabled=true"],
+    "keda": [*CERT_MANAGER, "adapter.keda.enabled=true"],
+    "monitors": [*CERT_MANAGER, "monitors.enabled=true"],
+    "default-scheduler": [*CERT_MANAGER, "scheduler.mode=default-scheduler"],
     "prometheus": [
         "adapter.mode=prometheus",
         "adapter.prometheusUrl=http://prometheus-operated.monitoring.svc:9090",
@@ -215,12 +217,33 @@ def no_namespace(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] != "Namespace"]
 
 
+def cert_manager_install() -> list[dict[str, Any]]:
+    """The kustomize cert-manager install: deploy/all-cert-manager, then its APIService."""
+    return no_namespace(kustomize(DEPLOY / "all-cert-manager")) + kustomize(
+        DEPLOY / "adapter/cert-manager/apiservice"
+    )
+
+
+def without_certificates(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The self-signed objects up to the certificate material (make-certs.py's files in kustomize, genCA in
+    helm), which differs per run."""
+    objects = copy.deepcopy(objects)
+    for o in objects:
+        if o["kind"] == "Secret" and o["metadata"]["name"] == "toposcale-adapter-tls":
+            assert set(o["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+            o["data"] = "<certificates>"
+        if o["kind"] == "APIService":
+            assert o["spec"].get("caBundle")
+            o["spec"]["caBundle"] = "<ca>"
+    return objects
+
+
 # -- fixtures --
 
 
 @pytest.fixture(scope="session")
 def certs_deploy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of deploy/ with make-certs.py run in it (what deploy/all-self-signed needs first)."""
+    """A copy of deploy/ with make-certs.py run in it (what deploy/all needs first)."""
     copy_dir = tmp_path_factory.mktemp("helm-deploy") / "deploy"
     shutil.copytree(DEPLOY, copy_dir, ignore=shutil.ignore_patterns("helm"))
     subprocess.run(
@@ -255,11 +278,12 @@ def test_lint_strict(helm: Path, variant: str) -> None:
     assert "0 chart(s) failed" in r.stdout
 
 
-def test_template_with_any_release_name(helm: Path) -> None:
+@pytest.mark.parametrize("values", [[], [*CERT_MANAGER, "adapter.customMetrics.enabled=true"]])
+def test_template_with_any_release_name(helm: Path, values: list[str]) -> None:
     """`helm template t deploy/helm/toposcale` (namespace default): every name carries the release's fullname
     (t-toposcale-...), so releases never share an object, cluster-scoped ones and kube-system's included; the
-    APIService is the one exception (its name is the API group's)."""
-    objs = template(helm, [], release="t", namespace="default")
+    APIServices are the one exception (their names are the API groups')."""
+    objs = template(helm, values, release="t", namespace="default")
     assert objs
     for o in objs:
         name, ns = o["metadata"]["name"], o["metadata"].get("namespace")
@@ -281,35 +305,48 @@ def test_template_with_any_release_name(helm: Path) -> None:
     assert cfg["extenders"][0]["urlPrefix"] == "http://t-toposcale-extender.default.svc:8888"
     assert cfg["leaderElection"]["resourceNamespace"] == "default"
     assert cfg["leaderElection"]["resourceName"] == "t-toposcale-scheduler"
-    cert = next(o for o in objs if o["kind"] == "Certificate" and o["metadata"]["name"].endswith("-serving"))
-    assert cert["spec"]["dnsNames"][0] == "t-toposcale-adapter.default.svc"
+    if values:
+        cert = next(
+            o for o in objs if o["kind"] == "Certificate" and o["metadata"]["name"].endswith("-serving")
+        )
+        assert cert["spec"]["dnsNames"][0] == "t-toposcale-adapter.default.svc"
+    else:
+        secret = next(o for o in objs if o["kind"] == "Secret")
+        check_serving_cert(secret | {"type": "kubernetes.io/tls"}, "t-toposcale-adapter.default.svc")
 
 
-def test_default_values_render_deploy_all(helm: Path, renders: dict[str, list[dict[str, Any]]]) -> None:
-    """The object-by-object comparison the issue asks for: the two cannot drift."""
-    expected = no_namespace(kustomize(DEPLOY / "all"))
-    assert differences(expected, renders["default"]) == []
-
-
-def test_self_signed_renders_deploy_all_self_signed(
+def test_default_values_render_deploy_all(
     helm: Path, renders: dict[str, list[dict[str, Any]]], certs_deploy: Path
 ) -> None:
-    """The same up to the certificate material (make-certs.py's files there, helm's genCA here)."""
-    expected = no_namespace(kustomize(certs_deploy / "all-self-signed"))
-    rendered = copy.deepcopy(renders["self-signed"])
-    for objs in (expected, rendered):
-        for o in objs:
-            if o["kind"] == "Secret" and o["metadata"]["name"] == "toposcale-adapter-tls":
-                assert set(o["data"]) == {"tls.crt", "tls.key", "ca.crt"}
-                o["data"] = "<certificates>"
-            if o["kind"] == "APIService":
-                assert o["spec"].get("caBundle")
-                o["spec"]["caBundle"] = "<ca>"
-    assert differences(expected, rendered) == []
+    """The object-by-object comparison the issue asks for: the two cannot drift. Up to the certificate
+    material (make-certs.py's files there, helm's genCA here)."""
+    expected = without_certificates(no_namespace(kustomize(certs_deploy / "all")))
+    assert differences(expected, without_certificates(renders["default"])) == []
+    # the one APIService of a default install: custom.metrics.k8s.io is left to whoever serves it
+    assert [o["metadata"]["name"] for o in renders["default"] if o["kind"] == "APIService"] == [
+        "v1beta1.external.metrics.k8s.io"
+    ]
+
+
+def test_custom_metrics_renders_the_component(
+    renders: dict[str, list[dict[str, Any]]], certs_deploy: Path
+) -> None:
+    """adapter.customMetrics.enabled is deploy/all with the adapter/custom-metrics component."""
+    from tests.deploy.conftest import with_components
+
+    overlay = with_components(certs_deploy, "all+custom-metrics")
+    expected = without_certificates(no_namespace(kustomize(overlay)))
+    assert differences(expected, without_certificates(renders["custom-metrics"])) == []
+
+
+def test_cert_manager_renders_deploy_all_cert_manager(renders: dict[str, list[dict[str, Any]]]) -> None:
+    """adapter.tls.mode=cert-manager: deploy/all-cert-manager and deploy/adapter/cert-manager/apiservice (one
+    release; helm refuses it against a cluster without cert-manager instead of splitting the apply)."""
+    assert differences(cert_manager_install(), renders["cert-manager"]) == []
 
 
 def test_keda_variant_renders_deploy_adapter_keda(renders: dict[str, list[dict[str, Any]]]) -> None:
-    all_objs = no_namespace(kustomize(DEPLOY / "all"))
+    all_objs = no_namespace(kustomize(DEPLOY / "all-cert-manager"))
     expected = without(all_objs, kustomize(DEPLOY / "adapter/cert-manager")) + kustomize(
         DEPLOY / "adapter/keda"
     )
@@ -318,14 +355,14 @@ def test_keda_variant_renders_deploy_adapter_keda(renders: dict[str, list[dict[s
 
 
 def test_monitors_variant_renders_deploy_monitors(renders: dict[str, list[dict[str, Any]]]) -> None:
-    expected = no_namespace(kustomize(DEPLOY / "all")) + kustomize(DEPLOY / "monitors")
+    expected = cert_manager_install() + kustomize(DEPLOY / "monitors")
     assert differences(expected, renders["monitors"]) == []
 
 
 def test_default_scheduler_variant(renders: dict[str, list[dict[str, Any]]]) -> None:
     """No second scheduler; the ConfigMap holds
     deploy/extender/default-scheduler/kube-scheduler-config.yaml."""
-    all_objs = no_namespace(kustomize(DEPLOY / "all"))
+    all_objs = cert_manager_install()
     scheduler = [
         o
         for o in all_objs
@@ -348,8 +385,8 @@ def test_default_scheduler_variant(renders: dict[str, list[dict[str, Any]]]) -> 
 
 def test_the_comparison_sees_a_change(renders: dict[str, list[dict[str, Any]]]) -> None:
     """The comparison above can fail: one changed field, one extra label of our own, one dropped object."""
-    expected = no_namespace(kustomize(DEPLOY / "all"))
-    changed = copy.deepcopy(renders["default"])
+    expected = cert_manager_install()
+    changed = copy.deepcopy(renders["cert-manager"])
     agent = next(o for o in changed if o["kind"] == "DaemonSet")
     agent["spec"]["template"]["spec"]["containers"][0]["args"].append("--verbose")
     agent["metadata"]["labels"]["team"] = "gpu"
@@ -528,7 +565,7 @@ def kubectl(
     return r
 
 
-# In the shared control plane: no APIService (the cluster's one belongs to deploy/all-self-signed's tests), no
+# In the shared control plane: no APIService (the cluster's ones belong to deploy/all's tests), no
 # CRD kinds, no pods (see the module docstring).
 CLUSTER_VALUES = [
     "adapter.tls.mode=self-signed",
@@ -560,7 +597,7 @@ def test_server_dry_run(helm: Path, kube_cluster: Any, namespace: str) -> None:
 def test_the_api_server_accepts_every_object(helm: Path, kube_cluster: Any, namespace: str) -> None:
     """Every object of the default render that the bare cluster has a kind for, the APIService included,
     through the API server's validation and admission (server-side apply, dry run: nothing is stored)."""
-    objs = template(helm, ["adapter.tls.mode=self-signed"], release="helmdry", namespace=namespace)
+    objs = template(helm, ["adapter.customMetrics.enabled=true"], release="helmdry", namespace=namespace)
     keep = [o for o in objs if o["apiVersion"].split("/")[0] not in CRD_GROUPS]
     assert {o["kind"] for o in keep} >= {"APIService", "Deployment", "DaemonSet", "Secret", "ClusterRole"}
     r = kubectl(
@@ -614,7 +651,7 @@ def test_install_upgrade_uninstall(helm: Path, kube_cluster: Any, namespace: str
         ):
             assert want in objs, objs
         assert not [o for o in objs if o.startswith("apiservice")]
-        # the deploy/all-self-signed objects of other tests (if applied) are untouched: their names differ
+        # the deploy/all objects of other tests (if applied) are untouched: their names differ
         assert not [o for o in objs if re.search(r"/toposcale[-:]", o)]
 
         secret = get_json(kube_cluster, "-n", namespace, "secret", "helmtest-toposcale-adapter-tls")

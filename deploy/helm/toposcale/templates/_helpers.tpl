@@ -140,4 +140,55 @@ securityContext:
 {{- if not (include "toposcale.rulesFile" .) -}}
 {{- fail "files/rules.yaml is missing from the chart: run python deploy/generate.py" -}}
 {{- end -}}
+{{- include "toposcale.clusterChecks" . -}}
+{{- end -}}
+
+{{/* "true" when the release registers custom.metrics.k8s.io/v1beta2 (opt-in), else empty. */}}
+{{- define "toposcale.customMetrics" -}}
+{{- if .Values.adapter.customMetrics.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Checks against the cluster the release goes to (what `toposcale preflight` checks for kustomize). `lookup`
+answers only where helm talks to a cluster (install, upgrade, --dry-run=server); in `helm template`, `lint` and
+--dry-run=client it is empty and nothing is checked.
+- An APIService of a group this release would register (external.metrics.k8s.io unless
+  adapter.apiService.enabled=false or the KEDA variant; custom.metrics.k8s.io with adapter.customMetrics.enabled)
+  that another backend serves: refused, naming it, unless forced. One backend per group version, and the
+  preferred version of a group answers every HPA in the cluster: registering would take the API over.
+- adapter.tls.mode=cert-manager without cert-manager's Certificate kind: the APIService could never get a CA.
+*/}}
+{{- define "toposcale.clusterChecks" -}}
+{{- $fullname := include "toposcale.fullname" . -}}
+{{- $connected := lookup "v1" "Namespace" "" "kube-system" -}}
+{{- if and $connected (eq .Values.adapter.tls.mode "cert-manager") (not (.Capabilities.APIVersions.Has "cert-manager.io/v1/Certificate")) -}}
+{{- fail "adapter.tls.mode=cert-manager, but the cluster serves no cert-manager.io/v1 Certificate: install cert-manager first, or use adapter.tls.mode=self-signed (the default; docs/install.md)" -}}
+{{- end -}}
+{{- $claims := dict -}}
+{{- if and .Values.adapter.apiService.enabled (not .Values.adapter.keda.enabled) (not .Values.adapter.apiService.force) -}}
+{{- $_ := set $claims "external.metrics.k8s.io" "external" -}}
+{{- end -}}
+{{- if and (include "toposcale.customMetrics" .) (not .Values.adapter.customMetrics.force) -}}
+{{- $_ := set $claims "custom.metrics.k8s.io" "custom" -}}
+{{- end -}}
+{{- range (lookup "apiregistration.k8s.io/v1" "APIService" "" "").items | default list -}}
+{{- $claim := get $claims (.spec.group | toString) -}}
+{{- $svc := .spec.service | default dict -}}
+{{- $ours := and (eq (get $svc "name" | toString) (printf "%s-adapter" $fullname)) (eq (get $svc "namespace" | toString) $.Release.Namespace) -}}
+{{- if and $claim (not $ours) -}}
+{{- $labels := .metadata.labels | default dict -}}
+{{- $where := ternary (printf "Service %s/%s" (get $svc "namespace" | toString) (get $svc "name" | toString)) "kube-apiserver itself (Local)" (not (empty $svc)) -}}
+{{- $text := printf "%s %s" (toJson $labels) $where | lower -}}
+{{- $owner := "another provider" -}}
+{{- if contains "keda" $text -}}{{- $owner = "KEDA" -}}
+{{- else if contains "prometheus-adapter" $text -}}{{- $owner = "prometheus-adapter" -}}
+{{- else if contains "toposcale" $text -}}{{- $owner = "another toposcale install" -}}
+{{- end -}}
+{{- if eq $claim "external" -}}
+{{- fail (printf "APIService %s is already served by %s (%s): registering v1beta1.external.metrics.k8s.io would take external.metrics.k8s.io over for the whole cluster. %s Or set adapter.apiService.enabled=false; adapter.apiService.force=true replaces it anyway (docs/install.md)." .metadata.name $owner $where (ternary "Install the KEDA variant instead: --set adapter.keda.enabled=true (toposcale as KEDA's external scaler)." "" (eq $owner "KEDA"))) -}}
+{{- else -}}
+{{- fail (printf "APIService %s is already served by %s (%s): registering v1beta2.custom.metrics.k8s.io would make toposcale the preferred version of custom.metrics.k8s.io, which every HPA's Pods and Object metrics are read from. Leave adapter.customMetrics.enabled=false (the default); adapter.customMetrics.force=true takes the group over anyway (docs/install.md)." .metadata.name $owner $where) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
