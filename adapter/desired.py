@@ -89,12 +89,21 @@ def check_algorithm(fields: Mapping[str, Any]) -> None:
 
 
 def make_config(fields: Mapping[str, Any]) -> Any:
-    """DesiredConfig from a rule's `desired.algorithm` mapping; `prior` is given as
-    `{prompt_tokens_s: ..., generation_tokens_s: ...}` (one replica's capacity at the SLO)."""
+    """DesiredConfig from a rule's `desired.algorithm` mapping. The prior capacity of one replica at the SLO
+    is either `prior: {prompt_tokens_s: N, generation_tokens_s: N}` or `profile: NAME|FILE` (a serving
+    profile, toposcale/serving/profiles: the capacity it gives at the rule's tpot_slo_s)."""
     algo = _algo()
     kwargs = dict(fields)
     try:
-        if "prior" in kwargs:
+        if "profile" in kwargs:
+            if "prior" in kwargs:
+                raise ValueError("give 'profile' or 'prior', not both")
+            from toposcale.serving.profile import load_profile
+
+            profile = load_profile(str(kwargs.pop("profile")))
+            tpot = kwargs.get("tpot_slo_s", algo.DesiredConfig().tpot_slo_s)
+            kwargs["prior"] = algo.Capacity.from_profile(profile, float(tpot))
+        elif "prior" in kwargs:
             prior = kwargs["prior"]
             if not isinstance(prior, Mapping):
                 raise ValueError("prior: expected {prompt_tokens_s: N, generation_tokens_s: N}")

@@ -192,3 +192,13 @@ def test_spec_validation() -> None:
 def test_milli_value_matches_the_whole_quantity_in_ascii_digits(bad: str) -> None:
     with pytest.raises(MetricError):
         milli_value(bad)
+
+
+def test_tolerance_bounds_are_inclusive_as_in_kubernetes_1_37() -> None:
+    # replica_calculator.go Tolerances.isWithin: (1 - down) <= ratio <= (1 + up). A ratio of exactly 1.1 (5.5
+    # against 5 x 1) is within: keep 5 (abs(1 - 1.1) > 0.1 is True in float64 and would scale to 6).
+    one = ExternalMetric("vllm_desired_replicas", "app=vllm", "AverageValue", "1")
+    assert replicas_for_metric(one, [5_500], 5, 5, 0.1) == 5
+    assert replicas_for_metric(one, [4_500], 5, 5, 0.1) == 5  # 0.9: the lower bound is inclusive too
+    assert replicas_for_metric(one, [5_501], 5, 5, 0.1) == 6
+    assert replicas_for_metric(KV, [550], 3, 3, 0.1) == 3  # Value targets: getUsageRatioReplicaCount

@@ -114,6 +114,12 @@ class HPASpec:
                 raise ValueError(f"metric {m.name}: target must be positive")
 
 
+def within(ratio: float, tolerance: float) -> bool:
+    """replica_calculator.go Tolerances.isWithin (1.37): (1 - tolerance) <= ratio <= (1 + tolerance), bounds
+    included (a ratio of exactly 1.1 keeps the replicas; `abs(1 - ratio) > 0.1` would not, in float64)."""
+    return 1.0 - tolerance <= ratio <= 1.0 + tolerance
+
+
 def replicas_for_metric(
     metric: ExternalMetric,
     values_milli: list[int],
@@ -143,14 +149,14 @@ def replicas_for_metric(
         # GetExternalPerPodMetricReplicas(statusReplicas, ...): 0 replicas gives an infinite (or NaN) ratio,
         # never within tolerance
         ratio = usage / (target * status) if status else math.inf
-        if abs(1.0 - ratio) > tolerance:
+        if not within(ratio, tolerance):
             return math.ceil(usage / target)
         return status
     # GetExternalMetricReplicas(specReplicas, ...) -> getUsageRatioReplicaCount
     ratio = usage / target
     if spec_replicas == 0:
         return math.ceil(ratio)
-    if abs(1.0 - ratio) <= tolerance:
+    if within(ratio, tolerance):
         return spec_replicas
     if listed <= 0:  # getReadyPodsCount: len(podList) == 0
         raise MetricError("no pods returned by selector while calculating replica count")
