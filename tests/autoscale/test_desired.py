@@ -90,3 +90,15 @@ def test_prior_from_profiles() -> None:
     for name in ("h100-tp1", "rtx4090d-tp4"):
         c = Capacity.from_profile(load_profile(name), tpot_slo_s=0.1)
         assert c.prompt_tokens_s > 1_000 and c.generation_tokens_s > 1_000
+
+
+def test_idle_replicas_go_to_zero_after_the_window_and_busy_ones_never() -> None:
+    # The HPA scales to zero (minReplicas 0) only on a 0: ready replicas with no work for a whole window
+    # must give it; any request running or waiting keeps one.
+    st = DesiredState()
+    assert decide(CFG, st, obs(0, prompt=5_000)).replicas == 1
+    for t in range(15, 300, 15):
+        assert decide(CFG, st, obs(t, prompt=0)).replicas == 1  # inside the window
+    assert decide(CFG, st, obs(315, prompt=0)).replicas == 0
+    assert decide(CFG, DesiredState(), obs(0, prompt=0, running_requests=1)).replicas == 1
+    assert decide(CFG, DesiredState(), obs(0, prompt=0, waiting_requests=1)).replicas == 1

@@ -240,8 +240,11 @@ def decide(cfg: DesiredConfig, state: DesiredState, obs: Observation) -> Decisio
     if backlog > 0:
         reasons.append(f"backlog {backlog:.2f} replicas of waiting prompts")
     raw = math.ceil((ahead + backlog) / cfg.target_utilisation - 1e-9)
-    if obs.ready_replicas > 0 or (obs.front_door_pending or 0) > 0:
+    work = obs.running_requests + obs.waiting_requests + (obs.front_door_pending or 0) + demand
+    if work > 0:
         raw = max(raw, 1)  # someone is being served or waits: never 0 while there is work
+    # (idle ready replicas are no work: a 0 for a whole scale-down window lets an HPA with minReplicas 0
+    # scale to zero)
     # Hysteresis: the largest raw count of the window; scale-down only once it has stayed lower that long.
     cut = obs.t - cfg.scale_down_window_s
     while state.history and state.history[0][0] <= cut:
