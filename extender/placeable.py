@@ -24,10 +24,12 @@ no more pods says why (`HELD_BACK` keys), which the adapter serves as
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .decisions import outcome_for
 from .draview import DraNode, dra_decision
 from .nodeview import NodeView
 from .topology import dra
@@ -65,34 +67,46 @@ class Placeable:
     pending: int = 0  # Pending GPU pods placed first
     pending_placed: int = 0  # of which a judged node takes
     pending_on: dict[str, int] = field(default_factory=dict)  # node -> Pending pods placed there
+    totals: dict[str, int] = field(default_factory=dict)  # tier -> pods (filled by `placeable`)
+    full_by: dict[str, int] = field(default_factory=dict)  # HELD_BACK key -> nodes taking no more
 
     def total(self, tier: str = "any") -> int:
         if tier not in TIERS:
             raise ValueError(f"unknown tier {tier!r}; expected one of {', '.join(TIERS)}")
-        attr = "count" if tier == "any" else tier
-        return sum(getattr(s, attr) for s in self.nodes.values())
+        if not self.totals:
+            self._sum()
+        return self.totals[tier]
+
+    def _sum(self) -> None:
+        count = numa = best = 0
+        full: dict[str, int] = {}
+        for s in self.nodes.values():
+            count += s.count
+            numa += s.numa
+            best += s.best
+            if s.held_back:
+                full[s.held_back] = full.get(s.held_back, 0) + 1
+        self.totals = {"best": best, "numa": numa, "any": count}
+        self.full_by = full
 
     def held_back(self, tier: str = "any") -> str:
         """Why no more pods of `tier` fit: no-topology-slot when pods fit anywhere but not on that tier;
         required-scope when some node has enough free GPUs but none meeting the scope; else no-gpu."""
         if tier != "any" and self.total("any") > self.total(tier):
             return NO_TOPOLOGY_SLOT
-        if any(s.held_back == REQUIRED_SCOPE for s in self.nodes.values()):
+        if self.full_by.get(REQUIRED_SCOPE):
             return REQUIRED_SCOPE
         return NO_GPU
 
     def doc(self, limit: int = 100) -> dict[str, Any]:
         """The JSON answer: totals per tier, the nodes taking pods (most first, at most `limit`)."""
-        taking = sorted((s.count, name) for name, s in self.nodes.items() if s.count)
-        taking.sort(key=lambda x: (-x[0], x[1]))
-        held: dict[str, int] = {}
-        for s in self.nodes.values():
-            if s.held_back:
-                held[s.held_back] = held.get(s.held_back, 0) + 1
+        totals = {t: self.total(t) for t in TIERS}
+        taking = [(-s.count, name) for name, s in self.nodes.items() if s.count]
+        top = heapq.nsmallest(limit, taking)
         return {
             "gpus": self.gpus,
             "requiredScope": self.scope,
-            "placeable": {t: self.total(t) for t in TIERS},
+            "placeable": totals,
             "heldBack": {t: self.held_back(t) for t in TIERS},
             "nodes": [
                 {
@@ -102,11 +116,11 @@ class Placeable:
                     "best": self.nodes[name].best,
                     "tiers": list(self.nodes[name].tiers),
                 }
-                for _, name in taking[:limit]
+                for _, name in top
             ],
             "nodesTaking": len(taking),
             "nodesJudged": len(self.nodes),
-            "nodesFullBy": held,
+            "nodesFullBy": dict(self.full_by),
             "unknownNodes": len(self.unknown),
             "unknown": dict(sorted(self.unknown.items())[:limit]),
             "excludedNodes": self.excluded,
@@ -216,11 +230,27 @@ def free_state(view: NodeView | None) -> _Free | str:
 
 @dataclass(frozen=True, slots=True)
 class PendingPod:
-    """A Pending GPU pod: its shape and which nodes it may go to (`admits(node name)`)."""
+    """A Pending GPU pod: its shape, which nodes it may go to (`admits(node name)`), and `group`: pods with
+    equal (k, need, group) may go to the same nodes (one ranking of the nodes serves them all)."""
 
     k: int
     need: Tier | None
     admits: Callable[[str], bool]
+    group: object = None  # None: pods sharing the same `admits` callable are alike
+
+
+_UNJUDGED = "node not in the extender's cache (yet)"
+
+
+def _view_slots(view: NodeView, k: int, need: Tier | None) -> NodeSlots | str:
+    """The node's slots from its view as cached (memoized on the view: replaced whenever the node changes)."""
+    key = ("slots", k, need)
+    hit = view.memo.get(key)
+    if hit is None:
+        st = free_state(view)
+        hit = st if isinstance(st, str) else node_slots(st, k, need)
+        view.memo[key] = hit
+    return hit  # type: ignore[no-any-return]
 
 
 def placeable(
@@ -243,44 +273,112 @@ def placeable(
         if len(names) != len(views):
             raise ValueError("names are needed for views that are None")
     out = Placeable(k, scope, {})
-    states: dict[str, _Free] = {}
-    for name, v in zip(names, views, strict=True):
-        st = free_state(v)
-        if isinstance(st, str):
-            if admits is None or admits(name):
-                out.unknown[name] = st
-            else:
-                out.excluded += 1
-            continue
-        states[name] = st
+    changed: dict[str, _Free] = {}
     if pending:
-        _place_pending(states, pending, out)
+        changed = _place_pending(names, views, pending, out)
     if k <= 0:
         return out
-    for name, st in states.items():
+    nodes = out.nodes
+    unknown = out.unknown
+    count = numa = best = 0
+    full: dict[str, int] = {}
+    memo_key = ("slots", k, need)
+    for name, v in zip(names, views, strict=True):
         if admits is not None and not admits(name):
             out.excluded += 1
             continue
-        out.nodes[name] = node_slots(st, k, need)
+        if v is None:
+            unknown[name] = _UNJUDGED
+            continue
+        if changed and name in changed:
+            s: NodeSlots | str = node_slots(changed[name], k, need)
+        else:
+            s = v.memo.get(memo_key) or _view_slots(v, k, need)
+        if isinstance(s, str):
+            unknown[name] = s
+            continue
+        nodes[name] = s
+        count += s.count
+        numa += s.numa
+        best += s.best
+        if s.held_back:
+            full[s.held_back] = full.get(s.held_back, 0) + 1
+    out.totals = {"best": best, "numa": numa, "any": count}
+    out.full_by = full
     return out
 
 
-def _place_pending(states: dict[str, _Free], pending: Sequence[PendingPod], out: Placeable) -> None:
-    """Each Pending pod, in order, on the node scoring best for it; its predicted set is then taken."""
+def _nfree(v: NodeView) -> int:
+    if v.dra is not None:
+        pools = v.dra.pools
+        return (len(pools.devices) if pools is not None else 0) - len(v.dra.allocated)
+    return v.free_mask.bit_count() if v.free_mask is not None else 0
+
+
+def _rank(st: _Free, k: int, need: Tier | None, name: str, version: int) -> tuple[int, int, str, int] | None:
+    """Heap entry of a node for a pending pod: best score first, then the fuller node (MostAllocated)."""
+    d = st.decide(k, need)
+    if isinstance(d, str) or not d.fits:
+        return None
+    return (-d.score, st.nfree(), name, version)
+
+
+def _place_pending(
+    names: Sequence[str], views: Sequence[NodeView | None], pending: Sequence[PendingPod], out: Placeable
+) -> dict[str, _Free]:
+    """Each Pending pod, in order, on the node scoring best for it; its predicted set is then taken. Returns
+    the free state of every node a pending pod went to. One heap of nodes per group of alike pods; entries
+    of a node changed since they were pushed are re-ranked when they come up (its version)."""
     out.pending = len(pending)
+    changed: dict[str, _Free] = {}
+    version: dict[str, int] = {}
+    heaps: dict[tuple[int, Tier | None, object], list[tuple[int, int, str, int]]] = {}
+
+    view_of = dict(zip(names, views, strict=True))
     for pod in pending:
-        best: tuple[int, int, str] | None = None  # (score, -free GPUs, name) maximised; name minimised below
-        chosen: tuple[str, NodeDecision] | None = None
-        for name, st in states.items():
-            d = st.decide(pod.k, pod.need)
-            if isinstance(d, str) or not d.fits or not pod.admits(name):
+        gkey = (pod.k, pod.need, pod.group if pod.group is not None else id(pod.admits))
+        heap = heaps.get(gkey)
+        if heap is None:
+            heap = []
+            for name, v in view_of.items():
+                if v is None or not pod.admits(name):
+                    continue
+                st = changed.get(name)
+                if st is not None:
+                    e = _rank(st, pod.k, pod.need, name, version[name])
+                    if e is not None:
+                        heap.append(e)
+                    continue
+                # unchanged: the view's memoized outcome (filter's own) ranks it
+                o = outcome_for(v, pod.k, pod.need)
+                d = o.decision
+                if o.passes and not o.unknown and d is not None and d.fits:
+                    heap.append((-o.score, _nfree(v), name, 0))
+            heapq.heapify(heap)
+            heaps[gkey] = heap
+        while heap:
+            e = heap[0]
+            name = e[2]
+            if e[3] != version.get(name, 0):  # the node changed since: rank it again
+                heapq.heappop(heap)
+                e2 = _rank(changed[name], pod.k, pod.need, name, version[name])
+                if e2 is not None:
+                    heapq.heappush(heap, e2)
                 continue
-            key = (d.score, -st.nfree(), name)
-            if best is None or key[:2] > best[:2] or (key[:2] == best[:2] and name < best[2]):
-                best, chosen = key, (name, d)
-        if chosen is None:
-            continue  # no judged node takes it: it stays Pending (or goes to a node we cannot judge)
-        name, d = chosen
-        states[name] = states[name].take(d)
-        out.pending_placed += 1
-        out.pending_on[name] = out.pending_on.get(name, 0) + 1
+            heapq.heappop(heap)
+            st = changed.get(name)
+            if st is None:
+                got = free_state(view_of[name])
+                assert not isinstance(got, str)  # it was ranked: its free GPUs are known
+                st = got
+            d = st.decide(pod.k, pod.need)
+            assert not isinstance(d, str) and d.fits
+            changed[name] = st = st.take(d)
+            version[name] = version.get(name, 0) + 1
+            e2 = _rank(st, pod.k, pod.need, name, version[name])
+            if e2 is not None:
+                heapq.heappush(heap, e2)
+            out.pending_placed += 1
+            out.pending_on[name] = out.pending_on.get(name, 0) + 1
+            break
+    return changed

@@ -29,6 +29,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from .decisions import Outcome, OutcomeTable, _unknown, outcome_for
 from .draview import ClaimAsk, claim_ask, dra_decision, dra_node
 from .nodefit import NodeMeta, excluded, node_meta
@@ -111,6 +113,8 @@ class ClusterState:
         self.unbound: dict[str, Unbound] = {}
         self.synced_unbound = asyncio.Event()
         self.node_meta: dict[str, NodeMeta] = {}  # labels, taints, cordon: which nodes a template may use
+        self._meta_gen = 0  # bumped when a node comes, goes, or changes labels, taints or cordon
+        self._excluded: dict[bytes, tuple[int, frozenset[str]]] = {}  # pod selectors -> nodes it may not use
         self._tasks: list[asyncio.Task[None]] = []
         self.reflectors: list[Any] = []
         self.api: Any = None
@@ -140,6 +144,7 @@ class ClusterState:
                 meta[v.name] = node_meta(obj)
         self.base = base
         self.node_meta = meta
+        self._meta_gen += 1
         self._forget()
         self.synced_nodes.set()
         self._freeze()
@@ -151,9 +156,13 @@ class ClusterState:
         if etype == "DELETED":
             self.base.pop(v.name, None)
             self.node_meta.pop(v.name, None)
+            self._meta_gen += 1
         else:
             self.base[v.name] = v
-            self.node_meta[v.name] = node_meta(obj)
+            meta = node_meta(obj)
+            if self.node_meta.get(v.name) != meta:  # the agent's re-publishes change annotations only
+                self.node_meta[v.name] = meta
+                self._meta_gen += 1
         self._forget(v.name)
 
     # ------------------------------------------------------------ pod events
@@ -286,31 +295,36 @@ class ClusterState:
         Pending pods placed first (placeable.py)."""
         names = list(self.base)
         views = self.views(names)
-        empty = NodeMeta({}, (), False)
-        metas = self.node_meta
 
-        def admits_of(pod: dict[str, Any]) -> Any:
-            spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
-            if not spec.get("nodeSelector") and not spec.get("affinity"):
-                # the common case, answered per node without a call: untainted nodes, or tolerated taints
-                return lambda name: excluded(pod, name, metas.get(name, empty)) is None
-            verdicts: dict[str, bool] = {}
+        def admits_of(pod: dict[str, Any]) -> tuple[Any, bytes]:
+            key, out = self._excluded_by(pod)
+            return (lambda name: name not in out), key
 
-            def admits(name: str) -> bool:
-                hit = verdicts.get(name)
-                if hit is None:
-                    hit = verdicts[name] = excluded(pod, name, metas.get(name, empty)) is None
-                return hit
-
-            return admits
-
-        pending = [
-            PendingPod(pk, pneed, admits_of(pod))
-            for _, pk, pneed, pod in sorted(self.unbound.values(), key=lambda e: e[0])
-        ]
+        pending = []
+        for _, pk, pneed, pod in sorted(self.unbound.values(), key=lambda e: e[0]):
+            admits, key = admits_of(pod)
+            pending.append(PendingPod(pk, pneed, admits, key))
+        shut = self._excluded_by(template)[1]
         return placeable(
-            views, k, need, scope=scope, admits=admits_of(template), pending=pending, names=names
+            views, k, need, scope=scope, admits=(lambda name: name not in shut) if shut else None,
+            pending=pending, names=names,
         )
+
+    def _excluded_by(self, pod: dict[str, Any]) -> tuple[bytes, frozenset[str]]:
+        """The nodes this pod may not go to (nodefit.excluded), cached per distinct selectors and
+        tolerations until a node comes, goes or changes its labels, taints or cordon."""
+        spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+        parts = {f: spec.get(f) for f in ("nodeSelector", "affinity", "tolerations")}
+        key = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+        hit = self._excluded.get(key)
+        if hit is not None and hit[0] == self._meta_gen:
+            return key, hit[1]
+        probe = {"spec": parts}
+        out = frozenset(name for name, m in self.node_meta.items() if excluded(probe, name, m) is not None)
+        if len(self._excluded) >= 1024:
+            self._excluded.clear()
+        self._excluded[key] = (self._meta_gen, out)
+        return key, out
 
     # ------------------------------------------------------------ DRA events
 
