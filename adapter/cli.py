@@ -14,6 +14,7 @@ import logging
 import sys
 from typing import Any
 
+from toposcale.cliargs import finite_number
 from toposcale.logs import add_log_level_argument
 
 logger = logging.getLogger("toposcale.adapter")
@@ -34,11 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rules", metavar="FILE", help="metric rules YAML replacing the built-in default rules"
     )
-    parser.add_argument("--port", type=int, default=6443, help="listen port (default 6443)")
-    parser.add_argument("--bind-address", default="", help="listen address (default: all interfaces)")
-    parser.add_argument("--cache-ttl", type=float, default=2.0, help="seconds a value is reused (default 2)")
-    parser.add_argument("--request-timeout", type=float, default=10.0, help="seconds per metric request")
-    parser.add_argument("--max-inflight", type=int, default=1024, help="metric requests answered at once")
+    parser.add_argument("--port", type=_port, default=6443,
+                        help="listen port; 0 picks a free one, logged as `adapter listening` (default 6443)")
+    parser.add_argument("--bind-address", default=None,
+                        help="listen address, '' or 0.0.0.0 for all interfaces (default: all interfaces; "
+                             "127.0.0.1 with --insecure-allow-anonymous)")
+    parser.add_argument("--cache-ttl", type=finite_number(allow_zero=True, unit="number of seconds"),
+                        default=2.0, help="seconds a value is reused, 0 for none (default 2)")
+    parser.add_argument("--request-timeout", type=finite_number(unit="number of seconds"), default=10.0,
+                        help="seconds per metric request")
+    parser.add_argument("--max-inflight", type=_positive_int, default=1024,
+                        help="metric requests answered at once (at least 1)")
     parser.add_argument(
         "--served-value-namespaces",
         type=int,
@@ -91,6 +98,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     security_options.add_arguments(parser)
     add_log_level_argument(parser)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:  # 0 would answer every metric request 429, a server that never serves
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is 0..65535 (0: any free one)")
+    return value
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def listen_address(bind_address: str | None, insecure: bool) -> tuple[str | None, str | None]:
+    """(host to bind, None for every interface; a warning to log or None). Without authentication nothing
+    may answer the network unless asked for: --insecure-allow-anonymous binds loopback unless --bind-address
+    says otherwise."""
+    if bind_address is None:
+        if insecure:
+            return LOOPBACK, (f"--insecure-allow-anonymous: listening on {LOOPBACK} only; pass "
+                              "--bind-address 0.0.0.0 to serve unauthenticated requests to the network")
+        return None, None
+    host = bind_address or None
+    if insecure and host not in (LOOPBACK, "::1", "localhost"):
+        return host, (f"--insecure-allow-anonymous with --bind-address {bind_address!r}: anyone who reaches "
+                      f"{host or 'any interface'} can read every metric, unauthenticated")
+    return host, None
 
 
 def _share(text: str) -> float:
@@ -167,6 +213,9 @@ async def _run(args: argparse.Namespace) -> int:
     metrics = AdapterMetrics(served_namespaces=args.served_value_namespaces)
     # TLS, delegated authentication/authorization (or --insecure-allow-anonymous), before anything is served
     security = await build_security(args, metrics.registry)
+    host, warning = listen_address(args.bind_address, args.insecure_allow_anonymous)
+    if warning:
+        logger.warning(warning)
     try:
         source = await build_source(args, rules, metrics)
         app = build_app(
@@ -189,9 +238,9 @@ async def _run(args: argparse.Namespace) -> int:
         )
         on_stop = []
         if args.keda_grpc_port is not None:
-            on_stop.append(await _start_keda(args, app[HANDLERS_KEY], security, metrics))
+            on_stop.append(await _start_keda(args, host, app[HANDLERS_KEY], security, metrics))
         try:
-            await serve(app, host=args.bind_address or None, port=args.port,
+            await serve(app, host=host, port=args.port,
                         ssl_context=security.ssl_context, limits=security.limits, on_cut=security.on_cut,
                         on_stop=on_stop)
         except OSError:  # the HTTPS port could not be bound: serve() never ran the hooks
@@ -203,7 +252,8 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _start_keda(args: argparse.Namespace, handlers: Any, security: Any, metrics: Any) -> Any:
+async def _start_keda(args: argparse.Namespace, host: str | None, handlers: Any, security: Any,
+                      metrics: Any) -> Any:
     """Start the KEDA gRPC server; returns its stop coroutine function (run before the source closes)."""
     from .keda import scaler
 
@@ -220,7 +270,7 @@ async def _start_keda(args: argparse.Namespace, handlers: Any, security: Any, me
         logger.warning("KEDA gRPC port: TLS without client certificates (no --client-ca-file): any client "
                        "that reaches the port can read metric values; give KEDA a client certificate "
                        "(TriggerAuthentication tlsClientCert/tlsClientKey) and pass --client-ca-file")
-    server = await scaler.start(handlers, host=args.bind_address or None, port=args.keda_grpc_port,
+    server = await scaler.start(handlers, host=host, port=args.keda_grpc_port,
                                 tls=security.tls, client_ca=client_ca, registry=metrics.registry,
                                 max_concurrent_rpcs=args.keda_max_concurrent_rpcs)
     return server.stop

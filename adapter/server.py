@@ -98,9 +98,12 @@ async def serve(
     else:
         site = web.TCPSite(runner, host=host or None, port=port, ssl_context=ssl_context)
     await site.start()
+    # the port the sockets got: with --port 0 the kernel picks it, and the log is the only place to read it
+    sockets = getattr(getattr(site, "_server", None), "sockets", None) or []
+    bound = sorted({s.getsockname()[1] for s in sockets}) or [port]
     logger.info(
         "adapter listening",
-        extra={"address": host or "all interfaces", "port": port, "tls": ssl_context is not None},
+        extra={"address": host or "all interfaces", "port": bound[0], "tls": ssl_context is not None},
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

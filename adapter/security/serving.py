@@ -18,13 +18,15 @@ Everything else (keep-alive, request handling) is aiohttp's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 from aiohttp.web_runner import BaseRunner, BaseSite
+
+from .plainhttp import TLSOrPlainHTTPHint
 
 logger = logging.getLogger(__name__)
 
@@ -204,12 +206,15 @@ class SecureSite(BaseSite):
         def factory() -> asyncio.Protocol:
             return BoundedProtocol(server(), self._limits, self._counter, self._on_cut)
 
-        kwargs: dict[str, Any] = {}
+        listen: Callable[[], asyncio.BaseProtocol] = factory
         if self._ssl_context is not None:
-            kwargs["ssl_handshake_timeout"] = self._limits.handshake_timeout
+            # TLS starts per connection after a look at its first bytes: plain HTTP gets Go's one-line 400
+            # (plainhttp.py); the handshake timeout counts from the accept, as create_server(ssl=) counts it
+            listen = functools.partial(TLSOrPlainHTTPHint, factory, self._ssl_context,
+                                       self._limits.handshake_timeout)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(factory, self._host, self._port, ssl=self._ssl_context,
-                                                backlog=self._backlog, reuse_address=True, **kwargs)
+        self._server = await loop.create_server(listen, self._host, self._port,
+                                                backlog=self._backlog, reuse_address=True)
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
 

@@ -165,15 +165,29 @@ async def test_insecure_cert_dir_stops_the_adapter_with_a_clear_error(
     assert f"--cert-dir {cert_dir} is writable by its group or by everyone" in capsys.readouterr().err
 
 
-async def test_plain_http_on_the_tls_port_is_refused(pki: PKI, kube: KubeStandIn,
-                                                     start_server: StartServer) -> None:
+async def test_plain_http_on_the_tls_port_gets_gos_one_line_400(pki: PKI, kube: KubeStandIn,
+                                                                start_server: StartServer) -> None:
+    """As kube-apiserver answers (Go's net/http): 400 and one line saying what is wrong, then closed; nothing
+    is served over plain HTTP, and TLS clients are served as before."""
+    from toposcale.adapter.security.plainhttp import ANSWER
+
     kube.add(auth_configmap(pki))
     srv = await start_server(tls_flags(pki, kube))
     answer = await raw_request(srv.site.port, None, b"GET /healthz HTTP/1.1\r\nHost: adapter\r\n\r\n")
-    assert not answer.startswith(b"HTTP/"), "a TLS port must not speak plain HTTP"
-    with pytest.raises(aiohttp.ClientError):
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{srv.site.port}/healthz") as r:
-            await r.read()
+    assert answer == b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+    assert answer == ANSWER
+    # the first bytes in pieces: the answer waits for five of them, as Go's record header check does
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.site.port)
+    for piece in (b"PO", b"ST /apis", b" HTTP/1.1\r\n\r\n"):
+        writer.write(piece)
+        await writer.drain()
+    assert await collect(reader) == ANSWER
+    writer.close()
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{srv.site.port}/healthz") as r:
+        assert r.status == 400  # what curl http://... shows
+        assert "Client sent an HTTP request to an HTTPS server." in await r.text()
+    # not HTTP and not TLS: the TLS handshake refuses it, closing without an HTTP answer
+    assert not (await raw_request(srv.site.port, None, b"\x00\x01garbage\r\n")).startswith(b"HTTP/")
     assert (await srv.get("/healthz"))[0] == 200, "and TLS clients are still served"
 
 
