@@ -1,0 +1,369 @@
+"""A stepped simulation of a vLLM Deployment under an autoscaler (pure; no I/O, no wall clock).
+
+Every `dt` (0.5 s by default) of simulated time: the trace's arrivals of the slice go through the router to a
+Ready replica (fewest outstanding requests, or round-robin), with none Ready they wait at the front door;
+each serving replica advances its `ReplicaModel`; replicas move Pending -> Starting (they hold their GPUs from
+here: a node had room) -> Ready after the cold start; a replica told to go drains (no new requests, in-flight
+ones finish within the grace period or are aborted). Metric snapshots are taken every 7.5 s: those on the 15 s
+grid are what a direct scrape at the HPA's sync sees, those half a period earlier are the last
+Prometheus scrape
+before it (a 15 s scrape interval lags a sync by 7.5 s on average). The policy is asked at its own interval.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from toposcale.serving.model import Finished, ReplicaModel, Request
+from toposcale.serving.profile import Profile
+
+from .traces import Trace
+
+SNAPSHOT_S = 7.5
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    profile: Profile
+    cold_start_s: float = 90.0
+    grace_s: float = 30.0  # terminationGracePeriodSeconds
+    max_replicas: int = 10  # also the room nodes have: a replica beyond it stays Pending
+    room_replicas: int | None = None  # None: room for max_replicas
+    initial_replicas: int = 1
+    dt: float = 0.5
+    router: Literal["least", "round-robin"] = "least"
+    ttft_slo_s: float = 2.0
+    tpot_slo_s: float = 0.1
+    until_s: float | None = None  # stop here (default: the trace's end plus drain time)
+
+
+@dataclass(slots=True)
+class Replica:
+    rid: int
+    created: float
+    model: ReplicaModel
+    phase: str = "Pending"  # Pending -> Starting -> Ready -> Draining
+    started: float = 0.0
+    ready_at: float = 0.0
+    drain_at: float = 0.0
+    busy_mark: float = 0.0  # busy_s at the last snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    t: float
+    ready: int
+    starting: int  # Starting (loading) replicas
+    pending: int
+    waiting: tuple[int, ...]  # per Ready replica
+    running: tuple[int, ...]
+    kv: tuple[float, ...]
+    util: tuple[float, ...]  # DCGM GPU_UTIL 0..100 per Ready replica, over the last snapshot period
+    waiting_prompt_tokens: float
+    front_door: int
+    prompt_tokens_total: float  # cluster counters, every replica that ever served (sum over series)
+    generation_tokens_total: float
+    requests_admitted_total: float
+    prompt_tokens_admitted_total: float
+
+
+class Policy(Protocol):
+    name: str
+    interval_s: float
+
+    def decide(self, t: float, view: ClusterView) -> int: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    arrival: float
+    ttft_s: float
+    tpot_s: float
+    ok: bool
+
+
+@dataclass(slots=True)
+class TimelinePoint:
+    t: float
+    spec: int
+    ready: int
+    pending: int
+    waiting: int
+    ttft_p90_s: float | None
+
+
+class ClusterView:
+    """What an autoscaler may see: replica counts now, metric snapshots up to now, latency observations."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self._sim = sim
+
+    @property
+    def spec_replicas(self) -> int:
+        return self._sim.spec
+
+    @property
+    def ready(self) -> int:
+        return sum(1 for r in self._sim.replicas if r.phase == "Ready")
+
+    @property
+    def active(self) -> int:
+        """Deployment status.replicas: pods not terminating."""
+        return sum(1 for r in self._sim.replicas if r.phase != "Draining")
+
+    @property
+    def pods(self) -> int:
+        return len(self._sim.replicas)
+
+    def snapshots(self, t: float, window_s: float, prometheus: bool) -> list[Snapshot]:
+        """Snapshots in (t - window, t]: on the sync grid (direct scrape) or half a period before
+        (Prometheus)."""
+        snaps = self._sim.snaps
+        out = []
+        for s in reversed(snaps):
+            if s.t <= t - window_s - 1e-9:
+                break
+            if s.t > t + 1e-9:
+                continue
+            on_grid = abs((s.t / 15.0) - round(s.t / 15.0)) < 1e-6
+            if on_grid != prometheus:
+                out.append(s)
+        out.reverse()
+        return out
+
+    def latest(self, t: float, prometheus: bool) -> Snapshot | None:
+        snaps = self.snapshots(t, 15.0, prometheus)
+        return snaps[-1] if snaps else None
+
+    def latency_p90(self, t: float, window_s: float, lag_s: float = 0.0) -> tuple[float | None, float | None]:
+        """p90 of TTFT and TPOT observed in (t - lag - window, t - lag] (histogram_quantile over rate())."""
+        sim = self._sim
+        hi = bisect.bisect_right(sim.lat_t, t - lag_s)
+        lo = bisect.bisect_right(sim.lat_t, t - lag_s - window_s)
+        if hi <= lo:
+            return None, None
+        tt = sorted(sim.lat_ttft[lo:hi])
+        tp = sorted(sim.lat_tpot[lo:hi])
+        k = min(len(tt) - 1, math.ceil(0.9 * len(tt)) - 1)
+        return tt[k], tp[k]
+
+    def requests_in(self, t0: float, t1: float) -> tuple[int, float, float]:
+        """Clairvoyant only: arrivals in [t0, t1): count, prompt tokens, output tokens."""
+        tr = self._sim.trace
+        lo, hi = bisect.bisect_left(tr.t, t0), bisect.bisect_left(tr.t, t1)
+        return hi - lo, float(sum(tr.prompt[lo:hi])), float(sum(tr.output[lo:hi]))
+
+
+@dataclass(slots=True)
+class Simulation:
+    cfg: SimConfig
+    trace: Trace
+    policy: Policy
+    replicas: list[Replica] = field(default_factory=list)
+    spec: int = 0
+    now: float = 0.0
+    next_rid: int = 0
+    rr: int = 0
+    front_door: deque[Request] = field(default_factory=deque)
+    snaps: list[Snapshot] = field(default_factory=list)
+    lat_t: list[float] = field(default_factory=list)  # observation times of finished requests (sorted)
+    lat_ttft: list[float] = field(default_factory=list)
+    lat_tpot: list[float] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    aborted: int = 0
+    gpu_seconds: float = 0.0
+    pending_replica_s: float = 0.0
+    peak_pending: int = 0
+    scale_ups: int = 0
+    scale_downs: int = 0
+    timeline: list[TimelinePoint] = field(default_factory=list)
+    # counters of replicas gone (a Prometheus sum over series keeps them while in the window; close enough)
+    _gone_prompt: float = 0.0
+    _gone_gen: float = 0.0
+    admitted_requests: float = 0.0
+    admitted_prompt: float = 0.0
+    _next_arrival: int = 0
+
+    def __post_init__(self) -> None:
+        for _ in range(self.cfg.initial_replicas):
+            r = self._new_replica(0.0)
+            r.phase, r.started, r.ready_at = "Ready", 0.0, 0.0
+        self.spec = self.cfg.initial_replicas
+
+    # ---- the ReplicaSet controller ------------------------------------------------------------------------
+    def _new_replica(self, t: float) -> Replica:
+        self.next_rid += 1
+        r = Replica(self.next_rid, t, ReplicaModel(self.cfg.profile))
+        self.replicas.append(r)
+        return r
+
+    def set_spec(self, t: float, n: int) -> None:
+        n = max(0, min(n, self.cfg.max_replicas))
+        if n > self.spec:
+            self.scale_ups += 1
+        elif n < self.spec:
+            self.scale_downs += 1
+        self.spec = n
+        active = [r for r in self.replicas if r.phase != "Draining"]
+        for _ in range(n - len(active)):
+            self._new_replica(t)
+        excess = len(active) - n
+        if excess > 0:
+            # controller.ActivePodsWithRanks: unscheduled, not ready, then the most recently ready go first
+            order = {"Pending": 0, "Starting": 1, "Ready": 2}
+            victims = sorted(active, key=lambda r: (order[r.phase], -r.ready_at, -r.created))[:excess]
+            for r in victims:
+                if r.phase in ("Pending", "Starting"):
+                    self.replicas.remove(r)
+                else:
+                    r.phase, r.drain_at = "Draining", t
+                    for req in r.model.take_waiting():  # queued, not started: the client retries elsewhere
+                        self._route(req)
+
+    # ---- traffic ------------------------------------------------------------------------------------------
+    def _route(self, req: Request) -> None:
+        ready = [r for r in self.replicas if r.phase == "Ready"]
+        if not ready:
+            self.front_door.append(req)
+            return
+        if self.cfg.router == "least":
+            target = min(ready, key=lambda r: (r.model.outstanding, r.rid))
+        else:
+            self.rr += 1
+            target = ready[self.rr % len(ready)]
+        target.model.submit(req)
+        self.admitted_requests += 1
+        self.admitted_prompt += req.prompt
+
+    def _record(self, f: Finished, t: float) -> None:
+        ok = f.ttft_s <= self.cfg.ttft_slo_s and f.tpot_s <= self.cfg.tpot_slo_s
+        self.outcomes.append(Outcome(f.arrival, f.ttft_s, f.tpot_s, ok))
+        self.lat_t.append(t)
+        self.lat_ttft.append(f.ttft_s)
+        self.lat_tpot.append(f.tpot_s)
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    def run(self) -> Simulation:
+        cfg = self.cfg
+        end = cfg.until_s if cfg.until_s is not None else self.trace.span_s + 120.0
+        view = ClusterView(self)
+        next_snap, next_policy = 0.0, 0.0
+        tr = self.trace
+        n = len(tr)
+        dt = cfg.dt
+        while self.now < end - 1e-9:
+            t0, t1 = self.now, self.now + dt
+            # arrivals of the slice (in order; they carry their exact time)
+            i = self._next_arrival
+            while i < n and tr.t[i] < t1:
+                self._route(Request(arrival=max(tr.t[i], t0), prompt=tr.prompt[i], output=tr.output[i]))
+                i += 1
+            self._next_arrival = i
+            holding = 0
+            pending = 0
+            for r in list(self.replicas):
+                if r.phase == "Pending":
+                    pending += 1
+                    continue
+                holding += 1
+                if r.phase in ("Ready", "Draining"):
+                    r.model.step(t1, dt)
+                    for f in r.model.drain_finished():
+                        self._record(f, t1)
+                if r.phase == "Draining":
+                    if r.model.idle:
+                        self._retire(r)
+                    elif t1 - r.drain_at >= cfg.grace_s:
+                        lost = r.model.abort_all()
+                        self.aborted += len(lost)
+                        for q in lost:
+                            self.outcomes.append(Outcome(q.arrival, math.inf, math.inf, False))
+                        self._retire(r)
+            self.gpu_seconds += holding * cfg.profile.gpus_per_replica * dt
+            self.pending_replica_s += pending * dt
+            self.peak_pending = max(self.peak_pending, pending)
+            self.now = t1
+            self._lifecycle(t1)
+            if t1 >= next_snap - 1e-9:
+                self._snapshot(t1)
+                next_snap += SNAPSHOT_S
+            if t1 >= next_policy - 1e-9:
+                want = self.policy.decide(t1, view)
+                if want != self.spec:
+                    self.set_spec(t1, want)
+                next_policy += self.policy.interval_s
+                rd = [r for r in self.replicas if r.phase == "Ready"]
+                p90 = view.latency_p90(t1, 60.0)[0]
+                self.timeline.append(
+                    TimelinePoint(
+                        t1,
+                        self.spec,
+                        len(rd),
+                        sum(1 for r in self.replicas if r.phase == "Pending"),
+                        sum(len(r.model.waiting) for r in rd) + len(self.front_door),
+                        p90,
+                    )
+                )
+        # whatever never finished counts as missed
+        for r in self.replicas:
+            for q in r.model.abort_all():
+                self.outcomes.append(Outcome(q.arrival, math.inf, math.inf, False))
+        for q in self.front_door:
+            self.outcomes.append(Outcome(q.arrival, math.inf, math.inf, False))
+        self.front_door.clear()
+        return self
+
+    def _retire(self, r: Replica) -> None:
+        self._gone_prompt += r.model.prompt_tokens_total
+        self._gone_gen += r.model.generation_tokens_total
+        self.replicas.remove(r)
+
+    def _lifecycle(self, t: float) -> None:
+        room = self.cfg.room_replicas if self.cfg.room_replicas is not None else self.cfg.max_replicas
+        holding = sum(1 for r in self.replicas if r.phase != "Pending")
+        became_ready = False
+        for r in self.replicas:
+            if r.phase == "Pending" and holding < room:
+                r.phase, r.started = "Starting", t
+                holding += 1
+            if r.phase == "Starting" and t - r.started >= self.cfg.cold_start_s - 1e-9:
+                r.phase, r.ready_at = "Ready", t
+                became_ready = True
+        if became_ready and self.front_door:
+            held = list(self.front_door)
+            self.front_door.clear()
+            for q in held:
+                self._route(q)
+
+    def _snapshot(self, t: float) -> None:
+        ready = [r for r in self.replicas if r.phase == "Ready"]
+        util = []
+        for r in ready:
+            busy = r.model.busy_s - r.busy_mark
+            r.busy_mark = r.model.busy_s
+            util.append(min(100.0, 100.0 * busy / SNAPSHOT_S))
+        serving = [r for r in self.replicas if r.phase in ("Ready", "Draining")]
+        self.snaps.append(
+            Snapshot(
+                t=t,
+                ready=len(ready),
+                starting=sum(1 for r in self.replicas if r.phase == "Starting"),
+                pending=sum(1 for r in self.replicas if r.phase == "Pending"),
+                waiting=tuple(len(r.model.waiting) for r in ready),
+                running=tuple(r.model.num_running for r in ready),
+                kv=tuple(r.model.kv_usage for r in ready),
+                util=tuple(util),
+                waiting_prompt_tokens=sum(r.model.waiting_prompt_tokens for r in ready)
+                + sum(q.prompt for q in self.front_door),
+                front_door=len(self.front_door),
+                prompt_tokens_total=self._gone_prompt + sum(r.model.prompt_tokens_total for r in serving),
+                generation_tokens_total=self._gone_gen
+                + sum(r.model.generation_tokens_total for r in serving),
+                requests_admitted_total=self.admitted_requests,
+                prompt_tokens_admitted_total=self.admitted_prompt,
+            )
+        )
