@@ -6,8 +6,9 @@ the next pod gets the set the device plugin (or the DRA allocator) is predicted 
 takes pods until its free GPUs can take no more, or the pod's `toposcale.io/required-scope` cannot be met.
 Pods already bound but not yet in the agent's allocation annotation are taken out by the caller's views
 (the watch cache's assumptions); Pending pods (no node yet, not gated) are placed first, each on the node
-the extender scores best for it (ties: the fuller node, as the shipped profile's MostAllocated packs,
-then the name), so they take the slots they will most likely take.
+the extender scores best for it (ties: the first node in the cache's order; in the cluster the scheduler's
+own plugins break them, so which of equally scored nodes a Pending pod takes is a guess, the slot it takes
+is not), so they take the slots they will most likely take.
 
 Per placed pod the tier of its predicted set is kept, so the answer says how many land
 
@@ -27,15 +28,16 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Any
 
-from .decisions import outcome_for
+from .decisions import Outcome, evaluate
 from .draview import DraNode, dra_decision
 from .nodeview import NodeView
 from .topology import dra
 from .topology.allocator import mask_of, wiring
 from .topology.model import Tier, Topology
-from .topology.scoring import NodeDecision, best_tier, decide_raw
+from .topology.scoring import MAX_SCORE, NodeDecision, best_tier, decide_raw
 
 # Why a node takes no more pods of the template (or none of a tier):
 NO_GPU = "no-gpu"  # too few free GPUs
@@ -308,77 +310,65 @@ def placeable(
     return out
 
 
-def _nfree(v: NodeView) -> int:
-    if v.dra is not None:
-        pools = v.dra.pools
-        return (len(pools.devices) if pools is not None else 0) - len(v.dra.allocated)
-    return v.free_mask.bit_count() if v.free_mask is not None else 0
+_UNUSABLE = 255  # a score byte no search reaches: the node does not take this pod (or may not)
+_SCORE = itemgetter(Outcome._fields.index("score"))
 
 
-def _rank(st: _Free, k: int, need: Tier | None, name: str, version: int) -> tuple[int, int, str, int] | None:
-    """Heap entry of a node for a pending pod: best score first, then the fuller node (MostAllocated)."""
+def _score_byte(st: _Free, k: int, need: Tier | None) -> int:
     d = st.decide(k, need)
-    if isinstance(d, str) or not d.fits:
-        return None
-    return (-d.score, st.nfree(), name, version)
+    return d.score if not isinstance(d, str) and d.fits else _UNUSABLE
+
+
+def _fits(o: Outcome) -> bool:
+    return o.passes and not o.unknown and o.decision is not None and o.decision.fits
 
 
 def _place_pending(
     names: Sequence[str], views: Sequence[NodeView | None], pending: Sequence[PendingPod], out: Placeable
 ) -> dict[str, _Free]:
-    """Each Pending pod, in order, on the node scoring best for it; its predicted set is then taken. Returns
-    the free state of every node a pending pod went to. One heap of nodes per group of alike pods; entries
-    of a node changed since they were pushed are re-ranked when they come up (its version)."""
+    """Each Pending pod, in order, on the node the extender scores best for it (ties: the first in the
+    cache's order); its predicted set is then taken. Returns the free state of every node a Pending pod went
+    to. Per group of alike pods, the nodes' scores are one bytearray (filter's memoized outcomes), searched
+    from the top score down at C speed; a node a pod went to is re-scored in every group."""
     out.pending = len(pending)
     changed: dict[str, _Free] = {}
-    version: dict[str, int] = {}
-    heaps: dict[tuple[int, Tier | None, object], list[tuple[int, int, str, int]]] = {}
-
-    view_of = dict(zip(names, views, strict=True))
+    at: dict[str, int] = {}  # name -> position, of the changed nodes
+    groups: dict[tuple[int, Tier | None, object], tuple[bytearray, list[Outcome], PendingPod]] = {}
     for pod in pending:
         gkey = (pod.k, pod.need, pod.group if pod.group is not None else id(pod.admits))
-        heap = heaps.get(gkey)
-        if heap is None:
-            heap = []
-            for name, v in view_of.items():
-                if v is None or not pod.admits(name):
-                    continue
-                st = changed.get(name)
-                if st is not None:
-                    e = _rank(st, pod.k, pod.need, name, version[name])
-                    if e is not None:
-                        heap.append(e)
-                    continue
-                # unchanged: the view's memoized outcome (filter's own) ranks it
-                o = outcome_for(v, pod.k, pod.need)
-                d = o.decision
-                if o.passes and not o.unknown and d is not None and d.fits:
-                    heap.append((-o.score, _nfree(v), name, 0))
-            heapq.heapify(heap)
-            heaps[gkey] = heap
-        while heap:
-            e = heap[0]
-            name = e[2]
-            if e[3] != version.get(name, 0):  # the node changed since: rank it again
-                heapq.heappop(heap)
-                e2 = _rank(changed[name], pod.k, pod.need, name, version[name])
-                if e2 is not None:
-                    heapq.heappush(heap, e2)
-                continue
-            heapq.heappop(heap)
-            st = changed.get(name)
-            if st is None:
-                got = free_state(view_of[name])
-                assert not isinstance(got, str)  # it was ranked: its free GPUs are known
-                st = got
-            d = st.decide(pod.k, pod.need)
-            assert not isinstance(d, str) and d.fits
-            changed[name] = st = st.take(d)
-            version[name] = version.get(name, 0) + 1
-            e2 = _rank(st, pod.k, pod.need, name, version[name])
-            if e2 is not None:
-                heapq.heappush(heap, e2)
-            out.pending_placed += 1
-            out.pending_on[name] = out.pending_on.get(name, 0) + 1
-            break
+        g = groups.get(gkey)
+        if g is None:
+            outcomes = evaluate(list(views), pod.k, pod.need)  # memoized per view: filter's own
+            scores = bytearray(map(_SCORE, outcomes))
+            for name, st in changed.items():
+                scores[at[name]] = _score_byte(st, pod.k, pod.need)
+            groups[gkey] = g = (scores, outcomes, pod)
+        scores, outcomes, _ = g
+        pos = -1
+        for score in range(MAX_SCORE, -1, -1):
+            pos = scores.find(score)
+            while pos >= 0:
+                name = names[pos]
+                if pod.admits(name) and (name in changed or _fits(outcomes[pos])):
+                    break
+                scores[pos] = _UNUSABLE  # unknown, not fitting or not admitted: never looked at again
+                pos = scores.find(score, pos + 1)
+            if pos >= 0:
+                break
+        if pos < 0:
+            continue  # no judged node takes it: it stays Pending (or goes to a node we cannot judge)
+        name = names[pos]
+        st = changed.get(name)
+        if st is None:
+            got = free_state(views[pos])
+            assert not isinstance(got, str)  # it fits: its free GPUs are known
+            st = got
+        d = st.decide(pod.k, pod.need)
+        assert not isinstance(d, str) and d.fits
+        changed[name] = st = st.take(d)
+        at[name] = pos
+        for gk, (gscores, _, gpod) in groups.items():
+            gscores[pos] = _score_byte(st, gk[0], gk[1]) if gpod.admits(name) else _UNUSABLE
+        out.pending_placed += 1
+        out.pending_on[name] = out.pending_on.get(name, 0) + 1
     return changed
