@@ -5,7 +5,9 @@ check what the adapter hands it."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import os
 import types
 from typing import Any
 
@@ -16,9 +18,11 @@ from toposcale.adapter.api import HANDLERS_KEY
 from toposcale.adapter.rules import RulesError, RuleSet, load_rules, parse_rules
 from toposcale.adapter.selectors import parse_selector
 from toposcale.adapter.sources.pods import StaticTargets, Target
+from toposcale.adapter.sources.prometheus import PrometheusSource
 from toposcale.adapter.sources.scrape import ScrapeSource
 
 from tests.harness.exporters import Exporter, VllmExporter
+from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
 from toposcale.autoscale import desired as algo
 
 BASE = "/apis/external.metrics.k8s.io/v1beta1"
@@ -47,11 +51,11 @@ def expected(obs: Any) -> Any:
     return algo.decide(desired.make_config({"prior": PRIOR}), algo.DesiredState(), obs)
 
 
-def desired_rules(front_door: dict[str, Any] | None = None, **spec: Any) -> RuleSet:
+def desired_rules(front_door: dict[str, Any] | None = None, window: int = 60, **spec: Any) -> RuleSet:
     rule: dict[str, Any] = {
         "name": "vllm_desired_replicas",
         "aggregation": "vllm_desired_replicas",
-        "window_seconds": 60,
+        "window_seconds": window,
         "desired": {"algorithm": {"prior": PRIOR}, **spec},
     }
     if front_door is not None:
@@ -82,6 +86,7 @@ def test_rule_kind_validation(seen: list[Any]) -> None:
         ({"desired": {"algorithm": {"no_such_field": 1}}}, "desired.algorithm"),
         ({"desired": {"algorithm": {"ttft_slo_s": 0}}}, "ttft_slo_s must be positive"),
         ({"desired": {"algorithm": {"prior": 5}}}, "prior: expected"),
+        ({"desired": {"algorithm": {"profile": "no-such"}}}, "unknown profile 'no-such'"),
         ({"desired": {"front_door": {"url": "http://gw:9090/metrics"}}}, "both 'url' and 'series'"),
         ({"desired": {"front_door": {}}}, "needs 'prometheus_query'"),
         ({"desired": {"max_selectors": 0}}, "max_selectors"),
@@ -299,3 +304,75 @@ async def test_zero_pods_needs_a_front_door(serve_adapter: Any, pods: Any, seen:
         assert status == 503 and "front door" in body["message"] and "HTTP 500" in body["message"], body
     finally:
         await gw.stop()
+
+
+# -- Prometheus mode: the real Prometheus runs the generated query --
+
+
+@pytest.mark.skipif(not os.access(PROMETHEUS, os.X_OK), reason="needs the Debian prometheus package")
+async def test_prometheus_mode_reads_rates_ready_pods_and_the_front_door(
+    serve_adapter: Any, seen: list[Any]
+) -> None:
+    a, b = VllmExporter(waiting=2, running=3), VllmExporter(waiting=0, running=3)
+    gw = FrontDoor()
+    for e in (a, b):
+        e.prompt_tokens, e.generation_tokens, e.request_success = 0.0, 0.0, 10.0
+    for e in (a, b, gw):
+        await e.start()
+    prom = PrometheusServer(
+        [
+            ScrapeJob("vllm-a", [a.address], {"namespace": "ml", "pod": "vllm-a", "app": "vllm"}),
+            ScrapeJob("vllm-b", [b.address], {"namespace": "ml", "pod": "vllm-b", "app": "vllm"}),
+            ScrapeJob("gateway", [gw.address], {"namespace": "ml", "pod": "gateway-0"}),
+        ]
+    )
+
+    async def grow() -> None:  # 1000 prompt and 200 generated tokens per second on each pod, by the clock
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            await asyncio.sleep(0.05)
+            for e in (a, b):
+                e.prompt_tokens = 1000.0 * (loop.time() - start)
+                e.generation_tokens = 200.0 * (loop.time() - start)
+
+    task = asyncio.create_task(grow())
+    try:
+        await asyncio.to_thread(prom.start)
+        await asyncio.to_thread(prom.wait_scraped, ["vllm-a", "vllm-b", "gateway"])
+        front = {"prometheus_query": 'sum(gateway_pending_requests{namespace="{namespace}",model="qwen"})'}
+        rules = desired_rules(front, window=5)
+        source = PrometheusSource(prom.url, timeout=5)
+        adapter = await serve_adapter(rules, source, cache_ttl=0.0)
+        path = f"{BASE}/namespaces/ml/vllm_desired_replicas"
+        scraped = min(a.scrapes, b.scrapes)
+        for _ in range(200):  # the window (5 s) full of moving samples
+            if min(a.scrapes, b.scrapes) >= scraped + 5:
+                break
+            await asyncio.sleep(0.2)
+        status, body = await adapter.get(path, labelSelector="app=vllm")
+        assert status == 200, body
+        obs = seen[-1]
+        assert (obs.ready_replicas, obs.waiting_requests, obs.running_requests) == (2, 2, 6)
+        assert 1500 < obs.prompt_tokens_rate < 2500, obs  # 2000/s, as Prometheus' rate() extrapolates it
+        assert 300 < obs.generation_tokens_rate < 500, obs
+        assert obs.front_door_pending == 0  # the gateway is read too: pending requests add to the backlog
+        assert obs.mean_prompt_tokens is not None and obs.mean_prompt_tokens > 0
+        # no pod selected: the front door is the demand
+        gw.pending = 4
+        for _ in range(50):
+            status, body = await adapter.get(path, labelSelector="app=none")
+            if status == 200 and seen[-1].front_door_pending == 4:
+                break
+            await asyncio.sleep(0.2)
+        assert status == 200 and body["items"][0]["value"] == "1", body
+        assert seen[-1].ready_replicas == 0
+        # Prometheus gone: an error, never 0
+        await asyncio.to_thread(prom.stop)
+        status, body = await adapter.get(path, labelSelector="app=vllm")
+        assert status == 503, body
+    finally:
+        task.cancel()
+        await asyncio.to_thread(prom.stop)
+        for e in (a, b, gw):
+            await e.stop()
