@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "agent": ("toposcale.extender.agent.cli", "node agent publishing GPU topology and allocation"),
     "simulate": ("toposcale.simulate.cli", "replay a GPU workload over a fleet, compare placement policies"),
     "demo": ("toposcale.demo.cli", "the whole loop on one machine: load, autoscaling, placement"),
+    "preflight": ("toposcale.preflight", "before installing: what goes cluster-wide, who already owns it"),
 }
 
 

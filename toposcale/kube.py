@@ -113,6 +113,21 @@ async def _raise_for_status(resp: Any) -> None:
     raise exc
 
 
+async def get_json(api: client.ApiClient, path: str) -> Obj | None:
+    """GET `path` from the API server as a wire-format dict; None for 404 (not there, or a group/version it
+    does not serve). Any other error status raises ApiException."""
+    resp = await api.call_api(path, "GET", auth_settings=["BearerToken"],
+                              header_params={"Accept": "application/json"},
+                              _preload_content=False, _return_http_data_only=True)
+    try:
+        if resp.status == 404:
+            return None
+        await _raise_for_status(resp)
+        return json.loads(await resp.read())
+    finally:
+        resp.release()
+
+
 class Reflector:
     """List-then-watch a collection, keep the resourceVersion, relist on 410; `await reflector.run()`.
 

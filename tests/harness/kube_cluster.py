@@ -412,9 +412,22 @@ class Cluster:
             *common,
         ]
         if scheduler_config is not None:
-            self.args["kube-scheduler"].append(f"--config={scheduler_config}")
+            lab = self._lab_scheduler_config(scheduler_config, sch_kc)
+            self.args["kube-scheduler"].append(f"--config={lab}")
         else:
             self.args["kube-scheduler"] += [f"--kubeconfig={sch_kc}", "--leader-elect=false"]
+
+    def _lab_scheduler_config(self, path: Path, kubeconfig: str) -> Path:
+        """A copy of `path` that runs on this control plane: kube-scheduler ignores --kubeconfig when
+        --config is given (the file's clientConnection.kubeconfig decides, and none means in-cluster, which
+        fails here), and a file made for a cluster (deploy/extender/scheduler-config.yaml) elects a leader in
+        a namespace (toposcale) this fresh one lacks. One scheduler here: no election."""
+        cfg = yaml.safe_load(path.read_text())
+        cfg.setdefault("clientConnection", {})["kubeconfig"] = kubeconfig
+        cfg["leaderElection"] = {**(cfg.get("leaderElection") or {}), "leaderElect": False}
+        out = self.dir / "scheduler-config.yaml"
+        out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return out
 
     def _spawn(self, name: str) -> int:
         log = open(self.dir / f"{name}.log", "ab")
