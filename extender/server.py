@@ -59,6 +59,7 @@ STANDALONE_REASON = (
 )
 _LOGGED_LIMIT = 100_000
 PENDING_PER_SLOT = 4
+MAX_FREEING_PODS = 10_000
 
 
 @dataclass(slots=True)
@@ -199,6 +200,7 @@ class Extender:
             "explain": self.explain_post,
             "explain_get": self.explain_get,
             "placeable": self.placeable,
+            "freeing": self.freeing,
             "healthz": self.healthz,
             "readyz": self.readyz,
             "metrics": self.metrics,
@@ -633,6 +635,36 @@ class Extender:
             return _json(orjson.dumps(self._placeable_doc(body)))
 
         return await self._run("placeable", request, work)
+
+    async def freeing(self, request: web.Request) -> web.StreamResponse:
+        """What freeing each named pod's GPUs gives back on its node (ClusterState.freeing), for the
+        adapter's scale-down victim ranking. Body: {"pods": ["namespace/name", ...]}."""
+        state = self.state
+        if state is None:
+            return self._error(
+                "freeing", 404, "NotFound",
+                "no cluster connection (--standalone): /freeing needs the watch cache",
+            )
+        if not state.synced:
+            return self._error(
+                "freeing", 503, "ServiceUnavailable",
+                "watch cache not synced yet: nodes and pods must be listed",
+            )
+
+        def work(body: bytes) -> web.Response:
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise wire.WireError(f"malformed JSON: {exc}") from None
+            pods = doc.get("pods") if isinstance(doc, dict) else None
+            if not isinstance(pods, list) or not all(isinstance(p, str) and "/" in p for p in pods):
+                raise wire.WireError('expected {"pods": ["namespace/name", ...]}')
+            if len(pods) > MAX_FREEING_PODS:
+                raise wire.WireError(f"{len(pods)} pods asked, at most {MAX_FREEING_PODS} per request")
+            assert state is not None
+            return _json(orjson.dumps({"kind": "Freeing", "pods": state.freeing(pods)}))
+
+        return await self._run("freeing", request, work)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         """Liveness: the process answers. Readiness (the watch cache synced) is /readyz."""

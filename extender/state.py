@@ -39,7 +39,7 @@ from .placeable import PendingPod, Placeable, placeable
 from .pods import PodError, gpu_request, required_scope
 from .topology import dra
 from .topology.model import Tier
-from .topology.scoring import choose_gpus, required_scope_tier
+from .topology.scoring import choose_gpus, freed_value, required_scope_tier
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +309,49 @@ class ClusterState:
             views, k, need, scope=scope, admits=(lambda name: name not in shut) if shut else None,
             pending=pending, names=names,
         )
+
+    def freeing(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """For each bound GPU pod (namespace/name): what freeing its GPUs gives back on its node
+        (scoring.freed_value; the adapter ranks scale-down victims by it). Its GPUs are known when it is the
+        only GPU pod bound to the node and the node's published allocation holds exactly its count; else
+        `gain` is None with the reason (device-plugin allocations are published per node, not per pod)."""
+        by_key: dict[str, Assumed] = {}
+        per_node: dict[str, int] = {}
+        for a in self.pods.values():
+            by_key[a.key] = a
+            per_node[a.node] = per_node.get(a.node, 0) + 1
+        out: dict[str, dict[str, Any]] = {}
+        for key in keys:
+            a = by_key.get(key)
+            if a is None:
+                out[key] = {"node": None, "gain": None, "reason": "not a GPU pod bound to a node"}
+                continue
+            out[key] = {"node": a.node, "gpus": a.k, **self._freed(a, per_node[a.node])}
+        return out
+
+    def _freed(self, a: Assumed, pods_on_node: int) -> dict[str, Any]:
+        base = self.base.get(a.node)
+        if base is None or base.topology is None:
+            return {"gain": None, "reason": f"GPU topology of node {a.node} unknown"}
+        if base.free_mask is None or base.allocation is None or base.allocation.allocated is None:
+            return {"gain": None, "reason": f"GPU allocation of node {a.node} unknown"}
+        if pods_on_node != 1:
+            return {
+                "gain": None,
+                "reason": f"{pods_on_node} GPU pods share node {a.node}: whose GPUs are which is unpublished",
+            }
+        topo = base.topology
+        held = base.allocation.allocated
+        mask = 0
+        for i, g in enumerate(topo.gpus):
+            if g.id in held or (g.uuid is not None and g.uuid in held):
+                mask |= 1 << i
+        if mask.bit_count() != a.k:
+            return {
+                "gain": None,
+                "reason": f"node {a.node} publishes {mask.bit_count()} GPUs held, the pod asks {a.k}",
+            }
+        return {"gain": round(freed_value(topo, base.free_mask, mask), 4), "reason": ""}
 
     def _excluded_by(self, pod: dict[str, Any]) -> tuple[bytes, frozenset[str]]:
         """The nodes this pod may not go to (nodefit.excluded), cached per distinct selectors and

@@ -23,6 +23,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "explain": ("POST", "/explain"),
     "explain_get": ("GET", "/explain"),
     "placeable": ("POST", "/placeable"),
+    "freeing": ("POST", "/freeing"),
     "healthz": ("GET", "/healthz"),
     "readyz": ("GET", "/readyz"),
     "metrics": ("GET", "/metrics"),

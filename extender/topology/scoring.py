@@ -54,6 +54,7 @@ __all__ = [
     "best_tier",
     "choose_gpus",
     "decide_raw",
+    "freed_value",
     "materialize",
     "required_scope_tier",
     "score_node",
@@ -273,6 +274,17 @@ def best_tier(topo: Topology, k: int) -> Tier | None:
             hit = next((t for t in tiers if _greedy_group(w, topo, idx, t) >= k), Tier.CROSS_SOCKET)
         w.memo[key] = hit
     return hit  # type: ignore[no-any-return]
+
+
+def freed_value(topo: Topology, free_mask: int, mask: int) -> float:
+    """What freeing the GPUs in `mask` gives back to later pods: value(free + mask) - value(free), the value
+    being the residual's (best packings of 2, 4, 8, ... GPU groups, each worth its quality, each size counting
+    at most 1). Freeing the last busy half of an NVSwitch box gives most (a whole 8-GPU set and two more
+    4-GPU ones); freeing one GPU whose neighbours stay busy gives nothing (stranded)."""
+    w = wiring(topo)
+    full = (1 << len(topo)) - 1
+    free_mask &= full
+    return _value(w, topo, free_mask | (mask & full)) - _value(w, topo, free_mask)
 
 
 def _most(count: int) -> str:

@@ -211,3 +211,44 @@ def test_identical_boxes_share_the_work(fixture: str) -> None:
     views = [view(f"n{i}", fixture, [0]) for i in range(200)]
     first = placeable(views, 2, None)
     assert len({id(s) for s in first.nodes.values()}) == 1  # one NodeSlots per (wiring, free mask, k)
+
+
+# ------------------------------------------------------------------ /freeing (scale-down victims, section 3)
+
+
+def test_freed_value_prefers_completing_the_best_set_and_gives_nothing_for_stranded_gpus() -> None:
+    from toposcale.extender.topology.scoring import freed_value
+
+    hgx = topology("hgx-h100-nvswitch-8gpu", "x")
+    a6000 = topology("a6000-8gpu-nvlink-bridge-pairs", "y")
+    l40s = topology("l40s-4gpu-two-per-socket", "z")
+    whole_nvswitch = freed_value(hgx, 0b11110000, 0b00001111)  # the last busy half of an NVSwitch box
+    pairs_back = freed_value(a6000, 0b10101010, 0b01010101)  # one GPU of every NVLink pair
+    small_box = freed_value(l40s, 0, 0b1111)
+    assert whole_nvswitch > pairs_back > small_box > 0
+    assert freed_value(a6000, 0b11111100, 0b10) == 0.0  # GPU 1 alone: its partner stays busy
+
+
+async def test_freeing_endpoint_names_the_gain_or_why_not(serve: Any) -> None:
+    nodes = [
+        node_obj("x", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]),
+        node_obj("z", "l40s-4gpu-two-per-socket", [0, 1, 2, 3]),
+        node_obj("two", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]),
+    ]
+    bound = []
+    for name, node in (("a", "x"), ("b", "z"), ("c", "two"), ("d", "two")):
+        p = pod_obj(name, 4 if name != "c" else 2, node=node, phase="Running", namespace="llm")
+        p["metadata"]["uid"] = f"uid-{name}"
+        p["status"]["startTime"] = "2020-01-01T00:00:00Z"  # long running: in the annotation, not assumed
+        bound.append(p)
+    st = synced_state(nodes, bound)
+    async with serve(state=st) as s:
+        code, doc = await s.post("/freeing", {"pods": ["llm/a", "llm/b", "llm/c", "llm/gone"]})
+        assert code == 200, doc
+        got = doc["pods"]
+        assert got["llm/a"]["node"] == "x" and got["llm/a"]["gain"] > got["llm/b"]["gain"] > 0
+        assert got["llm/c"]["gain"] is None and "2 GPU pods share node two" in got["llm/c"]["reason"]
+        assert got["llm/gone"] == {"node": None, "gain": None, "reason": "not a GPU pod bound to a node"}
+        for body in (b"{", {"pods": "llm/a"}, {"pods": ["no-namespace"]}):
+            code, status = await s.post("/freeing", body if isinstance(body, bytes) else orjson.dumps(body))
+            assert code == 400 and status["reason"] == "BadRequest", status
