@@ -94,6 +94,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "targets answering (pods, GPU exporters; in Prometheus mode where `up` tells), a metric is a "
              "503 naming the failed ones (default 0.5)",
     )
+    victims = parser.add_argument_group(
+        "scale-down victim choice (off by default)",
+        "Keep controller.kubernetes.io/pod-deletion-cost on the serving pods so that a scale-down deletes "
+        "the pod with the fewest requests in flight whose GPUs, freed, give most back (adapter/victims.py). "
+        "Needs RBAC patch on pods in that namespace.",
+    )
+    victims.add_argument("--pod-deletion-cost", action="append", default=[], metavar="NAMESPACE/SELECTOR",
+                         help="rank and annotate these pods, e.g. llm/app=vllm-qwen (repeatable)")
+    victims.add_argument("--pod-deletion-cost-interval", type=finite_number(unit="number of seconds"),
+                         default=15.0, help="seconds between rankings (default 15)")
+    victims.add_argument("--pod-deletion-cost-patches-per-minute", type=finite_number(unit="number"),
+                         default=30.0, help="pod patches per minute at most, bursts of 10 (default 30)")
+    ext = parser.add_argument_group("extender client (placement: /freeing)")
+    ext.add_argument("--extender-url", help="toposcale extender's base URL, e.g. http://toposcale-extender:8888")
+    ext.add_argument("--extender-ca-file", help="CA bundle to verify the extender's TLS certificate")
+    ext.add_argument("--extender-bearer-token-file", help="send 'Authorization: Bearer <file content>'")
+    ext.add_argument("--extender-insecure-skip-verify", action="store_true", help="do not verify TLS")
     from .security import options as security_options  # light: flags only, no cryptography import
 
     security_options.add_arguments(parser)
@@ -237,6 +254,8 @@ async def _run(args: argparse.Namespace) -> int:
             },
         )
         on_stop = []
+        if args.pod_deletion_cost:
+            on_stop.append(await _start_victims(args, rules, source))
         if args.keda_grpc_port is not None:
             on_stop.append(await _start_keda(args, host, app[HANDLERS_KEY], security, metrics))
         try:
@@ -250,6 +269,27 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         await security.close()
     return 0
+
+
+async def _start_victims(args: argparse.Namespace, rules: Any, source: Any) -> Any:
+    """Start the pod-deletion-cost keeper (adapter/victims_keeper.py); returns its stop hook."""
+    from toposcale import kube
+
+    from . import victims_keeper as vk
+
+    targets = [vk.Target.parse(t) for t in args.pod_deletion_cost]
+    extender = None
+    if args.extender_url:
+        extender = vk.ExtenderClient(
+            args.extender_url, ca_file=args.extender_ca_file,
+            bearer_token_file=args.extender_bearer_token_file,
+            insecure_skip_verify=args.extender_insecure_skip_verify,
+        )
+    keeper = vk.DeletionCostKeeper(
+        await kube.api_client(args.kubeconfig), source, rules.by_name(), targets, extender=extender,
+        interval=args.pod_deletion_cost_interval, per_minute=args.pod_deletion_cost_patches_per_minute,
+    )
+    return await vk.start(keeper)
 
 
 async def _start_keda(args: argparse.Namespace, host: str | None, handlers: Any, security: Any,
