@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from typing import Any
 
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src.add_argument(
         "--kubeconfig",
-        help="scrape pods found through the Kubernetes API with this kubeconfig (default: in-cluster)",
+        help="the Kubernetes API to find pods with: in scrape mode the pods scraped, with --prometheus-url "
+        "the pods expected (default: in-cluster)",
     )
     parser.add_argument(
         "--rules", metavar="FILE", help="metric rules YAML replacing the built-in default rules"
@@ -186,6 +188,13 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
     if args.prometheus_url and args.scrape_targets:
         raise ValueError("use either --prometheus-url or --scrape-targets, not both")
     if args.prometheus_url:
+        pods = None
+        if args.kubeconfig or os.environ.get("KUBERNETES_SERVICE_HOST"):
+            # In a cluster (or told where one is): the pods that exist now are the expected ones, not every
+            # `up` series Prometheus still holds (a deleted pod's outlives it by two scrape intervals).
+            from toposcale import kube
+
+            pods = KubePods(await kube.api_client(args.kubeconfig), ttl=max(args.cache_ttl, 1.0))
         return PrometheusSource(
             args.prometheus_url,
             timeout=args.prometheus_timeout,
@@ -197,6 +206,7 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
             on_error=metrics.source_error,
             on_coverage=metrics.served.record_coverage,
             min_answered_share=args.min_answered_share,
+            pods=pods,
         )
     if args.scrape_targets:
         finder: Any = TargetsFile(args.scrape_targets)  # re-read when it changes

@@ -98,6 +98,34 @@ def check_coverage(rule: Rule, coverage: Coverage, default_share: float = DEFAUL
         )
 
 
+def value_series(rule: Rule) -> list[str]:
+    """The series names a target must expose to count towards the rule: a histogram's buckets, else every
+    generation of its series and its denominators."""
+    if rule.aggregation == "histogram_quantile":
+        return [rule.series[0] + "_bucket"]
+    return list(dict.fromkeys([*rule.series, *rule.denominator]))
+
+
+def exposes(rule: Rule, samples: Iterable[Sample]) -> bool:
+    names = set(value_series(rule))
+    return any(s.name in names for s in samples)
+
+
+def lacking(rule: Rule, who: str) -> str:
+    """How a target that answered without any of the rule's series is named among the missing."""
+    return f"{who}: exposes none of {', '.join(value_series(rule))}"
+
+
+def series_absent(rule: Rule, answered: int) -> SourceUnavailable:
+    """Targets answered, none with any of the rule's series: a series name no target exports (a typo, or an
+    older vLLM) must not read as "the selector matched no pods" (200, `items: []`)."""
+    names = value_series(rule)
+    return SourceUnavailable(
+        f"{rule.name}: none of the {answered} targets that answered exposes "
+        f"{names[0] if len(names) == 1 else 'any of ' + ', '.join(names)}: the series is absent"
+    )
+
+
 def extrapolate(rule: Rule, value: float, coverage: Coverage) -> float:
     """The value over the expected targets from the value over those that answered: a sum is scaled by
     expected/answered (each missing pod counted as the mean of those that answered); an average, max, min,
@@ -161,7 +189,10 @@ def aggregate(rule: Rule, pods: Iterable[PodSamples]) -> float | None:
                     buckets[le] = buckets.get(le, 0.0) + s.value
         if not seen:
             return None
-        return histogram_quantile(rule.quantile, buckets)
+        try:
+            return histogram_quantile(rule.quantile, buckets)
+        except SourceUnavailable as exc:  # pure, rule-less: the metric's name goes first, as in every 503
+            raise SourceUnavailable(f"{rule.name}: {exc}") from None
     if rule.aggregation == "ratio":
         num = [s.value for p in pods for s in pick_generation(p.samples, rule.series)]
         den = [s.value for p in pods for s in p.samples if s.name in rule.denominator]

@@ -4,13 +4,15 @@ The two parts come back as two series told apart by the `toposcale_part` label, 
 round trip. Generations (`series` with several names) use `or`, which keeps a pod's newer series and adds the
 older name only for pods that lack it (set operators match label sets without the metric name).
 Where the selected pods' scrape health can be read (a workload rule without `prometheus_query`: the selector
-and namespace apply to the `up` series of the pods' targets, as to their samples), two more parts say how many
-pods were expected (`count by (namespace, pod)` of their `up` series) and which are missing: a target down
-(`up == 0`) and no series of the rule from that pod (Prometheus marked them stale when the scrape failed).
+and namespace apply to the `up` series of the pods' targets, as to their samples), three more parts say which
+pods are expected (one `target` series per pod with an `up` series, kept to the pods kube-state-metrics lists
+when it lists any in the namespace) and which are missing: a target down (`up == 0`) with no series of the
+rule left (Prometheus marked them stale when the scrape failed), or a target up that exposes none of them.
 """
 
 from __future__ import annotations
 
+from .model import value_series
 from .rules import Rule
 from .selectors import Selector, _promql_string
 
@@ -93,19 +95,27 @@ def health_applies(rule: Rule) -> bool:
     return rule.gpu_owner is None and rule.prometheus_query is None
 
 
-def health_queries(rule: Rule, namespace: str, selector: Selector) -> tuple[str, str]:
-    """(expected, missing): the number of selected pods with an `up` series, and one series per pod whose
-    scrape fails (`up == 0`) and that has none of the rule's series."""
+def health_queries(rule: Rule, namespace: str, selector: Selector) -> tuple[str, str, str]:
+    """(targets, missing, lacking): one series per selected pod with an `up` series (its `up`), one per pod
+    whose scrape fails (`up == 0`) and that has none of the rule's series, one per pod scraped (`up == 1`)
+    that exposes none of them.
+
+    A pod the ReplicaSet deleted keeps its `up == 0` until Prometheus writes staleness markers, two scrape
+    intervals after the target left service discovery: counted, a 6 -> 2 scale-in read as "2 of 6 answered".
+    So where kube-state-metrics lists pods of the namespace (`kube_pod_info`, labels as the rule's; a deleted
+    pod is stale at its next scrape), only the pods it lists and does not show being deleted are targets;
+    where it lists none, every `up` is. (The Kubernetes API, when the adapter has it, narrows them further.)
+    """
     m = matchers(rule, namespace, selector)
     by = f"({rule.namespace_label}, {rule.pod_label})"
-    if rule.aggregation == "histogram_quantile":
-        names = [rule.series[0] + "_bucket"]
-    else:
-        names = list(dict.fromkeys([*rule.series, *rule.denominator]))
-    own = " or ".join(f"{n}{{{m}}}" for n in names)
-    expected = f"count(count by {by} (up{{{m}}}))"
+    own = " or ".join(f"{n}{{{m}}}" for n in value_series(rule))
+    ns = f"{rule.namespace_label}={_promql_string(namespace)}"
+    up = f"max by {by} (up{{{m}}})"
+    exists = f"(kube_pod_info{{{ns}}} unless on{by} kube_pod_deletion_timestamp{{{ns}}})"
+    targets = f"(({up} and on{by} {exists}) or ({up} unless on() kube_pod_info{{{ns}}}))"
     missing = f"(max by {by} (up{{{m}}} == 0) unless on{by} ({own}))"
-    return expected, missing
+    lacking = f"(max by {by} (up{{{m}}} == 1) unless on{by} ({own}))"
+    return targets, missing, lacking
 
 
 def combined_query(rule: Rule, namespace: str, selector: Selector) -> str:
@@ -113,8 +123,8 @@ def combined_query(rule: Rule, namespace: str, selector: Selector) -> str:
     age = age_query(rule, namespace, selector)
     parts = [(value, "value"), (age, "age")]
     if health_applies(rule):
-        expected, missing = health_queries(rule, namespace, selector)
-        parts += [(expected, "expected"), (missing, "missing")]
+        targets, missing, lacking = health_queries(rule, namespace, selector)
+        parts += [(targets, "target"), (missing, "missing"), (lacking, "lacking")]
     return " or ".join(f'label_replace({q}, "{PART_LABEL}", "{name}", "", "")' for q, name in parts)
 
 

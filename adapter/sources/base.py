@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+from typing import Any, Protocol
 
 from ..model import MetricValue
 from ..rules import Rule
@@ -21,3 +22,21 @@ class Source(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class OnceLog:
+    """Logs a problem the first time its key is seen, then stays quiet about it: an HPA asks every 15 s, and
+    the same answer each time says nothing new. Bounded: past `max_keys` it starts over."""
+
+    def __init__(self, logger: logging.Logger, max_keys: int = 4096) -> None:
+        self._logger = logger
+        self._seen: set[tuple[str, ...]] = set()
+        self._max_keys = max_keys
+
+    def warn(self, key: tuple[str, ...], message: str, **extra: Any) -> None:
+        if key in self._seen:
+            return
+        if len(self._seen) >= self._max_keys:
+            self._seen.clear()
+        self._seen.add(key)
+        self._logger.warning(message, extra=extra)

@@ -5,8 +5,11 @@ many wait for it, each call has a timeout, and there are no client-side retries 
 Bearer token file (re-read so rotated tokens work), CA file and custom headers serve Thanos/Mimir-style
 endpoints.
 For workload rules the query also reads the selected pods' `up` series (promql.health_queries): a pod whose
-scrape fails is expected but missing, and the rule's `on_missing`/`min_answered_share` apply as in scrape
-mode (model.check_coverage). GPU rules and `prometheus_query` rules have no such reading (README).
+scrape fails, or that exposes none of the rule's series, is expected but missing, and the rule's
+`on_missing`/`min_answered_share` apply as in scrape mode (model.check_coverage). Expected are only pods that
+exist now: those kube-state-metrics lists where it lists any, and, with a Kubernetes connection (`pods`), the
+Running and Ready pods the selector picks (a deleted pod's `up == 0` outlives it by two scrape intervals).
+GPU rules and `prometheus_query` rules have no such reading (README).
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ from ..model import (
     PodValue,
     check_coverage,
     extrapolate,
+    lacking,
+    series_absent,
 )
 from ..promql import PART_LABEL, combined_query, per_pod_query
 from ..rules import Rule
 from ..selectors import Selector
+from .base import OnceLog
+from .pods import PodFinder
 
 logger = logging.getLogger("toposcale.adapter.prometheus")
 TOKEN_REREAD_SECONDS = 60.0
@@ -56,7 +63,10 @@ class PrometheusSource:
         on_coverage: Any = None,
         min_answered_share: float = DEFAULT_MIN_ANSWERED_SHARE,
         token_reread_seconds: float = TOKEN_REREAD_SECONDS,
+        pods: PodFinder | None = None,
     ) -> None:
+        """`pods`: where the pods that exist now are listed (the Kubernetes API), or None: Prometheus' own
+        view (kube-state-metrics where it has it, else the `up` series)."""
         import requests
         from prometheus_api_client import PrometheusConnect
         from urllib3.util.retry import Retry
@@ -93,6 +103,8 @@ class PrometheusSource:
         self.on_error = on_error
         self.on_coverage = on_coverage
         self.min_answered_share = min_answered_share
+        self.pods = pods
+        self._absent = OnceLog(logger)
 
     def _initial_headers(self) -> dict[str, str]:
         try:
@@ -152,8 +164,13 @@ class PrometheusSource:
         value: tuple[float, float] | None = None
         age: float | None = None
         values: list[dict[str, str]] = []
-        expected: int | None = None
-        missing: list[str] = []
+        targets: set[tuple[str, str]] = set()
+        down: dict[tuple[str, str], str] = {}
+        without: dict[tuple[str, str], str] = {}
+
+        def key(labels: dict[str, str]) -> tuple[str, str]:
+            return labels.get(rule.namespace_label, namespace), labels.get(rule.pod_label, "?")
+
         for series in result:
             try:
                 part = series["metric"].get(PART_LABEL)
@@ -167,12 +184,14 @@ class PrometheusSource:
                 values.append(series["metric"])
             elif part == "age":
                 age = number
-            elif part == "expected":
-                expected = int(number) if math.isfinite(number) else None
+            elif part == "target":
+                targets.add(key(series["metric"]))
             elif part == "missing":
-                labels = series["metric"]
-                who = f"{labels.get(rule.namespace_label, namespace)}/{labels.get(rule.pod_label, '?')}"
-                missing.append(f"{who}: Prometheus cannot scrape it (up == 0)")
+                ns, pod = key(series["metric"])
+                down[(ns, pod)] = f"{ns}/{pod}: Prometheus cannot scrape it (up == 0)"
+            elif part == "lacking":
+                ns, pod = key(series["metric"])
+                without[(ns, pod)] = lacking(rule, f"{ns}/{pod}")
         if len(values) > 1:
             # one external metric value per (metric, namespace, selector): picking one of several series
             # would serve whichever Prometheus listed last (the generated queries always aggregate to one)
@@ -187,8 +206,15 @@ class PrometheusSource:
                 f"e.g. sum(...) or max(...)"
             )
         coverage = None
-        if expected is not None and expected > 0:
-            coverage = Coverage(expected, tuple(sorted(missing)[:expected]))
+        if targets and self.pods is not None:
+            targets &= {(t.namespace, t.pod) for t in await self.pods.workload(rule, namespace, selector)}
+        if targets:
+            failed = sorted(v for k, v in (*down.items(), *without.items()) if k in targets)
+            coverage = Coverage(len(targets), tuple(failed))
+            answered = targets - down.keys()
+            if value is None and answered and answered <= without.keys():
+                # targets answered, none exposes any of the rule's series: not "the selector matched none"
+                raise self._series_absent(rule, namespace, len(answered))
             if self.on_coverage is not None:
                 self.on_coverage(rule.name, namespace, coverage.answered, coverage.expected)
             check_coverage(rule, coverage, self.min_answered_share)
@@ -241,6 +267,8 @@ class PrometheusSource:
             raise SourceUnavailable(
                 f"{rule.name}: Prometheus cannot scrape any of the {expected} selected pods"
             )
+        if answered > 0 and not any(s["metric"].get(PART_LABEL) == "value" for s in result):
+            raise self._series_absent(rule, namespace, answered)  # as in fetch: not "no pod selected"
         if self.on_coverage is not None and expected > 0:
             self.on_coverage(rule.name, namespace, answered, expected)
         return sorted(out, key=lambda v: v.pod)
@@ -258,8 +286,16 @@ class PrometheusSource:
             return str(exc)
         return None
 
+    def _series_absent(self, rule: Rule, namespace: str, answered: int) -> SourceUnavailable:
+        exc = series_absent(rule, answered)
+        self._absent.warn((rule.name, namespace), "no target exposes the rule's series",
+                          metric=rule.name, namespace=namespace, error=str(exc))
+        return exc
+
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.pods is not None:
+            await self.pods.close()
 
 
 def _settle_environment(session: Any, url: str) -> None:

@@ -38,12 +38,16 @@ from ..model import (
     aggregate,
     bucket_increase,
     check_coverage,
+    exposes,
     extrapolate,
+    lacking,
     parse_le,
     pod_value,
+    series_absent,
 )
 from ..rules import Rule, RuleSet
 from ..selectors import Selector
+from .base import OnceLog
 from .pods import PodFinder, Target
 
 logger = logging.getLogger("toposcale.adapter.scrape")
@@ -154,6 +158,7 @@ class ScrapeSource:
         self._session: aiohttp.ClientSession | None = None
         self._history: dict[str, _History] = {}
         self._remembered = 0
+        self._absent = OnceLog(logger)
         self.on_error = on_error
         self.on_coverage = on_coverage
         self.min_answered_share = min_answered_share
@@ -300,7 +305,15 @@ class ScrapeSource:
         else:
             sources = pods
         scrapes, errors = await self._scrape_all(sources)
-        coverage = Coverage(len(sources), tuple(errors))
+        # A target that answered without any of the rule's series is missing too (an older vLLM under a rule
+        # naming only the newer series must not drop out of an average silently); none having them is a 503.
+        without = [t for t in sources if t.url in scrapes and not exposes(rule, scrapes[t.url].samples)]
+        if scrapes and len(without) == len(scrapes):
+            raise self._series_absent(rule, namespace, len(scrapes))
+        for t in without:
+            del scrapes[t.url]
+        failed = (*errors, *(lacking(rule, f"{t.namespace}/{t.pod} ({t.url})") for t in without))
+        coverage = Coverage(len(sources), failed)
         if self.on_coverage is not None:
             self.on_coverage(rule.name, namespace, coverage.answered, coverage.expected)
         check_coverage(rule, coverage, self.min_answered_share)
@@ -339,6 +352,8 @@ class ScrapeSource:
             raise SourceUnavailable(
                 f"{rule.name}: all {len(pods)} selected pods failed: {'; '.join(errors[:5])}"
             )
+        if not any(exposes(rule, s.samples) for s in scrapes.values()):
+            raise self._series_absent(rule, namespace, len(scrapes))
         out: list[PodValue] = []
         for t in pods:
             scrape = scrapes.get(t.url)
@@ -349,6 +364,12 @@ class ScrapeSource:
                 continue
             out.append(PodValue(t.namespace, t.pod, value, scrape.at))
         return out
+
+    def _series_absent(self, rule: Rule, namespace: str, answered: int) -> SourceUnavailable:
+        exc = series_absent(rule, answered)
+        self._absent.warn((rule.name, namespace), "no target exposes the rule's series",
+                          metric=rule.name, namespace=namespace, error=str(exc))
+        return exc
 
     async def deployment_selector(self, namespace: str, name: str) -> str | None:
         """The label selector of Deployment `name` (None: no such Deployment); 404 without Kubernetes."""

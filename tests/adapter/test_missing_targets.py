@@ -22,7 +22,7 @@ from toposcale.adapter.sources.pods import KubePods, StaticTargets, Target
 from toposcale.adapter.sources.prometheus import PrometheusSource
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
+from tests.harness.exporters import DcgmExporter, Exporter, Gpu, VllmExporter
 from tests.harness.kube_standin import KubeStandIn
 from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
 from toposcale import kube
@@ -314,5 +314,168 @@ async def test_prometheus_reads_the_pods_up_series(serve_adapter) -> None:
                 await asyncio.sleep(0.1)
             code, reason, msg = status(*await adapter.metric("waiting", selector="app=vllm"))
             assert code == 503 and "all 2 targets failed" in msg and "ml/a" in msg and "ml/b" in msg
+        finally:
+            await asyncio.to_thread(prom.stop)
+
+
+# --- series no target exposes ----------------------------------------------------------------------------
+
+TYPO = Rule(name="typo", series=["vllm:num_requests_waitin"], aggregation="sum")
+KV_V1 = Rule(name="kv_v1", series=["vllm:kv_cache_usage_perc"], aggregation="avg")  # V1's name only
+KV_V1_SUM = KV_V1.model_copy(update={"name": "kv_v1_sum", "aggregation": "sum"})
+KV_V1_STRICT = KV_V1.model_copy(update={"name": "kv_v1_strict", "on_missing": "error"})
+TTFT = Rule(name="ttft_p90", series=["vllm:time_to_first_token_seconds"], aggregation="histogram_quantile",
+            quantile=0.9, window_seconds=60)
+ABSENT_RULES = RuleSet(rules=[TYPO, KV_V1, KV_V1_SUM, KV_V1_STRICT, TTFT])
+
+
+async def test_a_series_no_target_exposes_is_a_503_naming_it_logged_once(serve_adapter, caplog) -> None:
+    # It used to answer 200 `items: []`, which cannot be told from "the selector matched no pods".
+    a, b = VllmExporter(waiting=3), VllmExporter(waiting=5)
+    async with a, b:
+        source = ScrapeSource(StaticTargets([target(a, "a"), target(b, "b")]), ABSENT_RULES, ttl=0.0)
+        adapter = await serve_adapter(ABSENT_RULES, source, cache_ttl=0.0)
+        for _ in range(3):
+            code, reason, msg = status(*await adapter.metric("typo", selector="app=vllm"))
+            assert (code, reason) == (503, "ServiceUnavailable")
+            assert msg == "typo: none of the 2 targets that answered exposes vllm:num_requests_waitin: the " \
+                "series is absent"
+        logged = [r for r in caplog.records if r.getMessage() == "no target exposes the rule's series"]
+        assert len(logged) == 1 and logged[0].metric == "typo"
+        code, body = await adapter.metric("typo", selector="app=nothing")  # no pod selected: still empty
+        assert (code, body["items"]) == (200, [])
+        _, doc = await adapter.get("/apis/custom.metrics.k8s.io/v1beta2/namespaces/ml/pods/*/typo"
+                                   "?labelSelector=app%3Dvllm")
+        assert doc["code"] == 503, doc
+        assert "none of the 2 targets that answered exposes vllm:num_requests_waitin" in doc["message"]
+
+
+async def test_a_pod_without_any_of_the_rules_series_counts_as_missing(serve_adapter) -> None:
+    # A V0 pod under a rule naming only V1's series used to drop out of the average silently.
+    a = VllmExporter(waiting=3, kv_cache=0.2)
+    b = VllmExporter(generation="v0", waiting=5, kv_cache=0.6)
+    async with a, b:
+        source = ScrapeSource(StaticTargets([target(a, "a"), target(b, "b")]), ABSENT_RULES, ttl=0.0)
+        adapter = await serve_adapter(ABSENT_RULES, source, cache_ttl=0.0)
+        code, reason, msg = status(*await adapter.metric("kv_v1_strict", selector="app=vllm"))
+        assert (code, reason) == (503, "ServiceUnavailable")
+        assert msg == f"kv_v1_strict: 1 of 2 targets failed (on_missing: error): ml/b ({b.url}): exposes " \
+            "none of vllm:kv_cache_usage_perc"
+        assert value((await adapter.metric("kv_v1_sum", selector="app=vllm"))[1]) == "400m"  # 0.2 x 2/1
+        assert value((await adapter.metric("kv_v1", selector="app=vllm"))[1]) == "200m"
+        text = await _metrics_text(adapter)
+        assert 'toposcale_adapter_targets_answered{metric="kv_v1",namespace="ml"} 1.0' in text
+        assert 'toposcale_adapter_targets_expected{metric="kv_v1",namespace="ml"} 2.0' in text
+
+
+async def test_a_quantile_over_targets_without_the_histogram_says_the_series_is_absent(serve_adapter) -> None:
+    # V0 pods export no TTFT histogram: it used to say "the first was just taken, ask again" forever.
+    a, b = VllmExporter(generation="v0"), VllmExporter(generation="v0")
+    now = [1000.0]
+    async with a, b:
+        source = ScrapeSource(StaticTargets([target(a, "a"), target(b, "b")]), ABSENT_RULES, ttl=0.0,
+                              clock=lambda: now[0])
+        adapter = await serve_adapter(ABSENT_RULES, source, cache_ttl=0.0)
+        for _ in range(3):
+            code, _, msg = status(*await adapter.metric("ttft_p90", selector="app=vllm"))
+            assert code == 503 and "just taken" not in msg
+            assert msg == "ttft_p90: none of the 2 targets that answered exposes " \
+                "vllm:time_to_first_token_seconds_bucket: the series is absent"
+            now[0] += 10
+
+
+async def test_a_quantile_without_observations_names_the_metric(serve_adapter) -> None:
+    a = VllmExporter()  # V1: the histogram is there, with no observations
+    now = [1000.0]
+    async with a:
+        source = ScrapeSource(StaticTargets([target(a, "a")]), ABSENT_RULES, ttl=0.0, clock=lambda: now[0])
+        adapter = await serve_adapter(ABSENT_RULES, source, cache_ttl=0.0)
+        code, _, msg = status(*await adapter.metric("ttft_p90", selector="app=vllm"))
+        assert code == 503 and "just taken" in msg  # true here: one scrape, no window yet
+        now[0] += 10
+        code, _, msg = status(*await adapter.metric("ttft_p90", selector="app=vllm"))
+        assert (code, msg) == (503, "ttft_p90: no observations in the window: the quantile is undefined")
+
+
+class TextExporter(Exporter):
+    """Serves `text` as it is: here, kube-state-metrics' `kube_pod_info` lines."""
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__()
+        self.text = text
+
+    def render(self) -> str:
+        return self.text
+
+
+def pod_info(*pods: str) -> str:
+    return "".join(f'kube_pod_info{{namespace="ml",pod="{p}",node="n"}} 1\n' for p in pods)
+
+
+async def _until(prom: PrometheusServer, promql: str) -> None:
+    for _ in range(200):
+        if await asyncio.to_thread(prom.query, promql):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"Prometheus never answered {promql}")
+
+
+async def test_prometheus_expects_the_pods_that_exist_now(serve_adapter, tmp_path: Path) -> None:
+    # After a scale-in the deleted pods' `up == 0` stays in Prometheus for two scrape intervals (here: for
+    # good, their static targets stay): they were counted as expected but down ("only 2 of 6 targets
+    # answered"), or extrapolated over. The pods that exist now come from the Kubernetes API when the
+    # adapter has it, else from kube-state-metrics' kube_pod_info where Prometheus has it. On the way, a V0
+    # pod under a V1-only rule and a series no pod exports, as in scrape mode.
+    a = VllmExporter(waiting=3, kv_cache=0.2)
+    b = VllmExporter(generation="v0", waiting=5, kv_cache=0.6)
+    d = VllmExporter(waiting=9, kv_cache=0.4)
+    ksm = TextExporter(pod_info("a", "b", "d"))
+    rules = RuleSet(rules=[SUM, STRICT, TYPO, KV_V1_STRICT])
+    async with a, b, d, ksm, KubeStandIn() as k:
+        jobs = [ScrapeJob(n, [e.address], {"namespace": "ml", "pod": n, "app": "vllm"})
+                for n, e in (("a", a), ("b", b), ("d", d))]
+        prom = PrometheusServer([*jobs, ScrapeJob("ksm", [ksm.address], honor_labels=True)],
+                                scrape_interval="500ms")
+        try:
+            await asyncio.to_thread(prom.start)
+            await asyncio.to_thread(prom.wait_scraped, ["a", "b", "d", "ksm"])
+            await _until(prom, 'kube_pod_info{pod="d"}')
+            adapter = await serve_adapter(rules, PrometheusSource(prom.url, timeout=2), cache_ttl=0.0)
+            code, body = await adapter.metric("waiting_strict", selector="app=vllm")
+            assert (code, value(body)) == (200, "17")
+            code, _, msg = status(*await adapter.metric("typo", selector="app=vllm"))
+            assert (code, msg) == (503, "typo: none of the 3 targets that answered exposes "
+                                        "vllm:num_requests_waitin: the series is absent")
+            _, doc = await adapter.get("/apis/custom.metrics.k8s.io/v1beta2/namespaces/ml/pods/*/typo"
+                                       "?labelSelector=app%3Dvllm")
+            assert doc["code"] == 503 and "the series is absent" in doc["message"], doc
+            code, _, msg = status(*await adapter.metric("kv_v1_strict", selector="app=vllm"))
+            assert code == 503
+            assert msg == "kv_v1_strict: 1 of 3 targets failed (on_missing: error): ml/b: exposes none of " \
+                "vllm:kv_cache_usage_perc"
+
+            await d.stop()  # the ReplicaSet deleted d: its target fails until it leaves discovery
+            await _until(prom, 'up{job="d"} == 0')
+            # Kubernetes lists a and b (d is gone), kube-state-metrics has not been scraped since
+            k.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"},
+                   "status": {"phase": "Active"}})
+            k.add(pod("a", "ml", {"app": "vllm"}, "127.0.0.1"))
+            k.add(pod("b", "ml", {"app": "vllm"}, "127.0.0.1"))
+            pods = KubePods(await kube.api_client(k.write_kubeconfig(tmp_path / "kubeconfig")), ttl=0.0)
+            with_kube = await serve_adapter(rules, PrometheusSource(prom.url, timeout=2, pods=pods),
+                                            cache_ttl=0.0)
+            code, body = await with_kube.metric("waiting_strict", selector="app=vllm")
+            assert (code, value(body)) == (200, "8"), body  # a and b; not "1 of 3 failed"
+            code, body = await with_kube.metric("waiting", selector="app=vllm")
+            assert (code, value(body)) == (200, "8")  # not extrapolated to 12 over a pod that is gone
+            # without Kubernetes: kube-state-metrics still lists d, so d is expected and down
+            code, _, msg = status(*await adapter.metric("waiting_strict", selector="app=vllm"))
+            assert code == 503 and "ml/d: Prometheus cannot scrape it (up == 0)" in msg
+            ksm.text = pod_info("a", "b")  # its next scrape: d's kube_pod_info goes stale at once
+            await _until(prom, 'absent(kube_pod_info{pod="d"})')
+            code, body = await adapter.metric("waiting_strict", selector="app=vllm")
+            assert (code, value(body)) == (200, "8"), body
+            text = await _metrics_text(adapter)
+            assert 'toposcale_adapter_targets_expected{metric="waiting_strict",namespace="ml"} 2.0' in text
         finally:
             await asyncio.to_thread(prom.stop)
