@@ -4,6 +4,7 @@
 # Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) built from the
 # Kubernetes sources with Go >= 1.26 by scripts/kube.sh (the first build on a machine takes minutes; cached),
 # the real helm v4 (scripts/helm.sh), NVIDIA's go-gpuallocator (scripts/gpuallocator.sh, needs a C compiler),
+# apimachinery's labels.Parse (scripts/labelsparse.sh),
 # KEDA (scripts/keda.sh) and the container image built with buildah (scripts/build-image.sh, needs root or sudo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +69,13 @@ echo "==> go-gpuallocator probe (scripts/gpuallocator.sh bin)"
 gpa_bin="$(./scripts/gpuallocator.sh bin)" || { echo "test.sh: the go-gpuallocator probe could not be built" >&2; exit 1; }
 export TOPOSCALE_GPUALLOCATOR_BIN="$gpa_bin"
 echo "    $gpa_bin"
-phase "helm + go-gpuallocator builds"
+# labels.Parse of k8s.io/apimachinery v0.37.2, for the adapter's selector differential test (seconds: the
+# tests/kube module, whose modules the Kubernetes build above downloaded).
+echo "==> labels.Parse probe (scripts/labelsparse.sh bin)"
+lp_bin="$(./scripts/labelsparse.sh bin)" || { echo "test.sh: the labels.Parse probe could not be built" >&2; exit 1; }
+export TOPOSCALE_LABELSPARSE_BIN="$lp_bin"
+echo "    $lp_bin"
+phase "helm, gpuallocator, labels.Parse"
 
 # KEDA's operator and metrics server (tests/keda): every scaler's cloud SDK is compiled in, about 3,700
 # packages, 9-13 minutes on 2 cores the first time, then cached like the others.

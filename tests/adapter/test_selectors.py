@@ -153,6 +153,11 @@ GO_VALID = [
     ("x in (,)", [("x", "in", ("",))]),
     ("x in (,a)", [("x", "in", ("", "a"))]),
     ("x in (a,,,b)", [("x", "in", ("", "a", "b"))]),
+    # two empty values before ")": the second comma is read again by the next turn (issue 24)
+    ("app in (qwen,,)", [("app", "in", ("", "qwen"))]),
+    ("app in (,,)", [("app", "in", ("",))]),
+    ("x notin (a, ,)", [("x", "notin", ("", "a"))]),
+    ("x in (,a,,b,,)", [("x", "in", ("", "a", "b"))]),
     # Go's lexer reads byte 0 as the end of the string where a token starts
     ("x=a \x00junk", [("x", "=", ("a",))]),
     ("x=a,\x00y", [("x", "=", ("a",)), ("y", "exists", ())]),  # inside a token it is only skipped
@@ -207,7 +212,8 @@ async def test_the_adapter_answers_selectors_labels_parse_accepts(rules, serve_a
         source = ScrapeSource(StaticTargets([Target(e.url, "ml", "p0", labels)]), rules, ttl=0.0)
         adapter = await serve_adapter(rules, source)
         for selector, value in [("app=vllm,in", "3"), ("notin=in,app", None), ("app notin ( )", "3"),
-                                ("app in ()", None), ("in in (x),app", "3")]:
+                                ("app in ()", None), ("in in (x),app", "3"), ("app in (vllm,,)", "3"),
+                                ("app in (,,)", None), ("app notin (chat, ,)", "3")]:
             code, body = await adapter.metric("vllm_requests_waiting", selector=selector)
             assert code == 200, (selector, body)
             assert [i["value"] for i in body["items"]] == ([value] if value else []), selector
