@@ -75,8 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # parse_known_args, then the subcommand's own error: argparse would blame an unknown flag after the
     # subcommand (`extender --standlone`) on the top-level parser and print the top-level usage.
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["simulate", "autoscale"]:  # a subcommand of simulate with its own parser
+        from .autoscale.cli import main as autoscale_main
+
+        return autoscale_main(argv[2:])
+    parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         command_at = argv.index(args.command)

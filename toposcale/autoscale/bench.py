@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from toposcale.serving.profile import Profile
 
-from .cluster import ClusterView, SimConfig, Simulation
+from .cluster import ClusterView, SimConfig, Simulation, TimelinePoint
 from .desired import TARGET_UTILISATION, Capacity
 from .policies import NAMES, make
 from .policies.base import PolicyContext
@@ -171,6 +171,83 @@ def summarise(sim: Simulation) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class SeedResult:
+    seed: int
+    ceiling: float
+    summaries: dict[str, dict[str, float]]
+    timelines: dict[str, list[TimelinePoint]]  # kept only when asked (for --plot)
+
+
+def initial_replicas(trace: Trace, cap: Capacity, cfg: BenchConfig) -> int:
+    """The Deployment starts sized for its first cold-start horizon, as a running service would be (every
+    policy, the clairvoyant included, starts from the same count)."""
+    first = window_demand(trace, cap)[: 2 + int(cfg.cold_start_s // WINDOW_S)]
+    return max(1, math.ceil(max(first) / TARGET_UTILISATION))
+
+
+def run_seed(
+    base: Trace,
+    profile: Profile,
+    cfg: BenchConfig,
+    policies: list[str],
+    seed: int,
+    scale: float,
+    keep_timelines: bool = False,
+    progress: Callable[[str], None] = lambda s: None,
+) -> SeedResult:
+    """Every policy over one seeded replay of the trace."""
+    cap = Capacity.from_profile(profile, cfg.tpot_slo_s)
+    trace = replay(base, scale, seed)
+    initial = initial_replicas(trace, cap, cfg)
+    top = ceiling(trace, profile, cfg)
+    progress(f"{base.name} seed {seed}: {len(trace)} requests (x{scale:.2f}), clairvoyant search")
+    _counts, csim = search_clairvoyant(trace, profile, cfg, cfg.target_attainment * top, initial)
+    cv = summarise(csim)
+    out: dict[str, dict[str, float]] = {}
+    lines: dict[str, list[TimelinePoint]] = {}
+    for name in policies:
+        if name == "clairvoyant":
+            s, sim = dict(cv), csim
+        else:
+            progress(f"{base.name} seed {seed}: {name}")
+            sim = run_policy(name, trace, profile, cfg, initial)
+            s = summarise(sim)
+        s["gpu_hours_vs_clairvoyant"] = s["gpu_hours"] / cv["gpu_hours"] if cv["gpu_hours"] else math.nan
+        out[name] = s
+        if keep_timelines:
+            lines[name] = sim.timeline
+    return SeedResult(seed, top, out, lines)
+
+
+def report(base: Trace, profile: Profile, cfg: BenchConfig, scale: float, results: list[SeedResult]) -> dict:
+    """The report for one trace: every policy, mean over the seeds (the acceptance's JSON shape)."""
+    names = list(results[0].summaries)
+    pol = {
+        n: {k: sum(r.summaries[n][k] for r in results) / len(results) for k in results[0].summaries[n]}
+        for n in names
+    }
+    top = sum(r.ceiling for r in results) / len(results)
+    return {
+        "trace": base.name,
+        "profile": profile.name,
+        "profile_status": profile.status,
+        "rate_scale": round(scale, 4),
+        "seeds": [r.seed for r in results],
+        "slo": {"ttft_s": cfg.ttft_slo_s, "tpot_s": cfg.tpot_slo_s},
+        "slo_ceiling": top,
+        "attainment_target": cfg.target_attainment * top,
+        "cold_start_s": cfg.cold_start_s,
+        "policies": pol,
+    }
+
+
+def default_scale(base: Trace, profile: Profile, cfg: BenchConfig, rate_scale: float | None) -> float:
+    if rate_scale is not None:
+        return rate_scale
+    return auto_rate_scale(base, Capacity.from_profile(profile, cfg.tpot_slo_s))
+
+
 def bench_trace(
     base: Trace,
     profile: Profile,
@@ -179,46 +256,11 @@ def bench_trace(
     seeds: list[int],
     rate_scale: float | None,
     progress: Callable[[str], None] = lambda s: None,
-) -> dict[str, object]:
-    """The report for one trace: every policy, mean over the seeds."""
-    cap = Capacity.from_profile(profile, cfg.tpot_slo_s)
-    scale = rate_scale if rate_scale is not None else auto_rate_scale(base, cap)
-    per: dict[str, list[dict[str, float]]] = {p: [] for p in policies}
-    ceilings = []
-    for seed in seeds:
-        trace = replay(base, scale, seed)
-        first = window_demand(trace, cap)[:2]
-        initial = max(1, math.ceil(max(first) / TARGET_UTILISATION))
-        top = ceiling(trace, profile, cfg)
-        ceilings.append(top)
-        target = cfg.target_attainment * top
-        progress(f"{base.name} seed {seed}: {len(trace)} requests (x{scale:.2f}), clairvoyant search ...")
-        _counts, csim = search_clairvoyant(trace, profile, cfg, target, initial)
-        cv = summarise(csim)
-        for name in policies:
-            if name == "clairvoyant":
-                s = cv
-            else:
-                progress(f"{base.name} seed {seed}: {name}")
-                s = summarise(run_policy(name, trace, profile, cfg, initial))
-            s = dict(s)
-            s["gpu_hours_vs_clairvoyant"] = s["gpu_hours"] / cv["gpu_hours"] if cv["gpu_hours"] else math.nan
-            per[name].append(s)
-    out: dict[str, dict[str, float]] = {}
-    for name, runs in per.items():
-        out[name] = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
-    return {
-        "trace": base.name,
-        "profile": profile.name,
-        "profile_status": profile.status,
-        "rate_scale": round(scale, 4),
-        "seeds": seeds,
-        "slo": {"ttft_s": cfg.ttft_slo_s, "tpot_s": cfg.tpot_slo_s},
-        "slo_ceiling": sum(ceilings) / len(ceilings),
-        "attainment_target": cfg.target_attainment * sum(ceilings) / len(ceilings),
-        "cold_start_s": cfg.cold_start_s,
-        "policies": out,
-    }
+) -> dict:
+    """One trace, every seed in this process."""
+    scale = default_scale(base, profile, cfg, rate_scale)
+    results = [run_seed(base, profile, cfg, policies, s, scale, progress=progress) for s in seeds]
+    return report(base, profile, cfg, scale, results)
 
 
 ALL = NAMES

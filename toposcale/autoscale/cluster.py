@@ -56,6 +56,7 @@ class Replica:
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     t: float
+    grid: bool  # on the 15 s sync grid (a direct scrape at the sync); else a Prometheus scrape between syncs
     ready: int
     starting: int  # Starting (loading) replicas
     pending: int
@@ -129,8 +130,7 @@ class ClusterView:
                 break
             if s.t > t + 1e-9:
                 continue
-            on_grid = abs((s.t / 15.0) - round(s.t / 15.0)) < 1e-6
-            if on_grid != prometheus:
+            if s.grid != prometheus:
                 out.append(s)
         out.reverse()
         return out
@@ -225,13 +225,19 @@ class Simulation:
                         self._route(req)
 
     # ---- traffic ------------------------------------------------------------------------------------------
-    def _route(self, req: Request) -> None:
-        ready = [r for r in self.replicas if r.phase == "Ready"]
+    def _route(self, req: Request, ready: list[Replica] | None = None) -> None:
+        if ready is None:
+            ready = [r for r in self.replicas if r.phase == "Ready"]
         if not ready:
             self.front_door.append(req)
             return
         if self.cfg.router == "least":
-            target = min(ready, key=lambda r: (r.model.outstanding, r.rid))
+            target = ready[0]
+            best = target.model.outstanding
+            for r in ready[1:]:
+                o = r.model.outstanding
+                if o < best:
+                    target, best = r, o
         else:
             self.rr += 1
             target = ready[self.rr % len(ready)]
@@ -251,17 +257,25 @@ class Simulation:
         cfg = self.cfg
         end = cfg.until_s if cfg.until_s is not None else self.trace.span_s + 120.0
         view = ClusterView(self)
-        next_snap, next_policy = 0.0, 0.0
+        snap_k = 0
+        self._snapshot(0.0, grid=True)
+        snap_k = 1
+        next_policy = self.policy.interval_s
         tr = self.trace
         n = len(tr)
         dt = cfg.dt
+        k = 0
         while self.now < end - 1e-9:
-            t0, t1 = self.now, self.now + dt
+            k += 1
+            t0, t1 = self.now, k * dt
             # arrivals of the slice (in order; they carry their exact time)
             i = self._next_arrival
-            while i < n and tr.t[i] < t1:
-                self._route(Request(arrival=max(tr.t[i], t0), prompt=tr.prompt[i], output=tr.output[i]))
-                i += 1
+            if i < n and tr.t[i] < t1:
+                ready = [r for r in self.replicas if r.phase == "Ready"]
+                while i < n and tr.t[i] < t1:
+                    req = Request(arrival=max(tr.t[i], t0), prompt=tr.prompt[i], output=tr.output[i])
+                    self._route(req, ready)
+                    i += 1
             self._next_arrival = i
             holding = 0
             pending = 0
@@ -288,9 +302,9 @@ class Simulation:
             self.peak_pending = max(self.peak_pending, pending)
             self.now = t1
             self._lifecycle(t1)
-            if t1 >= next_snap - 1e-9:
-                self._snapshot(t1)
-                next_snap += SNAPSHOT_S
+            if t1 >= snap_k * SNAPSHOT_S - 1e-9:
+                self._snapshot(t1, grid=snap_k % 2 == 0)
+                snap_k += 1
             if t1 >= next_policy - 1e-9:
                 want = self.policy.decide(t1, view)
                 if want != self.spec:
@@ -339,7 +353,7 @@ class Simulation:
             for q in held:
                 self._route(q)
 
-    def _snapshot(self, t: float) -> None:
+    def _snapshot(self, t: float, grid: bool) -> None:
         ready = [r for r in self.replicas if r.phase == "Ready"]
         util = []
         for r in ready:
@@ -350,6 +364,7 @@ class Simulation:
         self.snaps.append(
             Snapshot(
                 t=t,
+                grid=grid,
                 ready=len(ready),
                 starting=sum(1 for r in self.replicas if r.phase == "Starting"),
                 pending=sum(1 for r in self.replicas if r.phase == "Pending"),

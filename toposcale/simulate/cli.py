@@ -39,6 +39,7 @@ def _policies(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from toposcale.logs import add_log_level_argument
 
+    parser.epilog = "toposcale simulate autoscale --help: the trace-driven autoscaling benchmark (issue 26)"
     parser.add_argument("--fleet", required=True, help="fleet YAML: nodes: [{topology: FILE, count: N}, ...]")
     parser.add_argument(
         "--pods", type=_positive_int, help="pods to replay (default 2000 generated, or the whole trace)"

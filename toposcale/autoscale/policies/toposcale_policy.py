@@ -37,8 +37,8 @@ def make(ctx: PolicyContext) -> HPAPolicy:
 
     def read(t: float, view: ClusterView) -> Readings:
         snaps = view.snapshots(t, RATE_WINDOW_S + 1, prometheus=False)
-        if not snaps:
-            raise MetricError("no scrape yet")
+        if len(snaps) < 2:
+            raise MetricError("a rate needs two scrapes")
         a, b = snaps[0], snaps[-1]
         span = b.t - a.t
         prompt = (b.prompt_tokens_total - a.prompt_tokens_total) / span if span > 0 else 0.0
