@@ -5,8 +5,10 @@
 #                                 kube-controller-manager, kube-scheduler and etcd
 #   ./scripts/kube.sh up DIR      start etcd + kube-apiserver (aggregator on) + kube-controller-manager
 #                                 + kube-scheduler on free loopback ports with PKI made for the run;
-#                                 writes DIR/admin.kubeconfig, DIR/env, DIR/*.log
-#   ./scripts/kube.sh down DIR    stop exactly the processes of that run (by PID) and remove DIR
+#                                 writes DIR/admin.kubeconfig, DIR/env, DIR/*.log (DIR: new or empty)
+#   ./scripts/kube.sh down DIR    stop exactly the processes of that run (by PID) and remove what `up` wrote,
+#                                 DIR itself only if `up` made it; a DIR `up` did not make (no .kube-sh-up
+#                                 marker) or that does not exist is refused: exit 1, nothing touched
 #
 # Builds are cached outside the checkout in ${XDG_CACHE_HOME:-~/.cache}/toposcale/kube/<version>-<go.sum hash>/,
 # so only the first run on a machine pays for them (about 6-10 minutes on 2 cores). Needs Go >= 1.26 and a Go
@@ -73,17 +75,23 @@ venv_python() {
   if [ -x "$root/.venv/bin/python" ]; then echo "$root/.venv/bin/python"; else echo python3; fi
 }
 
+# DIR as the caller means it: relative to the directory kube.sh was run from, not to the checkout it cds to
+# (`kube.sh down .` meant the checkout itself).
+abs_dir() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+
 cmd="${1:-}"
 case "$cmd" in
   bin-dir) bin_dir ;;
   up)
-    [ $# -eq 2 ] || die "usage: kube.sh up DIR"
+    [ $# -eq 2 ] && [ -n "$2" ] || die "usage: kube.sh up DIR"
+    dir="$(abs_dir "$2")"
     bins="$(bin_dir)"
-    cd "$root" && exec "$(venv_python)" -m tests.harness.kube_cluster up "$2" --bin-dir "$bins"
+    cd "$root" && exec "$(venv_python)" -m tests.harness.kube_cluster up "$dir" --bin-dir "$bins"
     ;;
   down)
-    [ $# -eq 2 ] || die "usage: kube.sh down DIR"
-    cd "$root" && exec "$(venv_python)" -m tests.harness.kube_cluster down "$2"
+    [ $# -eq 2 ] && [ -n "$2" ] || die "usage: kube.sh down DIR"
+    dir="$(abs_dir "$2")"
+    cd "$root" && exec "$(venv_python)" -m tests.harness.kube_cluster down "$dir"
     ;;
   *) die "usage: kube.sh bin-dir | up DIR | down DIR" ;;
 esac

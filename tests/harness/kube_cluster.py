@@ -14,7 +14,11 @@ sessions (so they outlive the command), waits until `/readyz` answers ok, and wr
 - `pki/` (cluster CA, front-proxy CA, serving and client certificates, the service-account signing key);
 - `etcd.log`, `kube-apiserver.log`, `kube-controller-manager.log`, `kube-scheduler.log`, and `etcd/` (data).
 
-`down` stops exactly the PIDs in DIR/env (SIGTERM, then SIGKILL after a grace period) and removes DIR.
+`up` marks DIR as its own first (`.kube-sh-up`, which also says whether `up` created DIR) and refuses a DIR
+that exists and is not empty. `down` refuses a DIR without that marker (exit 1, nothing stopped or removed),
+stops exactly the PIDs in DIR/env (SIGTERM, then SIGKILL after a grace period) and removes what `up` wrote:
+DIR itself only when `up` created it. A failed `up` cleans up the same way, so it never removes a DIR that
+existed before it.
 
 There is no kubelet: tests create Node objects themselves (tests/harness/kubelet.py plays a kubelet where one
 is needed). The node lifecycle controller is not run, so such Nodes are never tainted unreachable.
@@ -77,6 +81,13 @@ CONTROLLERS = (
     "persistentvolume-protection-controller",
 )
 READY_TIMEOUT_S = 120.0
+# Written by `up` into DIR before anything else: `down` acts only on a DIR holding it.
+MARKER = ".kube-sh-up"
+# What `up` and the components write into DIR (a DIR that existed before `up` keeps anything else).
+UP_ENTRIES = frozenset({
+    MARKER, "env", "env.tmp", "admin.kubeconfig", "controller-manager.kubeconfig", "scheduler.kubeconfig",
+    "audit-policy.yaml", "audit.log", "pki", "etcd", *(f"{name}.log" for name in COMPONENTS),
+})
 AUDIT_GROUP = "system:serviceaccounts:toposcale"
 AUDIT_POLICY = f"""apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -510,7 +521,11 @@ class Cluster:
         hpa_sync_period: str = "2s",
         with_scheduler: bool = True,
     ) -> None:
+        created = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / MARKER).exists():
+            mark = {"made_by": "kube.sh up", "created_dir": created}
+            (self.dir / MARKER).write_text(json.dumps(mark) + "\n")
         make_pki(self.pki_dir)
         for name in ("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
             self.ports[name] = free_port()
@@ -657,13 +672,42 @@ def _terminate(pid: int, grace: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def down(directory: Path) -> None:
-    if not (directory / "env").exists():
-        if directory.exists():
-            shutil.rmtree(directory, ignore_errors=True)
+def _remove_run(directory: Path) -> None:
+    """What `up` wrote into `directory` (its marker last), and `directory` itself only when `up` made it."""
+    try:
+        created = json.loads((directory / MARKER).read_text()).get("created_dir") is True
+    except (OSError, ValueError, AttributeError):
+        created = False  # unreadable: treat DIR as the user's
+    if created:
+        shutil.rmtree(directory, ignore_errors=True)
         return
-    Cluster.load(directory).stop()
-    shutil.rmtree(directory, ignore_errors=True)
+    for entry in sorted(directory.iterdir(), key=lambda e: e.name == MARKER):
+        if entry.name in UP_ENTRIES or (entry.name.startswith("audit-") and entry.name.endswith(".log")):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def down_refusal(directory: Path) -> str | None:
+    """Why `down` will not touch `directory` (one line), or None: it holds a control plane made by `up`."""
+    if not directory.exists():
+        return f"{directory} does not exist; nothing stopped, nothing removed"
+    if not directory.is_dir():
+        return f"{directory} is not a directory; nothing stopped, nothing removed"
+    if not (directory / MARKER).is_file():
+        return (f"{directory} holds no control plane made by `kube.sh up` (no {MARKER} marker); "
+                "nothing stopped, nothing removed")
+    return None
+
+
+def down(directory: Path) -> None:
+    """Stop the PIDs `up` recorded in directory/env and remove what `up` wrote (see `down_refusal`)."""
+    if (reason := down_refusal(directory)) is not None:
+        raise ValueError(reason)
+    if (directory / "env").exists():
+        Cluster.load(directory).stop()
+    _remove_run(directory)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -682,15 +726,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     up.add_argument("--no-scheduler", action="store_true", help="do not start kube-scheduler")
     up.add_argument("--hpa-sync-period", default="2s", help="kube-controller-manager's HPA sync period")
-    dn = sub.add_parser("down", allow_abbrev=False, help="stop the control plane of DIR and remove DIR")
+    dn = sub.add_parser(
+        "down", allow_abbrev=False,
+        help="stop the control plane `up` started in DIR, remove what `up` wrote (DIR too if `up` made it)",
+    )
     dn.add_argument("dir", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "down":
-        down(a.dir.resolve())
+        d = a.dir.resolve()
+        if (reason := down_refusal(d)) is not None:
+            print(f"kube.sh: down refused: {reason}", file=sys.stderr)
+            return 1
+        down(d)
         return 0
     d = a.dir.resolve()
-    if (d / "env").exists():
+    if (d / "env").exists() or (d / MARKER).exists():
         print(f"kube.sh: {d} already holds a control plane (kube.sh down {d} first)", file=sys.stderr)
+        return 1
+    if d.exists() and not d.is_dir():
+        print(f"kube.sh: {d} is not a directory", file=sys.stderr)
+        return 1
+    if d.is_dir() and any(d.iterdir()):
+        print(f"kube.sh: {d} is not empty: up writes into a new or an empty directory", file=sys.stderr)
         return 1
     start = time.monotonic()
     cluster = Cluster(dir=d, bin_dir=a.bin_dir.resolve())
@@ -700,9 +757,10 @@ def main(argv: list[str] | None = None) -> int:
             hpa_sync_period=a.hpa_sync_period,
             with_scheduler=not a.no_scheduler,
         )
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # a component that did not start; a missing or unrunnable binary
         print(f"kube.sh: {e}", file=sys.stderr)
-        shutil.rmtree(d, ignore_errors=True)
+        # start() stopped what it had started; never remove a DIR that existed before `up`
+        _remove_run(d)
         return 1
     print(
         f"kube.sh: control plane up in {time.monotonic() - start:.1f} s: {cluster.server} "
