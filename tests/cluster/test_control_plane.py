@@ -139,10 +139,11 @@ def test_down_of_a_path_that_does_not_exist_says_so(tmp_path: Path) -> None:
 
 
 def _failing_bins(tmp_path: Path) -> Path:
-    """Components that exit at once: `up` fails after it made the PKI and wrote into DIR."""
+    """Components that exit at once: `up` fails after it made the PKI and wrote into DIR. Every binary
+    kube.sh looks for in TOPOSCALE_KUBE_BIN_DIR is there, so it never starts a real build instead."""
     bins = tmp_path / "bins"
     bins.mkdir()
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"):
         (bins / name).write_text("#!/bin/sh\necho 'not a real component' >&2\nexit 1\n")
         (bins / name).chmod(0o755)
     return bins
