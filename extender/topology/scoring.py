@@ -28,11 +28,13 @@ Formula (README "Scoring"):
     score    = round(10 * (0.7 * quality + 0.3 * residual))     for k >= 2
     score    = round(10 * residual)                              for k == 1 (no link to rate)
 
-Required scope (pod annotation `toposcale.io/required-scope`): a set meets `nvlink` / `pcie-switch` /
-`host-bridge` / `numa` when its tier is that good or better; `numa` is also met by GPUs that share one
-known NUMA node (or, NUMA unknown, one CPU affinity) even when nvidia-smi shows SYS between them. The node
-is unresolvable when no k GPUs of the node can ever meet it (hardware), fails now when the free GPUs cannot
-(or the plugin might hand out a set that does not), and fits when every set the plugin may hand out meets it.
+Required scope (pod annotation `toposcale.io/required-scope`): `nvlink` / `pcie-switch` / `host-bridge` are
+link tiers, met when the set's weakest link is that good or better. `numa` is a span: the set lies on one
+NUMA node (or, NUMA unknown, one CPU affinity), whatever its links: NVLink across two sockets does not meet
+it, SYS within one socket (an RTX 4090 box) does. Where neither NUMA nor CPU affinity is known, only a PCIe
+path that stays inside one socket (PIX/PXB/PHB/NODE) proves it. The node is unresolvable when no k GPUs of
+the node can ever meet the scope (hardware), fails now when the free GPUs cannot (or the plugin might hand
+out a set that does not), and fits when every set the plugin may hand out meets it.
 
 Everything is memoized per (topology fingerprint, free-GPU mask, k): identical boxes share the work.
 """
@@ -211,12 +213,28 @@ def _excess(w: Wiring, topo: Topology, free: int, taken: int) -> float:
     return (loss - taken.bit_count() / w.n * total) / total
 
 
+def _pair_meets(w: Wiring, topo: Topology, a: int, b: int, need: Tier) -> bool:
+    """Whether two GPUs may be in one set of the scope: a link tier that good, or, for `numa` (a span, not a
+    tier), one known NUMA node / CPU affinity; where either is unknown, a PCIe path inside one socket (an
+    NVLink hides the path beneath it, so it proves nothing about sockets)."""
+    if need != Tier.NUMA:
+        return link_tier(topo.links[a][b]) <= need
+    ka, kb = w.keys[a], w.keys[b]
+    if ka is not None and kb is not None:
+        return bool(ka == kb)
+    return Tier.PCIE_SWITCH <= link_tier(topo.links[a][b]) <= Tier.NUMA
+
+
 def _meets(w: Wiring, topo: Topology, mask: int, need: Tier) -> bool:
-    """Whether a set satisfies a required scope: its tier is that good, or, for `numa`, its GPUs share one
-    known NUMA node / CPU affinity (GPUs of one NUMA node can still be SYS to each other)."""
-    if _tier(w, topo, mask) <= need:
-        return True
-    return need == Tier.NUMA and _span(w, mask) == 1
+    """Whether a set satisfies a required scope (every pair of its GPUs does, `_pair_meets`)."""
+    if need != Tier.NUMA:
+        return _tier(w, topo, mask) <= need
+    key = ("numa-span", mask)
+    hit = w.memo.get(key)
+    if hit is None:
+        hit = all(_pair_meets(w, topo, a, b, need) for a, b in combinations(indices_of(mask), 2))
+        w.memo[key] = hit
+    return hit  # type: ignore[return-value]
 
 
 def _max_group(w: Wiring, topo: Topology, mask: int, need: Tier) -> int:
@@ -227,7 +245,7 @@ def _max_group(w: Wiring, topo: Topology, mask: int, need: Tier) -> int:
         idx = indices_of(mask)
         hit = min(len(idx), 1)
         if w.n > _EXACT_PACKING_MAX:
-            hit = max(hit, _greedy_group(w, topo, idx, need))
+            hit = max(hit, _greedy_scope_group(w, topo, idx, need))
         else:
             for size in range(len(idx), 1, -1):
                 if any(_meets(w, topo, mask_of(c), need) for c in combinations(idx, size)):
@@ -235,6 +253,18 @@ def _max_group(w: Wiring, topo: Topology, mask: int, need: Tier) -> int:
                     break
         w.memo[key] = hit
     return hit  # type: ignore[return-value]
+
+
+def _greedy_scope_group(w: Wiring, topo: Topology, idx: tuple[int, ...], need: Tier) -> int:
+    """The largest group meeting the scope, grown greedily from each GPU (boxes of more than 12 GPUs)."""
+    best = 0
+    for start in idx:
+        group = [start]
+        for j in idx:
+            if j != start and all(_pair_meets(w, topo, j, g, need) for g in group):
+                group.append(j)
+        best = max(best, len(group))
+    return best
 
 
 def _greedy_group(w: Wiring, topo: Topology, idx: tuple[int, ...], need: Tier) -> int:

@@ -140,6 +140,35 @@ def test_required_scope(
         assert d.score == 0
 
 
+@pytest.mark.parametrize("name", ["hgx-h100-nvswitch-8gpu", "rtx4090-8gpu-all-sys"])
+def test_numa_scope_is_a_span_whatever_the_links(name: str) -> None:
+    # 3 GPUs free per socket. The HGX box used to pass a 4-GPU `numa` pod (score 9, "nvlink, 2 sockets")
+    # where the RTX 4090 box with the same free pattern refused it: `numa` is where the set lies.
+    d = decide(name, [3, 7], 4, "numa")
+    assert (d.fits, d.unresolvable, d.score) == (False, False, 0)
+    assert d.reason == "6 free GPUs but at most 3 on one NUMA node; pod needs 4 (required-scope numa)"
+    assert decide(name, [3, 7], 4, "any").fits  # without the scope it goes, across the sockets
+    d = decide(name, [], 8, "numa")
+    assert d.unresolvable and "at most 4 on one NUMA node" in d.reason
+    if name.startswith("hgx"):
+        d = decide(name, [3, 7], 3, "numa")  # three on one socket: NVLink and one NUMA node
+        assert d.fits and d.span == 1 and d.tier is Tier.NVLINK
+        assert decide(name, [3, 7], 4, "nvlink").fits  # the link tier is another scope, as it was
+
+
+def test_numa_scope_without_numa_or_cpu_affinity_needs_a_pcie_path_inside_a_socket() -> None:
+    from toposcale.extender.topology.model import GPU, Topology
+
+    def box(code: str) -> Topology:
+        links = [["X" if i == j else code for j in range(2)] for i in range(2)]
+        return Topology([GPU(id=f"g{i}", index=i) for i in range(2)], links)
+
+    assert score_node(box("PXB"), 0b11, 2, "numa").fits  # one PCIe switch tree: one socket
+    assert score_node(box("NODE"), 0b11, 2, "numa").fits
+    assert score_node(box("NV12"), 0b11, 2, "numa").unresolvable  # NVLink says nothing about sockets
+    assert score_node(box("SYS"), 0b11, 2, "numa").unresolvable
+
+
 def test_unknown_scope_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown required scope 'rack'"):
         required_scope_tier("rack")
