@@ -32,6 +32,7 @@ WITH_COMPONENTS: dict[str, tuple[str, list[str]]] = {
     ),
     "examples/qwen+podmonitors": ("examples/qwen", ["examples/qwen/podmonitors"]),
     "examples/qwen+shared-models": ("examples/qwen", ["examples/qwen/shared-models"]),
+    "examples/qwen+pod-deletion-cost": ("examples/qwen", ["examples/qwen/pod-deletion-cost"]),
 }
 
 
