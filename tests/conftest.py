@@ -57,3 +57,23 @@ def deployed(kube_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> 
     from tests.harness.deployed import deploy_toposcale
 
     return deploy_toposcale(kube_cluster, tmp_path_factory.mktemp("deploy"))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real helm binary (scripts/helm.sh bin, cached; tests/helm/README.md), for tests/helm and
+    tests/cluster/test_install_safety.py; its config/cache/data dirs in a temporary folder (nothing written
+    to ~). Not buildable (no Go, no module proxy): the tests fail with the reason, never skip."""
+    env_bin = os.environ.get("TOPOSCALE_HELM_BIN")
+    if env_bin and Path(env_bin).is_file():
+        path = Path(env_bin)
+    else:
+        helm_sh = ROOT / "scripts" / "helm.sh"
+        r = subprocess.run([str(helm_sh), "bin"], capture_output=True, text=True, timeout=3600)
+        if r.returncode != 0:
+            pytest.fail(f"the real helm could not be built (scripts/helm.sh bin):\n{r.stderr}", pytrace=False)
+        path = Path(r.stdout.strip().splitlines()[-1])
+    home = tmp_path_factory.mktemp("helm-home")
+    for var in ("HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME"):
+        os.environ[var] = str(home / var.lower())
+    return path

@@ -64,7 +64,7 @@ def test_prometheus_adapter_on_custom_metrics_is_left_alone_by_default() -> None
     assert r.conflicts == []
     assert any(
         "custom.metrics.k8s.io: v1beta1.custom.metrics.k8s.io served by prometheus-adapter" in line
-        and "leaves alone" in line
+        and "leaves it alone" in line
         for line in r.lines
     )
     # the opt-in claims the group: refused, naming the owner

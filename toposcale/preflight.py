@@ -216,9 +216,9 @@ def check(opts: Options, cluster: Cluster) -> Report:
             (a for a in cluster.apiservices if (a.get("spec") or {}).get("group") == group),
             key=lambda a: a["metadata"]["name"],
         )
-        what = "registers" if mine else "leaves alone"
+        what = "registers it" if mine else "leaves it alone"
         if not served:
-            r.lines.append(f"  {group}: not served; this install {what} it")
+            r.lines.append(f"  {group}: not served; this install {what}")
             continue
         for a in served:
             name = a["metadata"]["name"]
@@ -233,7 +233,7 @@ def check(opts: Options, cluster: Cluster) -> Report:
                     f"{_fix_for(group, owner(a))}"
                 )
             else:
-                r.lines.append(f"  {group}: {desc}: this install {what} it")
+                r.lines.append(f"  {group}: {desc}: this install {what}")
     # the kinds each variant needs
     r.lines.append("CRD kinds:")
     needs = {

@@ -48,7 +48,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "toposcale"
-HELM_SH = ROOT / "scripts" / "helm.sh"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 HELM_VERSION = "v4.3.2"
 
@@ -79,23 +78,6 @@ VARIANTS: dict[str, list[str]] = {
 
 
 # -- helm --
-
-
-@pytest.fixture(scope="session")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real helm binary; its config/cache/data dirs in a temporary folder (nothing written to ~)."""
-    env_bin = os.environ.get("TOPOSCALE_HELM_BIN")
-    if env_bin and Path(env_bin).is_file():
-        path = Path(env_bin)
-    else:
-        r = subprocess.run([str(HELM_SH), "bin"], capture_output=True, text=True, timeout=3600)
-        if r.returncode != 0:
-            pytest.fail(f"the real helm could not be built (scripts/helm.sh bin):\n{r.stderr}", pytrace=False)
-        path = Path(r.stdout.strip().splitlines()[-1])
-    home = tmp_path_factory.mktemp("helm-home")
-    for var in ("HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME"):
-        os.environ[var] = str(home / var.lower())
-    return path
 
 
 def run_helm(
