@@ -17,9 +17,16 @@ from .conftest import EXAMPLES, ROOT, TOPOSCALE
 POLICY_KEYS = {
     "placed": int,
     "pending": int,
+    "nvlink_share": float,
+    "pcie_switch_share": float,
+    "host_bridge_share": float,
+    "numa_share": float,
+    "sys_share": float,
     "single_numa_share": float,
     "best_tier_share": float,
     "cross_socket_share": float,
+    "first_4gpu_miss_load": (float, type(None)),  # null: no 4-GPU pod ever missed ("never")
+    "utilization_mean": float,
     "stranded_gpus_mean": float,
     "decisions_per_s": float,
 }
@@ -38,7 +45,7 @@ def test_acceptance_command_prints_the_json_shape_of_issue_6() -> None:
     assert list(doc) == ["policies"]
     assert list(doc["policies"]) == ["toposcale", "spread", "binpack", "random"]
     for name, pol in doc["policies"].items():
-        assert set(pol) == set(POLICY_KEYS), name
+        assert list(pol) == list(POLICY_KEYS), name
         for key, typ in POLICY_KEYS.items():
             assert isinstance(pol[key], typ), (name, key, pol[key])
         assert pol["placed"] + pol["pending"] == 2000
@@ -46,6 +53,31 @@ def test_acceptance_command_prints_the_json_shape_of_issue_6() -> None:
             assert 0.0 <= pol[key] <= 1.0
         assert pol["stranded_gpus_mean"] >= 0 and pol["decisions_per_s"] > 0
     assert "[####" in p.stderr  # the progress bar goes to stderr, never into the JSON
+
+
+def test_json_carries_every_figure_the_table_prints() -> None:
+    # The README's 45.9 % vs 35.6 % NVLink share, `4-GPU miss@` and util were in the table only.
+    args = ("--fleet", "examples/fleets/nvlink-pairs.yaml", "--pods", "500", "--seed", "3", "--no-progress")
+    table, doc = simulate(*args), simulate(*args, "--json")
+    assert table.returncode == 0 and doc.returncode == 0, table.stderr + doc.stderr
+    policies = json.loads(doc.stdout)["policies"]
+    columns = {"nvlink": "nvlink_share", "pcie-sw": "pcie_switch_share", "host-br": "host_bridge_share",
+               "numa": "numa_share", "sys": "sys_share", "1-NUMA": "single_numa_share",
+               "x-socket": "cross_socket_share", "best": "best_tier_share",
+               "4-GPU miss@": "first_4gpu_miss_load", "util": "utilization_mean"}
+    lines = table.stdout.splitlines()
+    head = lines[1].replace("4-GPU miss@", "4-GPU_miss@").split()
+    for line in lines[3:7]:
+        row = dict(zip(head, line.split(), strict=False))
+        pol = policies[row["policy"]]
+        assert (int(row["placed"]), int(row["pending"])) == (pol["placed"], pol["pending"])
+        assert float(row["stranded"]) == round(pol["stranded_gpus_mean"], 1)
+        for column, key in columns.items():
+            shown = row[column.replace(" ", "_")]
+            if pol[key] is None:
+                assert shown == "never", (row["policy"], column, shown)
+            else:  # the table shows 1 decimal of a percentage, the JSON 4 decimals of the share
+                assert abs(float(shown.rstrip("%")) - 100 * pol[key]) <= 0.05 + 1e-9, (row["policy"], column)
 
 
 def test_table_and_plot(tmp_path: Path) -> None:

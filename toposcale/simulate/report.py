@@ -1,4 +1,5 @@
-"""A run's results as the table on stdout and as the `--json` document (the shape issue 6 fixes)."""
+"""A run's results as the table on stdout and as the `--json` document: every figure the table prints, so a
+comparison (NVLink share, `4-GPU miss@`, utilization) can be scripted."""
 
 from __future__ import annotations
 
@@ -9,12 +10,24 @@ from toposcale.extender.topology.model import Tier
 
 from .metrics import PolicyResult
 
+# The table's tier columns (nvlink, pcie-sw, host-br, numa, sys) as JSON keys: each tier's share of placed
+# multi-GPU pods.
+TIER_KEYS = {
+    Tier.NVLINK: "nvlink_share",
+    Tier.PCIE_SWITCH: "pcie_switch_share",
+    Tier.HOST_BRIDGE: "host_bridge_share",
+    Tier.NUMA: "numa_share",
+    Tier.CROSS_SOCKET: "sys_share",
+}
 JSON_KEYS = (
     "placed",
     "pending",
+    *TIER_KEYS.values(),
     "single_numa_share",
     "best_tier_share",
     "cross_socket_share",
+    "first_4gpu_miss_load",
+    "utilization_mean",
     "stranded_gpus_mean",
     "decisions_per_s",
 )
@@ -25,15 +38,20 @@ def _r(x: float | None, nd: int = 4) -> float | None:
 
 
 def to_json(results: Sequence[PolicyResult]) -> dict[str, Any]:
-    """`{"policies": {name: {...}}}`; a share over zero multi-GPU pods is null (undefined), never 0."""
+    """`{"policies": {name: {...}}}` with the keys of JSON_KEYS, in that order. A share over zero multi-GPU
+    pods is null (undefined), never 0; `first_4gpu_miss_load` (the table's `4-GPU miss@`: the share of fleet
+    GPUs allocated when a 4-GPU pod first found no node) is null when none ever missed."""
     return {
         "policies": {
             r.policy: {
                 "placed": r.placed,
                 "pending": r.pending,
+                **{key: _r(r.tier_share(tier)) for tier, key in TIER_KEYS.items()},
                 "single_numa_share": _r(r.single_numa_share),
                 "best_tier_share": _r(r.best_tier_share),
                 "cross_socket_share": _r(r.cross_socket_share),
+                "first_4gpu_miss_load": _r(r.first_4gpu_miss_load),
+                "utilization_mean": _r(r.utilization_mean),
                 "stranded_gpus_mean": round(r.stranded_mean, 3),
                 "decisions_per_s": _r(r.decisions_per_s, 1),
             }
