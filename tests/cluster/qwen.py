@@ -1,7 +1,7 @@
 """deploy/examples/qwen on the real control plane, with in-test vLLM exporters where its pods would run.
 
-The example's objects (Deployment, HPA, Service, PVC) are applied as the deploy renders them, into a namespace
-of the test's choosing; PodMonitors are left out (no prometheus-operator CRDs). The in-test kubelet binds the
+The example's objects (Namespace, Deployment, HPA, Service; its PodMonitors and PVC are opt-in components)
+are applied as the deploy renders them, into a namespace of the test's choosing. The in-test kubelet binds the
 Deployment's pods (`schedulerName: toposcale-scheduler`: no real scheduler is under test here), marks them
 Running and Ready with pod IPs 127.0.0.2, 127.0.0.3, ..., and a VllmExporter (real vLLM V1 exposition text)
 listens at `<podIP>:8000`, the port the default rules scrape.

@@ -54,8 +54,8 @@ def _group(o: dict[str, Any]) -> str:
 def test_the_qwen_example_is_accepted(deployed: Deployed) -> None:
     # into a namespace of its own (the aggregation test uses `llm`), otherwise as the deploy renders it
     objects = render(ROOT / "deploy" / "examples" / "qwen")
-    left = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in objects if o["kind"] in CRD_KINDS)
-    assert left and all(k.startswith("PodMonitor/") for k in left), left
+    # no CRD kind: the PodMonitors are an opt-in component (test_install_safety.py applies the example bare)
+    assert [o["kind"] for o in objects if o["kind"] in CRD_KINDS] == []
     apply_objects(deployed.cluster, qwen_objects("llm-manifests"))
     try:
         hpa = json.loads(
@@ -72,10 +72,9 @@ def test_the_qwen_example_is_accepted(deployed: Deployed) -> None:
             ).stdout
         )
         assert dep["spec"]["template"]["spec"]["schedulerName"] == "toposcale-scheduler"
-        pvc = json.loads(
-            kubectl(deployed.cluster, "get", "pvc", "-n", "llm-manifests", "models", "-o", "json").stdout
-        )
-        assert pvc["spec"]["accessModes"]
+        # the weights in the pod's own cache: no PVC a cluster without a ReadWriteMany class leaves Pending
+        volumes = dep["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "models", "emptyDir": {"sizeLimit": "40Gi"}} in volumes
     finally:
         kubectl(deployed.cluster, "delete", "namespace", "llm-manifests", "--wait=false", check=False)
 
