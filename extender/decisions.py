@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .draview import dra_decision
 from .nodeview import NodeView
@@ -116,6 +116,26 @@ def outcome_label(o: Outcome) -> str:
     if d is not None and not d.fits:  # count_only: passed to the scheduler's own count
         return "insufficient-gpus" if d.unresolvable else "insufficient-free-gpus"
     return "fits"
+
+
+def say_trades(rows: list[dict[str, Any]]) -> None:
+    """/explain rows, best first, whose fitting rows carry `breaks` (scoring.cuts of their set): each such
+    reason says what its set would break, and the best one names the trade when another fitting node's set
+    would break something else: a 1-GPU pod sent to an NVLink-pair box, cutting a pair, to keep a PCIe box's
+    free 4-GPU socket whole reads "keeps a free 4-GPU socket on node X; breaks an NVLink pair here"."""
+    fitting = [r for r in rows if r["outcome"] == "fits" and r.get("breaks")]
+    if not fitting:
+        return
+    best = rows[0] if any(r is rows[0] for r in fitting) else None
+    for r in fitting:
+        if r is not best:
+            r["reason"] += f"; would break {' and '.join(r['breaks'])}"
+    if best is None:
+        return
+    others = ((r["node"], w) for r in fitting if r is not best for w in r["breaks"])
+    kept = next(((node, w) for node, w in others if w not in best["breaks"]), None)
+    keeps = f"; keeps {kept[1]} on node {kept[0]}" if kept is not None else ""
+    best["reason"] += f"{keeps}; breaks {' and '.join(best['breaks'])} here"
 
 
 def reason_of(outcome: Outcome, view: NodeView | None) -> str:

@@ -42,12 +42,14 @@ from .decisions import (
     evaluate,
     outcome_label,
     reason_of,
+    say_trades,
 )
 from .nodeview import NodeView, aged, view_of_node
 from .pods import DEFAULT_RESOURCE, PodError, gpu_request, pod_key, required_scope
 from .state import ClusterState
+from .topology.allocator import mask_of
 from .topology.model import Tier
-from .topology.scoring import materialize, required_scope_tier
+from .topology.scoring import cuts, materialize, required_scope_tier
 
 logger = logging.getLogger("toposcale.extender")
 
@@ -565,6 +567,8 @@ class Extender:
                 row["unknown"] = o.unknown
             d = o.decision
             if d is not None and view is not None and view.topology is not None:
+                if d.fits and view.dra is None and view.free_mask is not None:
+                    row["breaks"] = list(cuts(view.topology, view.free_mask, mask_of(int(i) for i in d.gpus)))
                 d = materialize(d, view.topology)
                 row.update(
                     gpus=list(d.gpus), tier=d.tier.label if d.tier is not None else None,
@@ -572,6 +576,7 @@ class Extender:
                 )
             rows.append(row)
         rows.sort(key=lambda r: (-r["score"], r["outcome"] != "fits", r["node"]))
+        say_trades(rows)
         doc["nodes"] = rows
         return doc
 

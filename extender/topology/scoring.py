@@ -55,6 +55,7 @@ __all__ = [
     "NodeDecision",
     "best_tier",
     "choose_gpus",
+    "cuts",
     "decide_raw",
     "freed_value",
     "materialize",
@@ -315,6 +316,32 @@ def freed_value(topo: Topology, free_mask: int, mask: int) -> float:
     full = (1 << len(topo)) - 1
     free_mask &= full
     return _value(w, topo, free_mask | (mask & full)) - _value(w, topo, free_mask)
+
+
+def cuts(topo: Topology, free_mask: int, mask: int) -> tuple[str, ...]:
+    """What taking `mask` out of the free GPUs breaks that later pods would want whole, in words for a
+    person (the residual counts it; this names it): "an NVLink pair" when a taken GPU's one NVLink partner
+    stays free (NVLink-bridge pairs; an NVSwitch GPU has many partners and no pair to break), "a free N-GPU
+    socket" when the set takes part of a socket (NUMA node, else CPU affinity) whose GPUs were all free."""
+    w = wiring(topo)
+    n = len(topo)
+    free_mask &= (1 << n) - 1
+    out: list[str] = []
+    for i in indices_of(mask):
+        partners = [j for j in range(n) if j != i and link_tier(topo.links[i][j]) == Tier.NVLINK]
+        if len(partners) == 1 and free_mask >> partners[0] & 1 and not mask >> partners[0] & 1:
+            out.append("an NVLink pair")
+            break
+    sockets: dict[object, int] = {}
+    for i, key in enumerate(w.keys):
+        if key is not None:
+            sockets[key] = sockets.get(key, 0) | (1 << i)
+    if len(sockets) > 1 and None not in w.keys:  # one socket (or unknown ones) is no socket to keep whole
+        for group in sockets.values():
+            if group.bit_count() > 1 and group & free_mask == group and 0 < (group & mask) != group:
+                out.append(f"a free {group.bit_count()}-GPU socket")
+                break
+    return tuple(out)
 
 
 def _most(count: int) -> str:

@@ -205,3 +205,23 @@ def test_sixteen_gpu_box_uses_the_bounded_search() -> None:
     # With 3 GPUs busy on island 0, a 4-GPU pod stays inside island 0's remaining 5.
     busy = full & ~mask_of([0, 1, 2])
     assert all(i < 8 for i in indices_of(choose_gpus(t, busy, 4)))
+
+
+@pytest.mark.parametrize(
+    ("name", "used", "k", "want"),
+    [
+        ("a6000-8gpu-nvlink-bridge-pairs", [0, 1], 1, ("an NVLink pair",)),  # GPU2 of the free pair 2-3
+        ("a6000-8gpu-nvlink-bridge-pairs", [0, 2], 1, ()),  # GPU1's partner is taken: nothing left to break
+        ("a6000-8gpu-nvlink-bridge-pairs", [0, 1], 2, ()),  # the whole pair 2-3
+        ("rtx4090-8gpu-node-per-socket", [0, 1, 2, 3], 1, ("a free 4-GPU socket",)),
+        ("rtx4090-8gpu-node-per-socket", [0, 1, 2, 3], 4, ()),  # the whole socket
+        ("hgx-h100-nvswitch-8gpu", [], 1, ("a free 4-GPU socket",)),  # NVSwitch: no pair, sockets still
+        ("pcie-8gpu-two-switch-trees", [0, 1, 2, 3], 1, ()),  # one CPU affinity, no NUMA: no sockets known
+    ],
+)
+def test_cuts_name_what_a_set_breaks(name: str, used: list[int], k: int, want: tuple[str, ...]) -> None:
+    from toposcale.extender.topology.scoring import cuts
+
+    t = topo(name)
+    free = free_of(t, used)
+    assert cuts(t, free, choose_gpus(t, free, k)) == want

@@ -222,3 +222,20 @@ def test_priority_list_encoding_matches_json_for_any_name() -> None:
         assert orjson.loads(priority_list(names, scores)) == [
             {"Host": n, "Score": s} for n, s in zip(names, scores, strict=True)
         ]
+
+
+async def test_explain_names_the_nvlink_pair_for_free_socket_trade(serve) -> None:
+    # A 1-GPU pod goes to the NVLink-pair box and breaks a pair, to keep the other box's free 4-GPU socket
+    # whole: defensible for a fleet of 4-GPU pods, and now said where an operator looks.
+    nodes = [node_obj("pairs", "a6000-8gpu-nvlink-bridge-pairs", used=[0, 1]),
+             node_obj("pcie", "rtx4090-8gpu-node-per-socket", used=[0, 1, 2, 3])]
+    async with serve() as s:
+        code, doc = await s.post("/explain", args(pod_obj("one", 1), nodes))
+        assert code == 200
+        best, other = doc["nodes"]
+        assert (best["node"], other["node"]) == ("pairs", "pcie") and best["score"] > other["score"]
+        assert best["breaks"] == ["an NVLink pair"] and other["breaks"] == ["a free 4-GPU socket"]
+        assert best["reason"].endswith("; keeps a free 4-GPU socket on node pcie; breaks an NVLink pair here")
+        assert other["reason"].endswith("; would break a free 4-GPU socket")
+        code, doc = await s.post("/explain", args(pod_obj("four", 4), nodes))  # a 4-GPU pod breaks neither
+        assert all(r.get("breaks", []) == [] and "break" not in r["reason"] for r in doc["nodes"]), doc
