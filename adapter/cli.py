@@ -108,7 +108,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          default=15.0, help="seconds between rankings (default 15)")
     victims.add_argument("--pod-deletion-cost-patches-per-minute", type=finite_number(unit="number"),
                          default=30.0, help="pod patches per minute at most, bursts of 10 (default 30)")
-    ext = parser.add_argument_group("extender client (placement: /freeing)")
+    ext = parser.add_argument_group(
+        "extender client",
+        "toposcale extender's /placeable caps vllm_desired_replicas at what can be placed "
+        "(adapter/placement.py); its /freeing ranks scale-down victims (--pod-deletion-cost)",
+    )
     ext.add_argument("--extender-url", help="toposcale extender's base URL, e.g. http://toposcale-extender:8888")
     ext.add_argument("--extender-ca-file", help="CA bundle to verify the extender's TLS certificate")
     ext.add_argument("--extender-bearer-token-file", help="send 'Authorization: Bearer <file content>'")
@@ -264,6 +268,14 @@ async def _run(args: argparse.Namespace) -> int:
             },
         )
         on_stop = []
+        if args.extender_url and app[HANDLERS_KEY].desired is not None:
+            from toposcale import kube
+
+            from .placement import Placement
+
+            app[HANDLERS_KEY].desired.placement = Placement(
+                await kube.api_client(args.kubeconfig), _extender_client(args), metrics.registry
+            )
         if args.pod_deletion_cost:
             on_stop.append(await _start_victims(args, rules, source))
         if args.keda_grpc_port is not None:
@@ -281,6 +293,16 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extender_client(args: argparse.Namespace) -> Any:
+    """The client of `toposcale extender` (/placeable, /freeing): the Prometheus client's TLS options."""
+    from .victims_keeper import ExtenderClient
+
+    return ExtenderClient(
+        args.extender_url, ca_file=args.extender_ca_file, bearer_token_file=args.extender_bearer_token_file,
+        insecure_skip_verify=args.extender_insecure_skip_verify,
+    )
+
+
 async def _start_victims(args: argparse.Namespace, rules: Any, source: Any) -> Any:
     """Start the pod-deletion-cost keeper (adapter/victims_keeper.py); returns its stop hook."""
     from toposcale import kube
@@ -288,13 +310,7 @@ async def _start_victims(args: argparse.Namespace, rules: Any, source: Any) -> A
     from . import victims_keeper as vk
 
     targets = [vk.Target.parse(t) for t in args.pod_deletion_cost]
-    extender = None
-    if args.extender_url:
-        extender = vk.ExtenderClient(
-            args.extender_url, ca_file=args.extender_ca_file,
-            bearer_token_file=args.extender_bearer_token_file,
-            insecure_skip_verify=args.extender_insecure_skip_verify,
-        )
+    extender = _extender_client(args) if args.extender_url else None
     keeper = vk.DeletionCostKeeper(
         await kube.api_client(args.kubeconfig), source, rules.by_name(), targets, extender=extender,
         interval=args.pod_deletion_cost_interval, per_minute=args.pod_deletion_cost_patches_per_minute,

@@ -347,6 +347,7 @@ class DesiredEngine:
         self.source = source
         self.clock = clock
         self.rules = {r.name: r for r in rules if r.aggregation == "vllm_desired_replicas"}
+        self.placement: Any = None  # adapter/placement.Placement with --extender-url: the placement cap
         self.configs = {
             n: make_config(r.desired.algorithm if r.desired else {}) for n, r in self.rules.items()
         }
@@ -369,6 +370,12 @@ class DesiredEngine:
             else:
                 reading = await self._read_scrape(rule, namespace, selector, now, state)
             value = self._decide(rule, state, reading, namespace, str(selector))
+            if self.placement is not None:  # issue 29: capped at what the cluster can place
+                allowance = rule.desired.provisioning_allowance if rule.desired is not None else 1
+                value = await self.placement.cap(
+                    rule.name, namespace, selector, value, reading.ready, reading.starting, allowance,
+                    state.explain,
+                )
         except (SourceUnavailable, NotFound, BadRequest) as exc:
             state.explain = {
                 "rule": rule.name,

@@ -118,6 +118,11 @@ class DesiredSpec(_Strict):
     idle_seconds: float = Field(
         900, gt=0, le=86_400, description="a selector not asked for this long forgets its state"
     )
+    provisioning_allowance: int = Field(
+        1, ge=0, le=1000,
+        description="with --extender-url: replicas allowed beyond ready + starting + placeable (left Pending "
+        "for a node autoscaler; adapter/placement.py)",
+    )
 
     @field_validator("algorithm")
     @classmethod
