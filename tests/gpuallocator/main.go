@@ -4,10 +4,11 @@
 // The devices are built the way the device plugin builds them (internal/rm/nvml_manager.go, alignedAlloc):
 // gpuallocator.NewDevices(gpuallocator.WithNvmlLib(lib)), then DeviceList.Filter(available UUIDs, in the
 // order given), then gpuallocator.NewBestEffortPolicy().Allocate(available, required, size). Only lib is
-// ours: go-nvml's mock package answering what a real NVML would (device count and handles, names, UUIDs,
-// PCI bus IDs, GetTopologyCommonAncestor per pair, GetNvLinkState / GetNvLinkRemotePciInfo per link), as
-// go-gpuallocator's own tests do. So the link derivation (which NVML answer becomes which P2PLink, how
-// NVLinks are counted by remote bus ID) is NVIDIA's too.
+// ours (package nvmlmock, shared with the device plugin of deviceplugin/): go-nvml's mock package answering
+// what a real NVML would (device count and handles, names, UUIDs, PCI bus IDs, GetTopologyCommonAncestor per
+// pair, GetNvLinkState / GetNvLinkRemotePciInfo per link), as go-gpuallocator's own tests do. So the link
+// derivation (which NVML answer becomes which P2PLink, how NVLinks are counted by remote bus ID) is NVIDIA's
+// too.
 //
 // Input:
 //
@@ -35,29 +36,9 @@ import (
 	"runtime/debug"
 
 	"github.com/NVIDIA/go-gpuallocator/gpuallocator"
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+
+	"toposcale.test/gpuallocator/nvmlmock"
 )
-
-type nvlinkIn struct {
-	State          *int   `json:"state"`
-	Error          string `json:"error"`
-	RemotePci      string `json:"remotePci"`
-	RemotePciError string `json:"remotePciError"`
-}
-
-type gpuIn struct {
-	UUID    string     `json:"uuid"`
-	BusID   string     `json:"busId"`
-	Name    string     `json:"name"`
-	NvLinks []nvlinkIn `json:"nvlinks"`
-}
-
-type topologyIn struct {
-	Name           string  `json:"name"`
-	GPUs           []gpuIn `json:"gpus"`
-	CommonAncestor [][]int `json:"commonAncestor"`
-}
 
 type queryIn struct {
 	Topology  int   `json:"topology"`
@@ -67,8 +48,8 @@ type queryIn struct {
 }
 
 type input struct {
-	Topologies []topologyIn `json:"topologies"`
-	Queries    []queryIn    `json:"queries"`
+	Topologies []nvmlmock.Topology `json:"topologies"`
+	Queries    []queryIn           `json:"queries"`
 }
 
 type topologyOut struct {
@@ -81,95 +62,6 @@ type output struct {
 	Topologies []topologyOut     `json:"topologies"`
 	Answers    [][]int           `json:"answers"`
 	Error      string            `json:"error,omitempty"`
-}
-
-func pciInfo(busID string) nvml.PciInfo {
-	var p nvml.PciInfo
-	for i := 0; i < len(busID) && i < len(p.BusId)-1; i++ {
-		p.BusId[i] = int8(busID[i])
-	}
-	for i := 0; i < len(busID) && i < len(p.BusIdLegacy)-1; i++ {
-		p.BusIdLegacy[i] = int8(busID[i])
-	}
-	return p
-}
-
-func nvmlError(name string) nvml.Return {
-	switch name {
-	case "NotSupported":
-		return nvml.ERROR_NOT_SUPPORTED
-	case "InvalidArgument":
-		return nvml.ERROR_INVALID_ARGUMENT
-	case "NoPermission":
-		return nvml.ERROR_NO_PERMISSION
-	default:
-		return nvml.ERROR_UNKNOWN
-	}
-}
-
-// mockNVML answers as the NVML of a machine with this topology would.
-func mockNVML(t topologyIn) nvml.Interface {
-	byUUID := map[string]int{}
-	for i, g := range t.GPUs {
-		byUUID[g.UUID] = i
-	}
-	devices := make([]*mock.Device, len(t.GPUs))
-	for i := range t.GPUs {
-		i, g := i, t.GPUs[i]
-		devices[i] = &mock.Device{
-			GetNameFunc: func() (string, nvml.Return) { return g.Name, nvml.SUCCESS },
-			GetUUIDFunc: func() (string, nvml.Return) { return g.UUID, nvml.SUCCESS },
-			GetPciInfoFunc: func() (nvml.PciInfo, nvml.Return) {
-				return pciInfo(g.BusID), nvml.SUCCESS
-			},
-			GetTopologyCommonAncestorFunc: func(other nvml.Device) (nvml.GpuTopologyLevel, nvml.Return) {
-				// other is go-nvlib's wrapper around one of our mocks: find it by UUID.
-				uuid, ret := other.GetUUID()
-				if ret != nvml.SUCCESS {
-					return 0, ret
-				}
-				j, ok := byUUID[uuid]
-				if !ok {
-					return 0, nvml.ERROR_INVALID_ARGUMENT
-				}
-				return nvml.GpuTopologyLevel(t.CommonAncestor[i][j]), nvml.SUCCESS
-			},
-			GetNvLinkStateFunc: func(link int) (nvml.EnableState, nvml.Return) {
-				if link >= len(g.NvLinks) {
-					return 0, nvml.ERROR_NOT_SUPPORTED
-				}
-				l := g.NvLinks[link]
-				if l.Error != "" {
-					return 0, nvmlError(l.Error)
-				}
-				if l.State != nil && *l.State == 0 {
-					return nvml.FEATURE_DISABLED, nvml.SUCCESS
-				}
-				return nvml.FEATURE_ENABLED, nvml.SUCCESS
-			},
-			GetNvLinkRemotePciInfoFunc: func(link int) (nvml.PciInfo, nvml.Return) {
-				if link >= len(g.NvLinks) {
-					return nvml.PciInfo{}, nvml.ERROR_NOT_SUPPORTED
-				}
-				l := g.NvLinks[link]
-				if l.RemotePciError != "" {
-					return nvml.PciInfo{}, nvmlError(l.RemotePciError)
-				}
-				return pciInfo(l.RemotePci), nvml.SUCCESS
-			},
-		}
-	}
-	return &mock.Interface{
-		InitFunc:           func() nvml.Return { return nvml.SUCCESS },
-		ShutdownFunc:       func() nvml.Return { return nvml.SUCCESS },
-		DeviceGetCountFunc: func() (int, nvml.Return) { return len(devices), nvml.SUCCESS },
-		DeviceGetHandleByIndexFunc: func(index int) (nvml.Device, nvml.Return) {
-			if index < 0 || index >= len(devices) {
-				return nil, nvml.ERROR_INVALID_ARGUMENT
-			}
-			return devices[index], nvml.SUCCESS
-		},
-	}
 }
 
 func versions() map[string]string {
@@ -191,7 +83,7 @@ func run(in input) (output, error) {
 		if len(t.CommonAncestor) != n {
 			return out, fmt.Errorf("topology %d (%s): commonAncestor has %d rows for %d GPUs", ti, t.Name, len(t.CommonAncestor), n)
 		}
-		devices, err := gpuallocator.NewDevices(gpuallocator.WithNvmlLib(mockNVML(t)))
+		devices, err := gpuallocator.NewDevices(gpuallocator.WithNvmlLib(nvmlmock.New(t)))
 		if err != nil {
 			return out, fmt.Errorf("topology %d (%s): %w", ti, t.Name, err)
 		}
