@@ -2,7 +2,7 @@
 # A real Kubernetes control plane on loopback, built from the Kubernetes sources (tests/kube/go.mod).
 #
 #   ./scripts/kube.sh bin-dir     build what is missing, print the directory holding kube-apiserver,
-#                                 kube-controller-manager, kube-scheduler and etcd
+#                                 kube-controller-manager, kube-scheduler, etcd and kubelet
 #   ./scripts/kube.sh up DIR      start etcd + kube-apiserver (aggregator on) + kube-controller-manager
 #                                 + kube-scheduler on free loopback ports with PKI made for the run;
 #                                 writes DIR/admin.kubeconfig, DIR/env, DIR/*.log (DIR: new or empty)
@@ -22,7 +22,7 @@ die() { echo "kube.sh: $*" >&2; exit 1; }
 
 bin_dir() {
   # Set by scripts/test.sh after it built (or found) the binaries once for the whole run.
-  if [ -n "${TOPOSCALE_KUBE_BIN_DIR:-}" ] && [ -x "$TOPOSCALE_KUBE_BIN_DIR/kube-apiserver" ]; then
+  if [ -n "${TOPOSCALE_KUBE_BIN_DIR:-}" ] && [ -x "$TOPOSCALE_KUBE_BIN_DIR/kube-apiserver" ] && [ -x "$TOPOSCALE_KUBE_BIN_DIR/kubelet" ]; then
     echo "$TOPOSCALE_KUBE_BIN_DIR"; return
   fi
   command -v go >/dev/null 2>&1 || die "Go is not installed: the control plane is built from source with Go >= 1.26 (https://go.dev/dl)"
@@ -33,12 +33,18 @@ bin_dir() {
   esac
   local hash; hash="$(cat "$mod/go.mod" "$mod/go.sum" "$mod/cmd/etcd/main.go" | sha256sum | cut -c1-12)"
   local out="${XDG_CACHE_HOME:-$HOME/.cache}/toposcale/kube/$K8S_VERSION-$hash"
-  local want=(kube-apiserver kube-controller-manager kube-scheduler etcd)
-  local missing=0 b
-  for b in "${want[@]}"; do [ -x "$out/$b" ] || missing=1; done
-  if [ "$missing" = 1 ]; then
+  # kubelet: the real nodes of `up DIR --kubelets N` (tests/harness/kubelet_lab.py); built with the rest,
+  # or alone into a cache that predates it (the build cache makes that a few minutes, not a rebuild).
+  local want=(kube-apiserver kube-controller-manager kube-scheduler etcd kubelet)
+  local missing=() pkgs=() b
+  for b in "${want[@]}"; do
+    [ -x "$out/$b" ] && continue
+    missing+=("$b")
+    case "$b" in etcd) pkgs+=(./cmd/etcd) ;; *) pkgs+=("k8s.io/kubernetes/cmd/$b") ;; esac
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
     mkdir -p "$out.tmp"
-    echo "kube.sh: building ${want[*]} ($K8S_VERSION) into $out" >&2
+    echo "kube.sh: building ${missing[*]} ($K8S_VERSION) into $out" >&2
     echo "kube.sh: the first build on a machine takes about 6-10 minutes on 2 cores (some 3,000 packages); later runs reuse it" >&2
     local ld="-s -w"
     local v
@@ -46,10 +52,9 @@ bin_dir() {
       ld="$ld -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=37 -X $v.gitTreeState=clean"
     done
     local start=$SECONDS log="$out.tmp/build.log"
-    # -v names each package as it is compiled: counted below as progress.
-    ( cd "$mod" && CGO_ENABLED=0 go build -v -trimpath -ldflags "$ld" -o "$out.tmp/" \
-        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-        k8s.io/kubernetes/cmd/kube-scheduler ./cmd/etcd ) >"$log" 2>&1 &
+    # -v names each package as it is compiled: counted below as progress. CGO_ENABLED=0 for the kubelet too
+    # (it runs without cgo), so it shares the build cache of the control plane's packages.
+    ( cd "$mod" && CGO_ENABLED=0 go build -v -trimpath -ldflags "$ld" -o "$out.tmp/" "${pkgs[@]}" ) >"$log" 2>&1 &
     local pid=$!
     while kill -0 "$pid" 2>/dev/null; do
       sleep 30
@@ -62,10 +67,14 @@ bin_dir() {
       tail -n 30 "$log" >&2
       die "building the Kubernetes components failed (log above, whole log in $log)"
     fi
-    for b in "${want[@]}"; do
+    for b in "${missing[@]}"; do
       [ -x "$out.tmp/$b" ] || die "the build finished without $b (log: $log)"
     done
-    rm -rf "$out"; mv "$out.tmp" "$out"
+    # One rename per binary (atomic): a cache that had the others keeps them.
+    mkdir -p "$out"
+    for b in "${missing[@]}"; do mv -f "$out.tmp/$b" "$out/$b"; done
+    mv -f "$log" "$out/build.log"
+    rm -rf "$out.tmp"
     echo "kube.sh: built in $((SECONDS - start)) s" >&2
   fi
   echo "$out"

@@ -715,3 +715,30 @@ def check_serving_cert(secret: dict[str, Any], host: str) -> None:
     assert host in sans and f"{host}.cluster.local" in sans
     crt.verify_directly_issued_by(ca)
     assert secret["type"] == "kubernetes.io/tls"
+
+
+def test_pod_deletion_cost_grants_exactly_patch_in_each_serving_namespace(helm: Path) -> None:
+    """adapter.podDeletionCost.targets (issue 29): the flag per target, and per serving namespace the
+    Role/RoleBinding of deploy/examples/qwen/pod-deletion-cost (exactly `patch` on pods); nothing else."""
+    default = template(helm, [])
+    objs = template(helm, ["adapter.podDeletionCost.targets={llm/app,llm/tier,chat/app}"])
+    added = [o for o in objs if key(o) not in {key(d) for d in default}]
+    assert sorted((o["kind"], o["metadata"]["namespace"]) for o in added) == [
+        ("Role", "chat"), ("Role", "llm"), ("RoleBinding", "chat"), ("RoleBinding", "llm")
+    ]
+    rbac = ROOT / "deploy" / "examples" / "qwen" / "pod-deletion-cost" / "rbac.yaml"
+    component = {o["kind"]: o for o in yaml.safe_load_all(rbac.read_text())}
+    for o in added:
+        if o["kind"] == "Role":
+            assert o["rules"] == component["Role"]["rules"] == [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}
+            ]
+        else:
+            assert o["subjects"] == [
+                {"kind": "ServiceAccount", "name": "toposcale-adapter", "namespace": "toposcale"}
+            ]
+    adapter = next(o for o in objs if key(o) == ("Deployment", "toposcale", "toposcale-adapter"))
+    args = adapter["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--pod-deletion-cost")] == [
+        "--pod-deletion-cost=llm/app", "--pod-deletion-cost=llm/tier", "--pod-deletion-cost=chat/app"
+    ]
