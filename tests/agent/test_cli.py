@@ -152,3 +152,46 @@ def test_kubeconfig_help_says_every_place_it_is_read_from() -> None:
     help_text = next(a.help for a in sub._actions if "--kubeconfig" in a.option_strings)
     assert "in-cluster service account" in help_text and "$KUBECONFIG" in help_text
     assert "~/.kube/config" in help_text
+
+
+async def _published(kube, name: str, proc: asyncio.subprocess.Process) -> dict[str, str]:
+    """The Node's toposcale annotations once the agent process has published both (or its exit)."""
+    for _ in range(600):
+        ann = kube.get("Node", name)["metadata"].get("annotations") or {}
+        if TOPOLOGY_ANNOTATION in ann and ALLOCATION_ANNOTATION in ann:
+            return ann
+        if proc.returncode is not None:
+            break
+        await asyncio.sleep(0.1)
+    proc.kill()
+    _, err = await proc.communicate()
+    raise AssertionError(f"nothing published on {name}; agent said:\n{err.decode()[-2000:]}")
+
+
+async def test_from_topo_file_with_a_node_name_publishes_as_the_daemonset_would(
+    kube, deployed, kubelet: PodResourcesStandIn
+) -> None:
+    # A box whose NVML cannot be reached: its `nvidia-smi topo -m` text, its kubelet (the device plugin
+    # with deviceIDStrategy index: a text file has no UUIDs), the agent's own RBAC, the real API server.
+    from .conftest import node
+
+    kube.add(node("lab-1"))
+    kubelet.allocatable = {"nvidia.com/gpu": ["0", "1", "2", "3"]}
+    kubelet.pods = [("llm", "vllm-0", "vllm", "nvidia.com/gpu", ["1", "2"])]
+    proc = await asyncio.create_subprocess_exec(
+        TOPOSCALE, "agent", "--from-topo-file", str(X4 / "topo_m.txt"), "--node-name", "lab-1",
+        "--device-id-strategy", "index", "--pod-resources-socket", kubelet.socket,
+        "--kubeconfig", str(deployed.kubeconfigs["toposcale-agent"]), "--host", "127.0.0.1", "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        ann = await _published(kube, "lab-1", proc)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()  # SIGTERM: a clean stop, as in the DaemonSet
+    topo = topology_from_doc(json.loads(ann[TOPOLOGY_ANNOTATION]))
+    assert [g.id for g in topo.gpus] == ["0", "1", "2", "3"] and topo.links[0][1] == "NV18"
+    alloc = allocation_from_doc(json.loads(ann[ALLOCATION_ANNOTATION]))
+    assert alloc.allocated == frozenset({"1", "2"})
