@@ -194,6 +194,16 @@ def build() -> dict[str, Any]:
         ], description="Per node. Patch failures leave the extender scoring that node on stale annotations; "
                        "kubelet errors leave its allocation unknown; discovery errors publish nothing.",
                          unit="ops", min=0, width=8),
+        timeseries_panel("Replicas held back: the cluster is the limit", [
+            query(f"sum by (namespace, reason) (toposcale_unplaceable_replicas{{{NS}}})",
+                  legend="{{namespace}} {{reason}}"),
+        ], description="Replicas vllm_desired_replicas wanted beyond ready + starting + placeable + the "
+                       "rule's provisioning allowance (adapter --extender-url; the extender's /placeable): "
+                       "no-gpu (no node has the GPUs free), no-topology-slot (GPUs free, not as a set of "
+                       "the asked tier), required-scope (no free set meets the pods' "
+                       "toposcale.io/required-scope). Above 0: add nodes (or let the node autoscaler), "
+                       "not replicas. GET /debug/desired on the adapter names the nodes and the cap.",
+                         min=0, decimals=0, width=24, stack=True),
     ])
     return dashboard(
         uid=UID,
