@@ -116,6 +116,17 @@ def build() -> dict[str, Any]:
                        "no value, the HPA holds its replicas, and the panels on the left show the last good "
                        "value. Normal: the HPA's 15 s poll plus the source's scrape interval.",
                          unit="s", min=0, width=8),
+        timeseries_panel("vllm_desired_replicas vs the HPA's replicas", [
+            query(served("vllm_desired_replicas"), legend="wanted {{namespace}}"),
+            query(f"sum by (namespace) ({KSM}_status_current_replicas{{{HPA}}})",
+                  legend="current {{namespace}}"),
+        ], description="The replica count toposcale's own signal last answered (adapter/README.md, "
+                       "vllm_desired_replicas: token demand over the capacity a replica sustains at the "
+                       "SLO, the cold-start forecast, the waiting backlog, held for the scale-down window), "
+                       "beside the current replicas of the selected HPAs (pick the one scaling on it). "
+                       "Wanted above current for long: replicas are not starting (placement, quota). Its "
+                       "reasons: GET /debug/desired on the adapter.",
+                         min=0, decimals=0, width=12),
         timeseries_panel("Targets answered / expected", [
             query(f"min by (metric, namespace) ({ANSWERED}{{{NS}}} / {EXPECTED}{{{NS}}})",
                   legend="{{metric}} {{namespace}}"),
@@ -126,7 +137,7 @@ def build() -> dict[str, Any]:
                        "(on_missing: error); below the rule's min_answered_share (default 0.5) it is a 503 "
                        "naming the failed pods, and the HPA holds its replicas. With several adapter "
                        "replicas the lowest share is drawn.",
-                         unit="percentunit", min=0, max=1, width=24),
+                         unit="percentunit", min=0, max=1, width=12),
     ])
     adapter = Row("Adapter (external.metrics.k8s.io)", [
         timeseries_panel("Metric requests /s by code", [

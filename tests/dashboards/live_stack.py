@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from toposcale.adapter.metrics import AdapterMetrics
-from toposcale.adapter.rules import load_rules
+from toposcale.adapter.rules import DesiredSpec, Rule, RuleSet, load_rules
 from toposcale.adapter.server import build_app
 from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.scrape import ScrapeSource
@@ -175,7 +175,10 @@ class LiveStack:
         for e in self._exporters:
             await e.start()
 
-        rules = load_rules()
+        # the built-in rules and toposcale's own signal (adapter/README.md, vllm_desired_replicas)
+        rules = RuleSet(rules=[*load_rules().rules, Rule(
+            name="vllm_desired_replicas", aggregation="vllm_desired_replicas",
+            desired=DesiredSpec(algorithm={"prior": {"prompt_tokens_s": 2e3, "generation_tokens_s": 5e2}}))])
         dead = f"http://127.0.0.1:{free_port()}/metrics"  # a pod that stopped answering
         targets = [Target(v.url, "llm", f"qwen-{i}", {"app": "qwen", "namespace": "llm", "pod": f"qwen-{i}"})
                    for i, v in enumerate(self.vllm)]
@@ -188,8 +191,9 @@ class LiveStack:
         # panel summing or taking the max over replicas would show it instead of the newest answer (9).
         stale_targets = [*targets[:2], Target(self.vllm_legacy.url, "llm", "legacy-0",
                                               {"app": "qwen", "namespace": "llm", "pod": "legacy-0"})]
-        stale_source = ScrapeSource(StaticTargets(stale_targets), rules, ttl=0)
-        stale = build_app(rules, stale_source, metrics=AdapterMetrics(), cache_ttl=0)
+        stale_rules = load_rules()  # (its legacy V0 pod's trimmed text has no generation-token counter)
+        stale_source = ScrapeSource(StaticTargets(stale_targets), stale_rules, ttl=0)
+        stale = build_app(stale_rules, stale_source, metrics=AdapterMetrics(), cache_ttl=0)
         self.stale_adapter_port = await self._serve(stale)
 
         self.extender = Extender(ExtenderConfig(host="127.0.0.1", port=0), None)
@@ -202,6 +206,9 @@ class LiveStack:
 
         # The served-value gauges exist once the adapter has answered: answer before Prometheus' first scrape
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            # vllm_desired_replicas' first reading is a 503: its rates need a second one
+            await self._ask(http, self.adapter_port, "vllm_desired_replicas")
+            await asyncio.sleep(0.3)  # past the cache TTL
             await self._traffic_round(http, self.stale_adapter_port)
             await self._traffic_round(http)
         if self.traffic_errors:
@@ -232,18 +239,23 @@ class LiveStack:
                 await self._traffic_round(http)
                 await asyncio.sleep(0.25)
 
+    async def _ask(self, http: aiohttp.ClientSession, port: int, metric: str) -> int:
+        adapter = f"http://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/llm"
+        async with http.get(f"{adapter}/{metric}", params={"labelSelector": "app=qwen"}) as r:
+            await r.read()
+            return r.status
+
     async def _traffic_round(self, http: aiohttp.ClientSession, adapter_port: int | None = None) -> None:
         port = adapter_port or self.adapter_port
-        adapter = f"http://127.0.0.1:{port}/apis/external.metrics.k8s.io/v1beta1/namespaces/llm"
         extender = f"http://127.0.0.1:{self.extender_port}"
         body = extender_args()
         try:
             unknown = ("no_such_metric",) if self.ask_unknown_metric else ()
-            for metric in ("vllm_requests_waiting", "vllm_kv_cache_usage", *unknown):
-                async with http.get(f"{adapter}/{metric}", params={"labelSelector": "app=qwen"}) as r:
-                    await r.read()
-                    if r.status != 200 and metric != "no_such_metric":
-                        self.traffic_errors.append(f"adapter {metric}: {r.status}")
+            desired = ("vllm_desired_replicas",) if port == self.adapter_port else ()
+            for metric in ("vllm_requests_waiting", "vllm_kv_cache_usage", *desired, *unknown):
+                status = await self._ask(http, port, metric)
+                if status != 200 and metric != "no_such_metric":
+                    self.traffic_errors.append(f"adapter {metric}: {status}")
             for verb in ("filter", "prioritize"):
                 async with http.post(f"{extender}/{verb}", json=body) as r:
                     if r.status != 200:

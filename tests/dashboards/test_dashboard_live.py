@@ -128,7 +128,8 @@ def test_what_the_hpa_reads_is_what_the_adapter_answered(stack: LiveStack) -> No
     assert stack.query(substitute(panels["vllm_kv_cache_usage vs the HPA's threshold"]["targets"][0]["expr"],
                                   {"namespace": "toposcale"})) == []
     ages = stack.query(substitute(panels["Age of the values served"]["targets"][0]["expr"]))
-    assert {r["metric"]["metric"] for r in ages} == {"vllm_requests_waiting", "vllm_kv_cache_usage"}
+    assert {r["metric"]["metric"] for r in ages} == {"vllm_requests_waiting", "vllm_kv_cache_usage",
+                                                     "vllm_desired_replicas"}
     assert all(0 <= float(r["value"][1]) < 60 for r in ages), ages
     # two of the three expected pods answered (qwen-9 is dead); the lowest share over the replicas is drawn
     shares = stack.query(substitute(panels["Targets answered / expected"]["targets"][0]["expr"]))
