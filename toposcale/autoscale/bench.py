@@ -38,15 +38,14 @@ class BenchConfig:
 
 
 def window_demand(trace: Trace, cap: Capacity, window_s: float = WINDOW_S) -> list[float]:
-    """Replica-equivalents each window's arrivals need at full utilisation."""
+    """Replica-equivalents each window's arrivals need at full utilisation (a prompt of p tokens costs
+    p / prompt_tokens_s + prompt_context_s x p^2 / 2 seconds of prefill)."""
     n = math.ceil((trace.span_s + 1e-9) / window_s) + 1
-    p = [0.0] * n
-    g = [0.0] * n
+    busy = [0.0] * n
+    a, c, g = 1.0 / cap.prompt_tokens_s, cap.prompt_context_s / 2, 1.0 / cap.generation_tokens_s
     for t, pr, o in zip(trace.t, trace.prompt, trace.output, strict=True):
-        w = int(t // window_s)
-        p[w] += pr
-        g[w] += o
-    return [(p[i] / cap.prompt_tokens_s + g[i] / cap.generation_tokens_s) / window_s for i in range(n)]
+        busy[int(t // window_s)] += pr * a + c * pr * pr + o * g
+    return [b / window_s for b in busy]
 
 
 def auto_rate_scale(trace: Trace, cap: Capacity) -> float:
@@ -82,36 +81,33 @@ def attainment(sim: Simulation) -> float:
     return sum(1 for o in sim.outcomes if o.ok) / n if n else 1.0
 
 
-def ceiling(trace: Trace, profile: Profile, cfg: BenchConfig) -> float:
-    """Share of the requests that can meet the SLO at all: alone on an idle replica."""
-    ok = 0
+def attainable(trace: Trace, profile: Profile, cfg: BenchConfig) -> list[bool]:
+    """Per request: can it meet the SLO at all, alone on an idle replica (chunked prefill of its prompt, then
+    batch-1 decode at its context)?"""
+    out = []
+    budget = profile.max_num_batched_tokens
     for pr, o in zip(trace.prompt, trace.output, strict=True):
-        ttft = (
-            profile.prefill_time(pr)
-            if pr <= profile.max_num_batched_tokens
-            else sum(
-                profile.chunk_time(min(profile.max_num_batched_tokens, pr - k), k)
-                for k in range(0, pr, profile.max_num_batched_tokens)
-            )
-        )
+        if pr <= budget:
+            ttft = profile.prefill_time(pr)
+        else:
+            ttft = sum(profile.chunk_time(min(budget, pr - k), k) for k in range(0, pr, budget))
         tpot = profile.decode_time(1, pr + o / 2)
-        ok += ttft <= cfg.ttft_slo_s and tpot <= cfg.tpot_slo_s
-    return ok / len(trace) if len(trace) else 1.0
+        out.append(ttft <= cfg.ttft_slo_s and tpot <= cfg.tpot_slo_s)
+    return out
 
 
-def run_policy(
-    name: str, trace: Trace, profile: Profile, cfg: BenchConfig, initial: int, counts: list[int] | None = None
-) -> Simulation:
-    cap = Capacity.from_profile(profile, cfg.tpot_slo_s)
-    ctx = PolicyContext(profile, cap, cfg.ttft_slo_s, cfg.tpot_slo_s, cfg.cold_start_s, 1, cfg.max_replicas)
-    policy = (
-        Clairvoyant(counts or [1], cfg.cold_start_s, cfg.max_replicas)
-        if name == "clairvoyant"
-        else make(name, ctx)
-    )
-    sim_cfg = SimConfig(
+def ceiling(trace: Trace, profile: Profile, cfg: BenchConfig) -> float:
+    """Share of the requests that can meet the SLO at all."""
+    flags = attainable(trace, profile, cfg)
+    return sum(flags) / len(flags) if flags else 1.0
+
+
+def sim_config(
+    profile: Profile, cfg: BenchConfig, initial: int, cold_start_s: float | None = None
+) -> SimConfig:
+    return SimConfig(
         profile=profile,
-        cold_start_s=cfg.cold_start_s,
+        cold_start_s=cfg.cold_start_s if cold_start_s is None else cold_start_s,
         grace_s=cfg.grace_s,
         max_replicas=cfg.max_replicas,
         initial_replicas=initial,
@@ -120,29 +116,86 @@ def run_policy(
         ttft_slo_s=cfg.ttft_slo_s,
         tpot_slo_s=cfg.tpot_slo_s,
     )
-    return Simulation(sim_cfg, trace, policy).run()
+
+
+def run_policy(
+    name: str, trace: Trace, profile: Profile, cfg: BenchConfig, initial: int, counts: list[int] | None = None
+) -> Simulation:
+    cap = Capacity.from_profile(profile, cfg.tpot_slo_s)
+    ctx = PolicyContext(profile, cap, cfg.ttft_slo_s, cfg.tpot_slo_s, cfg.cold_start_s, 1, cfg.max_replicas)
+    if name == "clairvoyant":
+        policy = Clairvoyant(counts or [1], cfg.cold_start_s, cfg.max_replicas)
+    else:
+        policy = make(name, ctx)
+    return Simulation(sim_config(profile, cfg, initial), trace, policy).run()
+
+
+class _Fixed:
+    name = "fixed"
+    interval_s = 5.0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def decide(self, t: float, view: ClusterView) -> int:
+        return self.n
+
+
+TAIL_S = 60.0  # a window's requests are judged after this much more time (longer ones count as missed)
+
+
+def window_targets(trace: Trace, flags: list[bool], target_share: float, n: int) -> list[float]:
+    """Per window: the share of its requests that must meet the SLO (target_share of the attainable)."""
+    ok = [0] * n
+    tot = [0] * n
+    for t, f in zip(trace.t, flags, strict=True):
+        w = int(t // WINDOW_S)
+        tot[w] += 1
+        ok[w] += f
+    return [target_share * ok[w] / tot[w] if tot[w] else 0.0 for w in range(n)]
+
+
+def window_attainment(sim: Simulation, w: int) -> float:
+    lo, hi = w * WINDOW_S, (w + 1) * WINDOW_S
+    got = [o.ok for o in sim.outcomes if lo <= o.arrival < hi]
+    return sum(got) / len(got) if got else 1.0
 
 
 def search_clairvoyant(
-    trace: Trace, profile: Profile, cfg: BenchConfig, target: float, initial: int
+    trace: Trace, profile: Profile, cfg: BenchConfig, target_share: float, initial: int
 ) -> tuple[list[int], Simulation]:
-    """The leanest uniform-utilisation schedule reaching `target` (bisection on u over 6 runs)."""
+    """The fewest replicas per 60 s window whose window meets its target, window by window (greedy, with
+    the cluster's state carried over): start from the profile's count at full utilisation, then try one
+    fewer while the window still meets its target, or one more until it does. Each try forks the cluster
+    at the window's start and runs the window plus TAIL_S with that many Ready replicas (the real run
+    starts them a cold start ahead, so they are Ready then). Then the real run with cold starts."""
     cap = Capacity.from_profile(profile, cfg.tpot_slo_s)
     demand = window_demand(trace, cap)
-    lo, hi = 0.3, 1.2
-    best: tuple[list[int], Simulation] | None = None
-    for _ in range(6):
-        u = (lo + hi) / 2
-        counts = clairvoyant_counts(demand, u)
-        sim = run_policy("clairvoyant", trace, profile, cfg, initial, counts)
-        if attainment(sim) >= target:
-            best, lo = (counts, sim), u
+    counts = clairvoyant_counts(demand, 1.0)
+    targets = window_targets(trace, attainable(trace, profile, cfg), target_share, len(counts))
+    main = Simulation(sim_config(profile, cfg, initial, cold_start_s=0.0), trace, _Fixed(counts[0]))
+
+    def meets(w: int, n: int) -> bool:
+        f = main.fork(_Fixed(n))
+        f.set_spec(w * WINDOW_S, n)
+        f.advance((w + 1) * WINDOW_S + TAIL_S)
+        f.close()
+        return window_attainment(f, w) >= targets[w] - 1e-12
+
+    for w in range(len(counts)):
+        n = min(max(1, counts[w]), cfg.max_replicas)
+        if meets(w, n):
+            while n > 1 and meets(w, n - 1):
+                n -= 1
         else:
-            hi = u
-    if best is None:
-        counts = clairvoyant_counts(demand, lo)
-        best = (counts, run_policy("clairvoyant", trace, profile, cfg, initial, counts))
-    return best
+            while n < cfg.max_replicas and not meets(w, n + 1):
+                n += 1
+            n = min(cfg.max_replicas, n + 1)
+        counts[w] = n
+        main.policy = _Fixed(n)
+        main.set_spec(main.now, n)
+        main.advance((w + 1) * WINDOW_S)
+    return counts, run_policy("clairvoyant", trace, profile, cfg, initial, counts)
 
 
 def quantile(xs: list[float], q: float) -> float:
@@ -202,7 +255,7 @@ def run_seed(
     initial = initial_replicas(trace, cap, cfg)
     top = ceiling(trace, profile, cfg)
     progress(f"{base.name} seed {seed}: {len(trace)} requests (x{scale:.2f}), clairvoyant search")
-    _counts, csim = search_clairvoyant(trace, profile, cfg, cfg.target_attainment * top, initial)
+    _counts, csim = search_clairvoyant(trace, profile, cfg, cfg.target_attainment, initial)
     cv = summarise(csim)
     out: dict[str, dict[str, float]] = {}
     lines: dict[str, list[TimelinePoint]] = {}

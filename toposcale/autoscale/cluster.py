@@ -68,8 +68,10 @@ class Snapshot:
     front_door: int
     prompt_tokens_total: float  # cluster counters, every replica that ever served (sum over series)
     generation_tokens_total: float
-    requests_admitted_total: float
+    requests_admitted_total: float  # arrivals at the router (a gateway's request counter)
     prompt_tokens_admitted_total: float
+    requests_finished_total: float
+    output_tokens_finished_total: float
 
 
 class Policy(Protocol):
@@ -186,9 +188,16 @@ class Simulation:
     _gone_gen: float = 0.0
     admitted_requests: float = 0.0
     admitted_prompt: float = 0.0
+    finished_requests: float = 0.0
+    finished_output: float = 0.0
     _next_arrival: int = 0
+    _k: int = 0  # slices done
+    _snap_k: int = 0
+    _next_policy: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.replicas:
+            return
         for _ in range(self.cfg.initial_replicas):
             r = self._new_replica(0.0)
             r.phase, r.started, r.ready_at = "Ready", 0.0, 0.0
@@ -242,10 +251,10 @@ class Simulation:
             self.rr += 1
             target = ready[self.rr % len(ready)]
         target.model.submit(req)
-        self.admitted_requests += 1
-        self.admitted_prompt += req.prompt
 
     def _record(self, f: Finished, t: float) -> None:
+        self.finished_requests += 1
+        self.finished_output += f.output
         ok = f.ttft_s <= self.cfg.ttft_slo_s and f.tpot_s <= self.cfg.tpot_slo_s
         self.outcomes.append(Outcome(f.arrival, f.ttft_s, f.tpot_s, ok))
         self.lat_t.append(t)
@@ -254,26 +263,51 @@ class Simulation:
 
     # ---- the loop -----------------------------------------------------------------------------------------
     def run(self) -> Simulation:
+        """The whole trace (plus time for the last requests), then everything unfinished counts as missed."""
         cfg = self.cfg
-        end = cfg.until_s if cfg.until_s is not None else self.trace.span_s + 120.0
+        self.advance(cfg.until_s if cfg.until_s is not None else self.trace.span_s + 120.0)
+        self.close()
+        return self
+
+    def fork(self, policy: Policy) -> Simulation:
+        """A copy of the cluster as it is now (replicas, queues, requests in flight) under another policy,
+        with no history: for trying what-ifs from this point (the clairvoyant's search)."""
+        import copy
+
+        twin = Simulation(self.cfg, self.trace, policy)
+        twin.replicas = copy.deepcopy(self.replicas)
+        twin.front_door = copy.deepcopy(self.front_door)
+        twin.spec, twin.now, twin.next_rid = self.spec, self.now, self.next_rid
+        twin._next_arrival = self._next_arrival
+        twin._k = self._k
+        twin._snap_k = self._snap_k
+        twin._next_policy = self._next_policy
+        return twin
+
+    def advance(self, end: float) -> None:
+        """Simulate up to `end` (resumable)."""
+        cfg = self.cfg
         view = ClusterView(self)
-        snap_k = 0
-        self._snapshot(0.0, grid=True)
-        snap_k = 1
-        next_policy = self.policy.interval_s
+        if self._snap_k == 0:
+            self._snapshot(0.0, grid=True)
+            self._snap_k = 1
+            self._next_policy = self.policy.interval_s
+        snap_k, next_policy, k = self._snap_k, self._next_policy, self._k
         tr = self.trace
         n = len(tr)
         dt = cfg.dt
-        k = 0
         while self.now < end - 1e-9:
             k += 1
             t0, t1 = self.now, k * dt
+            self._lifecycle(t0)  # a replica asked for at the last sync starts now if a node has room
             # arrivals of the slice (in order; they carry their exact time)
             i = self._next_arrival
             if i < n and tr.t[i] < t1:
                 ready = [r for r in self.replicas if r.phase == "Ready"]
                 while i < n and tr.t[i] < t1:
                     req = Request(arrival=max(tr.t[i], t0), prompt=tr.prompt[i], output=tr.output[i])
+                    self.admitted_requests += 1  # arrivals at the router (the front door's counters)
+                    self.admitted_prompt += req.prompt
                     self._route(req, ready)
                     i += 1
             self._next_arrival = i
@@ -301,7 +335,6 @@ class Simulation:
             self.pending_replica_s += pending * dt
             self.peak_pending = max(self.peak_pending, pending)
             self.now = t1
-            self._lifecycle(t1)
             if t1 >= snap_k * SNAPSHOT_S - 1e-9:
                 self._snapshot(t1, grid=snap_k % 2 == 0)
                 snap_k += 1
@@ -322,14 +355,16 @@ class Simulation:
                         p90,
                     )
                 )
-        # whatever never finished counts as missed
+        self._snap_k, self._next_policy, self._k = snap_k, next_policy, k
+
+    def close(self) -> None:
+        """Whatever never finished counts as missed."""
         for r in self.replicas:
             for q in r.model.abort_all():
                 self.outcomes.append(Outcome(q.arrival, math.inf, math.inf, False))
         for q in self.front_door:
             self.outcomes.append(Outcome(q.arrival, math.inf, math.inf, False))
         self.front_door.clear()
-        return self
 
     def _retire(self, r: Replica) -> None:
         self._gone_prompt += r.model.prompt_tokens_total
@@ -380,5 +415,7 @@ class Simulation:
                 + sum(r.model.generation_tokens_total for r in serving),
                 requests_admitted_total=self.admitted_requests,
                 prompt_tokens_admitted_total=self.admitted_prompt,
+                requests_finished_total=self.finished_requests,
+                output_tokens_finished_total=self.finished_output,
             )
         )

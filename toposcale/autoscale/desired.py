@@ -41,6 +41,8 @@ TARGET_UTILISATION = 0.8  # busy share a replica is run at: queueing delay stays
 HOLT_ALPHA = 0.5  # level smoothing per 15 s observation: half-life of about one sync
 HOLT_BETA = 0.2  # trend smoothing: a trend must persist ~5 syncs (75 s) to count fully
 LEARN_RATE = 0.1  # kappa moves this share of the way toward what an observation shows
+# (No upward probing on latency margins: latency is a cliff, flat until saturation, so a comfortable p90
+# says nothing about how far the cliff is; probing on it overloaded replicas in the benchmark.)
 KAPPA_BOUNDS = (0.25, 2.0)  # the learned correction never trusts a single window beyond these
 DECODE_STEP_SHARE = 0.5  # the share of the TPOT target a pure decode step may take at the capacity batch
 # (the rest is left to the prefill chunks vLLM mixes into the same steps)
@@ -58,10 +60,31 @@ class Capacity:
 
     prompt_tokens_s: float
     generation_tokens_s: float
+    # Extra prefill seconds per prompt token per token of context before it (attention over the cached part
+    # of the prompt): a 12k-token prompt costs more per token than a 1k one. 0: prompt_tokens_s is flat.
+    prompt_context_s: float = 0.0
+    # The mean prompt length prompt_tokens_s was measured at when prompt_context_s is 0 (informational).
+    ref_prompt_tokens: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.prompt_tokens_s > 0 and self.generation_tokens_s > 0):
             raise ValueError("capacity must be positive")
+        if self.prompt_context_s < 0:
+            raise ValueError("prompt_context_s must be >= 0")
+
+    def prompt_capacity(self, mean_prompt_tokens: float | None) -> float:
+        """Prefill tokens/s at this mean prompt length: a token of a prompt of L tokens attends to L/2
+        earlier ones on average."""
+        if not self.prompt_context_s or not mean_prompt_tokens:
+            return self.prompt_tokens_s
+        return 1.0 / (1.0 / self.prompt_tokens_s + self.prompt_context_s * mean_prompt_tokens / 2)
+
+    def busy(self, prompt_rate: float, generation_rate: float, mean_prompt_tokens: float | None) -> float:
+        """Replica-equivalents (busy share) of this load."""
+        return (
+            prompt_rate / self.prompt_capacity(mean_prompt_tokens)
+            + generation_rate / self.generation_tokens_s
+        )
 
     @classmethod
     def from_profile(cls, profile: Profile, tpot_slo_s: float, context: float = REF_CONTEXT) -> Capacity:
@@ -69,7 +92,9 @@ class Capacity:
         budget-sized chunk after `context` cached tokens); decode at the largest batch whose step stays within
         DECODE_STEP_SHARE of the TPOT target (and within max_num_seqs and the KV cache)."""
         budget = profile.max_num_batched_tokens
-        prompt = budget / profile.chunk_time(budget, context)
+        flat = profile.chunk_time(budget, 0)
+        prior = profile.chunk_prior[-1] or context
+        slope = max(0.0, (profile.chunk_time(budget, prior) - flat) / budget / prior)
         limit = tpot_slo_s * DECODE_STEP_SHARE
         best = 1.0 / profile.decode_time(1, context)
         kv_batch = max(1, int(profile.kv_capacity_tokens // max(context, 1)))
@@ -80,7 +105,7 @@ class Capacity:
                 break
             best = max(best, b / t)
             b += 1 if b < 16 else max(1, b // 8)
-        return cls(prompt, best)
+        return cls(budget / flat, best, slope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +157,7 @@ class DesiredState:
     trend: float = 0.0
     last_t: float | None = None
     kappa: float = 1.0
+    backlog_tokens: float | None = None  # waiting prompt tokens at the last observation (for its growth)
     history: deque[tuple[float, int]] = field(default_factory=deque)  # (t, raw desired) for hysteresis
 
 
@@ -186,7 +212,7 @@ def decide(cfg: DesiredConfig, state: DesiredState, obs: Observation) -> Decisio
     if state.last_t is not None and obs.t < state.last_t:
         raise DesiredError(f"observation at {obs.t} is older than the last one ({state.last_t})")
     reasons: list[str] = []
-    pcap = cfg.prior.prompt_tokens_s * state.kappa
+    pcap = cfg.prior.prompt_capacity(obs.mean_prompt_tokens) * state.kappa
     gcap = cfg.prior.generation_tokens_s * state.kappa
 
     if obs.ready_replicas == 0:
@@ -205,16 +231,20 @@ def decide(cfg: DesiredConfig, state: DesiredState, obs: Observation) -> Decisio
         reasons.append(f"0 ready replicas: front door holds {obs.front_door_pending:g} requests")
     else:
         demand = obs.prompt_tokens_rate / pcap + obs.generation_tokens_rate / gcap
-        waiting_tokens = obs.waiting_requests * (obs.mean_prompt_tokens or 0.0)
+        waiting_tokens = obs.waiting_requests * (obs.mean_prompt_tokens or 0.0) + (
+            obs.front_door_pending or 0
+        ) * (obs.mean_prompt_tokens or 0.0)
+        # Served token rates cannot exceed what the replicas serve: under overload the arrivals are the
+        # served rate plus the queue's growth, so a growing queue is demand now, not only backlog.
+        if state.backlog_tokens is not None and state.last_t is not None and obs.t > state.last_t:
+            growth = max(0.0, waiting_tokens - state.backlog_tokens) / (obs.t - state.last_t)
+            if growth > 0:
+                demand += growth / pcap
+                reasons.append(f"queue growing by {growth:.0f} prompt tokens/s")
+        state.backlog_tokens = waiting_tokens
         if obs.waiting_requests > 0 and obs.mean_prompt_tokens is None:
             raise DesiredError("requests are waiting but their mean prompt length is unknown")
         backlog = waiting_tokens / (pcap * (cfg.cold_start_s + cfg.ttft_slo_s))
-        if obs.front_door_pending:
-            backlog += (
-                obs.front_door_pending
-                * (obs.mean_prompt_tokens or 0.0)
-                / (pcap * (cfg.cold_start_s + cfg.ttft_slo_s))
-            )
         reasons.append(
             f"demand {demand:.2f} replicas: prompt {obs.prompt_tokens_rate:.0f} tok/s / {pcap:.0f} + "
             f"generation {obs.generation_tokens_rate:.0f} tok/s / {gcap:.0f} per replica"

@@ -37,6 +37,7 @@ class Request:
     generated: float = 0.0  # tokens generated before the current decode stint (kept across preemption)
     d0: float = 0.0  # the replica's decode counter when the current stint began
     live: bool = False  # in the decode heap now (preemption leaves a stale heap entry)
+    join_t: float = -1.0  # when the current decode stint began
     preempted: int = 0
 
     @property
@@ -235,20 +236,26 @@ class ReplicaModel:
         else:
             tokens = dt / s_dec if b else 0.0
         self._d = d_start + tokens
-        # the GPU is busy from the first work of the slice on (a prefilled sequence decodes right after)
-        self.busy_s += dt if b else (now - first_begin if first_begin is not None else 0.0)
+        began = start if b else first_begin
         self.generation_tokens_total += b * tokens
         # Sequences that finished their prompt in this slice decode for the rest of it at the plain speed.
         step_after = s_dec if s_dec else p.decode_time(1, 1)
         for r, done in joined:
             made = (now - done) / step_after
+            r.join_t = done
             self._join_decode(r, self._d - made)
             self.generation_tokens_total += 1 + made
-        self._finish(now, start, d_start)
+        last = self._finish(now, start, d_start, step_after)
         self._preempt_if_full()
+        # DCGM's GPU_UTIL: the GPU is busy from the slice's first work until its last (all of it if work is
+        # left; a prefilled sequence decodes right after its prefill)
+        if began is not None:
+            self.busy_s += (now if not self.idle or last is None else max(last, began)) - began
         self._admit(now, now)
 
-    def _finish(self, now: float, start: float, d_start: float) -> None:
+    def _finish(self, now: float, start: float, d_start: float, step_after: float) -> float | None:
+        """Sequences done by now leave; returns the last finish time in the slice (None if none)."""
+        last: float | None = None
         heap = self._heap
         d_end = self._d
         span = d_end - d_start
@@ -260,7 +267,9 @@ class ReplicaModel:
             del self.decoding[r.rid]
             overshoot = d_end - key
             self.generation_tokens_total -= max(0.0, overshoot)
-            if span > 0 and key >= d_start:
+            if r.join_t > start:  # joined in this slice: decoding at `step_after` since its join
+                t = r.join_t + (key - r.d0) * step_after
+            elif span > 0 and key >= d_start:
                 t = start + (now - start) * (key - d_start) / span
             else:
                 t = now
@@ -280,6 +289,8 @@ class ReplicaModel:
                 )
             )
             self.success_total += 1
+            last = t if last is None else max(last, t)
+        return last
 
     def _preempt_if_full(self) -> None:
         cap = self.profile.kv_capacity_tokens

@@ -96,6 +96,9 @@ class Profile:
         object.__setattr__(self, "_chunk_cols", tuple(cols))
         object.__setattr__(self, "_cache", {})
 
+    def __deepcopy__(self, memo: dict[int, object]) -> Profile:
+        return self  # immutable (the cache only remembers answers): replicas copied for a what-if share it
+
     # ---- step times --------------------------------------------------------------------------------------
     @property
     def floor_s(self) -> float:

@@ -35,10 +35,15 @@ class DynamoThroughput:
             return view.spec_replicas
         a, b = snaps[0], snaps[-1]
         span = b.t - a.t
-        prompt = (b.prompt_tokens_total - a.prompt_tokens_total) / span
-        gen = (b.generation_tokens_total - a.generation_tokens_total) / span
-        cap = self.ctx.capacity
-        load = prompt / cap.prompt_tokens_s + gen / cap.generation_tokens_s  # constant predictor
+        # The frontend's counters: requests arrived, their mean ISL; OSL from the requests that finished.
+        n = b.requests_admitted_total - a.requests_admitted_total
+        done = b.requests_finished_total - a.requests_finished_total
+        if n <= 0:
+            return max(1, self.ctx.min_replicas)
+        isl = (b.prompt_tokens_admitted_total - a.prompt_tokens_admitted_total) / n
+        osl = (b.output_tokens_finished_total - a.output_tokens_finished_total) / done if done else isl / 5
+        rate = n / span  # constant predictor: the next interval's request rate is the last one's
+        load = self.ctx.capacity.busy(rate * isl, rate * osl, isl)
         want = max(1, self.ctx.min_replicas, math.ceil(load - 1e-9))
         return min(self.ctx.max_replicas, want)
 
