@@ -14,7 +14,7 @@ Per placed pod the tier of its predicted set is kept, so the answer says how man
 
 - `best`: on the best tier any k GPUs of that node can have (an NVSwitch box: nvlink; bridged pairs: for 4
   GPUs, whatever the best 4 of that box are);
-- `numa`: on one NUMA node (a set of tier numa or better, or GPUs sharing one known socket);
+- `numa`: on one NUMA node (the set meets `toposcale.io/required-scope: numa`, the filter's own check);
 - `any`: anywhere the scheduler's prediction admits it.
 
 A node whose topology or allocation is unknown takes nothing here (a failed source is never read as "all
@@ -37,7 +37,7 @@ from .nodeview import NodeView
 from .topology import dra
 from .topology.allocator import mask_of, wiring
 from .topology.model import Tier, Topology
-from .topology.scoring import MAX_SCORE, NodeDecision, best_tier, decide_raw
+from .topology.scoring import MAX_SCORE, NodeDecision, best_tier, decide_raw, meets_scope
 
 # Why a node takes no more pods of the template (or none of a tier):
 NO_GPU = "no-gpu"  # too few free GPUs
@@ -193,7 +193,7 @@ def _slots(free: _Free, k: int, need: Tier | None) -> NodeSlots:
             best += 1
         else:
             tiers.append(tier.label)
-            numa += tier <= Tier.NUMA or d.span == 1
+            numa += meets_scope(free.topo, mask_of(int(i) for i in d.gpus), Tier.NUMA)
             best += top is None or tier <= top
         free = free.take(d)
         if not d.gpus:  # defensive: a fitting decision always names its set

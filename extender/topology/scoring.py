@@ -59,6 +59,7 @@ __all__ = [
     "decide_raw",
     "freed_value",
     "materialize",
+    "meets_scope",
     "required_scope_tier",
     "score_node",
     "set_span",
@@ -236,6 +237,11 @@ def _meets(w: Wiring, topo: Topology, mask: int, need: Tier) -> bool:
         hit = all(_pair_meets(w, topo, a, b, need) for a, b in combinations(indices_of(mask), 2))
         w.memo[key] = hit
     return hit  # type: ignore[return-value]
+
+
+def meets_scope(topo: Topology, mask: int, need: Tier) -> bool:
+    """Whether the set `mask` satisfies the required scope `need` (what filter checks)."""
+    return _meets(wiring(topo), topo, mask, need)
 
 
 def _max_group(w: Wiring, topo: Topology, mask: int, need: Tier) -> int:
