@@ -6,6 +6,8 @@
 #   ./scripts/kube.sh up DIR      start etcd + kube-apiserver (aggregator on) + kube-controller-manager
 #                                 + kube-scheduler on free loopback ports with PKI made for the run;
 #                                 writes DIR/admin.kubeconfig, DIR/env, DIR/*.log (DIR: new or empty)
+#        ... up DIR --kubelets N  and N real nodes (root): containerd + the kubelet + a device plugin each,
+#                                 in DIR/kubelets/ (tests/harness/kubelet_lab.py says what runs and how)
 #   ./scripts/kube.sh down DIR    stop exactly the processes of that run (by PID) and remove what `up` wrote,
 #                                 DIR itself only if `up` made it; a DIR `up` did not make (no .kube-sh-up
 #                                 marker) or that does not exist is refused: exit 1, nothing touched
@@ -92,15 +94,35 @@ cmd="${1:-}"
 case "$cmd" in
   bin-dir) bin_dir ;;
   up)
-    [ $# -eq 2 ] && [ -n "$2" ] || die "usage: kube.sh up DIR"
+    kubelets=0
+    if [ $# -eq 4 ] && [ "$3" = "--kubelets" ]; then kubelets="$4"; set -- "$1" "$2"; fi
+    [ $# -eq 2 ] && [ -n "$2" ] || die "usage: kube.sh up DIR [--kubelets N]"
+    case "$kubelets" in ''|*[!0-9]*) die "--kubelets needs a number, got '$kubelets'" ;; esac
     dir="$(abs_dir "$2")"
     bins="$(bin_dir)"
-    cd "$root" && exec "$(venv_python)" -m tests.harness.kube_cluster up "$dir" --bin-dir "$bins"
+    if [ "$kubelets" -eq 0 ]; then
+      cd "$root" && exec "$(venv_python)" -m tests.harness.kube_cluster up "$dir" --bin-dir "$bins"
+    fi
+    # Real nodes: containerd + the kubelet + the device plugin per node (tests/harness/kubelet_lab.py).
+    [ "$(id -u)" -eq 0 ] || die "--kubelets needs root (containerd, cgroups, network namespaces)"
+    dp="$("$root/scripts/gpuallocator.sh" deviceplugin-bin)"
+    cd "$root"
+    "$(venv_python)" -m tests.harness.kube_cluster up "$dir" --bin-dir "$bins"
+    if ! "$(venv_python)" -m tests.harness.kubelet_lab up "$dir" --count "$kubelets" --deviceplugin "$dp"; then
+      "$(venv_python)" -m tests.harness.kube_cluster down "$dir" || :
+      exit 1
+    fi
     ;;
   down)
     [ $# -eq 2 ] && [ -n "$2" ] || die "usage: kube.sh down DIR"
     dir="$(abs_dir "$2")"
-    cd "$root" && exec "$(venv_python)" -m tests.harness.kube_cluster down "$dir"
+    cd "$root"
+    # The real nodes first (if `up --kubelets` started any), then the control plane; a refused DIR is
+    # refused by both without a word from the first.
+    lab_rc=0
+    "$(venv_python)" -m tests.harness.kubelet_lab down "$dir" || lab_rc=$?
+    "$(venv_python)" -m tests.harness.kube_cluster down "$dir"
+    exit "$lab_rc"
     ;;
-  *) die "usage: kube.sh bin-dir | up DIR | down DIR" ;;
+  *) die "usage: kube.sh bin-dir | up DIR [--kubelets N] | down DIR" ;;
 esac

