@@ -32,7 +32,7 @@ from .scheduler import ExtenderError, SchedulerClient, pod_object
 from .serving import ServingParams
 from .supervisor import OwnErrors, Supervisor, free_port
 from .traffic import TrafficCurve, poisson
-from .vllm_sim import HeldGPU, NodeExporter, ReplicaServer, SimReplica
+from .vllm_sim import HeldGPU, NodeExporter, ReplicaServer, SimReplica, _Endpoint
 
 logger = logging.getLogger("toposcale.demo")
 
@@ -107,6 +107,7 @@ class Demo:
         self.nodes = build_fleet()
         self.by_name = {n.name: n for n in self.nodes}
         self.exporters: dict[str, NodeExporter] = {}
+        self.kube_state: _Endpoint | None = None  # with --prometheus-url: kube-state-metrics' pod series
         self.replicas: dict[str, Replica] = {}
         self.spec_replicas = cfg.min_replicas
         self.next_id = 0
@@ -147,6 +148,9 @@ class Demo:
             exp = NodeExporter(node)
             await exp.start()
             self.exporters[node.name] = exp
+        if self.cfg.file_sd is not None:
+            self.kube_state = _Endpoint(lambda: self.kube_state_text().encode())
+            await self.kube_state.start()
         self.write_targets()
         aport, eport = free_port(), free_port()
         if self.cfg.prometheus_url:
@@ -195,7 +199,25 @@ class Demo:
             )
         atomic_write(self.targets_path, yaml.safe_dump(doc, sort_keys=False))  # the adapter never reads half
         if self.cfg.file_sd is not None:
+            if self.kube_state is not None:  # what a cluster's Prometheus scrapes beside the pods
+                labels = {"namespace": "kube-system", "pod": "kube-state-metrics",
+                          "app.kubernetes.io/name": "kube-state-metrics"}
+                doc = [*doc, {"url": self.kube_state.url, "labels": labels}]
             atomic_write(self.cfg.file_sd, json.dumps(file_sd_groups(doc), indent=1))
+
+    def kube_state_text(self) -> str:
+        """kube-state-metrics' view of the demo's pods: `kube_pod_info` for every pod that exists, and
+        `kube_pod_deletion_timestamp` for those being deleted. The adapter in Prometheus mode expects only
+        these pods: a scaled-in replica's `up == 0` outlives it in Prometheus by two scrape intervals."""
+        ns = self.cfg.namespace
+        lines = ["# TYPE kube_pod_info gauge"]
+        lines += [f'kube_pod_info{{namespace="{ns}",pod="{r.pod}",node="{r.node.name if r.node else ""}"}} 1'
+                  for r in self.replicas.values()]
+        lines.append("# TYPE kube_pod_deletion_timestamp gauge")
+        now = int(time.time())  # kube-state-metrics: the deletion's unix time; only presence is read
+        lines += [f'kube_pod_deletion_timestamp{{namespace="{ns}",pod="{r.pod}"}} {now}'
+                  for r in self.replicas.values() if r.phase == "Terminating"]
+        return "\n".join(lines) + "\n"
 
     # ---- the ReplicaSet controller ------------------------------------------------------------------------
     def active(self) -> list[Replica]:
@@ -463,6 +485,8 @@ class Demo:
                 await r.server.stop()
         for exp in self.exporters.values():
             await exp.stop()
+        if self.kube_state is not None:
+            await self.kube_state.stop()
         self.sup.stop_all()
 
 
