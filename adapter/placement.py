@@ -6,8 +6,11 @@ like the selected ones fit now, and caps the answer at
 
     ready + starting + placeable + provisioning_allowance      (the rule's desired.provisioning_allowance, 1)
 
-The allowance leaves that many Pending pods for a node autoscaler (cluster-autoscaler, Karpenter) to add
-nodes for, without a cascade of Pending replicas that all land at once when the nodes arrive. What is cut
+where a starting pod that is still Pending counts only when the extender found it a slot (its answer places
+the Pending pods first: `pending.placed`); so at most `allowance` of the Deployment's pods wait for a node
+at any time, however many syncs pass. The allowance leaves that many Pending pods for a node autoscaler
+(cluster-autoscaler, Karpenter) to add nodes for, without a cascade of Pending replicas that all land at
+once when the nodes arrive. What is cut
 off is served as `toposcale_unplaceable_replicas{namespace,metric,reason}` (reason: no-gpu,
 no-topology-slot, required-scope) on the adapter's /metrics, so an operator sees that the cluster, not the
 autoscaler, is the limit; `/debug/desired` names the cap in one record ("wanted 6; 3 ready, 1 starting;
@@ -34,9 +37,13 @@ REASONS = ("no-gpu", "no-topology-slot", "required-scope")
 WARN_EVERY_S = 300.0
 
 
-def cap(desired: int, ready: int, starting: int, placeable: int, allowance: int) -> tuple[int, int]:
-    """(the capped count, how many were held back). Never below what is already there."""
-    room = ready + starting + max(placeable, 0) + max(allowance, 0)
+def cap(
+    desired: int, ready: int, starting: int, placeable: int, allowance: int, unplaced: int = 0
+) -> tuple[int, int]:
+    """(the capped count, how many were held back). `unplaced`: starting pods still Pending without a slot
+    (they do not count toward the room: else each sync would add `allowance` more). Never below what is
+    already there."""
+    room = ready + starting - max(unplaced, 0) + max(placeable, 0) + max(allowance, 0)
     if desired <= room:
         return desired, 0
     return max(room, ready + starting), desired - max(room, ready + starting)
@@ -106,11 +113,17 @@ class Placement:
             )
             self.gauge.labels(namespace, metric, r).set(total)
 
-    async def template(self, namespace: str, selector: Selector) -> dict[str, Any] | None:
-        pods = await self.core.list_namespaced_pod(namespace, label_selector=str(selector), limit=1)
-        if not pods.items:
-            return None
-        return self.api.sanitize_for_serialization(pods.items[0])  # type: ignore[no-any-return]
+    async def template(self, namespace: str, selector: Selector) -> tuple[dict[str, Any] | None, int]:
+        """One selected pod (the template; None when there is none) and how many are unscheduled."""
+        pods = (await self.core.list_namespaced_pod(namespace, label_selector=str(selector))).items
+        if not pods:
+            return None, 0
+        waiting = sum(
+            1
+            for p in pods
+            if not (p.spec is not None and p.spec.node_name) and p.metadata.deletion_timestamp is None
+        )
+        return self.api.sanitize_for_serialization(pods[0]), waiting
 
     async def cap(
         self,
@@ -129,11 +142,13 @@ class Placement:
             self._record(namespace, metric, sel, 0, "no-gpu")
             return desired  # nothing beyond what is there and the allowance: no need to ask
         try:
-            pod = await self.template(namespace, selector)
+            pod, waiting = await self.template(namespace, selector)
             if pod is None:
                 raise LookupError("no pod selected to take the template from (scale from zero)")
             doc = await self.extender.post("/placeable", pod)
             placeable = int(doc["placeable"]["any"])
+            # ours first among the Pending pods the extender placed (exact when no other workload waits)
+            unplaced = max(0, waiting - int(doc["pending"]["placed"]))
         except Exception as exc:  # no cap on a failed source: the algorithm's answer stands
             why = f"{type(exc).__name__}: {exc}"
             self._warn(
@@ -146,7 +161,7 @@ class Placement:
             if explain is not None:
                 explain["placement"] = {"capped": False, "error": why[:500]}
             return desired
-        out, held = cap(desired, ready, starting, placeable, allowance)
+        out, held = cap(desired, ready, starting, placeable, allowance, unplaced)
         reason = str(doc["heldBack"]["any"]) if held else "no-gpu"
         self._record(namespace, metric, sel, held, reason if reason in REASONS else "no-gpu")
         if explain is not None:
@@ -156,6 +171,7 @@ class Placement:
                 "ready": ready,
                 "starting": starting,
                 "placeable": placeable,
+                "unplacedPending": unplaced,
                 "allowance": allowance,
                 "heldBack": held,
                 "reason": reason if held else None,

@@ -17,7 +17,14 @@ ANSWER = {
     "placeable": {"best": 1, "numa": 1, "any": 1},
     "heldBack": {"best": "required-scope", "numa": "required-scope", "any": "required-scope"},
     "nodes": [{"node": "gpu-hgx-7", "any": 1, "numa": 1, "best": 1, "tiers": ["nvlink"]}],
+    "pending": {"pods": 0, "placed": 0},
 }
+
+
+def pod(node: str | None = "gpu-1") -> Any:
+    return SimpleNamespace(
+        spec=SimpleNamespace(node_name=node), metadata=SimpleNamespace(deletion_timestamp=None)
+    )
 
 
 def test_cap_is_ready_plus_starting_plus_placeable_plus_allowance() -> None:
@@ -26,6 +33,8 @@ def test_cap_is_ready_plus_starting_plus_placeable_plus_allowance() -> None:
     assert cap(8, 3, 1, 1, 0) == (5, 3)
     assert cap(2, 3, 1, 0, 0) == (2, 0)  # never raises an answer, never cuts below what is there
     assert cap(9, 3, 1, 0, 0) == (4, 5)
+    # a starting pod still Pending without a slot is no room: at most `allowance` wait, sync after sync
+    assert cap(9, 3, 2, 0, 1, unplaced=1) == (5, 4)
 
 
 def test_the_record_names_the_cap_and_its_reason() -> None:
@@ -57,7 +66,7 @@ class Extender:
 
 
 def placement(pods: list[Any], answer: Any) -> tuple[Placement, Extender, CollectorRegistry]:
-    api = SimpleNamespace(sanitize_for_serialization=lambda p: p)
+    api = SimpleNamespace(sanitize_for_serialization=lambda p: {"kind": "Pod", "spec": {}})
     reg = CollectorRegistry()
     ext = Extender(answer)
     p = Placement(api, ext, reg)
@@ -66,7 +75,7 @@ def placement(pods: list[Any], answer: Any) -> tuple[Placement, Extender, Collec
 
 
 async def test_a_cut_is_served_as_unplaceable_replicas_by_reason() -> None:
-    p, ext, reg = placement([{"kind": "Pod", "spec": {}}], ANSWER)
+    p, ext, reg = placement([pod()], ANSWER)
     explain: dict[str, Any] = {"desiredReplicas": 7}
     sel = parse_selector("app=vllm")
     got = await p.cap("vllm_desired_replicas", "llm", sel, 7, 3, 1, 1, explain)
@@ -83,13 +92,22 @@ async def test_a_cut_is_served_as_unplaceable_replicas_by_reason() -> None:
     assert f"{line} 0.0" in generate_latest(reg).decode()
 
 
+async def test_pending_pods_without_a_slot_do_not_cascade() -> None:
+    """3 ready, 2 starting of which 1 Pending that the extender could not place: room 3 + 1 + 0 + 1."""
+    answer = {**ANSWER, "placeable": {"best": 0, "numa": 0, "any": 0}, "pending": {"pods": 1, "placed": 0}}
+    p, _, _ = placement([pod(), pod(None)], answer)
+    explain: dict[str, Any] = {}
+    assert await p.cap("m", "llm", parse_selector("app=vllm"), 9, 3, 2, 1, explain) == 5
+    assert explain["placement"]["unplacedPending"] == 1 and explain["placement"]["heldBack"] == 4
+
+
 async def test_no_template_or_a_failing_extender_caps_nothing() -> None:
     sel = parse_selector("app=vllm")
     p, _, _ = placement([], ANSWER)
     explain: dict[str, Any] = {}
     assert await p.cap("m", "llm", sel, 3, 0, 0, 1, explain) == 3
     assert explain["placement"]["capped"] is False and "scale from zero" in explain["placement"]["error"]
-    p, _, _ = placement([{"kind": "Pod"}], RuntimeError("extender /placeable: HTTP 503: not synced"))
+    p, _, _ = placement([pod()], RuntimeError("extender /placeable: HTTP 503: not synced"))
     explain = {}
     assert await p.cap("m", "llm", sel, 9, 2, 0, 1, explain) == 9
     assert "HTTP 503" in explain["placement"]["error"]
