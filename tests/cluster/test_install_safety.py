@@ -240,8 +240,10 @@ def test_prometheus_adapter_keeps_custom_metrics(plain: Cluster, helm: Path, tmp
         assert apis_group(plain, "custom.metrics.k8s.io") == before
         assert set(apiservices(plain)) == {EXTERNAL, "v1beta1.custom.metrics.k8s.io"}
         assert apiservices(plain)[EXTERNAL]["spec"]["caBundle"]  # registered with its CA, never without
-        # uninstall: no APIService of ours is left, the other provider's is untouched
-        r = kubectl_k(plain, "delete", deploy / "all", "--timeout=120s")
+        # uninstall: no APIService of ours is left, the other provider's is untouched. (--wait=false: the
+        # namespace controller finishes only once discovery answers for every APIService, and this stand-in
+        # has no backend; the finally below waits for it once the stand-in is gone.)
+        r = kubectl_k(plain, "delete", deploy / "all", "--wait=false")
         assert r.returncode == 0, r.stderr
         assert set(apiservices(plain)) == {"v1beta1.custom.metrics.k8s.io"}
         assert apis_group(plain, "custom.metrics.k8s.io") == before
@@ -316,6 +318,9 @@ def test_prometheus_adapter_keeps_custom_metrics(plain: Cluster, helm: Path, tmp
     finally:
         kubectl(plain, "delete", "apiservice", "v1beta1.custom.metrics.k8s.io", check=False)
         kubectl(plain, "delete", "namespace", "monitoring", "ts-helm", "--wait=false", check=False)
+        kubectl(plain, "wait", "--for=delete", "namespace/toposcale", "--timeout=180s", check=False)
+    gone = kubectl(plain, "get", "namespace", "toposcale", check=False)
+    assert gone.returncode != 0, f"deploy/all's namespace is left: {gone.stdout}"
 
 
 def test_keda_keeps_external_metrics(plain: Cluster, helm: Path) -> None:
