@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from toposcale.serving.profile import Profile
 
@@ -35,6 +36,7 @@ class BenchConfig:
     router: str = "least"
     dt: float = 0.5
     target_attainment: float = 0.99
+    fleet: Any = None  # issue 29: toposcale.autoscale.fleet.FleetSpec (--fleet), None: room for max_replicas
 
 
 def window_demand(trace: Trace, cap: Capacity, window_s: float = WINDOW_S) -> list[float]:
@@ -103,9 +105,11 @@ def ceiling(trace: Trace, profile: Profile, cfg: BenchConfig) -> float:
 
 
 def sim_config(
-    profile: Profile, cfg: BenchConfig, initial: int, cold_start_s: float | None = None
+    profile: Profile, cfg: BenchConfig, initial: int, cold_start_s: float | None = None, victims: str = "rs"
 ) -> SimConfig:
     return SimConfig(
+        fleet=cfg.fleet,
+        victims=victims,  # type: ignore[arg-type]
         profile=profile,
         cold_start_s=cfg.cold_start_s if cold_start_s is None else cold_start_s,
         grace_s=cfg.grace_s,
@@ -123,11 +127,20 @@ def run_policy(
 ) -> Simulation:
     cap = Capacity.from_profile(profile, cfg.tpot_slo_s)
     ctx = PolicyContext(profile, cap, cfg.ttft_slo_s, cfg.tpot_slo_s, cfg.cold_start_s, 1, cfg.max_replicas)
+    victims = "rs"
     if name == "clairvoyant":
-        policy = Clairvoyant(counts or [1], cfg.cold_start_s, cfg.max_replicas)
+        policy: Any = Clairvoyant(counts or [1], cfg.cold_start_s, cfg.max_replicas)
+    elif cfg.fleet is not None:  # issue 29: the cap and the victim choice (toposcale.autoscale.fleet)
+        from .fleet import Capped, variant
+
+        v = variant(name)
+        policy = make(v.base, ctx)
+        if v.cap:
+            policy = Capped(policy, cfg.fleet.allowance)
+        victims = v.victims
     else:
         policy = make(name, ctx)
-    return Simulation(sim_config(profile, cfg, initial), trace, policy).run()
+    return Simulation(sim_config(profile, cfg, initial, victims=victims), trace, policy).run()
 
 
 class _Fixed:
@@ -221,6 +234,7 @@ def summarise(sim: Simulation) -> dict[str, float]:
         "peak_pending": float(sim.peak_pending),
         "aborted": float(sim.aborted),
         "pending_replica_minutes": sim.pending_replica_s / 60.0,
+        **(sim.fleet.stats() if sim.fleet is not None else {}),  # nodes added, best-tier share (a fleet)
     }
 
 

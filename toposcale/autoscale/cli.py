@@ -2,7 +2,7 @@
 autoscaling policy and report SLO attainment against GPU-hours.
 
 toposcale simulate autoscale [--trace FILE|NAME ...] [--profile h100-tp1] [--policies a,b] [--seeds 5]
-    [--json] [--plot PNG]
+    [--fleet FILE [--node-provision 300] [--node-kind NAME]] [--json] [--plot PNG]
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import sys
 import time
 from typing import Any, NoReturn
 
-from .policies import NAMES as POLICY_NAMES
+from .fleet import VARIANTS as FLEET_VARIANTS
+from .policies import NAMES
 from .traces import SHIPPED
 
 PROG = "toposcale simulate autoscale"
+POLICY_NAMES = (*NAMES, *FLEET_VARIANTS)  # the variants run only with --fleet (toposcale.autoscale.fleet)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policies",
         type=_policies,
-        default=list(POLICY_NAMES),
-        help=f"comma-separated, from {', '.join(POLICY_NAMES)} (default: all)",
+        default=None,
+        help=f"comma-separated, from {', '.join(POLICY_NAMES)} (default: all; the last two with --fleet)",
     )
     p.add_argument(
         "--seeds",
@@ -150,6 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="worker processes (default: the CPU count)",
     )
+    p.add_argument(
+        "--fleet",
+        metavar="FILE",
+        help="finite nodes from a fleet file (examples/fleets, real topologies) instead of room for "
+        "--max-replicas: replicas are placed as the extender and device plugin would, a node autoscaler "
+        "adds nodes, toposcale is capped at what can be placed and picks its scale-down victims; adds "
+        "nodes added and best-tier share to the report, and the variants "
+        f"{', '.join(FLEET_VARIANTS)} to the default policies",
+    )
+    p.add_argument(
+        "--node-provision",
+        type=_number(0, above=False),
+        default=300.0,
+        metavar="S",
+        help="with --fleet: seconds from a node autoscaler ordering a node to its arrival",
+    )
+    p.add_argument(
+        "--node-kind", metavar="NAME", help="with --fleet: the node type added (default: the fleet's first)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--plot", metavar="PNG", help="timeline figure per policy (first seed; the plot extra)")
     return p
@@ -188,7 +209,23 @@ def main(argv: list[str]) -> int:
         traces = [load_trace(t) for t in (args.trace or list(SHIPPED))]
     except (ProfileError, TraceError) as exc:
         return fail(str(exc))
+    fleet = None
+    variants = [n for n in args.policies or () if n in FLEET_VARIANTS]
+    if args.fleet is None and variants:
+        return fail(f"{', '.join(variants)} run only with --fleet")
+    if args.fleet is not None:
+        from toposcale.simulate.fleet import FleetError, load_fleet
+
+        from .fleet import FleetSpec
+
+        try:
+            fleet = FleetSpec.from_fleet(load_fleet(args.fleet), args.node_provision, args.node_kind)
+        except (FleetError, ValueError) as exc:
+            return fail(str(exc))
+    if args.policies is None:  # default: all (with --fleet, the variants too)
+        args.policies = list(POLICY_NAMES if fleet is not None else NAMES)
     cfg = BenchConfig(
+        fleet=fleet,
         ttft_slo_s=args.ttft_slo,
         tpot_slo_s=args.tpot_slo,
         cold_start_s=args.cold_start,
@@ -269,6 +306,13 @@ COLUMNS = (
 )
 
 
+FLEET_COLUMNS = (
+    ("Pending repl-min", "pending_replica_minutes", "{:.1f}"),
+    ("nodes added", "nodes_added", "{:.1f}"),
+    ("best tier", "best_tier_share", "{:.1%}"),
+)
+
+
 def table(rep: dict[str, Any]) -> str:
     """A Markdown table of one trace's report."""
     head = (
@@ -277,10 +321,13 @@ def table(rep: dict[str, Any]) -> str:
         f"and TPOT <= {rep['slo']['tpot_s']:g} s; attainable at all: {rep['slo_ceiling']:.2%} "
         f"(target {rep['attainment_target']:.2%})"
     )
-    rows = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    columns = COLUMNS
+    if any("nodes_added" in s for s in rep["policies"].values()):  # --fleet: placement columns
+        columns = (*COLUMNS, *FLEET_COLUMNS)
+    rows = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
     for name, s in rep["policies"].items():
         cells = [name]
-        for _title, key, fmt in COLUMNS[1:]:
+        for _title, key, fmt in columns[1:]:
             v = s.get(key, math.nan)
             cells.append("n/a" if not math.isfinite(v) else fmt.format(v))
         rows.append("| " + " | ".join(cells) + " |")

@@ -16,7 +16,7 @@ import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from toposcale.serving.model import Finished, ReplicaModel, Request
 from toposcale.serving.profile import Profile
@@ -39,6 +39,10 @@ class SimConfig:
     ttft_slo_s: float = 2.0
     tpot_slo_s: float = 0.1
     until_s: float | None = None  # stop here (default: the trace's end plus drain time)
+    # issue 29: finite nodes (toposcale.autoscale.fleet.FleetSpec; None: room for max_replicas replicas) and
+    # who picks the scale-down victims: "rs" (the ReplicaSet controller) or "toposcale" (pod-deletion-cost)
+    fleet: Any = None
+    victims: Literal["rs", "toposcale"] = "rs"
 
 
 @dataclass(slots=True)
@@ -51,6 +55,7 @@ class Replica:
     ready_at: float = 0.0
     drain_at: float = 0.0
     busy_mark: float = 0.0  # busy_s at the last snapshot
+    slot: Any = None  # its node and GPUs on a fleet (toposcale.autoscale.fleet.Slot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,17 @@ class ClusterView:
         out.reverse()
         return out
 
+    @property
+    def pending(self) -> int:
+        """Replicas no node has taken yet."""
+        return sum(1 for r in self._sim.replicas if r.phase == "Pending")
+
+    @property
+    def placeable(self) -> int | None:
+        """On a fleet: how many more replicas fit now (the extender's /placeable); None: no fleet."""
+        fleet = self._sim.fleet
+        return None if fleet is None else fleet.placeable()
+
     def latest(self, t: float, prometheus: bool) -> Snapshot | None:
         snaps = self.snapshots(t, 15.0, prometheus)
         return snaps[-1] if snaps else None
@@ -194,12 +210,21 @@ class Simulation:
     _k: int = 0  # slices done
     _snap_k: int = 0
     _next_policy: float = 0.0
+    fleet: Any = None  # toposcale.autoscale.fleet.FleetState when cfg.fleet is set
 
     def __post_init__(self) -> None:
         if self.replicas:
             return
+        if self.cfg.fleet is not None:
+            from .fleet import FleetState
+
+            self.fleet = FleetState(self.cfg.fleet, self.cfg.profile.gpus_per_replica)
         for _ in range(self.cfg.initial_replicas):
             r = self._new_replica(0.0)
+            if self.fleet is not None:
+                r.slot = self.fleet.place()
+                if r.slot is None:
+                    continue  # the fleet has no room for it: Pending from the start
             r.phase, r.started, r.ready_at = "Ready", 0.0, 0.0
         self.spec = self.cfg.initial_replicas
 
@@ -225,9 +250,15 @@ class Simulation:
             # controller.ActivePodsWithRanks: unscheduled, not ready, then the most recently ready go first
             order = {"Pending": 0, "Starting": 1, "Ready": 2}
             victims = sorted(active, key=lambda r: (order[r.phase], -r.ready_at, -r.created))[:excess]
+            if self.cfg.victims == "toposcale" and self.fleet is not None:
+                from .fleet import toposcale_victims
+
+                victims = toposcale_victims(active, self.fleet, excess)
             for r in victims:
                 if r.phase in ("Pending", "Starting"):
                     self.replicas.remove(r)
+                    if r.slot is not None:
+                        self.fleet.release(r.slot)
                 else:
                     r.phase, r.drain_at = "Draining", t
                     for req in r.model.take_waiting():  # queued, not started: the client retries elsewhere
@@ -282,6 +313,7 @@ class Simulation:
         twin._k = self._k
         twin._snap_k = self._snap_k
         twin._next_policy = self._next_policy
+        twin.fleet = copy.deepcopy(self.fleet)
         return twin
 
     def advance(self, end: float) -> None:
@@ -370,18 +402,30 @@ class Simulation:
         self._gone_prompt += r.model.prompt_tokens_total
         self._gone_gen += r.model.generation_tokens_total
         self.replicas.remove(r)
+        if r.slot is not None:
+            self.fleet.release(r.slot)
 
     def _lifecycle(self, t: float) -> None:
         room = self.cfg.room_replicas if self.cfg.room_replicas is not None else self.cfg.max_replicas
         holding = sum(1 for r in self.replicas if r.phase != "Pending")
         became_ready = False
+        fleet = self.fleet
+        unplaced = 0
         for r in self.replicas:
-            if r.phase == "Pending" and holding < room:
+            if r.phase == "Pending" and fleet is not None:  # a node of the fleet must take it
+                r.slot = fleet.place()
+                if r.slot is None:
+                    unplaced += 1
+                    continue
+                r.phase, r.started = "Starting", t
+            elif r.phase == "Pending" and holding < room:
                 r.phase, r.started = "Starting", t
                 holding += 1
             if r.phase == "Starting" and t - r.started >= self.cfg.cold_start_s - 1e-9:
                 r.phase, r.ready_at = "Ready", t
                 became_ready = True
+        if fleet is not None:
+            fleet.tick(t, unplaced)  # the node autoscaler: nodes ordered earlier arrive, more are ordered
         if became_ready and self.front_door:
             held = list(self.front_door)
             self.front_door.clear()
