@@ -56,7 +56,7 @@ bin() {
 cmd="${1:-}"
 case "$cmd" in
   bin) bin ;;
-  deviceplugin-bin) echo "$(dirname "$(bin)")/deviceplugin" ;;
+  deviceplugin-bin) b="$(bin)"; echo "$(dirname "$b")/deviceplugin" ;;
   run) b="$(bin)"; exec "$b" ;;
   *) die "usage: gpuallocator.sh bin | deviceplugin-bin | run" ;;
 esac

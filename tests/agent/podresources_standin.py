@@ -7,6 +7,16 @@ claim name, [(driver, pool, device)])`: the DRA devices the kubelet reports in `
 kubelet cm GetDynamicResources fills them, CDI device names included). `delay` makes every call slow;
 `allocatable_unimplemented` answers GetAllocatableResources with UNIMPLEMENTED, as kubelets before 1.23
 without the feature gate do.
+
+What a real kubelet answers is tested against one (tests/kubelet: the agent's client and `agent --once` on its
+socket, the agents of a real-kubelet fleet through a scheduling stream and a kubelet restart). This stand-in
+stays for what a real kubelet cannot be made to do on demand, or not within the suite's time: a slow or
+UNIMPLEMENTED answer, a socket that is not a kubelet, device IDs that are not the node's GPUs (another
+deviceIDStrategy), GPUs the device plugin withholds, other resource names (MIG), DRA dynamic resources (no
+DRA driver runs), pods changing between two steps of the agent's loop within milliseconds (tests/agent), a
+kubelet failing and coming back with the control plane restarting around it (tests/cluster), and the
+five-node fleet of tests/scheduler (8-GPU and NVSwitch boxes, one node per fixture: five real nodes would
+cost a minute of start-up and 2-core CPU throughout its tests).
 """
 
 from __future__ import annotations

@@ -103,29 +103,6 @@ def test_service_mode_needs_a_node_name(capsys, monkeypatch) -> None:
     assert "NODE_NAME" in capsys.readouterr().err
 
 
-async def test_console_script_once_reads_the_kubelet(kubelet: PodResourcesStandIn) -> None:
-    kubelet.allocatable = {"nvidia.com/gpu": X4_UUIDS}
-    kubelet.pods = [("llm", "vllm-0", "vllm", "nvidia.com/gpu", X4_UUIDS[:2])]
-    proc = await asyncio.create_subprocess_exec(
-        TOPOSCALE,
-        "agent",
-        "--once",
-        "--output",
-        "-",
-        "--from-capture",
-        str(X4 / "nvml_capture.json"),
-        "--pod-resources-socket",
-        kubelet.socket,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    docs = json.loads(out)
-    assert docs[ALLOCATION_ANNOTATION]["allocated"] == sorted(X4_UUIDS[:2])
-    assert docs[ALLOCATION_ANNOTATION]["unhealthy"] == []
-
-
 def test_service_without_kubernetes_credentials_is_a_clear_error(capsys, monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     rc = main(["agent", "--node-name", "gpu-1", "--kubeconfig", str(tmp_path / "missing"), "--port", "0",

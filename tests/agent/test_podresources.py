@@ -1,4 +1,6 @@
-"""The kubelet pod-resources client against a real gRPC server on a unix socket serving the kubelet proto."""
+"""The kubelet pod-resources client against a real gRPC server on a unix socket serving the kubelet proto, for
+what a real kubelet does not do on demand (tests/agent/podresources_standin.py says which); allocated and
+allocatable from a real kubelet: tests/kubelet/test_real_kubelet.py."""
 
 from __future__ import annotations
 
@@ -6,25 +8,6 @@ from toposcale.extender.agent.podresources.client import PodResourcesClient
 
 from .conftest import X4_UUIDS
 from .podresources_standin import PodResourcesStandIn
-
-
-async def test_allocated_and_allocatable_gpus_come_from_the_kubelet(kubelet: PodResourcesStandIn) -> None:
-    kubelet.allocatable = {"nvidia.com/gpu": X4_UUIDS, "example.com/nic": ["nic0"]}
-    kubelet.pods = [
-        ("llm", "vllm-0", "vllm", "nvidia.com/gpu", X4_UUIDS[:2]),
-        ("llm", "vllm-0", "vllm", "example.com/nic", ["nic0"]),
-        ("batch", "job-1", "main", "nvidia.com/gpu", [X4_UUIDS[3]]),
-    ]
-    client = PodResourcesClient(kubelet.socket, timeout=2.0)
-    try:
-        snap = await client.snapshot("nvidia.com/gpu")
-    finally:
-        await client.close()
-    assert snap.error is None
-    assert snap.allocatable == frozenset(X4_UUIDS)
-    assert snap.allocated == {X4_UUIDS[0], X4_UUIDS[1], X4_UUIDS[3]}
-    assert snap.holders[X4_UUIDS[3]] == "batch/job-1/main"
-    assert kubelet.calls == {"List": 1, "GetAllocatableResources": 1}
 
 
 async def test_resource_name_is_configurable(kubelet: PodResourcesStandIn) -> None:
