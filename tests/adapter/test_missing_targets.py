@@ -25,6 +25,7 @@ from toposcale.adapter.sources.scrape import ScrapeSource
 from tests.harness.exporters import DcgmExporter, Exporter, Gpu, VllmExporter
 from tests.harness.kube_standin import KubeStandIn
 from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
+from tests.harness.real_kube import RealKube
 from toposcale import kube
 
 SUM = Rule(name="waiting", series=["vllm:num_requests_waiting"], aggregation="sum")
@@ -420,7 +421,7 @@ async def _until(prom: PrometheusServer, promql: str) -> None:
     raise AssertionError(f"Prometheus never answered {promql}")
 
 
-async def test_prometheus_expects_the_pods_that_exist_now(serve_adapter, tmp_path: Path) -> None:
+async def test_prometheus_expects_the_pods_that_exist_now(serve_adapter, kube_cluster, deployed) -> None:
     # After a scale-in the deleted pods' `up == 0` stays in Prometheus for two scrape intervals (here: for
     # good, their static targets stay): they were counted as expected but down ("only 2 of 6 targets
     # answered"), or extrapolated over. The pods that exist now come from the Kubernetes API when the
@@ -431,7 +432,8 @@ async def test_prometheus_expects_the_pods_that_exist_now(serve_adapter, tmp_pat
     d = VllmExporter(waiting=9, kv_cache=0.4)
     ksm = TextExporter(pod_info("a", "b", "d"))
     rules = RuleSet(rules=[SUM, STRICT, TYPO, KV_V1_STRICT])
-    async with a, b, d, ksm, KubeStandIn() as k:
+    real = RealKube(kube_cluster)
+    async with a, b, d, ksm:
         jobs = [ScrapeJob(n, [e.address], {"namespace": "ml", "pod": n, "app": "vllm"})
                 for n, e in (("a", a), ("b", b), ("d", d))]
         prom = PrometheusServer([*jobs, ScrapeJob("ksm", [ksm.address], honor_labels=True)],
@@ -456,12 +458,15 @@ async def test_prometheus_expects_the_pods_that_exist_now(serve_adapter, tmp_pat
 
             await d.stop()  # the ReplicaSet deleted d: its target fails until it leaves discovery
             await _until(prom, 'up{job="d"} == 0')
-            # Kubernetes lists a and b (d is gone), kube-state-metrics has not been scraped since
-            k.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"},
-                   "status": {"phase": "Active"}})
-            k.add(pod("a", "ml", {"app": "vllm"}, "127.0.0.1"))
-            k.add(pod("b", "ml", {"app": "vllm"}, "127.0.0.1"))
-            pods = KubePods(await kube.api_client(k.write_kubeconfig(tmp_path / "kubeconfig")), ttl=0.0)
+            # The real API server lists a and b (d is gone), read with the adapter's own ServiceAccount and
+            # RBAC; kube-state-metrics has not been scraped since
+            real.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"}})
+            for name in ("a", "b"):
+                p = pod(name, "ml", {"app": "vllm"}, "127.0.0.1")
+                p["spec"]["schedulerName"] = "nobody"  # no scheduler binds it: the Pod stays as written
+                real.add(p)
+            api = await kube.api_client(str(deployed.kubeconfigs["toposcale-adapter"]))
+            pods = KubePods(api, ttl=0.0)
             with_kube = await serve_adapter(rules, PrometheusSource(prom.url, timeout=2, pods=pods),
                                             cache_ttl=0.0)
             code, body = await with_kube.metric("waiting_strict", selector="app=vllm")
@@ -479,3 +484,4 @@ async def test_prometheus_expects_the_pods_that_exist_now(serve_adapter, tmp_pat
             assert 'toposcale_adapter_targets_expected{metric="waiting_strict",namespace="ml"} 2.0' in text
         finally:
             await asyncio.to_thread(prom.stop)
+            real.cleanup()
