@@ -10,6 +10,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from toposcale.demo.fleet import build_fleet
+from toposcale.demo.serving import new_request
 from toposcale.demo.vllm_sim import HeldGPU, NodeExporter, ReplicaServer, SimReplica
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "metrics"
@@ -49,7 +50,7 @@ def busy_replica() -> SimReplica:
     for _ in range(300):
         t += 0.5
         for _ in range(5):
-            r.model.submit(r.model.new_request(rng, t))
+            r.model.submit(new_request(rng, t, r.params))
         r.model.step(t, 0.5)
         r.publish(0.5)
     return r

@@ -19,7 +19,7 @@ from toposcale.adapter.sources.scrape import ScrapeSource
 
 from toposcale.demo.external_metrics import read_external_metric
 from toposcale.demo.hpa import ExternalMetric, HPAController, HPASpec, MetricError
-from toposcale.demo.serving import ServingParams
+from toposcale.demo.serving import ServingParams, new_request
 from toposcale.demo.vllm_sim import HeldGPU, ReplicaServer, SimReplica
 
 WAITING = ExternalMetric("vllm_requests_waiting", "app=vllm", "AverageValue", "4")
@@ -31,7 +31,7 @@ async def setup() -> AsyncIterator[dict[str, Any]]:
     replica = SimReplica("vllm-qwen-0", "demo", "n0", gpus, ServingParams(max_num_seqs=10))
     rng = random.Random(0)
     for _ in range(30):  # more than the batch admits: 20 wait
-        replica.model.submit(replica.model.new_request(rng, 0.0))
+        replica.model.submit(new_request(rng, 0.0, replica.params))
     replica.model.step(0.1, 0.1)
     replica.publish(0.1)
     server = ReplicaServer(replica)

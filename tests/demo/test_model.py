@@ -16,7 +16,7 @@ from toposcale.extender.topology.annotations import (
 from toposcale.demo.fleet import DEFAULT_FLEET, build_fleet, has_free_single_numa_set, single_numa
 from toposcale.demo.placement import NoAllocation, predict_allocation, set_tier
 from toposcale.demo.scheduler import ExtenderError, parse_filter, parse_priorities, pick
-from toposcale.demo.serving import ReplicaModel
+from toposcale.demo.serving import ReplicaModel, ServingParams, new_replica, new_request
 from toposcale.demo.traffic import TrafficCurve, poisson
 
 
@@ -50,12 +50,16 @@ def test_poisson_mean() -> None:
     assert poisson(rng, 0) == 0
 
 
+# The demo's profile with the KV cache of a replica sharing its GPUs (60k tokens), so concurrency fills it.
+SMALL_CACHE = ServingParams(kv_capacity_tokens=60_000)
+
+
 def drive(rps: float, seconds: float, seed: int = 1, dt: float = 0.2) -> ReplicaModel:
-    m, rng, t = ReplicaModel(), random.Random(seed), 0.0
+    m, rng, t = new_replica(SMALL_CACHE), random.Random(seed), 0.0
     while t < seconds:
         t += dt
         for _ in range(poisson(rng, rps * dt)):
-            m.submit(m.new_request(rng, t))
+            m.submit(new_request(rng, t, SMALL_CACHE))
         m.step(t, dt)
     return m
 
@@ -72,17 +76,16 @@ def test_overload_fills_the_kv_cache_and_builds_a_queue() -> None:
     assert len(m.waiting) > 50
     assert m.kv_usage > 0.9
     assert m.preemptions_total > 0  # generation outgrew the cache: sequences were recomputed
-    assert len(m.running) <= m.params.max_num_seqs
+    assert len(m.running) <= m.profile.max_num_seqs
 
 
 def test_the_batch_limit_holds_when_the_cache_is_large() -> None:
-    from toposcale.demo.serving import ServingParams
-
-    m, rng, t = ReplicaModel(ServingParams(max_num_seqs=8, kv_capacity_tokens=10**7)), random.Random(1), 0.0
+    params = ServingParams(max_num_seqs=8, kv_capacity_tokens=10**7)
+    m, rng, t = new_replica(params), random.Random(1), 0.0
     while t < 60:
         t += 0.2
         for _ in range(poisson(rng, 2.0)):
-            m.submit(m.new_request(rng, t))
+            m.submit(new_request(rng, t, params))
         m.step(t, 0.2)
     assert len(m.running) == 8 and m.waiting
 

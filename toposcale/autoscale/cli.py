@@ -191,7 +191,7 @@ def main(argv: list[str]) -> int:
     from toposcale.cliargs import output_problem, plot_problem
     from toposcale.serving.profile import ProfileError, load_profile
 
-    from .bench import BenchConfig, default_scale, report
+    from .bench import BenchConfig
     from .traces import TraceError, load_trace
 
     args = build_parser().parse_args(argv)
@@ -233,15 +233,45 @@ def main(argv: list[str]) -> int:
         max_replicas=args.max_replicas,
         router=args.router,
     )
-    policies = args.policies
     seeds = list(range(1, args.seeds + 1))
-    scales = {t.name: default_scale(t, profile, cfg, args.rate_scale) for t in traces}
+    reports, timelines = run_reports(
+        traces, profile, cfg, args.policies, seeds, args.rate_scale, args.jobs, bool(args.plot)
+    )
+    if args.json:
+        doc: Any = reports[0] if len(reports) == 1 else reports
+        print(json.dumps(doc, indent=1, default=_jsonable))
+    else:
+        for rep in reports:
+            print(table(rep))
+    if args.plot:
+        from .plot import plot_timelines
+
+        plot_timelines(timelines, cfg.ttft_slo_s, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def run_reports(
+    traces: list[Any],
+    profile: Any,
+    cfg: Any,
+    policies: list[str],
+    seeds: list[int],
+    rate_scale: float | None,
+    jobs_wanted: int | None,
+    keep_timelines: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every (trace, seed) as a job over worker processes; the reports in trace order, and the first seed's
+    timelines per trace when asked. Progress on stderr."""
+    from .bench import default_scale, report
+
+    scales = {t.name: default_scale(t, profile, cfg, rate_scale) for t in traces}
     jobs = [
-        (t, profile, cfg, policies, s, scales[t.name], bool(args.plot) and s == seeds[0])
+        (t, profile, cfg, policies, s, scales[t.name], keep_timelines and s == seeds[0])
         for t in traces
         for s in seeds
     ]
-    workers = max(1, min(args.jobs or os.cpu_count() or 1, len(jobs)))
+    workers = max(1, min(jobs_wanted or os.cpu_count() or 1, len(jobs)))
     started = time.monotonic()
     print(
         f"{PROG}: {len(traces)} trace(s) x {len(seeds)} seed(s) x {len(policies)} policies on "
@@ -271,19 +301,9 @@ def main(argv: list[str]) -> int:
     for t in traces:
         rs = sorted(results[t.name], key=lambda r: r.seed)
         reports.append(report(t, profile, cfg, scales[t.name], rs))
-    if args.json:
-        doc: Any = reports[0] if len(reports) == 1 else reports
-        print(json.dumps(doc, indent=1, default=_jsonable))
-    else:
-        for rep in reports:
-            print(table(rep))
-    if args.plot:
-        from .plot import plot_timelines
-
-        first = {t.name: next(r for r in results[t.name] if r.seed == seeds[0]).timelines for t in traces}
-        plot_timelines(first, cfg.ttft_slo_s, args.plot)
-        print(f"plot: {args.plot}", file=sys.stderr)
-    return 0
+    first = {t.name: next(r for r in results[t.name] if r.seed == seeds[0]).timelines for t in traces}
+    print(f"{PROG}: done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return reports, first
 
 
 def _jsonable(v: Any) -> Any:

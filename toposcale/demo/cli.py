@@ -30,6 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-replicas", type=int, default=6, help="HPA maxReplicas (default 6)")
     parser.add_argument("--peak-rps", type=_positive, default=20.0, help="peak requests/s (default 20)")
     parser.add_argument(
+        "--autoscaler",
+        choices=("toposcale", "example"),
+        default="toposcale",
+        help="toposcale (default): an HPA on the adapter's vllm_desired_replicas (AverageValue 1); example: "
+        "the HPA of deploy/examples/qwen (queue AverageValue 4, KV-cache Value 750m)",
+    )
+    parser.add_argument(
+        "--profile",
+        default="rtx4090d-tp4",
+        help="the replicas' serving profile: rtx4090d-tp4 (default: the seed's 4-GPU replicas), h100-tp1, "
+        "or a profile file",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         help="where service logs and the scrape targets go (default: a fresh temp dir)",
@@ -115,6 +128,12 @@ def main(args: argparse.Namespace) -> int:
         problems.append(f"--workdir {args.workdir}: is a file, expected a folder")
     if not problems and args.prometheus_url and (problem := prometheus_problem(args.prometheus_url)):
         problems.append(problem)
+    from toposcale.serving.profile import ProfileError, load_profile
+
+    try:
+        load_profile(args.profile)
+    except ProfileError as exc:
+        problems.append(str(exc))
     if problems:
         for p in problems:
             print(f"toposcale demo: {p}", file=sys.stderr)
@@ -130,6 +149,8 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_replicas=args.max_replicas,
         peak_rps=args.peak_rps,
+        autoscaler=args.autoscaler,
+        profile=args.profile,
         base_rps=BASE_RPS,
         workdir=workdir,
         plot=args.plot,

@@ -26,10 +26,10 @@ import yaml
 from . import view
 from .external_metrics import read_external_metric
 from .fleet import SimNode, build_fleet, has_free_single_numa_set, single_numa
-from .hpa import ExternalMetric, HPAController, HPASpec, MetricError, Policy, Rules
+from .hpa import DEFAULT_SCALE_UP, ExternalMetric, HPAController, HPASpec, MetricError, Policy, Rules
 from .placement import predict_allocation, set_tier
 from .scheduler import ExtenderError, SchedulerClient, pod_object
-from .serving import ServingParams
+from .serving import ServingParams, new_request
 from .supervisor import OwnErrors, Supervisor, free_port
 from .traffic import TrafficCurve, poisson
 from .vllm_sim import HeldGPU, NodeExporter, ReplicaServer, SimReplica, _Endpoint
@@ -70,6 +70,10 @@ class DemoConfig:
     workdir: Path = Path(".")
     plot: Path | None = None
     summary_json: Path | None = None
+    autoscaler: str = "toposcale"  # toposcale: the HPA on vllm_desired_replicas; example: the qwen example's
+    profile: str = "rtx4090d-tp4"  # the replicas' serving profile (toposcale/serving/profiles)
+    ttft_slo_s: float = 2.0  # the SLO the summary's attainment counts (and toposcale's signal aims at)
+    tpot_slo_s: float = 0.1
     service_start_timeout_s: float = 60.0
     prometheus_url: str | None = None  # the adapter queries this Prometheus instead of scraping
     file_sd: Path | None = None  # where the Prometheus file_sd target list goes (with prometheus_url)
@@ -114,8 +118,20 @@ class Demo:
         self.story = view.Story()
         self.sup = Supervisor(cfg.workdir)
         self.targets_path = cfg.workdir / "targets.yaml"
-        self.hpa = HPAController(
-            HPASpec(
+        self.params = ServingParams(profile=cfg.profile)
+        self.profile = self.params.load()
+        if cfg.autoscaler == "toposcale":
+            # The HPA adapter/README documents for vllm_desired_replicas: the count itself (AverageValue 1),
+            # no scale-down stabilization (the metric holds its own window).
+            spec = HPASpec(
+                min_replicas=cfg.min_replicas,
+                max_replicas=cfg.max_replicas,
+                metrics=(ExternalMetric("vllm_desired_replicas", SELECTOR, "AverageValue", "1"),),
+                scale_up=DEFAULT_SCALE_UP,
+                scale_down=Rules(0, (Policy("Percent", 100, 15),)),
+            )
+        else:
+            spec = HPASpec(
                 min_replicas=cfg.min_replicas,
                 max_replicas=cfg.max_replicas,
                 metrics=(
@@ -125,7 +141,15 @@ class Demo:
                 scale_up=SCALE_UP,
                 scale_down=Rules(cfg.scale_down_window_s, (Policy("Percent", 100, 15),)),
             )
+        self.hpa = HPAController(spec)
+        self.story.autoscaler = (
+            "toposcale (HPA on vllm_desired_replicas, AverageValue 1)"
+            if cfg.autoscaler == "toposcale"
+            else "example (deploy/examples/qwen HPA: queue AverageValue 4, KV-cache Value 750m)"
         )
+        self.story.profile = f"{self.profile.name} ({self.profile.status})"
+        self.story.slo = f"TTFT <= {cfg.ttft_slo_s:g} s and mean TPOT <= {cfg.tpot_slo_s * 1000:g} ms"
+
         self.unschedulable: set[str] = set()
         self.extender_failures: set[tuple[str, str]] = set()
         self.replica_ports: list[int] = []
@@ -158,6 +182,10 @@ class Demo:
         else:
             source = ["--scrape-targets", str(self.targets_path)]
         adapter_args = ["adapter", *source, "--port", str(aport)]
+        if self.cfg.autoscaler == "toposcale":
+            rules_path = self.cfg.workdir / "rules.yaml"
+            atomic_write(rules_path, desired_rules_yaml(self.cfg, self.profile))
+            adapter_args += ["--rules", str(rules_path)]
         # The adapter's value cache is meant in real seconds; compressed time shrinks it alike.
         ttl = f"{max(0.05, 2.0 / self.cfg.speed):.3g}"
         # Loopback only. --insecure-allow-anonymous serves plain HTTP without authentication, "for local runs
@@ -272,7 +300,7 @@ class Demo:
 
     # ---- the scheduler + kubelet --------------------------------------------------------------------------
     async def schedule_pending(self, http: aiohttp.ClientSession, now: float) -> None:
-        k = self.cfg.gpus_per_replica
+        k = self.profile.gpus_per_replica
         for r in [r for r in self.replicas.values() if r.phase == "Pending"]:
             nodes = [n.node_object() for n in self.nodes]
             free = {n.name: len(n.free_ids()) for n in self.nodes}
@@ -315,7 +343,7 @@ class Demo:
             self.say(view.placement_line(rec))
             r.node, r.gpus, r.phase, r.started = node, idx, "Starting", now
             gpus = [HeldGPU(i, node.topology.gpus[i].id, node.gpu_model, node.memory_mib) for i in idx]
-            r.sim = SimReplica(r.pod, self.cfg.namespace, node.name, gpus, ServingParams())
+            r.sim = SimReplica(r.pod, self.cfg.namespace, node.name, gpus, self.params)
 
     async def start_ready(self, now: float) -> None:
         changed = False
@@ -342,17 +370,20 @@ class Demo:
         rate = self.curve.rate(now)
         ready = self.ready()
         if ready:
-            template = ready[0].sim
-            assert template is not None
             for _ in range(poisson(self.rng, rate * dt)):
-                self.route(template.model.new_request(self.rng, now))
+                self.route(new_request(self.rng, now, self.params))
         for r in self.replicas.values():
             if r.sim is not None and r.phase in ("Ready", "Terminating"):
                 r.sim.model.step(now, dt)
                 done = r.sim.model.finished
                 self.story.served += len(done)
                 self.story.ttft.extend(f.ttft_s for f in done)
+                self.story.slo_met += sum(
+                    1 for f in done if f.ttft_s <= self.cfg.ttft_slo_s and f.tpot_s <= self.cfg.tpot_slo_s
+                )
                 r.sim.publish(dt)
+        holding = sum(1 for r in self.replicas.values() if r.phase != "Pending")
+        self.story.gpu_seconds += holding * self.profile.gpus_per_replica * dt
         for exp in self.exporters.values():
             exp.observe({r.pod: r.sim.gpu_util for r in self.replicas.values() if r.sim is not None})
         return rate
@@ -367,7 +398,11 @@ class Demo:
         readings: dict[str, list[int] | Exception] = {}
         for m in self.hpa.spec.metrics:
             readings[m.name] = await self.read_metric(http, m.name, m.selector)
-        kv = readings.get("vllm_kv_cache_usage")
+        if "vllm_kv_cache_usage" not in readings:  # shown in the status line whatever the HPA scales on
+            readings_kv = await self.read_metric(http, "vllm_kv_cache_usage", SELECTOR)
+        else:
+            readings_kv = readings["vllm_kv_cache_usage"]
+        kv = readings_kv
         self.last_kv = sum(kv) / 1000 / len(kv) if isinstance(kv, list) and kv else None
         gpu = await self.read_metric(http, "gpu_utilization", SELECTOR)
         self.last_gpu = sum(gpu) / 1000 / len(gpu) if isinstance(gpu, list) and gpu else None
@@ -386,7 +421,11 @@ class Demo:
         if decision.reason == "FailedGetExternalMetric":
             self.hpa_note = "keeps replicas: " + (errs[0][:70] if errs else "metric error")
         else:
-            short = {"vllm_kv_cache_usage": "kv", "vllm_requests_waiting": "queue"}
+            short = {
+                "vllm_kv_cache_usage": "kv",
+                "vllm_requests_waiting": "queue",
+                "vllm_desired_replicas": "desired",
+            }
             props = " ".join(
                 f"{short.get(k, k)}:{'error' if isinstance(v, str) else v}"
                 for k, v in decision.proposals.items()
@@ -442,6 +481,10 @@ class Demo:
             self.reconcile_replicaset(0.0)
             await self.schedule_pending(http, 0.0)
             await self.start_ready(cfg.startup_s)
+            if cfg.autoscaler == "toposcale":
+                # The adapter's rates need a first reading of each pod's counters: taken before the clock runs
+                # (its answer, 503 "no counter history yet", is expected and not counted).
+                await self.read_metric(http, "vllm_desired_replicas", SELECTOR)
             if cfg.prometheus_url:
                 await self.wait_for_prometheus(http)
             self.say("")
@@ -505,6 +548,48 @@ async def until_stopped(work: Any, stop: asyncio.Event) -> bool:
         return False
     task.result()  # re-raise a failed start
     return True
+
+
+def desired_rules_yaml(cfg: DemoConfig, profile: Any) -> str:
+    """The adapter's rules for the toposcale autoscaler: the default rules with `vllm_desired_replicas` set
+    for the demo's replicas and clock.
+
+    The adapter measures in real seconds while the demo's clock runs `speed` times faster, so everything the
+    algorithm counts per second or in seconds of the demo's clock is converted: the prior capacity (tokens per
+    demo second) times speed, the cold start, the scale-down window and the rate window divided by it. The
+    latency targets stay: the histograms hold demo seconds."""
+    from importlib import resources
+
+    from toposcale.autoscale.desired import Capacity
+
+    base = yaml.safe_load(
+        resources.files("toposcale.adapter").joinpath("rules", "default.yaml").read_text(encoding="utf-8")
+    )
+    cap = Capacity.from_profile(profile, cfg.tpot_slo_s)
+    s = cfg.speed
+    base["rules"] = [r for r in base["rules"] if r.get("name") != "vllm_desired_replicas"]
+    base["rules"].append(
+        {
+            "name": "vllm_desired_replicas",
+            "aggregation": "vllm_desired_replicas",
+            "window_seconds": max(1, round(60 / s)),
+            "desired": {
+                "algorithm": {
+                    "prior": {
+                        "prompt_tokens_s": cap.prompt_tokens_s * s,
+                        "generation_tokens_s": cap.generation_tokens_s * s,
+                        "prompt_context_s": cap.prompt_context_s / s,
+                    },
+                    "ttft_slo_s": cfg.ttft_slo_s,
+                    "tpot_slo_s": cfg.tpot_slo_s,
+                    "cold_start_s": cfg.startup_s / s,
+                    "scale_down_window_s": cfg.scale_down_window_s / s,
+                }
+            },
+        }
+    )
+    head = f"# toposcale demo: the default rules and vllm_desired_replicas (demo clock: x{s:g})\n"
+    return head + yaml.safe_dump(base, sort_keys=False)
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -46,6 +46,11 @@ class Story:
     hpa_errors: list[tuple[float, str]] = field(default_factory=list)
     served: int = 0
     ttft: list[float] = field(default_factory=list)
+    slo_met: int = 0  # served requests with TTFT and mean TPOT within the SLO
+    gpu_seconds: float = 0.0  # GPUs held by replicas (starting, ready or draining) x simulated seconds
+    autoscaler: str = ""
+    profile: str = ""  # the serving profile's name and status
+    slo: str = ""
 
     @property
     def peak_replicas(self) -> int:
@@ -107,6 +112,11 @@ def summary(story: Story, *, interrupted: bool, problems: list[str], workdir: st
         ttft = sorted(story.ttft)
         p50, p90 = ttft[len(ttft) // 2], ttft[min(len(ttft) - 1, int(len(ttft) * 0.9))]
         out.append(f"time to first token: p50 {p50:.2f}s, p90 {p90:.2f}s")
+    if story.served:
+        out.append(f"SLO attainment: {story.slo_met / story.served:.1%} of requests ({story.slo})")
+    out.append(f"GPU-hours: {story.gpu_seconds / 3600:.2f} (simulated time)")
+    if story.autoscaler:
+        out.append(f"autoscaler: {story.autoscaler}; serving profile: {story.profile}")
     out.append(f"placements ({len(story.placements)}), GPU tier of each:")
     for p in story.placements:
         numa = numa_words(p)

@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .fleet import SimNode
-from .serving import ReplicaModel, ServingParams
+from .serving import ReplicaModel, ServingParams, new_replica
 
 logger = logging.getLogger("toposcale.demo.vllm_sim")
 
@@ -74,6 +74,11 @@ LATENCY_BUCKETS = (
     1920.0,
     7680.0,
 )
+# vllm/v1/metrics/loggers.py: inter-token latency buckets; prompt lengths by build_1_2_5_buckets(max_model_len
+# 32768 for Qwen2.5-7B).
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0)
+ITL_BUCKETS = (*ITL_BUCKETS, 40.0, 80.0)
+PROMPT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
 VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM reserves this share of each GPU's memory at start
 
 
@@ -100,7 +105,7 @@ class SimReplica:
     gpu_util: float = 0.0
 
     def __post_init__(self) -> None:
-        self.model = ReplicaModel(self.params)
+        self.model = new_replica(self.params)
         self.registry = CollectorRegistry()
         self._last = {"prompt": 0.0, "gen": 0.0, "ok": 0.0, "pre": 0.0, "busy": 0.0}
         r = self.registry
@@ -154,6 +159,20 @@ class SimReplica:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.h_itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            lab,
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.h_prompt = Histogram(
+            "vllm:request_prompt_tokens",
+            "Number of prefill tokens processed.",
+            lab,
+            buckets=PROMPT_BUCKETS,
+            registry=r,
+        )
         # Series exist from the start, as in vLLM (a counter at 0 is a fact, not a missing value).
         for inst in (
             self.g_running,
@@ -166,6 +185,8 @@ class SimReplica:
             self.h_ttft,
             self.h_e2e,
             self.h_queue,
+            self.h_itl,
+            self.h_prompt,
         ):
             inst.labels(MODEL_NAME, ENGINE)
         self.c_ok.labels(MODEL_NAME, ENGINE, "stop")
@@ -176,7 +197,7 @@ class SimReplica:
         """Copy the model's state into the instruments; `dt` is the simulated time since the last call."""
         m = self.model
         lv = (MODEL_NAME, ENGINE)
-        self.g_running.labels(*lv).set(len(m.running))
+        self.g_running.labels(*lv).set(m.num_running)
         self.g_waiting.labels(*lv).set(len(m.waiting))
         self.g_kv.labels(*lv).set(round(m.kv_usage, 4))
         self.g_kv_old.labels(*lv).set(round(m.kv_usage, 4))
@@ -193,6 +214,9 @@ class SimReplica:
             self.h_ttft.labels(*lv).observe(f.ttft_s)
             self.h_e2e.labels(*lv).observe(f.e2e_s)
             self.h_queue.labels(*lv).observe(f.queue_s)
+            if f.output > 1:  # vLLM observes each token's gap; here the request's mean, once per request
+                self.h_itl.labels(*lv).observe(f.tpot_s)
+            self.h_prompt.labels(*lv).observe(f.prompt)
             self.c_ok.labels(*lv, "length" if f.output >= self.params.output_tokens[1] else "stop").inc()
         busy = m.busy_s - self._last["busy"]
         self._last["busy"] = m.busy_s
