@@ -134,10 +134,10 @@ async def test_adapter_with_acceptance_flags(pki: PKI, kube: KubeStandIn, export
                                      "get", "--raw", QUERY)
         assert rc != 0 and 'User "bob" cannot list resource "vllm_requests_waiting"' in err, err
 
-        # plain HTTP on the TLS port
-        with pytest.raises(aiohttp.ClientError):
-            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
-                await r.read()
+        # plain HTTP on the TLS port: not served, answered as kube-apiserver answers it
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
+            assert r.status == 400
+            assert await r.text() == "Client sent an HTTP request to an HTTPS server.\n"
     text = log.read_text()
     assert '"fingerprint": "SHA256:' in text, "the serving certificate's fingerprint is logged"
 
