@@ -43,12 +43,15 @@ class TLSOrPlainHTTPHint(asyncio.Protocol):
     `app_factory()`), answers plain HTTP with Go's 400 line. `handshake_timeout` bounds the whole handshake
     from the accept, the wait for the first bytes included (as create_server's ssl_handshake_timeout)."""
 
-    def __init__(self, app_factory: Callable[[], asyncio.BaseProtocol], context: ssl.SSLContext,
-                 handshake_timeout: float, on_plain: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        app_factory: Callable[[], asyncio.BaseProtocol],
+        context: ssl.SSLContext,
+        handshake_timeout: float,
+    ) -> None:
         self.app_factory = app_factory
         self.context = context
         self.handshake_timeout = handshake_timeout
-        self.on_plain = on_plain
         self.transport: asyncio.Transport | None = None
         self.head = b""
         self.started = 0.0
@@ -69,10 +72,9 @@ class TLSOrPlainHTTPHint(asyncio.Protocol):
             self.timer.cancel()
         assert self.transport is not None
         if verdict:
+            # the host without its port: a client retrying logs one line a window (logs.RepeatFilter)
             peer = self.transport.get_extra_info("peername")
-            logger.info("plain HTTP on the TLS port answered 400", extra={"peer": str(peer)})
-            if self.on_plain is not None:
-                self.on_plain()
+            logger.info("plain HTTP on the TLS port answered 400", extra={"peer": peer[0] if peer else None})
             self.transport.write(ANSWER)
             self.transport.close()
             return
@@ -82,8 +84,9 @@ class TLSOrPlainHTTPHint(asyncio.Protocol):
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         left = max(self.handshake_timeout - (loop.time() - self.started), 0.001)
-        tls = sslproto.SSLProtocol(loop, self.app_factory(), self.context, None, server_side=True,
-                                   ssl_handshake_timeout=left)
+        tls = sslproto.SSLProtocol(
+            loop, self.app_factory(), self.context, None, server_side=True, ssl_handshake_timeout=left
+        )
         self.transport.set_protocol(tls)
         tls.connection_made(self.transport)
         view = memoryview(self.head)
