@@ -60,8 +60,8 @@ def desired_rules(front_door: dict[str, Any] | None = None, window: int = 60, **
     }
     if front_door is not None:
         rule["desired"]["front_door"] = front_door
-    base = load_rules()
-    return parse_rules(yaml.safe_dump({"rules": [*(r.model_dump() for r in base.rules), rule]}))
+    base = [r.model_dump() for r in load_rules().rules if r.name != "vllm_desired_replicas"]
+    return parse_rules(yaml.safe_dump({"rules": [*base, rule]}))
 
 
 class Clock:

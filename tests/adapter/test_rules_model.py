@@ -13,7 +13,9 @@ from toposcale.adapter.rules import RulesError, load_rules, parse_rules
 def test_default_rules_cover_the_issue_metrics() -> None:
     rules = load_rules().by_name()
     assert set(rules) == {"vllm_requests_waiting", "vllm_requests_running", "vllm_kv_cache_usage",
-                          "vllm_time_to_first_token_p90", "gpu_utilization", "gpu_memory_used_ratio"}
+                          "vllm_time_to_first_token_p90", "gpu_utilization", "gpu_memory_used_ratio",
+                          "vllm_desired_replicas"}
+    assert rules["vllm_desired_replicas"].desired is not None  # algorithm settings checked at load
     assert rules["vllm_kv_cache_usage"].series == ["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"]
     assert rules["gpu_utilization"].gpu_owner is not None
 

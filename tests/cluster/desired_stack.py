@@ -124,6 +124,7 @@ class DesiredStack(QwenStack):
 
 def rules_file(deployed: Deployed, gateway: Gateway, path: Path) -> Path:
     base = yaml.safe_load((deployed.deploy_dir / "adapter" / "base" / "generated" / "rules.yaml").read_text())
+    base["rules"] = [r for r in base["rules"] if r["name"] != "vllm_desired_replicas"]  # the built-in one
     base["rules"].append(
         {
             "name": "vllm_desired_replicas",

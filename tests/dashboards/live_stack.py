@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from toposcale.adapter.metrics import AdapterMetrics
-from toposcale.adapter.rules import DesiredSpec, Rule, RuleSet, load_rules
+from toposcale.adapter.rules import load_rules
 from toposcale.adapter.server import build_app
 from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.scrape import ScrapeSource
@@ -175,10 +175,7 @@ class LiveStack:
         for e in self._exporters:
             await e.start()
 
-        # the built-in rules and toposcale's own signal (adapter/README.md, vllm_desired_replicas)
-        rules = RuleSet(rules=[*load_rules().rules, Rule(
-            name="vllm_desired_replicas", aggregation="vllm_desired_replicas",
-            desired=DesiredSpec(algorithm={"prior": {"prompt_tokens_s": 2e3, "generation_tokens_s": 5e2}}))])
+        rules = load_rules()
         dead = f"http://127.0.0.1:{free_port()}/metrics"  # a pod that stopped answering
         targets = [Target(v.url, "llm", f"qwen-{i}", {"app": "qwen", "namespace": "llm", "pod": f"qwen-{i}"})
                    for i, v in enumerate(self.vllm)]
