@@ -373,7 +373,13 @@ class DesiredEngine:
             if self.placement is not None:  # issue 29: capped at what the cluster can place
                 allowance = rule.desired.provisioning_allowance if rule.desired is not None else 1
                 value = await self.placement.cap(
-                    rule.name, namespace, selector, value, reading.ready, reading.starting, allowance,
+                    rule.name,
+                    namespace,
+                    selector,
+                    value,
+                    reading.ready,
+                    reading.starting,
+                    allowance,
                     state.explain,
                 )
         except (SourceUnavailable, NotFound, BadRequest) as exc:
@@ -530,6 +536,7 @@ class DesiredEngine:
         window = window_seconds(rule)
         result = await self.source.query(prometheus_query(rule, namespace, selector))
         parts: dict[str, float] = {}
+        down: list[str] = []
         ttft: dict[float, float] = {}
         tpot: dict[float, float] = {}
         for series in result:
@@ -541,9 +548,17 @@ class DesiredEngine:
                 raise SourceUnavailable(f"{rule.name}: Prometheus answered an unexpected result") from exc
             if part in ("ttft", "tpot"):
                 (ttft if part == "ttft" else tpot)[parse_le(labels.get("le"))] = number
+            elif part == "down":
+                who = f"{labels.get(rule.namespace_label, namespace)}/{labels.get(rule.pod_label, '?')}"
+                down.append(f"{who}: Prometheus cannot scrape it (up == 0)")
             elif part is not None:
                 parts[part] = number
         ready = int(parts.get("ready", 0))
+        # selected pods Prometheus cannot scrape: as for any rule (on_missing, min_answered_share); all of
+        # them down is an error, not "no pod" (which would hand the decision to the front door alone)
+        coverage = Coverage(ready + len(down), tuple(sorted(down)))
+        check_coverage(rule, coverage, self.source.min_answered_share)
+        scale = coverage.expected / coverage.answered if coverage.failed else 1.0
         fd = _front_door(rule)
         front = await self._front_door_prometheus(rule, namespace) if fd is not None else None
         if ready == 0 or "age" not in parts:
@@ -564,21 +579,22 @@ class DesiredEngine:
         if mean is None:
             cumulative = parts.get("plen_total")
             mean = cumulative if cumulative is not None and math.isfinite(cumulative) else None
-        waiting = parts["waiting"]
+        waiting = scale * parts["waiting"]
         return Reading(
             at=now,
             window_s=window,
             ready=ready,
             starting=0,
-            prompt_tokens_per_s=parts["prompt"],
-            generation_tokens_per_s=parts["generation"],
+            prompt_tokens_per_s=scale * parts["prompt"],
+            generation_tokens_per_s=scale * parts["generation"],
             waiting=waiting,
-            running=parts["running"],
+            running=scale * parts["running"],
             mean_prompt_tokens=mean,
             waiting_tokens=waiting_tokens(waiting, mean),
             ttft_p90_s=quantile_or_none(ttft),
             tpot_p90_s=quantile_or_none(tpot),
             front_door_pending=front,
+            failed_targets=coverage.failed,
         )
 
     async def _front_door_prometheus(self, rule: Rule, namespace: str) -> float:
@@ -629,7 +645,8 @@ def no_front_door(rule: Rule, namespace: str, selector: Selector, starting: int)
 def prometheus_query(rule: Rule, namespace: str, selector: Selector) -> str:
     """One query for a Prometheus-mode reading: parts told apart by the toposcale_part label (as
     promql.combined_query): token rates, gauges, histogram increases by le, mean prompt length (window, and
-    since start), ready pods (`up == 1`) and the newest sample's age."""
+    since start), ready pods (`up == 1`), those Prometheus cannot scrape (`up == 0`, one series each) and the
+    newest sample's age."""
     from .promql import PART_LABEL, matchers
 
     m = matchers(rule, namespace, selector)
@@ -649,6 +666,7 @@ def prometheus_query(rule: Rule, namespace: str, selector: Selector) -> str:
         ),
         (f"sum({PROMPT}{{{m}}}) / sum({SUCCESS}{{{m}}}) > 0", "plen_total"),
         (f"count(up{{{m}}} == 1)", "ready"),
+        (f"max by ({rule.namespace_label}, {rule.pod_label}) (up{{{m}}} == 0)", "down"),
         (f"min(time() - timestamp({WAITING}{{{m}}}))", "age"),
     ]
     return " or ".join(f'label_replace({q}, "{PART_LABEL}", "{name}", "", "")' for q, name in parts)

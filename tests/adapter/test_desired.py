@@ -176,6 +176,7 @@ def test_prometheus_query_has_every_part() -> None:
         "plen",
         "plen_total",
         "ready",
+        "down",
         "age",
     ):
         assert f'"toposcale_part", "{part}"' in q
@@ -367,6 +368,16 @@ async def test_prometheus_mode_reads_rates_ready_pods_and_the_front_door(
             await asyncio.sleep(0.2)
         assert status == 200 and body["items"][0]["value"] == "1", body
         assert seen[-1].ready_replicas == 0
+        # the pods' /metrics failing: Prometheus marks them down; an error naming them, not "no pod" (which
+        # would leave the decision to the front door alone)
+        a.mode = b.mode = "error"
+        for _ in range(50):
+            status, body = await adapter.get(path, labelSelector="app=vllm")
+            if status == 503:
+                break
+            await asyncio.sleep(0.2)
+        assert status == 503 and "all 2 targets failed" in body["message"], body
+        assert "ml/vllm-a: Prometheus cannot scrape it (up == 0)" in body["message"], body
         # Prometheus gone: an error, never 0
         await asyncio.to_thread(prom.stop)
         status, body = await adapter.get(path, labelSelector="app=vllm")
