@@ -85,8 +85,16 @@ async def adapter(tmp_path: Path, *flags: str) -> AsyncIterator[tuple[dict[str, 
     targets = tmp_path / "targets.yaml"
     targets.write_text("[]\n")
     proc = await asyncio.create_subprocess_exec(
-        str(EXE), "adapter", "--scrape-targets", str(targets), "--port", "0", "--insecure-allow-anonymous",
-        *flags, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        str(EXE),
+        "adapter",
+        "--scrape-targets",
+        str(targets),
+        "--port",
+        "0",
+        "--insecure-allow-anonymous",
+        *flags,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stderr is not None
     seen: list[dict[str, Any]] = []
