@@ -88,7 +88,9 @@ async def serve(
     """Serve until SIGINT/SIGTERM (or `stop` is set), then shut down cleanly. `limits`
     (security.serving.Limits) bounds each connection: handshake and header deadlines, header size, count.
     `on_stop` runs first at shutdown, while the source is still open (the KEDA gRPC server stops there)."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    # aiohttp's keep-alive timer closes a connection idle between requests (the listener's idle_timeout)
+    keepalive = {"keepalive_timeout": limits.idle_timeout} if limits is not None else {}
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, **keepalive)
     await runner.setup()
     site: web.BaseSite
     if limits is not None:

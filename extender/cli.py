@@ -79,15 +79,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--request-header-timeout", type=finite_number(unit="number of seconds"), default=10.0,
-        help="seconds a request may take to send its headers; then 408, connection closed (default 10)",
+        help="seconds a request may take to send its headers, from the accept for a connection's first "
+        "request; then 408, connection closed (closed unanswered if nothing came) (default 10)",
     )
     parser.add_argument(
         "--max-connections", type=_int_in(1, 1_000_000, "open connections"), default=1000,
-        help="open connections at most; more are closed at once (default 1000)",
+        help="open connections at most; at the cap the one quiet longest among those idle or still sending "
+        "is closed for a new one, which is closed at once only when all are being answered (default 1000)",
     )
     parser.add_argument(
-        "--keepalive-timeout", type=finite_number(unit="number of seconds"), default=75.0,
-        help="seconds an idle keep-alive connection stays open (default 75)",
+        "--keepalive-timeout", type=finite_number(unit="number of seconds"), default=10.0,
+        help="seconds a keep-alive connection may stay idle between requests (default 10)",
     )
     add_log_level_argument(parser)
 

@@ -75,13 +75,14 @@ class ServerConfig:
     max_inflight: int = 4
     queue_timeout_s: float = 2.0
     allocation_max_age_s: float = 900.0  # full-Node mode; the watch cache has its own (ClusterState)
-    # Connection bounds, the adapter's (adapter/security/serving.py): a request's headers must arrive within
-    # header_timeout_s of its first byte (else 408, closed), at most max_connections are open (more are
-    # closed at once, before they can exhaust file descriptors), an idle keep-alive connection is closed
-    # after keepalive_timeout_s.
+    # Connection bounds, the adapter's (adapter/security/serving.py): a connection's first request's headers
+    # must arrive within header_timeout_s of the accept, a later one's within header_timeout_s of its first
+    # byte (else 408, or closed unanswered if nothing came), a keep-alive connection idle between requests is
+    # closed after keepalive_timeout_s, and at max_connections the connection quiet longest among those
+    # idle or still sending is closed for a new one (a new one is refused only when all are being answered).
     header_timeout_s: float = 10.0
     max_connections: int = 1000
-    keepalive_timeout_s: float = 75.0
+    keepalive_timeout_s: float = 10.0
 
 
 def normalize_prefix(prefix: str) -> str:
@@ -176,7 +177,9 @@ class Extender:
         )
         self.m_cut = Counter(
             "toposcale_extender_connections_cut",
-            "Connections closed by a bound: header-timeout, header-size, max-connections", ["reason"],
+            "Connections closed by a bound: header-timeout, idle-timeout, header-size, evicted, "
+            "max-connections",
+            ["reason"],
             registry=r,
         )
         g_nodes = Gauge("toposcale_extender_cached_nodes", "Nodes in the watch cache", registry=r)
@@ -216,7 +219,8 @@ class Extender:
         cfg = self.config
         runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=cfg.keepalive_timeout_s)
         await runner.setup()
-        limits = Limits(header_timeout=cfg.header_timeout_s, max_connections=cfg.max_connections)
+        limits = Limits(header_timeout=cfg.header_timeout_s, max_connections=cfg.max_connections,
+                        idle_timeout=cfg.keepalive_timeout_s)
         site = SecureSite(
             runner, cfg.host, cfg.port, ssl_context=None, limits=limits,
             on_cut=lambda why: self.m_cut.labels(why).inc(),

@@ -18,7 +18,7 @@ class SecurityMetrics:
         self.rejected = Counter(
             "toposcale_adapter_connections_rejected_total",
             "Requests or connections cut by a limit "
-            "(inflight, header-timeout, header-size, max-connections).",
+            "(inflight, header-timeout, idle-timeout, header-size, evicted, max-connections).",
             ["reason"], registry=registry)
         self.tls_reloads = Counter(
             "toposcale_adapter_tls_reloads_total",

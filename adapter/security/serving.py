@@ -5,12 +5,19 @@ so one client dribbling a byte a second (slowloris) would hold a connection fore
 through `BoundedProtocol`, which wraps aiohttp's own protocol and
 - closes a connection whose TLS handshake takes longer than `handshake_timeout` (asyncio's
   ssl_handshake_timeout),
-- gives each request `header_timeout` seconds from its first byte to the end of its headers, else answers 408
-  and closes,
+- gives a new connection `header_timeout` seconds after its TLS handshake (or TCP accept) to send its first
+  request's headers, and each later request on a keep-alive connection `header_timeout` seconds from its first
+  byte, as Go's http.Server does with k8s.io/apiserver's ReadHeaderTimeout: a connection that sent nothing is
+  closed without an answer, one that sent part of its headers gets 408 and is closed,
+- closes a keep-alive connection idle between requests after `idle_timeout` (aiohttp's keepalive_timeout,
+  which `serve` sets; IdleTimeout in Go),
 - answers 431 and closes when a request's headers exceed `max_header_bytes` in total (a body announced by
   Content-Length is passed through uncounted, however the socket splits it; the next request's headers on a
   keep-alive connection are bounded again),
-- refuses connections beyond `max_connections` (closed at once; clients retry).
+- at `max_connections`, makes room for a new connection by closing the open one that has been quiet longest
+  among those idle or still sending their request (an idle or slow client holding a slot is the cheapest to
+  lose, and a new client, a kubelet probe say, is then served); only when every open connection is being
+  answered is the new one closed at once (clients retry).
 
 Everything else (keep-alive, request handling) is aiohttp's.
 """
@@ -35,11 +42,33 @@ _END = b"\r\n\r\n"
 
 class Limits:
     def __init__(self, *, header_timeout: float = 10.0, handshake_timeout: float = 10.0,
-                 max_header_bytes: int = 64 * 1024, max_connections: int = 1000) -> None:
+                 max_header_bytes: int = 64 * 1024, max_connections: int = 1000,
+                 idle_timeout: float | None = None) -> None:
         self.header_timeout = header_timeout
         self.handshake_timeout = handshake_timeout
         self.max_header_bytes = max_header_bytes
         self.max_connections = max_connections
+        # between keep-alive requests; None: header_timeout (a client that sends no request within the header
+        # timeout is closed, whether it just connected or just got an answer)
+        self.idle_timeout = header_timeout if idle_timeout is None else idle_timeout
+
+
+class Pool:
+    """The open connections of one site, in the order they were accepted."""
+
+    def __init__(self) -> None:
+        self.conns: dict[BoundedProtocol, None] = {}
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def quietest(self) -> BoundedProtocol | None:
+        """The connection to close for a new one: quiet longest among those idle or still sending."""
+        best: BoundedProtocol | None = None
+        for conn in self.conns:
+            if conn.evictable() and (best is None or conn.last_byte < best.last_byte):
+                best = conn
+        return best
 
 
 def _body_framing(head: bytes) -> tuple[int, bool]:
@@ -60,12 +89,14 @@ def _body_framing(head: bytes) -> tuple[int, bool]:
 
 
 class BoundedProtocol(asyncio.Protocol):
-    def __init__(self, inner: asyncio.Protocol, limits: Limits, counter: dict[str, int],
+    def __init__(self, inner: asyncio.Protocol, limits: Limits, pool: Pool,
                  on_cut: Callable[[str], None]) -> None:
         self.inner = inner
         self.limits = limits
-        self.counter = counter
+        self.pool = pool
         self.on_cut = on_cut
+        self.last_byte = 0.0  # loop time of the last byte received (or of the accept)
+        self._received = False  # any byte yet: the first request's deadline runs from the accept
         self.transport: asyncio.Transport | None = None
         self._in_headers = False
         self._header_bytes = 0
@@ -81,22 +112,49 @@ class BoundedProtocol(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # With TLS this runs once the handshake is done (asyncio's SSL protocol): the header deadline starts.
         self.transport = transport  # type: ignore[assignment]
-        if self.counter["open"] >= self.limits.max_connections:
-            self.on_cut("max-connections")
-            transport.close()
-            self._cut = True
-            return
-        self.counter["open"] += 1
+        if len(self.pool) >= self.limits.max_connections:
+            victim = self.pool.quietest()
+            if victim is None:
+                self.on_cut("max-connections")
+                transport.close()
+                self._cut = True
+                return
+            victim.evict()
+        loop = asyncio.get_running_loop()
+        self.last_byte = loop.time()
+        self.pool.conns[self] = None
         self._counted = True
+        self._timer = loop.call_later(self.limits.header_timeout, self._header_deadline)
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
         if self._counted:
-            self.counter["open"] -= 1
+            self.pool.conns.pop(self, None)
             self._counted = False
             self.inner.connection_lost(exc)
+
+    def evictable(self) -> bool:
+        """Idle (waiting for a request) or still sending one: not being answered."""
+        if self._cut:
+            return False
+        if not self._received or self._in_headers or self._body_left:
+            return True
+        # aiohttp's own notion of idle (web_protocol.RequestHandler._process_keepalive): its handler loop
+        # waits for the next message and none is queued
+        waiter = getattr(self.inner, "_waiter", None)
+        return waiter is not None and not waiter.done() and not getattr(self.inner, "_messages", None)
+
+    def evict(self) -> None:
+        self._cut = True
+        self._stop_timer()
+        self.on_cut("evicted")
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        logger.info("connection closed for a new one at --max-connections", extra={"peer": str(peer)})
+        if self.transport is not None:
+            self.transport.close()
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
@@ -112,6 +170,9 @@ class BoundedProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._cut:
             return
+        self.last_byte = asyncio.get_running_loop().time()
+        first = not self._received
+        self._received = True
         view = memoryview(data)
         while view and not self._unframed:
             if self._body_left:
@@ -125,8 +186,15 @@ class BoundedProtocol(asyncio.Protocol):
                 self._header_bytes = 0
                 self._tail = b""
                 self._head = bytearray()
-                loop = asyncio.get_running_loop()
-                self._timer = loop.call_later(self.limits.header_timeout, self._header_deadline)
+                # a request begins: this deadline, not aiohttp's keep-alive timer, bounds it now (keep_alive
+                # cancels that timer; aiohttp re-arms it after the answer)
+                self.inner.keep_alive(True)  # type: ignore[attr-defined]
+                if first:
+                    first = False  # the first request: the deadline armed at the accept stands
+                else:
+                    self._stop_timer()
+                    loop = asyncio.get_running_loop()
+                    self._timer = loop.call_later(self.limits.header_timeout, self._header_deadline)
             window = self._tail + bytes(view[:self.limits.max_header_bytes + len(_END)])
             end = window.find(_END)
             used = len(view) if end < 0 else end + len(_END) - len(self._tail)
@@ -152,8 +220,15 @@ class BoundedProtocol(asyncio.Protocol):
 
     def _header_deadline(self) -> None:
         self._timer = None
-        if self._in_headers and not self._cut:
+        if self._cut:
+            return
+        if self._in_headers:
             self._reject(408, "Request Timeout", "header-timeout")
+        elif not self._received:  # connected (handshake done) and sent nothing: closed unanswered, as Go does
+            self._cut = True
+            self.on_cut("idle-timeout")
+            if self.transport is not None:
+                self.transport.close()
 
     def _reject(self, code: int, text: str, why: str) -> None:
         self._cut = True
@@ -172,7 +247,7 @@ class BoundedProtocol(asyncio.Protocol):
 class SecureSite(BaseSite):
     """Like `web.TCPSite`, with `Limits` applied to every connection."""
 
-    __slots__ = ("_bound_port", "_counter", "_host", "_limits", "_on_cut", "_port")
+    __slots__ = ("_bound_port", "_host", "_limits", "_on_cut", "_pool", "_port")
 
     def __init__(self, runner: BaseRunner, host: str | None, port: int, *, ssl_context: ssl.SSLContext | None,
                  limits: Limits | None = None, on_cut: Callable[[str], None] | None = None,
@@ -183,7 +258,7 @@ class SecureSite(BaseSite):
         self._bound_port: int | None = None
         self._limits = limits or Limits()
         self._on_cut = on_cut or (lambda _why: None)
-        self._counter = {"open": 0}
+        self._pool = Pool()
 
     @property
     def port(self) -> int:
@@ -191,7 +266,7 @@ class SecureSite(BaseSite):
 
     @property
     def open_connections(self) -> int:
-        return self._counter["open"]
+        return len(self._pool)
 
     @property
     def name(self) -> str:
@@ -204,7 +279,7 @@ class SecureSite(BaseSite):
         assert server is not None
 
         def factory() -> asyncio.Protocol:
-            return BoundedProtocol(server(), self._limits, self._counter, self._on_cut)
+            return BoundedProtocol(server(), self._limits, self._pool, self._on_cut)
 
         listen: Callable[[], asyncio.BaseProtocol] = factory
         if self._ssl_context is not None:
@@ -222,7 +297,9 @@ async def serve(app: web.Application, host: str | None, port: int, ssl_context: 
                 limits: Limits | None = None, on_cut: Callable[[str], None] | None = None
                 ) -> tuple[web.AppRunner, SecureSite]:
     """Start `app` on a `SecureSite`; the caller keeps the runner and calls `await runner.cleanup()`."""
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    limits = limits or Limits()
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                           keepalive_timeout=limits.idle_timeout)
     await runner.setup()
     site = SecureSite(runner, host, port, ssl_context=ssl_context, limits=limits, on_cut=on_cut)
     await site.start()

@@ -145,9 +145,14 @@ async def start_server(pki: PKI) -> AsyncIterator[StartServer]:
         async def metrics(_request: web.Request) -> web.Response:
             return web.Response(text=generate_latest(registry).decode())
 
+        async def hang(_request: web.Request) -> web.Response:  # a request being answered, for ever
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
         for path in ("/healthz", "/livez", "/readyz"):
             app.router.add_get(path, ok)
         app.router.add_get("/metrics", metrics)
+        app.router.add_get("/hang", hang)
         app.router.add_get("/apis/external.metrics.k8s.io/v1beta1", _echo)
         app.router.add_get("/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}", _echo)
         runner, site = await serving.serve(app, "127.0.0.1", 0, sec.ssl_context, sec.limits, sec.on_cut)
