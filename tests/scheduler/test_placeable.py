@@ -88,3 +88,52 @@ def test_placeable_count_is_what_the_real_scheduler_binds(
         again = wait_for(nothing_left, 30, "the extender to see the Pending pod")
         assert again["placeable"]["any"] == 0, again
     assert not fleet.kubelet.errors, fleet.kubelet.errors
+
+
+def test_the_adapters_cap_reads_the_real_extender(
+    deployed: Deployed, fleet: Fleet, ns: str, tmp_path: Path
+) -> None:
+    """adapter/placement.py as the adapter runs it (its ServiceAccount lists the pods, the template is a real
+    pod as the API serves it, POST /placeable to the real extender over HTTP): two replicas running, the
+    fleet fitting two more: vllm_desired_replicas' 10 is cut to 2 + 2 + the allowance 1."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+    from toposcale.adapter.placement import Placement
+    from toposcale.adapter.selectors import parse_selector
+    from toposcale.adapter.victims_keeper import ExtenderClient
+
+    from toposcale import kube
+
+    ext = Extender(deployed, tmp_path)
+    sched = Scheduler(deployed, tmp_path, ext.url)
+    with running(ext.start(), sched.start()):
+        s = Stream(fleet, ns, ext)
+        s.place("small-hgx", 2, node="e2e-hgx")  # as above: 4 four-GPU slots left on the fleet
+        s.place("small-a100", 1, node="e2e-a100")
+        s.place("small-l40s", 1, node="e2e-l40s")
+        for name in ("vllm-a", "vllm-b"):
+            s.create(name, 4, gated=False)
+            s.wait_running(name)
+        fleet.wait_published()
+
+        async def capped() -> tuple[int, dict]:
+            api = await kube.api_client(str(deployed.kubeconfigs["toposcale-adapter"]))
+            client = ExtenderClient(ext.url)
+            try:
+                p = Placement(api, client, CollectorRegistry())
+                explain: dict = {}
+                got = await p.cap(
+                    "vllm_desired_replicas", ns, parse_selector("e2e-gpus=4"), 10, 2, 0, 1, explain
+                )
+                return got, explain
+            finally:
+                await client.close()
+                await api.close()
+
+        got, explain = asyncio.run(capped())
+        rec = explain["placement"]
+        print("\n", rec["summary"])
+        assert rec["placeable"] == 2 and rec["unplacedPending"] == 0, rec
+        assert got == 5 and rec["heldBack"] == 5 and rec["reason"] == "no-gpu", rec
+        assert rec["summary"].startswith("wanted 10; 2 ready, 0 starting; 2 placeable (node e2e-")
