@@ -7,7 +7,8 @@ preloaded into the watch cache. The template is the vLLM example's pod (4 GPUs, 
 Rows:
 
 - `http, unchanged`: POST /placeable over HTTP on loopback, the server in its own process pinned to one core
-  (bench_extender's server), the cache unchanged between calls (memoized per node view);
+  (bench_extender's server), the cache unchanged between calls: after each shape's first call, the answer
+  kept by the watch cache until anything it depends on changes;
 - `one node changed`: in-process (the handler's whole work: the body decoded, every cached node counted,
   the answer encoded), a random node's allocation re-published before each call (outside the timing), as
   the watch delivers between two adapter polls;

@@ -71,6 +71,7 @@ class Placeable:
     pending_on: dict[str, int] = field(default_factory=dict)  # node -> Pending pods placed there
     totals: dict[str, int] = field(default_factory=dict)  # tier -> pods (filled by `placeable`)
     full_by: dict[str, int] = field(default_factory=dict)  # HELD_BACK key -> nodes taking no more
+    _doc: dict[str, Any] | None = field(default=None, repr=False)  # doc() with the default limit, kept
 
     def total(self, tier: str = "any") -> int:
         if tier not in TIERS:
@@ -102,10 +103,12 @@ class Placeable:
 
     def doc(self, limit: int = 100) -> dict[str, Any]:
         """The JSON answer: totals per tier, the nodes taking pods (most first, at most `limit`)."""
+        if limit == 100 and self._doc is not None:
+            return self._doc
         totals = {t: self.total(t) for t in TIERS}
         taking = [(-s.count, name) for name, s in self.nodes.items() if s.count]
         top = heapq.nsmallest(limit, taking)
-        return {
+        doc = {
             "gpus": self.gpus,
             "requiredScope": self.scope,
             "placeable": totals,
@@ -128,6 +131,9 @@ class Placeable:
             "excludedNodes": self.excluded,
             "pending": {"pods": self.pending, "placed": self.pending_placed},
         }
+        if limit == 100:
+            self._doc = doc
+        return doc
 
 
 # ------------------------------------------------------------------ one node's free GPUs, as a state

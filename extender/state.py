@@ -112,6 +112,10 @@ class ClusterState:
         # Only what placing them needs is kept: uid -> (order key, GPUs, scope, pod with its node selectors).
         self.unbound: dict[str, Unbound] = {}
         self.synced_unbound = asyncio.Event()
+        self._unbound_gen = 0  # bumped by every Pending-pod event
+        # /placeable answers by (k, scope, the template's selectors, generation, Pending pods, node metas): an
+        # autoscaler asking every sync between which nothing changed gets the answer at once
+        self._placeable_cache: dict[tuple[Any, ...], Placeable] = {}
         self.node_meta: dict[str, NodeMeta] = {}  # labels, taints, cordon: which nodes a template may use
         self._meta_gen = 0  # bumped when a node comes, goes, or changes labels, taints or cordon
         self._excluded: dict[bytes, tuple[int, frozenset[str]]] = {}  # pod selectors -> nodes it may not use
@@ -252,6 +256,7 @@ class ClusterState:
         self.unbound = {}
         for obj in items:
             self.unbound_event("ADDED", obj)
+        self._unbound_gen += 1
         self.synced_unbound.set()
 
     def unbound_event(self, etype: str, obj: dict[str, Any]) -> None:
@@ -261,9 +266,11 @@ class ClusterState:
             return
         entry = None if etype == "DELETED" else self._pending_from(obj)
         if entry is None:
-            self.unbound.pop(uid, None)
+            if self.unbound.pop(uid, None) is not None:
+                self._unbound_gen += 1
         else:
             self.unbound[uid] = entry
+            self._unbound_gen += 1
 
     def _pending_from(self, obj: dict[str, Any]) -> Unbound | None:
         """A Pending pod that will take GPUs when the scheduler places it; None for anything else: bound,
@@ -293,6 +300,12 @@ class ClusterState:
     def placeable(self, template: dict[str, Any], k: int, need: Tier | None, scope: str) -> Placeable:
         """How many more pods like `template` (asking k GPUs, scope `need`) the cached nodes take now, the
         Pending pods placed first (placeable.py)."""
+        self._fresh(time.monotonic())  # assumptions run out, allocations turn stale: the generation moves
+        tkey, shut = self._excluded_by(template)
+        ckey = (k, need, scope, tkey, self.generation, self._unbound_gen, self._meta_gen)
+        hit = self._placeable_cache.get(ckey)
+        if hit is not None:
+            return hit
         names = list(self.base)
         views = self.views(names)
 
@@ -304,11 +317,14 @@ class ClusterState:
         for _, pk, pneed, pod in sorted(self.unbound.values(), key=lambda e: e[0]):
             admits, key = admits_of(pod)
             pending.append(PendingPod(pk, pneed, admits, key))
-        shut = self._excluded_by(template)[1]
-        return placeable(
+        out = placeable(
             views, k, need, scope=scope, admits=(lambda name: name not in shut) if shut else None,
             pending=pending, names=names,
         )
+        if len(self._placeable_cache) >= 64:
+            self._placeable_cache.clear()
+        self._placeable_cache[ckey] = out
+        return out
 
     def freeing(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """For each bound GPU pod (namespace/name): what freeing its GPUs gives back on its node

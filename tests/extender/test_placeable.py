@@ -252,3 +252,16 @@ async def test_freeing_endpoint_names_the_gain_or_why_not(serve: Any) -> None:
         for body in (b"{", {"pods": "llm/a"}, {"pods": ["no-namespace"]}):
             code, status = await s.post("/freeing", body if isinstance(body, bytes) else orjson.dumps(body))
             assert code == 400 and status["reason"] == "BadRequest", status
+
+
+def test_the_answer_is_kept_until_anything_it_depends_on_changes() -> None:
+    st = synced_state(two_nodes())
+    tpl = pod_obj("t", 4)
+    first = st.placeable(tpl, 4, None, "any")
+    assert st.placeable(tpl, 4, None, "any") is first  # nothing changed: the same answer, not recomputed
+    st.node_event("MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]))  # the agent publishes
+    assert st.placeable(tpl, 4, None, "any").total() == first.total() - 1
+    tainted = node_obj("l40s", "l40s-4gpu-two-per-socket")
+    tainted["spec"]["taints"] = [{"key": "gpu", "effect": "NoSchedule"}]
+    st.node_event("MODIFIED", tainted)  # a taint the template does not tolerate
+    assert st.placeable(tpl, 4, None, "any").excluded == 1
