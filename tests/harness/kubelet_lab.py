@@ -78,6 +78,9 @@ CNI_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 POD_SUPERNET = ipaddress.ip_network("10.244.0.0/16")
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 START_TIMEOUT_S = 120.0
+# How long a restarted node must stay Ready with its GPUs before it counts as back: three status updates
+# (nodeStatusUpdateFrequency below is 2 s), so a stale status of the restart can no longer arrive.
+STATUS_SETTLE_S = 6.0
 
 
 class LabError(RuntimeError):
@@ -754,38 +757,41 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 return None
             raise
 
+    def _ready_with_gpus(self, name: str) -> dict[str, Any] | None:
+        """The Node object when it is Ready with every GPU of the node allocatable, else None."""
+        obj = self.node_object(name)
+        if obj is None:
+            return None
+        status = obj.get("status", {})
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+        gpus = status.get("allocatable", {}).get(RESOURCE)
+        return obj if ready and gpus == str(len(self.nodes[name].gpu_ids)) else None
+
     def wait_ready(self, name: str, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
         """Until the Node is Ready with every GPU allocatable (the device plugin registered), then lift the
         not-ready taint the node lifecycle controller would (see the module docstring)."""
         node = self.nodes[name]
         deadline = time.monotonic() + timeout
-        last = "no Node object yet"
+        last = "no Ready Node with its GPUs yet"
         while time.monotonic() < deadline:
             for comp in ("containerd", "kubelet", "deviceplugin"):
                 if not _alive(node.pids[comp]):
                     raise LabError(f"{comp} of {name} exited:\n{node.log_tail(comp)}")
             try:
-                obj = self.node_object(name)
+                obj = self._ready_with_gpus(name)
             except (OSError, ValueError) as e:
                 obj, last = None, str(e)
             if obj is not None:
-                ready = any(
-                    c["type"] == "Ready" and c["status"] == "True"
-                    for c in obj.get("status", {}).get("conditions", [])
-                )
-                gpus = obj.get("status", {}).get("allocatable", {}).get(RESOURCE)
-                last = f"Ready={ready}, allocatable {RESOURCE}={gpus}"
-                if ready and gpus == str(len(node.gpu_ids)):
-                    taints = obj["spec"].get("taints") or []
-                    keep = [t for t in taints if t.get("key") != NOT_READY_TAINT]
-                    if keep != taints:
-                        self._api(
-                            "PATCH",
-                            f"/api/v1/nodes/{name}",
-                            {"spec": {"taints": keep or None}},
-                            ctype="application/merge-patch+json",
-                        )
-                    return self.node_object(name) or obj
+                taints = obj["spec"].get("taints") or []
+                keep = [t for t in taints if t.get("key") != NOT_READY_TAINT]
+                if keep != taints:
+                    self._api(
+                        "PATCH",
+                        f"/api/v1/nodes/{name}",
+                        {"spec": {"taints": keep or None}},
+                        ctype="application/merge-patch+json",
+                    )
+                return self.node_object(name) or obj
             time.sleep(0.5)
         raise LabError(
             f"node {name} not ready after {timeout:.0f} s ({last}); kubelet log:\n"
@@ -796,8 +802,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def restart_kubelet(self, name: str, *, sig: int = signal.SIGKILL, down_s: float = 0.0) -> None:
         """Stop the node's kubelet (SIGKILL by default: no goodbye) and start it again, same flags, dirs and
-        ports; its pods keep running in containerd meanwhile."""
+        ports; its pods keep running in containerd meanwhile. Returns once the node is back: the new kubelet
+        running, the device plugin registered with it, and the Node Ready with every GPU allocatable for
+        STATUS_SETTLE_S. (Until the plugin registers again, the restarted kubelet reports the GPUs of its
+        checkpoint as capacity but not allocatable, and its next status update may still say so: a Node
+        read at the wrong moment says 0.)"""
         node = self.nodes[name]
+        registered = self.registrations(name)
         pid = node.pids["kubelet"]
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
@@ -806,6 +817,40 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             time.sleep(0.05)
         time.sleep(down_s)
         self._start_kubelet(node)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.registrations(name) <= registered:
+            if not _alive(node.pids["kubelet"]):
+                raise LabError(f"the restarted kubelet of {name} exited:\n{node.log_tail('kubelet')}")
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"the device plugin of {name} did not register with the restarted kubelet:\n"
+                    f"{node.log_tail('deviceplugin')}"
+                )
+            time.sleep(0.1)
+        steady_since: float | None = None
+        while True:
+            ok = self._ready_with_gpus(name) is not None
+            now = time.monotonic()
+            if ok:
+                steady_since = steady_since or now
+                if now - steady_since >= STATUS_SETTLE_S:
+                    return
+            else:
+                steady_since = None
+            if now > deadline:
+                raise LabError(
+                    f"node {name} not back after the kubelet restart; kubelet log:\n"
+                    f"{node.log_tail('kubelet', 40)}"
+                )
+            time.sleep(0.5)
+
+    def registrations(self, name: str) -> int:
+        """How often the node's device plugin registered with a kubelet (its log's `registered` events)."""
+        try:
+            text = self.nodes[name].log("deviceplugin").read_text(errors="replace")
+        except OSError:
+            return 0
+        return sum(1 for line in text.splitlines() if '"event":"registered"' in line)
 
     # -- down --
 
