@@ -88,8 +88,8 @@ def _validator(defname: str) -> jsonschema.Draft202012Validator:
 def _fast_validator(defname: str) -> Any:
     """The same schema compiled by jsonschema-rs (Rust, ECMA-262 regexes like `_ecma_regex`): ~150x faster
     than the Python validator on a topology document (10 us against 1.6 ms), which is most of what reading
-    5,000 Nodes costs at start-up. Only its yes is used: a document it refuses (or cannot represent) goes
-    to the Python validator, the reference, whose first error is the message."""
+    5,000 Nodes costs at start-up. A document it refuses gets its first error as the message; one it cannot
+    represent (an integer beyond 64 bits) goes to the Python validator."""
     root = schema()
     return jsonschema_rs.Draft202012Validator({"$ref": f"#/$defs/{defname}", "$defs": root["$defs"]})
 
@@ -104,11 +104,19 @@ _RFC3339 = re.compile(
 
 
 def _validate(defname: str, doc: Any, what: str) -> None:
+    fast = _fast_validator(defname)
     try:
-        if _fast_validator(defname).is_valid(doc):
+        if fast.is_valid(doc):
             return
+        # Refused: the first error from the same Rust validator. The Python one's cost grows with the
+        # document (seconds for a 9.5 MB topology, issue 28), and a client chooses the document.
+        e = next(iter(fast.iter_errors(doc)))
     except (ValueError, OverflowError):  # a value it cannot represent (an integer beyond 64 bits...)
         pass
+    else:
+        where = "/".join(str(p) for p in e.instance_path) or "(document)"
+        message = e.message if len(e.message) <= _MESSAGE_LIMIT else e.message[:_MESSAGE_LIMIT] + "..."
+        raise AnnotationError(f"{what}: at {where}: {message}")
     try:
         errors = sorted(_validator(defname).iter_errors(doc), key=lambda e: list(e.absolute_path))
     except RecursionError:
@@ -167,8 +175,32 @@ def topology_to_doc(topo: Topology) -> dict[str, Any]:
     return doc
 
 
+def _check_shape(doc: Any) -> None:
+    """Refuse a topology by its size alone (more GPUs than the schema's maxItems, a links matrix larger than
+    one row and column per GPU) before validating it: validation walks every cell, and a client (the
+    extender reads full Node objects from its callers) can send a 1,024 x 1,024 matrix (issue 28: 15 s)."""
+    if not isinstance(doc, dict):
+        return
+    gpus, links = doc.get("gpus"), doc.get("links")
+    limit = _max_gpus()
+    if isinstance(gpus, list) and len(gpus) > limit:
+        raise AnnotationError(f"{TOPOLOGY_ANNOTATION}: at gpus: {len(gpus)} GPUs, at most {limit}")
+    if isinstance(links, list):
+        n = len(gpus) if isinstance(gpus, list) else limit
+        if len(links) > n or any(isinstance(row, list) and len(row) > n for row in links):
+            raise AnnotationError(
+                f"{TOPOLOGY_ANNOTATION}: at links: larger than {n} x {n} (one row and column per GPU)"
+            )
+
+
+@cache
+def _max_gpus() -> int:
+    return int(schema()["$defs"]["gpuTopology"]["properties"]["gpus"]["maxItems"])
+
+
 def topology_from_doc(raw: str | dict[str, Any]) -> Topology:
     doc = _load(raw, TOPOLOGY_ANNOTATION)
+    _check_shape(doc)
     _validate("gpuTopology", doc, TOPOLOGY_ANNOTATION)
     indexes = [g["index"] for g in doc["gpus"]]
     if len(set(indexes)) != len(indexes):

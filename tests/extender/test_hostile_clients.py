@@ -1,0 +1,114 @@
+"""Hostile clients against the extender's listener (issue 28, items 2 and 3), on loopback: idle and
+keep-alive connections beyond --max-connections, request bodies trickled a byte at a time, and a full Node
+whose topology is far larger than any GPU node. Throughout each, /healthz (the kubelet's probe, and a stand-in
+for the scheduler's next call) is answered within 1 s.
+
+Before: at the cap every new connection was closed at once (41 of 43 probes failed with 1,000 idle
+connections), and one 1,024-GPU topology held the event loop ~15 s."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+from toposcale.extender.server import ServerConfig
+from toposcale.extender.topology.annotations import TOPOLOGY_ANNOTATION, AnnotationError, topology_from_doc
+from toposcale.extender.topology.scoring import NEUTRAL_SCORE
+
+from tests.extender.conftest import node_obj, pod_obj
+from tests.extender.test_server_bounds import full_args, head, listening
+from tests.harness.hostile import closed_by_server, held_connections, probe_during
+
+GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def _healthz(url: str) -> int:
+    async with aiohttp.ClientSession() as s, s.get(url + "/healthz") as r:  # a new connection each time
+        await r.read()
+        return r.status
+
+
+async def test_idle_connections_do_not_lock_the_scheduler_out() -> None:
+    config = ServerConfig(max_connections=50, header_timeout_s=1.0, keepalive_timeout_s=1.0)
+    async with listening(config) as (ext, url):
+        port = _port(url)
+
+        async def attack() -> None:
+            async with (
+                held_connections("127.0.0.1", port, 200) as idle,
+                held_connections("127.0.0.1", port, 50, send=GET) as kept,
+            ):
+                await asyncio.sleep(1.5)  # held past the timeouts while the probes run
+                assert all(await asyncio.gather(*(closed_by_server(r, 10) for r, _ in idle + kept)))
+
+        probes = await probe_during(attack(), lambda: _healthz(url))
+        text = (await ext.metrics(None)).body.decode()
+    assert probes.sent >= 3 and probes.failed == 0, probes
+    assert 'toposcale_extender_connections_cut_total{reason="evicted"}' in text
+
+
+async def test_trickled_bodies_do_not_lock_the_scheduler_out() -> None:
+    # 100 uploads announcing 1,000 bytes, fed a byte every 200 ms, against a cap of 50
+    config = ServerConfig(max_connections=50, body_timeout_s=1.0)
+    async with listening(config) as (_ext, url):
+        port = _port(url)
+
+        async def attack() -> None:
+            async with held_connections("127.0.0.1", port, 100, send=head("/filter", 1000)) as conns:
+                for _ in range(8):
+                    await asyncio.sleep(0.2)
+                    for _, writer in conns:
+                        if not writer.is_closing():
+                            writer.write(b" ")
+
+        probes = await probe_during(attack(), lambda: _healthz(url))
+    assert probes.sent >= 3 and probes.failed == 0, probes
+
+
+def _huge_topology(gpus: int) -> str:
+    doc = orjson.loads(
+        node_obj("x", "hgx-h100-nvswitch-8gpu")["metadata"]["annotations"][TOPOLOGY_ANNOTATION]
+    )
+    base = doc["gpus"][0]
+    doc["gpus"] = [{**base, "id": f"GPU-{i:05d}", "index": i, "uuid": f"GPU-{i:05d}"} for i in range(gpus)]
+    doc["links"] = [["X" if i == j else "NV18" for j in range(gpus)] for i in range(gpus)]
+    return orjson.dumps(doc).decode()
+
+
+def test_an_oversized_topology_is_refused_by_its_shape() -> None:
+    try:
+        topology_from_doc(_huge_topology(1024))
+    except AnnotationError as exc:
+        assert "at gpus: 1024 GPUs, at most 64" in str(exc)
+    else:
+        raise AssertionError("a 1,024-GPU topology was accepted")
+    doc = orjson.loads(_huge_topology(8))
+    doc["links"] = [row * 128 for row in doc["links"]] * 128  # 8 GPUs, a 1,024 x 1,024 matrix
+    try:
+        topology_from_doc(doc)
+    except AnnotationError as exc:
+        assert "at links: larger than 8 x 8" in str(exc)
+    else:
+        raise AssertionError("an oversized links matrix was accepted")
+
+
+async def test_an_oversized_topology_does_not_block_the_extender() -> None:
+    async with listening(ServerConfig()) as (_ext, url):
+
+        async def attack() -> Any:
+            for i in range(2):  # a new text each time: no cache helps
+                node = node_obj(f"huge-{i}", None)
+                node["metadata"]["annotations"][TOPOLOGY_ANNOTATION] = _huge_topology(1024 - i)
+                body = orjson.dumps(full_args(pod_obj("tp4", 4), [node]))
+                async with aiohttp.ClientSession() as s, s.post(url + "/prioritize", data=body) as r:
+                    assert r.status == 200  # answered: the node is neutral, with its reason logged
+                    assert (await r.json(content_type=None))[0]["Score"] == NEUTRAL_SCORE
+
+        probes = await probe_during(attack(), lambda: _healthz(url))
+    assert probes.sent >= 1 and probes.failed == 0, probes
