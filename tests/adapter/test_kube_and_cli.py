@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 from toposcale.adapter.rules import GpuOwner, Rule, RuleSet, ScrapeSpec
+from toposcale.adapter.selectors import parse_selector
 from toposcale.adapter.sources.pods import KubePods
 from toposcale.adapter.sources.scrape import ScrapeSource
 
@@ -185,3 +186,26 @@ async def test_header_size_follows_the_max_request_header_bytes_flag(tmp_path: P
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 0, err
+
+
+async def test_pod_counts_ready_and_starting(tmp_path: Path) -> None:
+    # vllm_desired_replicas counts the replicas on their way: Pending, or Running but not Ready, and not
+    # being deleted; Ready ones are the ones serving
+    async with KubeStandIn() as k:
+        k.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"},
+               "status": {"phase": "Active"}})
+        k.add(pod("ready-0", "ml", {"app": "vllm"}))
+        k.add(pod("loading-0", "ml", {"app": "vllm"}, ready="False"))
+        k.add(pod("pending-0", "ml", {"app": "vllm"}, phase="Pending", ip=""))
+        gone = pod("leaving-0", "ml", {"app": "vllm"}, ready="False")
+        gone["metadata"]["deletionTimestamp"] = "2026-12-07T00:00:00Z"
+        k.add(gone)
+        k.add(pod("failed-0", "ml", {"app": "vllm"}, phase="Failed", ip=""))
+        k.add(pod("chat-0", "ml", {"app": "chat"}))
+        api = await kube.api_client(k.write_kubeconfig(tmp_path / "kubeconfig"))
+        finder = KubePods(api, ttl=0.05)
+        try:
+            assert await finder.pod_counts("ml", parse_selector("app=vllm")) == (1, 2)
+            assert await finder.pod_counts("ml", parse_selector("app=none")) == (0, 0)
+        finally:
+            await finder.close()
