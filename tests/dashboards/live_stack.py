@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from toposcale.adapter.api import HANDLERS_KEY
 from toposcale.adapter.metrics import AdapterMetrics
 from toposcale.adapter.rules import load_rules
 from toposcale.adapter.server import build_app
@@ -181,7 +182,11 @@ class LiveStack:
                    for i, v in enumerate(self.vllm)]
         targets.append(Target(dead, "llm", "qwen-9", {"app": "qwen", "namespace": "llm", "pod": "qwen-9"}))
         source = ScrapeSource(StaticTargets(targets), rules, ttl=0.05, timeout=0.5)
-        adapter = build_app(rules, source, metrics=AdapterMetrics(), cache_ttl=0.2)
+        metrics = AdapterMetrics()
+        adapter = build_app(rules, source, metrics=metrics, cache_ttl=0.2)
+        # its placement cap (adapter --extender-url), an extender that finds no room: the held-back panel's
+        # series (toposcale_unplaceable_replicas) exist from the first answer on
+        adapter[HANDLERS_KEY].desired.placement = no_room_placement(metrics.registry)
         self.adapter_port = await self._serve(adapter)
         # A second adapter replica the HPA asked once, at start, and never again (its requests went to the
         # other one): its last answer is older and larger (it also counts the legacy pod: 3+1+5+2 = 11), so a
@@ -285,3 +290,29 @@ class LiveStack:
     def series(self, selector: str) -> list[dict[str, str]]:
         assert self.prometheus is not None
         return self.prometheus.api("series", **{"match[]": selector, "start": str(time.time() - 600)})
+
+
+def no_room_placement(registry: Any) -> Any:
+    """adapter/placement.Placement whose extender answers that nothing more can be placed (no Kubernetes
+    here: the template is a stub pod)."""
+    from types import SimpleNamespace
+
+    from toposcale.adapter.placement import Placement
+
+    pod = SimpleNamespace(spec=SimpleNamespace(node_name="gpu-node-a"), metadata=SimpleNamespace(
+        deletion_timestamp=None))
+
+    class Core:
+        async def list_namespaced_pod(self, namespace: str, **kw: Any) -> Any:
+            return SimpleNamespace(items=[pod])
+
+    class NoRoom:
+        async def post(self, path: str, body: Any) -> Any:
+            return {"gpus": 4, "requiredScope": "any", "placeable": {"best": 0, "numa": 0, "any": 0},
+                    "heldBack": {"best": "no-gpu", "numa": "no-gpu", "any": "no-gpu"}, "nodes": [],
+                    "pending": {"pods": 0, "placed": 0}}
+
+    api = SimpleNamespace(sanitize_for_serialization=lambda p: {"kind": "Pod", "spec": {}})
+    placement = Placement(api, NoRoom(), registry)
+    placement.core = Core()  # type: ignore[assignment]
+    return placement
