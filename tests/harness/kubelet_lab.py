@@ -39,6 +39,9 @@ goes when its last process does. The device plugin runs in the host's namespace 
 `/toposcale-lab-<run>-<node>/runtime`, the pods in the kubelet's cgroup root: `down` finds every process of a
 node there, by PID, and nothing outside.
 
+Hosts: cgroup v1 or hybrid (what the CI machines run); one with only the unified v2 hierarchy is refused with
+one line (it would need delegated controllers, which nothing here has run on yet). Root is needed.
+
 The lab plays the node lifecycle controller in one respect (that controller is not run: the suite's other
 Nodes are fake and send no heartbeats): once a node reports Ready it removes the
 `node.kubernetes.io/not-ready` taint kube-apiserver's TaintNodesByCondition admission put on the new Node.
@@ -380,6 +383,13 @@ class KubeletLab:
                 )
         if not (CNI_BIN_DIR / "bridge").exists():
             raise LabError(f"no CNI plugins in {CNI_BIN_DIR} (apt-get install containernetworking-plugins)")
+        if not (CGROUP_FS / "pids" / "cgroup.procs").is_file():
+            # What the CI machines have; a unified-only (cgroup v2) host would need the kubelet's cgroup root
+            # and the runtime's cgroup made with controllers delegated, which nothing here has run on yet.
+            raise LabError(
+                f"no cgroup v1 pids hierarchy at {CGROUP_FS / 'pids'}: the lab runs on cgroup v1 or hybrid "
+                "hosts"
+            )
         if not (cluster.bin_dir / "kubelet").is_file():
             raise LabError(f"no kubelet in {cluster.bin_dir} (./scripts/kube.sh bin-dir builds it)")
         d = directory.resolve()
@@ -873,7 +883,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 time.sleep(0.1)
             if left := _cgroup_pids(node.cgroup):
                 problems.append(f"{node.name}: processes {sorted(left)} still in {node.cgroup}")
+            # A cgroup whose last task just died can refuse rmdir (EBUSY) for a moment: try again.
+            deadline = time.monotonic() + 10
             _remove_cgroups(node.cgroup)
+            while any(d.exists() for d in _cgroup_dirs(node.cgroup)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                _remove_cgroups(node.cgroup)
             if any(d.exists() for d in _cgroup_dirs(node.cgroup)):
                 problems.append(f"{node.name}: cgroup {node.cgroup} could not be removed")
             if node.bridge and Path(f"/sys/class/net/{node.bridge}").exists():
