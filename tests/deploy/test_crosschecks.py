@@ -374,6 +374,25 @@ def test_scheduler_profile_calls_the_extender_service(builds: dict[str, Build]) 
     )
 
 
+def test_only_the_schedulers_and_the_adapters_pods_reach_the_extender(builds: dict[str, Build]) -> None:
+    """The extender asks no credentials (issue 28): its NetworkPolicy selects its pods and admits, on the
+    port the scheduler's urlPrefix reaches, only the second scheduler's pods and the adapter's."""
+    b = builds["all"]
+    pol = b.one("NetworkPolicy", "toposcale-extender")
+    ext = b.one("Deployment", "toposcale-extender")
+    ext_pods = ext["spec"]["template"]["metadata"]["labels"]
+    assert pol["spec"]["podSelector"]["matchLabels"].items() <= ext_pods.items()
+    assert pol["spec"]["policyTypes"] == ["Ingress"] and len(pol["spec"]["ingress"]) == 1
+    rule = pol["spec"]["ingress"][0]
+    admitted = [peer["podSelector"]["matchLabels"] for peer in rule["from"]]
+    assert [set(p) for p in rule["from"]] == [{"podSelector"}] * 2  # pods of this namespace, no others
+    for name, labels in zip(("toposcale-scheduler", "toposcale-adapter"), admitted, strict=True):
+        pods = b.one("Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert labels.items() <= pods.items()
+    _, port = service_target(b, "toposcale-extender", "toposcale", 8888)
+    assert [port_number(container(ext), p["port"]) for p in rule["ports"]] == [port]
+
+
 def test_default_scheduler_patch_has_the_same_extender_stanza(builds: dict[str, Build]) -> None:
     cfg = yaml.safe_load((DEPLOY / "extender/default-scheduler/kube-scheduler-config.yaml").read_text())
     ext = check_scheduler_config(cfg, _extender_args(builds["extender"]))

@@ -357,6 +357,7 @@ def test_default_scheduler_variant(renders: dict[str, list[dict[str, Any]]]) -> 
         "ClusterRoleBinding",
         "RoleBinding",
         "Role",
+        "NetworkPolicy",  # the extender admits the second scheduler's pods (deploy/extender)
     }
     rendered = renders["default-scheduler"]
     cm = next(o for o in rendered if o["metadata"]["name"] == "toposcale-default-scheduler-config")
