@@ -129,3 +129,17 @@ def test_fleet_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture
     code = main(["simulate", "autoscale", "--trace", str(trace), "--fleet", str(fleet), "--node-kind", "x"])
     err = capsys.readouterr().err
     assert code == 2 and "--node-kind 'x'" in err
+
+
+@pytest.mark.parametrize(("victims", "aborted"), [("rs", True), ("toposcale", False)])
+def test_the_replicasets_victim_aborts_what_toposcales_lets_finish(victims: str, aborted: bool) -> None:
+    """Three replicas, the one the ReplicaSet ranks first (the most recently ready; started together here,
+    the first) serving a long request that outlives a 5 s grace; toposcale's victim is an idle one."""
+    from toposcale.serving.model import Request
+
+    fleet = spec("hgx-h100-nvswitch-8gpu", "hgx-h100-nvswitch-8gpu", provision_s=1e9)
+    cfg = SimConfig(P4, initial_replicas=3, grace_s=5, until_s=60, fleet=fleet, victims=victims)  # type: ignore
+    sim = Simulation(cfg, idle(60), Wants(2))
+    sim.replicas[0].model.submit(Request(arrival=0.0, prompt=200, output=5000))
+    sim.run()
+    assert (sim.aborted > 0) is aborted
