@@ -120,7 +120,9 @@ case "$cmd" in
     # The real nodes first (if `up --kubelets` started any), then the control plane; a refused DIR is
     # refused by both without a word from the first.
     lab_rc=0
-    "$(venv_python)" -m tests.harness.kubelet_lab down "$dir" || lab_rc=$?
+    if [ -f "$dir/kubelets/lab.json" ]; then
+      "$(venv_python)" -m tests.harness.kubelet_lab down "$dir" || lab_rc=$?
+    fi
     "$(venv_python)" -m tests.harness.kube_cluster down "$dir"
     exit "$lab_rc"
     ;;
