@@ -162,7 +162,9 @@ def test_stream_and_kubelet_restart(real_fleet: RealFleet) -> None:
     api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
 
     placed: dict[str, tuple[str, set[str]]] = {}
-    for i, k in enumerate((2, 1, 4, 1)):  # 8 GPUs: both nodes full at the end
+    # 8 GPUs, both nodes full at the end, and feasible whichever node the scheduler picks at each step: the
+    # 4-GPU pod takes a whole node, the others fill the second one.
+    for i, k in enumerate((4, 2, 1, 1)):
         placed[f"p{i}-{k}gpu"] = place(fleet, f"p{i}-{k}gpu", k)
     for n in fleet.nodes:
         assert fleet.held(n) == set(fleet.nodes[n].gpu_ids), (n, placed)
