@@ -22,6 +22,7 @@ class TTLCache(Generic[T]):
         self._clock = clock
         self._values: dict[Hashable, tuple[float, T]] = {}
         self._inflight: dict[Hashable, asyncio.Task[T]] = {}
+        self._purged_at = clock()
 
     async def get(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> tuple[T, str]:
         """Return (value, how) where how is "hit", "coalesced" or "miss"."""
@@ -40,9 +41,13 @@ class TTLCache(Generic[T]):
         try:
             value = await load()
             if self.ttl > 0:
-                if len(self._values) >= self.max_entries:
+                now = self._clock()
+                # Expired values are dropped at least once per TTL, not only at max_entries: a value may be
+                # large (a target's scrape), and one no longer asked for must not stay (issue 28: 1.4 GB).
+                if len(self._values) >= self.max_entries or now - self._purged_at >= self.ttl:
                     self._evict()
-                self._values[key] = (self._clock(), value)
+                    self._purged_at = now
+                self._values[key] = (now, value)
             return value
         finally:
             self._inflight.pop(key, None)

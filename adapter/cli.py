@@ -90,6 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest /metrics answer read from a target; a larger one fails that target "
                              "(default 8388608 = 8 MiB)")
     scrape.add_argument("--scrape-concurrency", type=int, default=64, help="scrapes in flight at once")
+    scrape.add_argument("--scrape-sample-limit", type=int, default=10_000, metavar="N",
+                        help="most samples of the rules' series kept from one target's scrape; more fail "
+                             "that target, as Prometheus' sample_limit (default 10000: with at most 25 "
+                             "histogram snapshots per target, the memory one target can hold)")
     parser.add_argument(
         "--min-answered-share", type=_share, default=0.5, metavar="S",
         help="for rules without their own min_answered_share: below this share (0..1) of the expected "
@@ -225,6 +229,7 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
         timeout=args.scrape_timeout,
         max_body_bytes=args.scrape_max_body_bytes,
         concurrency=args.scrape_concurrency,
+        sample_limit=args.scrape_sample_limit,
         on_error=metrics.source_error,
         on_coverage=metrics.served.record_coverage,
         min_answered_share=args.min_answered_share,

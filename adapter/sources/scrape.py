@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -62,6 +63,18 @@ class DuplicateSeries(ScrapeError):
     kind = "duplicate-series"
 
 
+class SampleLimit(ScrapeError):
+    kind = "sample-limit"
+
+
+# Default --scrape-sample-limit: a vLLM pod exposes a few hundred of the series the rules read, a DCGM
+# exporter a few per GPU; beyond this a target is failed (Prometheus' scrape_config sample_limit does so).
+DEFAULT_SAMPLE_LIMIT = 10_000
+# Histogram snapshots remembered per target: one per window/SNAPSHOTS, for up to 1.5 windows, so at most
+# 1.5 x SNAPSHOTS + 1 snapshots of at most --scrape-sample-limit bucket values each.
+SNAPSHOTS = 16
+
+
 @dataclass(slots=True)
 class Scrape:
     at: float  # wall clock, for the item's timestamp
@@ -91,24 +104,60 @@ def wanted_names(rules: RuleSet) -> set[str]:
     return names
 
 
-def parse_exposition(text: str, wanted: set[str]) -> list[Sample]:
-    """Samples named in `wanted` from Prometheus text exposition; garbage raises ScrapeError, and so does a
-    series printed twice: the exposition is malformed (Prometheus drops the duplicates and counts them), and
-    summing both copies would double the value (3 twice is not 6)."""
+# Prometheus' default --query.lookback-delta: an instant query sees a series' latest sample at most this old.
+LOOKBACK_S = 300.0
+_COUNTER_TYPE = re.compile(r"^[ \t]*#[ \t]+TYPE[ \t]+(\S+)[ \t]+counter[ \t]*$", re.MULTILINE)
+
+
+def parse_exposition(
+    text: str, wanted: set[str], now: float | None = None, limit: int | None = None
+) -> list[Sample]:
+    """Samples named in `wanted` from Prometheus text exposition, as Prometheus would store and query them at
+    `now` (epoch seconds, default the wall clock). Garbage raises ScrapeError, and so does a series printed
+    twice: the exposition is malformed (Prometheus drops the duplicates and counts them), and summing both
+    copies would double the value (3 twice is not 6).
+
+    As Prometheus' text parser (model/textparse/promparse.go) and query engine see it:
+    - a label with an empty value is no label (`x{a=""}` is the series `x`): dropped, so the duplicate check
+      sees `x 7` and `x{a=""} 7` as one series printed twice;
+    - a counter keeps the name it is exposed under: prometheus-client's parser renames a family typed
+      `counter` without the `_total` suffix (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION) to `<name>_total`, which
+      Prometheus never does, so a rule naming it as Prometheus stores it would find nothing;
+    - a sample with an explicit timestamp is seen only when that time is not after `now` and within the
+      lookback (`x 9 1000`, a 1970 sample, is no current value).
+    More than `limit` wanted samples raise SampleLimit (the target fails, as with Prometheus' sample_limit):
+    what one target may make the adapter hold."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    now = time.time() if now is None else now
+    renamed = {m.group(1) for m in _COUNTER_TYPE.finditer(text) if not m.group(1).endswith("_total")}
     out: list[Sample] = []
     seen: set[tuple[str, frozenset[tuple[str, str]]]] = set()
     try:
         for family in text_string_to_metric_families(text):
+            unrename = family.type == "counter" and family.name in renamed
             for s in family.samples:
-                key = (s.name, frozenset(s.labels.items()))
+                name = s.name
+                if unrename and name.endswith("_total"):
+                    name = name[: -len("_total")]  # the parser's suffix, not the exposition's
+                labels = s.labels
+                if "" in labels.values():
+                    labels = {k: v for k, v in labels.items() if v != ""}
+                key = (name, frozenset(labels.items()))
                 if key in seen:
-                    raise DuplicateSeries(f"duplicate series {_series_text(s.name, s.labels)}")
+                    raise DuplicateSeries(f"duplicate series {_series_text(name, labels)}")
                 seen.add(key)
-                if s.name in wanted:
-                    out.append(Sample(s.name, s.labels, float(s.value)))
-    except DuplicateSeries:
+                if name not in wanted:
+                    continue
+                ts = s.timestamp
+                if ts is not None and not (now - LOOKBACK_S < float(ts) <= now):
+                    continue  # a stale or future sample: an instant query at `now` does not see it
+                out.append(Sample(name, labels, float(s.value)))
+                if limit is not None and len(out) > limit:
+                    raise SampleLimit(
+                        f"more than {limit} samples of the rules' series (--scrape-sample-limit)"
+                    )
+    except (DuplicateSeries, SampleLimit):
         raise
     except Exception as exc:  # the parser raises ValueError, IndexError, ... on garbage
         raise ScrapeError(f"not Prometheus text format: {type(exc).__name__}: {str(exc)[:200]}") from exc
@@ -141,9 +190,12 @@ class ScrapeSource:
         on_coverage: Callable[[str, str, int, int], None] | None = None,
         min_answered_share: float = DEFAULT_MIN_ANSWERED_SHARE,
         clock: Callable[[], float] = time.monotonic,
+        sample_limit: int = DEFAULT_SAMPLE_LIMIT,
     ) -> None:
         """`on_coverage(metric, namespace, answered, expected)` hears each computation's target counts;
-        `min_answered_share` applies to rules that do not set their own."""
+        `min_answered_share` applies to rules that do not set their own; `sample_limit` bounds what one
+        target's scrape may hold (--scrape-sample-limit)."""
+        self.sample_limit = sample_limit
         self.finder = finder
         self.timeout = timeout
         self.max_body_bytes = max_body_bytes
@@ -158,6 +210,7 @@ class ScrapeSource:
         self._session: aiohttp.ClientSession | None = None
         self._history: dict[str, _History] = {}
         self._remembered = 0
+        self._forgot_at = 0.0
         self._absent = OnceLog(logger)
         self.on_error = on_error
         self.on_coverage = on_coverage
@@ -205,10 +258,12 @@ class ScrapeSource:
     async def scrape(self, url: str) -> Scrape:
         async def load() -> Scrape:
             text = await self._fetch_text(url)
+            now, limit = time.time(), self.sample_limit
             if len(text) > 256 * 1024:
-                samples = await asyncio.to_thread(parse_exposition, text, self._wanted)
+                samples = await asyncio.to_thread(parse_exposition, text, self._wanted, now, limit)
             else:
-                samples = parse_exposition(text, self._wanted)
+                samples = parse_exposition(text, self._wanted, now, limit)
+            del text  # up to --scrape-max-body-bytes: not kept while the samples are
             scrape = Scrape(time.time(), self._clock(), samples)
             self._remember(url, scrape)
             return scrape
@@ -231,14 +286,16 @@ class ScrapeSource:
             return
         hist = self._history.setdefault(url, _History())
         window = max(self._hist_windows.values())
-        # keep at most ~64 snapshots per target over the window
-        if hist.snapshots and scrape.mono - hist.snapshots[-1][0] < window / 64:
+        # at most one snapshot per window/SNAPSHOTS per target (memory: see SNAPSHOTS)
+        if hist.snapshots and scrape.mono - hist.snapshots[-1][0] < window / SNAPSHOTS:
             return
         hist.snapshots.append((scrape.mono, snap))
         while hist.snapshots and scrape.mono - hist.snapshots[0][0] > window * 1.5:
             hist.snapshots.popleft()
         self._remembered += 1
-        if self._remembered % 256 == 0:  # forget targets that went away
+        # forget targets that went away, at least once per window (their memory comes back), not per scrape
+        if self._remembered % 256 == 0 or scrape.mono - self._forgot_at > window:
+            self._forgot_at = scrape.mono
             for gone in [u for u, h in self._history.items()
                          if not h.snapshots or scrape.mono - h.snapshots[-1][0] > window * 1.5]:
                 del self._history[gone]
