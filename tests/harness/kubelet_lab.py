@@ -216,7 +216,7 @@ def build_images(cache: Path) -> dict[str, Path]:
         finally:
             subprocess.run([*b, "rm", ctr], capture_output=True)
         for name, archive in out.items():
-            tmp = archive.with_suffix(".tmp")
+            tmp = archive.with_suffix(f".{os.getpid()}.tmp")  # another run may be building it too
             tmp.unlink(missing_ok=True)
             _run([*b, "push", "-q", name, f"oci-archive:{tmp}:{name}"], what="buildah push")
             tmp.replace(archive)
@@ -348,9 +348,13 @@ def _used_subnets() -> set[ipaddress.IPv4Network]:
     return nets
 
 
-def _pick_subnet(taken: set[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+def _pick_subnet(taken: set[ipaddress.IPv4Network], start: int) -> ipaddress.IPv4Network:
+    """A /24 of POD_SUPERNET that no address of this machine is in, scanning from `start` (the lab's random
+    run id: two labs starting at once rarely pick the same before either made its bridge)."""
     used = _used_subnets() | taken
-    for net in POD_SUPERNET.subnets(new_prefix=24):
+    nets = list(POD_SUPERNET.subnets(new_prefix=24))
+    for i in range(len(nets)):
+        net = nets[(start + i) % len(nets)]
         if not any(net.overlaps(u) for u in used):
             return net
     raise LabError(f"no free /24 left in {POD_SUPERNET} for a node's pods")
@@ -462,7 +466,7 @@ class KubeletLab:
         node.cgroup = f"/toposcale-lab-{self.run_id}-{index}"
         node.bridge = f"tsl{self.run_id}{index:x}"[:15]
         taken = {ipaddress.ip_network(n.subnet) for n in self.nodes.values()}
-        node.subnet = str(_pick_subnet(taken))
+        node.subnet = str(_pick_subnet(taken, int(self.run_id, 16)))
         node.ports = {"kubelet": free_port(), "healthz": free_port()}
         self.nodes[node.name] = node
         self.save()
