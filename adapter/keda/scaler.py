@@ -28,12 +28,14 @@ import contextlib
 import hashlib
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..errors import AdapterError, BadRequest, NotFound, SourceUnavailable
@@ -76,16 +78,23 @@ class Trigger:
     activation: float
 
 
+# A decimal number as Go's strconv.ParseFloat reads one (what a Go scaler would accept): ASCII digits only,
+# no digit separators, no surrounding blanks (Python's float() also takes "1_000", " 4 " and "٤").
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+# The largest target KEDA can carry: it builds the HPA's target as a milli-quantity, int64(value * 1000).
+MAX_TARGET = (2**63 - 1) / 1000
+
+
 def _number(meta: Mapping[str, str], key: str, *, positive: bool) -> float | None:
     text = meta.get(key)
     if text is None or not text.strip():
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidMetadata(f"scalerMetadata.{key}: {text[:80]!r} is not a number") from None
-    if not math.isfinite(value):
-        raise InvalidMetadata(f"scalerMetadata.{key}: {text[:80]!r} is not a finite number")
+    if not _DECIMAL.fullmatch(text):
+        raise InvalidMetadata(f"scalerMetadata.{key}: {text[:80]!r} is not a number (e.g. 4 or 0.5)")
+    value = float(text)
+    if not math.isfinite(value) or abs(value) > MAX_TARGET:
+        raise InvalidMetadata(f"scalerMetadata.{key}: {text[:80]!r} is out of range (at most "
+                              f"{MAX_TARGET:.0f}: KEDA carries it as an int64 milli-value)")
     if positive and value <= 0:
         raise InvalidMetadata(f"scalerMetadata.{key}: must be greater than 0, not {text[:80]!r}")
     return value
@@ -158,6 +167,15 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
             logger.error("keda call failed unexpectedly", exc_info=exc, extra={"method": method})
         self.metrics.requests.labels(method, code.name).inc()
         await context.abort(code, message)
+
+    async def decode(self, raw: bytes, request_type: Any, method: str, context: grpc.aio.ServicerContext
+                     ) -> Any:
+        try:
+            return request_type.FromString(raw)
+        except DecodeError as exc:
+            await self._abort(context, method, InvalidMetadata(
+                f"malformed {request_type.DESCRIPTOR.name} (protobuf): {str(exc)[:200]}"))
+            raise  # not reached: abort raises
 
     def _ok(self, method: str) -> None:
         self.metrics.requests.labels(method, grpc.StatusCode.OK.name).inc()
@@ -333,6 +351,40 @@ class KedaServer:
         await self.server.stop(grace)
 
 
+def _register(scaler: ExternalScaler, server: grpc.aio.Server) -> None:
+    """The generated add_ExternalScalerServicer_to_server, except that requests arrive as bytes and are
+    decoded here: gRPC's own decoding answers malformed protobuf with UNKNOWN, where it is the caller's
+    error, INVALID_ARGUMENT."""
+
+    def unary(method: str, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+        handler = getattr(scaler, method)
+
+        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            return await handler(await scaler.decode(raw, request_type, method, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(call, response_serializer=response_type.SerializeToString)
+
+    def stream(method: str, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+        handler = getattr(scaler, method)
+
+        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            request = await scaler.decode(raw, request_type, method, context)
+            async for item in handler(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(call, response_serializer=response_type.SerializeToString)
+
+    handlers = {
+        "IsActive": unary("IsActive", pb.ScaledObjectRef, pb.IsActiveResponse),
+        "StreamIsActive": stream("StreamIsActive", pb.ScaledObjectRef, pb.IsActiveResponse),
+        "GetMetricSpec": unary("GetMetricSpec", pb.ScaledObjectRef, pb.GetMetricSpecResponse),
+        "GetMetrics": unary("GetMetrics", pb.GetMetricsRequest, pb.GetMetricsResponse),
+    }
+    service = "externalscaler.ExternalScaler"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 async def start(handlers: Any, *, host: str | None, port: int, tls: Any = None,
                 client_ca: bytes | None = None, registry: CollectorRegistry,
                 max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
@@ -355,7 +407,7 @@ async def start(handlers: Any, *, host: str | None, port: int, tls: Any = None,
         ],
     )
     scaler = ExternalScaler(handlers, KedaMetrics(registry), stream_interval=stream_interval)
-    pb_grpc.add_ExternalScalerServicer_to_server(scaler, server)
+    _register(scaler, server)
     address = listen_address(host, port)
     try:
         if tls is None:

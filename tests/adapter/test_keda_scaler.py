@@ -237,6 +237,14 @@ async def test_hung_source_is_unavailable_within_the_request_timeout(adapter: Ad
     ({"activationValue": "nan"}, "scalerMetadata.activationValue"),
     ({"targetValue": "-1"}, "scalerMetadata.targetValue"),
     ({"targetValue": "inf"}, "scalerMetadata.targetValue"),
+    # issue 28: beyond what KEDA can carry (int64 milli-value): was UNKNOWN, a ValueError
+    ({"targetValue": "1e19"}, "scalerMetadata.targetValue"),
+    ({"targetValue": "9223372036854775808"}, "scalerMetadata.targetValue"),
+    ({"targetValue": "1e300"}, "scalerMetadata.targetValue"),
+    # not a number to Go's strconv.ParseFloat, though Python's float() takes them
+    ({"targetValue": "1_000"}, "scalerMetadata.targetValue"),
+    ({"targetValue": "\u0664"}, "scalerMetadata.targetValue"),  # ARABIC-INDIC DIGIT FOUR
+    ({"activationValue": " 1 "}, "scalerMetadata.activationValue"),
 ])
 async def test_bad_metadata_is_invalid_argument_naming_the_key(adapter: Adapter, meta: dict[str, str],
                                                                key: str) -> None:
@@ -344,6 +352,19 @@ async def test_concurrent_rpcs_are_bounded(start_adapter) -> None:
             await asyncio.sleep(0.1)
     else:
         raise AssertionError("the slot never came back")
+
+
+async def test_malformed_protobuf_is_invalid_argument(adapter: Adapter) -> None:
+    # issue 28: was UNKNOWN (gRPC's own decoding); the bytes are the caller's error
+    for method in ("IsActive", "GetMetricSpec", "GetMetrics"):
+        call = adapter.channel.unary_unary(f"/externalscaler.ExternalScaler/{method}")
+        err = await rpc_error(call(b"\x0a\xff\xff\xff\xff\x0f"))  # a length running past the end
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, err)
+        assert err.details().startswith("malformed "), err.details()
+    stream = adapter.channel.unary_stream("/externalscaler.ExternalScaler/StreamIsActive")
+    err = await rpc_error(anext(stream(b"\x0a\xff").__aiter__()))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await adapter.stub.IsActive(ref())).result is True  # the server goes on
 
 
 async def test_oversized_request_is_refused(adapter: Adapter) -> None:
