@@ -23,9 +23,12 @@ from urllib.parse import urlsplit
 import aiohttp
 import yaml
 
+from toposcale.extender.nodeview import view_of_node
+from toposcale.extender.placeable import placeable
+
 from . import view
 from .external_metrics import read_external_metric
-from .fleet import SimNode, build_fleet, has_free_single_numa_set, single_numa
+from .fleet import GPU_RESOURCE, SimNode, build_fleet, has_free_single_numa_set, single_numa
 from .hpa import DEFAULT_SCALE_UP, ExternalMetric, HPAController, HPASpec, MetricError, Policy, Rules
 from .placement import predict_allocation, set_tier
 from .scheduler import ExtenderError, SchedulerClient, pod_object
@@ -318,7 +321,12 @@ class Demo:
             if placement.node is None:
                 if r.pod not in self.unschedulable:  # kube-scheduler retries; say it once per pod
                     self.unschedulable.add(r.pod)
-                    self.say(f"{view.clock(now):>8}  ! {r.pod} unschedulable: {placement.reason}")
+                    # the extender's placeable count (extender/placeable.py, what the adapter caps on)
+                    room = placeable([view_of_node(o, GPU_RESOURCE) for o in nodes], k, None)
+                    self.say(
+                        f"{view.clock(now):>8}  ! {r.pod} unschedulable: {placement.reason} "
+                        f"(placeable now: {room.total()}, {room.held_back()})"
+                    )
                     self.story.unschedulable.append((now, r.pod, placement.reason))
                 continue
             node = self.by_name[placement.node]
