@@ -23,6 +23,7 @@ with the reason, and the explain record says so: a failed source never becomes a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -103,15 +104,20 @@ class Placement:
             self._warned[key] = now
             logger.warning(message, extra=extra)
 
-    def _record(self, namespace: str, metric: str, selector: str, held: int, reason: str) -> None:
-        self._held[(namespace, metric, selector)] = (held, reason)
+    def _record(self, namespace: str, metric: str, selector: str, held: int | None, reason: str) -> None:
+        """This selector's cut (None: unknown now, the extender failing: its part leaves the sum, and a
+        (namespace, metric) with no known part has no series, rather than a stale or made-up value)."""
+        if held is None:
+            self._held.pop((namespace, metric, selector), None)
+        else:
+            self._held[(namespace, metric, selector)] = (held, reason)
+        known = [(h, why) for (ns, m, _), (h, why) in self._held.items() if ns == namespace and m == metric]
         for r in REASONS:
-            total = sum(
-                h
-                for (ns, m, _), (h, why) in self._held.items()
-                if ns == namespace and m == metric and why == r
-            )
-            self.gauge.labels(namespace, metric, r).set(total)
+            if known:
+                self.gauge.labels(namespace, metric, r).set(sum(h for h, why in known if why == r))
+            else:
+                with contextlib.suppress(KeyError):
+                    self.gauge.remove(namespace, metric, r)
 
     async def template(self, namespace: str, selector: Selector) -> tuple[dict[str, Any] | None, int]:
         """One selected pod (the template; None when there is none) and how many are unscheduled."""
@@ -151,6 +157,7 @@ class Placement:
             unplaced = max(0, waiting - int(doc["pending"]["placed"]))
         except Exception as exc:  # no cap on a failed source: the algorithm's answer stands
             why = f"{type(exc).__name__}: {exc}"
+            self._record(namespace, metric, sel, None, "")
             self._warn(
                 f"{namespace}/{sel}",
                 "placeable replicas unknown: no cap",

@@ -90,6 +90,10 @@ async def test_a_cut_is_served_as_unplaceable_replicas_by_reason() -> None:
     # demand drops back within what is there: nothing asked, the series back to 0
     assert await p.cap("vllm_desired_replicas", "llm", sel, 4, 3, 1, 1, {}) == 4 and len(ext.asked) == 1
     assert f"{line} 0.0" in generate_latest(reg).decode()
+    # the extender failing: no cap, and no series (never a stale or made-up count)
+    ext.answer = RuntimeError("extender /placeable: HTTP 503")
+    assert await p.cap("vllm_desired_replicas", "llm", sel, 7, 3, 1, 1, {}) == 7
+    assert "toposcale_unplaceable_replicas{" not in generate_latest(reg).decode()
 
 
 async def test_pending_pods_without_a_slot_do_not_cascade() -> None:
