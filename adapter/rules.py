@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from toposcale.yamltext import load_yaml
+
 from .selectors import SelectorError, parse_selector
 
 # Always fullmatch: `re.match` with "^...$" would take a trailing newline ("$" matches before one).
@@ -280,7 +282,7 @@ def _format_errors(source: str, exc: ValidationError) -> str:
 
 def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise RulesError(f"{source}: not valid YAML: {exc}") from exc
     try:

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from toposcale.yamltext import load_yaml
+
 from ..cache import TTLCache
 from ..errors import SourceUnavailable
 from ..rules import Rule, RulesError
@@ -70,7 +72,7 @@ _TARGETS = TypeAdapter(list[TargetSpec])
 def load_targets(path: str | Path) -> list[Target]:
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise RulesError(f"{p}: cannot read scrape targets: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:

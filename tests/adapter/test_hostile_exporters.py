@@ -111,3 +111,26 @@ async def test_large_targets_are_failed_and_their_memory_comes_back() -> None:
         await source.close()
         await runner.cleanup()
     assert grown < 60, f"RSS {grown:.0f} MiB above its start after the large targets"
+
+
+def test_rules_or_targets_nested_too_deeply_are_one_line_naming_the_file(tmp_path) -> None:
+    # issue 28: the adapter printed the RecursionError's message alone, without the file
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    toposcale = Path(sys.executable).parent / "toposcale"
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 5000 + "]" * 5000, encoding="utf-8")
+    for flag in ("--rules", "--scrape-targets"):
+        p = subprocess.run(
+            [str(toposcale), "adapter", "--insecure-allow-anonymous", "--port", "0", flag, str(deep)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert p.returncode == 2, (flag, p.stderr[-500:])
+        assert "Traceback" not in p.stderr
+        lines = [ln for ln in p.stderr.splitlines() if ln.startswith("toposcale adapter: ")]
+        assert len(lines) == 1 and str(deep) in lines[0] and "nested too deeply" in lines[0], p.stderr[-500:]

@@ -198,3 +198,20 @@ def test_plot_without_matplotlib_names_the_extra_before_the_run(
     err = capsys.readouterr().err
     assert "--plot needs matplotlib" in err and "pip install 'toposcale[plot]'" in err
     assert not out.exists()
+
+
+def test_a_fleet_nested_too_deeply_exits_2_naming_the_file(tmp_path: Path) -> None:
+    # issue 28: 10^5 nested brackets printed a 2,996-line RecursionError traceback
+    fleets = {
+        "deep.yaml": "[" * 5000 + "]" * 5000,
+        "deep-topo.yaml": "nodes:\n- {topology: t.json, count: 1}\n",
+    }
+    for name, text in fleets.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    (tmp_path / "t.json").write_text("{" + '"a":[' * 5000 + "]" * 5000 + "}", encoding="utf-8")
+    for name, what in (("deep.yaml", "nested too deeply"), ("deep-topo.yaml", "t.json")):
+        p = simulate("--fleet", str(tmp_path / name), "--no-progress")
+        assert p.returncode == 2, p.stderr[-500:]
+        assert "Traceback" not in p.stderr
+        (line,) = [ln for ln in p.stderr.splitlines() if ln.startswith("toposcale simulate: error: ")]
+        assert what in line and (name in line or "t.json" in line), line

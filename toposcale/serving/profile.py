@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from toposcale.yamltext import load_yaml
+
 KIND = "toposcale.io/serving-profile/v1"
 STATUSES = ("measured", "derived", "placeholder")
 
@@ -222,7 +224,7 @@ def _table(v: Any, name: str, rows: int, cols: int, *, nulls: bool = False) -> t
 def parse_profile(text: str, origin: str = "profile") -> Profile:
     """A `Profile` from the YAML text, or ProfileError naming what is wrong."""
     try:
-        doc = yaml.safe_load(text)
+        doc = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ProfileError(f"{origin}: not YAML: {exc}") from None
     if not isinstance(doc, dict):

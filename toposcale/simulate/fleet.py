@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from toposcale.extender.topology.annotations import TOPOLOGY_ANNOTATION, AnnotationError, topology_from_doc
 from toposcale.extender.topology.model import Topology
 from toposcale.extender.topology.topo_text import TopoTextError, parse_topo_text
+from toposcale.yamltext import load_yaml
 
 MAX_FILE_BYTES = 1 << 20  # a fleet or topology file is a few KiB; anything near this is a wrong path
 MAX_NODES = 100_000
@@ -96,7 +97,7 @@ def topology_from_text(text: str, what: str) -> Topology:
     if text.lstrip().startswith("{"):
         try:
             doc: Any = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply for json
             raise FleetError(f"{what}: looks like JSON but is not: {exc}") from None
         if isinstance(doc, dict) and "metadata" in doc:  # a whole Node object
             meta = doc["metadata"] if isinstance(doc["metadata"], dict) else {}
@@ -129,7 +130,7 @@ def _describe(err: dict[str, Any]) -> str:
 def parse_fleet(text: str, base: Path, what: str = "fleet") -> Fleet:
     """A fleet from YAML text; topology paths are resolved against `base` (the fleet file's folder)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise FleetError(f"{what}: not YAML: {exc}") from None
     if not isinstance(raw, dict):
