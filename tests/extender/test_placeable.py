@@ -265,3 +265,20 @@ def test_the_answer_is_kept_until_anything_it_depends_on_changes() -> None:
     tainted["spec"]["taints"] = [{"key": "gpu", "effect": "NoSchedule"}]
     st.node_event("MODIFIED", tainted)  # a taint the template does not tolerate
     assert st.placeable(tpl, 4, None, "any").excluded == 1
+
+
+def test_dra_nodes_are_counted_on_first_fit_and_claims_take_their_devices() -> None:
+    """A DRA node (slices, a DeviceClass serving nvidia.com/gpu) is counted by DRA first-fit, the scheduler's
+    own allocator, as filter judges it; devices a claim holds are taken; a device-plugin node beside it as
+    before."""
+    from tests.extender.test_dra_server import claim, fed
+
+    st = fed()
+    st.unbound_relisted([], "1")
+    got = st.placeable(pod_obj("t", 2), 2, None, "any")
+    # first-fit takes gpu-0,gpu-1, then gpu-2,gpu-3, ...: four 2-GPU sets on the 8-GPU DRA node
+    assert got.nodes["dra"].count == 4 and got.nodes["plugin"].count == 4
+    st.claims_relisted([claim("held", "dra", ["gpu-0", "gpu-1", "gpu-2"])], "2")
+    got = st.placeable(pod_obj("t", 2), 2, None, "any")
+    assert got.nodes["dra"].count == 2 and got.nodes["plugin"].count == 4
+    assert got.nodes["dra"].held_back == NO_GPU
