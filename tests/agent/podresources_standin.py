@@ -13,7 +13,8 @@ socket, the agents of a real-kubelet fleet through a scheduling stream and a kub
 stays for what a real kubelet cannot be made to do on demand, or not within the suite's time: a slow or
 UNIMPLEMENTED answer, a socket that is not a kubelet, device IDs that are not the node's GPUs (another
 deviceIDStrategy), GPUs the device plugin withholds, other resource names (MIG), DRA dynamic resources (no
-DRA driver runs), pods changing between two steps of the agent's loop within milliseconds (tests/agent), a
+DRA driver runs), a fresh agent's exact counters after one step and pods changing between two steps of its
+loop within milliseconds (tests/agent), a
 kubelet failing and coming back with the control plane restarting around it (tests/cluster), and the
 five-node fleet of tests/scheduler (8-GPU and NVSwitch boxes, one node per fixture: five real nodes would
 cost a minute of start-up and 2-core CPU throughout its tests).

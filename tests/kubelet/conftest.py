@@ -74,6 +74,7 @@ class RealFleet:
     api: Api
     lab: KubeletLab
     agents: dict[str, Proc]
+    agent_ports: dict[str, int]
     extender: Extender
     scheduler: Scheduler
     work: Path
@@ -132,6 +133,7 @@ def real_fleet(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> 
         pytest.fail(f"the real nodes did not come up: {exc}", pytrace=False)
     api = Api(cluster)
     agents: dict[str, Proc] = {}
+    agent_ports = {name: free_port() for name, _ in NODES}
     extender = Extender(deployed, work)
     scheduler: Scheduler | None = None
     try:
@@ -151,7 +153,7 @@ def real_fleet(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> 
                     "--host",
                     "127.0.0.1",
                     "--port",
-                    str(free_port()),
+                    str(agent_ports[name]),
                     "--interval",
                     "0.5",
                     "--min-publish-interval",
@@ -161,7 +163,7 @@ def real_fleet(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> 
             ).start()
         extender.start()
         scheduler = Scheduler(deployed, work, extender.url).start()
-        fleet = RealFleet(api, lab, agents, extender, scheduler, work)
+        fleet = RealFleet(api, lab, agents, agent_ports, extender, scheduler, work)
         wait_for(lambda: (fleet.check_alive(), fleet.published())[1], 90, "every agent's first publish")
         yield fleet
     finally:

@@ -23,8 +23,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from toposcale.extender.agent.podresources.client import PodResourcesClient
 from toposcale.extender.topology.allocator import candidates, indices_of, mask_of
+from toposcale.extender.topology.annotations import (
+    ALLOCATION_ANNOTATION,
+    TOPOLOGY_ANNOTATION,
+    topology_from_doc,
+)
 
 from tests.harness.deployed import TOPOSCALE
 from tests.harness.gpu_kubelet import RESOURCE, GpuNode
@@ -259,8 +266,23 @@ async def test_agent_client_reads_allocated_and_allocatable_from_the_real_kubele
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
-    doc = json.loads(out)["toposcale.io/gpu-allocation"]
+    doc = json.loads(out)[ALLOCATION_ANNOTATION]
     assert doc["allocated"] == sorted(snap.allocated)
     assert doc["unhealthy"] == []
+    # The node's agent (service mode, the DaemonSet's) published both documents from NVML and this kubelet.
+    fleet.wait_published()
+    ann = api.node(node.name)["metadata"]["annotations"]
+    assert json.loads(ann[ALLOCATION_ANNOTATION])["allocated"] == sorted(snap.allocated)
+    assert topology_from_doc(ann[TOPOLOGY_ANNOTATION]).links[1][2] == "NV18"
+    base = f"http://127.0.0.1:{fleet.agent_ports[node.name]}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + "/healthz") as r:
+            health = json.loads(await r.text())
+        async with session.get(base + "/metrics") as r:
+            text = await r.text()
+    assert health["status"] == "ok" and health["allocation_source"] == "kubelet", health
+    metrics = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert metrics["toposcale_agent_gpus"] == 4
+    assert metrics["toposcale_agent_allocation_known"] == 1
     api.delete(f"/api/v1/namespaces/{ns}")
     wait_for(lambda: not fleet.held(node.name), 90, "the pods' GPUs to be released")
