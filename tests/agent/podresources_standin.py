@@ -14,10 +14,9 @@ stays for what a real kubelet cannot be made to do on demand, or not within the 
 UNIMPLEMENTED answer, a socket that is not a kubelet, device IDs that are not the node's GPUs (another
 deviceIDStrategy), GPUs the device plugin withholds, other resource names (MIG), DRA dynamic resources (no
 DRA driver runs), a fresh agent's exact counters after one step and pods changing between two steps of its
-loop within milliseconds (tests/agent), a
-kubelet failing and coming back with the control plane restarting around it (tests/cluster), and the
-five-node fleet of tests/scheduler (8-GPU and NVSwitch boxes, one node per fixture: five real nodes would
-cost a minute of start-up and 2-core CPU throughout its tests).
+loop within milliseconds (tests/agent), a kubelet failing and coming back with the control plane restarting
+around it (tests/cluster), and the five-node fleet of tests/scheduler (8-GPU and NVSwitch boxes, one node per
+fixture: five real nodes would cost a minute of start-up and 2-core CPU throughout its tests).
 """
 
 from __future__ import annotations
