@@ -316,6 +316,91 @@ def placeable(
     return out
 
 
+class SlotsTable:
+    """The watch cache's running count for one (k, scope, template admission): each node's slots and the
+    totals, kept between requests. A node whose view changed is `drop`ped (its part taken out of the totals)
+    and counted again on the next `answer`, so a request after one node event costs that node, not the
+    fleet (`ClusterState.placeable`; `placeable()` above is the same count from scratch)."""
+
+    def __init__(self, k: int, need: Tier | None, scope: str) -> None:
+        self.k, self.need, self.scope = k, need, scope
+        self.slots: dict[str, NodeSlots] = {}
+        self.unknown: dict[str, str] = {}
+        self.excluded = 0
+        self.count = self.numa = self.best = 0
+        self.full: dict[str, int] = {}
+        self.dirty: set[str] = set()
+
+    def put(self, name: str, view: NodeView | None) -> None:
+        self.drop(name)
+        s = _UNJUDGED if view is None else _view_slots(view, self.k, self.need)
+        if isinstance(s, str):
+            self.unknown[name] = s
+            return
+        self.slots[name] = s
+        self.count += s.count
+        self.numa += s.numa
+        self.best += s.best
+        if s.held_back:
+            self.full[s.held_back] = self.full.get(s.held_back, 0) + 1
+
+    def drop(self, name: str) -> None:
+        if self.unknown.pop(name, None) is not None:
+            return
+        s = self.slots.pop(name, None)
+        if s is None:
+            return
+        self.count -= s.count
+        self.numa -= s.numa
+        self.best -= s.best
+        if s.held_back:
+            self.full[s.held_back] -= 1
+
+    def answer(
+        self,
+        names: Sequence[str],
+        views: Callable[[], list[NodeView | None]],
+        view: Callable[[str], NodeView | None],
+        pending: Sequence[PendingPod],
+    ) -> Placeable:
+        """The count now: dirty nodes counted again, the Pending pods placed first (they need every view)."""
+        for name in self.dirty:
+            if name in self.slots or name in self.unknown:
+                self.put(name, view(name))
+        self.dirty.clear()
+        out = Placeable(
+            self.k,
+            self.scope,
+            dict(self.slots),
+            unknown=dict(self.unknown),
+            excluded=self.excluded,
+            totals={"best": self.best, "numa": self.numa, "any": self.count},
+            full_by={r: n for r, n in self.full.items() if n},
+        )
+        if not pending:
+            return out
+        changed = _place_pending(names, views(), pending, out)
+        for name, st in changed.items():
+            old = out.nodes.get(name)
+            if old is None:  # the template may not go there (or it could not be judged)
+                continue
+            new = node_slots(st, self.k, self.need)
+            out.nodes[name] = new
+            for tier, a, b in (
+                ("any", old.count, new.count),
+                ("numa", old.numa, new.numa),
+                ("best", old.best, new.best),
+            ):
+                out.totals[tier] += b - a
+            if old.held_back != new.held_back:
+                if old.held_back:
+                    out.full_by[old.held_back] -= 1
+                if new.held_back:
+                    out.full_by[new.held_back] = out.full_by.get(new.held_back, 0) + 1
+        out.full_by = {r: n for r, n in out.full_by.items() if n}
+        return out
+
+
 _UNUSABLE = 255  # a score byte no search reaches: the node does not take this pod (or may not)
 _SCORE = itemgetter(Outcome._fields.index("score"))
 

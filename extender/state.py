@@ -34,8 +34,8 @@ import orjson
 from .decisions import Outcome, OutcomeTable, _unknown, outcome_for
 from .draview import ClaimAsk, claim_ask, dra_decision, dra_node
 from .nodefit import NodeMeta, excluded, node_meta
-from .nodeview import NodeView, stale_twin, view_of_node
-from .placeable import PendingPod, Placeable, placeable
+from .nodeview import MAX_FUTURE_S, NodeView, stale_twin, view_of_node
+from .placeable import PendingPod, Placeable, SlotsTable
 from .pods import PodError, gpu_request, required_scope
 from .topology import dra
 from .topology.model import Tier
@@ -116,6 +116,8 @@ class ClusterState:
         # /placeable answers by (k, scope, the template's selectors, generation, Pending pods, node metas): an
         # autoscaler asking every sync between which nothing changed gets the answer at once
         self._placeable_cache: dict[tuple[Any, ...], Placeable] = {}
+        # running counts per (k, scope, template selectors, node metas): a node event costs that node only
+        self._slot_tables: dict[tuple[Any, ...], SlotsTable] = {}
         self.node_meta: dict[str, NodeMeta] = {}  # labels, taints, cordon: which nodes a template may use
         self._meta_gen = 0  # bumped when a node comes, goes, or changes labels, taints or cordon
         self._excluded: dict[bytes, tuple[int, frozenset[str]]] = {}  # pod selectors -> nodes it may not use
@@ -307,7 +309,6 @@ class ClusterState:
         if hit is not None:
             return hit
         names = list(self.base)
-        views = self.views(names)
 
         def admits_of(pod: dict[str, Any]) -> tuple[Any, bytes]:
             key, out = self._excluded_by(pod)
@@ -317,10 +318,18 @@ class ClusterState:
         for _, pk, pneed, pod in sorted(self.unbound.values(), key=lambda e: e[0]):
             admits, key = admits_of(pod)
             pending.append(PendingPod(pk, pneed, admits, key))
-        out = placeable(
-            views, k, need, scope=scope, admits=(lambda name: name not in shut) if shut else None,
-            pending=pending, names=names,
-        )
+        tkey_full = (k, need, scope, tkey, self._meta_gen)
+        table = self._slot_tables.get(tkey_full)
+        if table is None:
+            if len(self._slot_tables) >= 64:
+                self._slot_tables.clear()
+            table = self._slot_tables[tkey_full] = SlotsTable(k, need, scope)
+            for name, v in zip(names, self.views(names), strict=True):
+                if name in shut:
+                    table.excluded += 1
+                else:
+                    table.put(name, v)
+        out = table.answer(names, lambda: self.views(names), self.view, pending)
         if len(self._placeable_cache) >= 64:
             self._placeable_cache.clear()
         self._placeable_cache[ckey] = out
@@ -613,6 +622,7 @@ class ClusterState:
             self._overlays.clear()
             self._views.clear()
             self._tables.clear()
+            self._slot_tables.clear()
             self._views_expire = float("inf")
             self._ages.clear()
             return
@@ -621,6 +631,8 @@ class ClusterState:
         self._overlays.pop(name, None)
         for table in self._tables.values():
             table.drop(name)
+        for slots in self._slot_tables.values():
+            slots.dirty.add(name)
 
     def _fresh(self, now: float) -> None:
         if now >= self._views_expire:
@@ -680,8 +692,8 @@ class ClusterState:
         limit = self.allocation_max_age_s
         if limit > 0 and base.observed_at is not None:
             expires = base.observed_at + limit
-            if self._wall() >= expires:
-                base = stale_twin(base, limit)  # allocation unknown: nothing to adjust either
+            if self._wall() >= expires or base.observed_at > self._wall() + MAX_FUTURE_S:
+                base = stale_twin(base, limit, future=self._wall() < expires)  # allocation unknown
             else:
                 heapq.heappush(self._ages, (expires, name))
         v, valid = self._adjust(base, now)

@@ -282,3 +282,60 @@ def test_dra_nodes_are_counted_on_first_fit_and_claims_take_their_devices() -> N
     got = st.placeable(pod_obj("t", 2), 2, None, "any")
     assert got.nodes["dra"].count == 2 and got.nodes["plugin"].count == 4
     assert got.nodes["dra"].held_back == NO_GPU
+
+
+def test_the_running_count_equals_a_count_from_scratch_through_any_events() -> None:
+    """ClusterState keeps per-node counts between requests and counts again only the nodes an event touched;
+    after every random event (an agent re-publishing, a pod bound or gone, a Pending pod, a taint), its
+    answer is the pure function's over the same views and Pending pods."""
+    import random
+
+    rng = random.Random(29)
+    fixtures = [
+        "hgx-h100-nvswitch-8gpu",
+        "a6000-8gpu-nvlink-bridge-pairs",
+        "l40s-4gpu-two-per-socket",
+        "rtx4090-8gpu-all-sys",
+        "pcie-8gpu-two-switch-trees",
+    ]
+    kinds = {f"n{i}": fixtures[i % len(fixtures)] for i in range(12)}
+    st = synced_state([node_obj(n, f) for n, f in kinds.items()])
+    tpl = pod_obj("t", 4)
+    tpl["spec"]["tolerations"] = [{"key": "gpu", "operator": "Exists"}]
+    for step in range(60):
+        n = rng.choice(list(kinds))
+        what = rng.randrange(4)
+        if what == 0:  # the agent re-publishes another allocation
+            size = 4 if "l40s" in kinds[n] else 8
+            st.node_event("MODIFIED", node_obj(n, kinds[n], rng.sample(range(size), rng.randrange(size))))
+        elif what == 1:  # a pod bound there (assumed), or one gone
+            p = pod_obj(f"b{step}", rng.choice([1, 2, 4]), node=n, phase="Running")
+            p["metadata"]["uid"] = f"uid-b{step % 7}"
+            st.pod_event(rng.choice(["ADDED", "DELETED"]), p)
+        elif what == 2:  # a Pending pod comes or goes
+            st.unbound_event(rng.choice(["ADDED", "DELETED"]), pending(f"p{step % 5}", rng.choice([2, 4])))
+        else:  # a taint the template tolerates, or one it does not
+            obj = node_obj(n, kinds[n])
+            obj["spec"]["taints"] = [{"key": rng.choice(["gpu", "other"]), "effect": "NoSchedule"}]
+            st.node_event("MODIFIED", obj)
+        for k in (2, 4):
+            got = st.placeable(tpl, k, None, "any")
+            names = list(st.base)
+            shut = st._excluded_by(tpl)[1]
+            pend = [
+                PendingPod(pk, pneed, (lambda name, out=st._excluded_by(pod)[1]: name not in out))
+                for _, pk, pneed, pod in sorted(st.unbound.values(), key=lambda e: e[0])
+            ]
+            want = placeable(
+                st.views(names),
+                k,
+                None,
+                admits=lambda name, shut=shut: name not in shut,
+                pending=pend,
+                names=names,
+            )
+            assert {t: got.total(t) for t in ("any", "numa", "best")} == {
+                t: want.total(t) for t in ("any", "numa", "best")
+            }, step
+            assert got.nodes == want.nodes and got.unknown == want.unknown, step
+            assert got.excluded == want.excluded and got.pending_placed == want.pending_placed, step
