@@ -150,11 +150,14 @@ async def raw(cluster: Any, path: str) -> tuple[int, str]:
 
 @contextlib.asynccontextmanager
 async def keda_on_toposcale(
-    deployed: Deployed, tmp_path: Path, ns: str, first_ip: str, change: Any = None
-) -> AsyncIterator[tuple[GatewayStack, Keda]]:
-    """KEDA, `toposcale adapter --keda-grpc-port` and the stack in `ns`, with the example's ScaledObject (as
-    scaled_object() changes it, then `change(so)`) applied; the ScaledObject and TriggerAuthentication deleted
-    at the end while the operator still runs (it takes its finalizers off and removes the HPA it made)."""
+    deployed: Deployed, tmp_path: Path, ns: str, first_ip: str, change: Any = None, *,
+    rules: Path | None = None, stack: Any = None,
+) -> AsyncIterator[tuple[Any, Keda]]:
+    """KEDA, `toposcale adapter --keda-grpc-port` (with `rules`, default the deploy's) and the stack in `ns`
+    (default a GatewayStack; another QwenStack without an HPA may be given), with the example's ScaledObject
+    (as scaled_object() changes it, then `change(so)`) applied; the ScaledObject and TriggerAuthentication
+    deleted at the end while the operator still runs (it takes its finalizers off and removes the HPA it
+    made)."""
     cluster = deployed.cluster
     # the adapter's gRPC port with a certificate for 127.0.0.1 from a CA of the test's (KEDA's caCert)
     tls = await asyncio.to_thread(make_tls, tmp_path / "scaler-tls", "127.0.0.1", "localhost")
@@ -164,22 +167,23 @@ async def keda_on_toposcale(
         str(TOPOSCALE), "adapter", "--port", str(port), "--bind-address", "127.0.0.1",
         "--tls-cert-file", str(tls / "tls.crt"), "--tls-private-key-file", str(tls / "tls.key"),
         "--authentication-kubeconfig", kc, "--authorization-kubeconfig", kc, "--kubeconfig", kc,
-        "--rules", str(deployed.deploy_dir / "adapter" / "base" / "generated" / "rules.yaml"),
+        "--rules", str(rules or deployed.deploy_dir / "adapter" / "base" / "generated" / "rules.yaml"),
         "--keda-grpc-port", str(grpc_port),
     ]
     log = tmp_path / "adapter.log"
     async with run_keda(cluster, tmp_path / "keda") as keda, process(argv, log) as adapter:
         ctx = ssl.create_default_context(cafile=str(tls / "ca.crt"))
         await wait_https(f"https://127.0.0.1:{port}/healthz", ctx, adapter, log)
-        stack = GatewayStack(deployed, ns, first_ip)
+        stack = stack or GatewayStack(deployed, ns, first_ip)
         try:
             async with stack:
-                await wait_for(lambda: stack.gateway() is not None, 60, "the gateway pod to run")
+                if isinstance(stack, GatewayStack):
+                    await wait_for(lambda: stack.gateway() is not None, 60, "the gateway pod to run")
                 await asyncio.to_thread(
                     kubectl, cluster, "create", "secret", "generic", "-n", ns, "toposcale-adapter-ca",
                     f"--from-file=ca.crt={tls / 'ca.crt'}",
                 )
-                objects = scaled_object(stack.example, ns, f"127.0.0.1:{grpc_port}")
+                objects = scaled_object(render(EXAMPLE), ns, f"127.0.0.1:{grpc_port}")
                 if change is not None:
                     change(objects[1])
                 await asyncio.to_thread(apply_objects_crd, cluster, objects)
