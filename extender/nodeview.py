@@ -24,6 +24,7 @@ from .topology.annotations import (
 from .topology.model import Topology
 
 _CACHE_LIMIT = 20_000
+MAX_FUTURE_S = 300.0  # clock skew allowed between an agent and the extender for an allocation's `observed`
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,33 +138,61 @@ def _view(name: str, raw_topo: Any, raw_alloc: Any, resource: str) -> NodeView:
             name, topo, None, None,
             f"GPU allocation unknown (agent could not reach the kubelet, observed {alloc.observed})", alloc,
         )
+    # The agent publishes only the topology's own ids (it writes `allocated: null` otherwise); an id the
+    # topology lacks would leave the GPU it stands for counted free (issue 28: scored 10).
+    known = {g.id for g in topo.gpus} | {g.uuid for g in topo.gpus if g.uuid}
+    foreign = (alloc.allocated or frozenset()) | alloc.unhealthy
+    foreign = foreign - known if foreign else foreign
+    if foreign:
+        return NodeView(
+            name, topo, None, None,
+            f"{ALLOCATION_ANNOTATION} names GPUs the topology lacks: {sorted(foreign)[:4]}", alloc,
+        )
     return NodeView(name, topo, None, free, None, alloc, parse_observed(alloc.observed).timestamp())
 
 
 _STALE = "stale"  # memo key of a view's stale twin, with the limit (outcome keys are (k, scope) tuples)
 
 
-def stale_twin(view: NodeView, max_age_s: float) -> NodeView:
-    """The view with its allocation treated as unknown because it is too old (built once per view)."""
-    key = (_STALE, max_age_s)  # views are shared (cached by annotation text); the reason names the limit
+def stale_twin(view: NodeView, max_age_s: float, *, future: bool = False) -> NodeView:
+    """The view with its allocation treated as unknown because it is too old, or (`future`) observed later
+    than now by more than clock skew: such an `observed` would never turn stale, defeating
+    --allocation-max-age (issue 28: 9999-12-31). Built once per view."""
+    key = (_STALE, max_age_s, future)  # views are shared (cached by annotation text); reasons name the limit
     hit = view.memo.get(key)
     if hit is None:
         observed = view.allocation.observed if view.allocation is not None else "?"
-        hit = replace(
-            view, free_mask=None, stale=True, memo={},
-            allocation_problem=(
-                f"GPU allocation stale: observed {observed}, more than {max_age_s:g}s ago (the agent "
-                "re-publishes at least every --refresh-interval: is it running on this node?)"
-            ),
+        problem = (
+            f"GPU allocation stale: observed {observed}, more than {max_age_s:g}s ago (the agent "
+            "re-publishes at least every --refresh-interval: is it running on this node?)"
         )
+        if future:
+            problem = (
+                f"GPU allocation unknown: observed {observed} is more than {MAX_FUTURE_S:g}s in the future "
+                "(is the node's clock, or the annotation, wrong?)"
+            )
+        hit = replace(view, free_mask=None, stale=True, memo={}, allocation_problem=problem)
         view.memo[key] = hit
     return hit  # type: ignore[no-any-return]
 
 
-def aged(view: NodeView | None, cutoff: float, max_age_s: float) -> NodeView | None:
-    """`view`, or its stale twin when its allocation was observed before `cutoff` (now - max age)."""
-    if view is not None and view.observed_at is not None and view.observed_at < cutoff:
+def too_old_or_new(view: NodeView, now: float, max_age_s: float) -> NodeView | None:
+    """The stale twin of `view` when its allocation is older than `max_age_s` or from the future at `now`
+    (wall clock); None when it is current."""
+    if view.observed_at is None:
+        return None
+    if view.observed_at > now + MAX_FUTURE_S:
+        return stale_twin(view, max_age_s, future=True)
+    if view.observed_at < now - max_age_s:
         return stale_twin(view, max_age_s)
+    return None
+
+
+def aged(view: NodeView | None, cutoff: float, max_age_s: float) -> NodeView | None:
+    """`view`, or its stale twin when its allocation was observed before `cutoff` (now - max age) or is
+    from the future."""
+    if view is not None:
+        return too_old_or_new(view, cutoff + max_age_s, max_age_s) or view
     return view
 
 

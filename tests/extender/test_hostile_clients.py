@@ -112,3 +112,36 @@ async def test_an_oversized_topology_does_not_block_the_extender() -> None:
 
         probes = await probe_during(attack(), lambda: _healthz(url))
     assert probes.sent >= 1 and probes.failed == 0, probes
+
+
+def _explain_row(ext: Any, node: dict[str, Any]) -> dict[str, Any]:
+    from toposcale.extender import wire
+
+    args = wire.parse_args(orjson.dumps(full_args(pod_obj("tp4", 4), [node])))
+    (row,) = ext._explain_doc(args)["nodes"]
+    return row
+
+
+def test_an_allocation_naming_gpus_the_topology_lacks_is_unknown() -> None:
+    # Before (issue 28): the unknown ids held nothing the extender knew of: all 8 GPUs free, score 10.
+    from toposcale.extender.server import Extender
+    from toposcale.extender.topology.annotations import ALLOCATION_ANNOTATION
+
+    node = node_obj("hgx", "hgx-h100-nvswitch-8gpu")
+    doc = orjson.loads(node["metadata"]["annotations"][ALLOCATION_ANNOTATION])
+    doc["allocated"] = [f"GPU-elsewhere-{i}" for i in range(8)]
+    node["metadata"]["annotations"][ALLOCATION_ANNOTATION] = orjson.dumps(doc).decode()
+    row = _explain_row(Extender(ServerConfig()), node)
+    assert row["score"] == NEUTRAL_SCORE and row["outcome"] != "fits", row
+    assert "names GPUs the topology lacks" in row["reason"], row
+
+
+def test_an_allocation_observed_in_the_future_is_unknown() -> None:
+    # Before (issue 28): `observed: 9999-12-31T...` never turned stale, defeating --allocation-max-age.
+    from toposcale.extender.server import Extender
+
+    ext = Extender(ServerConfig())
+    row = _explain_row(ext, node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed="9999-12-31T23:59:59Z"))
+    assert row["score"] == NEUTRAL_SCORE and "in the future" in row["reason"], row
+    fresh = _explain_row(ext, node_obj("hgx", "hgx-h100-nvswitch-8gpu"))
+    assert fresh["outcome"] == "fits", fresh
