@@ -379,10 +379,11 @@ class KubeletLab:
     ) -> KubeletLab:
         if os.geteuid() != 0:
             raise LabError("real kubelets need root (containerd, cgroups, network namespaces)")
-        for tool in ("containerd", "ctr", "runc", "unshare", "nsenter", "buildah", "gcc", "ip"):
+        for tool in ("containerd", "ctr", "runc", "unshare", "nsenter", "buildah", "gcc", "ip", "go"):
             if shutil.which(tool) is None:
                 raise LabError(
-                    f"{tool} is missing: apt-get install containerd runc containernetworking-plugins "
+                    f"{tool} is missing: Go >= 1.26 (the pause image is compiled from the Go module cache's "
+                    "k8s.io/kubernetes) and apt-get install containerd runc containernetworking-plugins "
                     "busybox-static buildah gcc util-linux iproute2"
                 )
         if not (CNI_BIN_DIR / "bridge").exists():
