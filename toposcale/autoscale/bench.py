@@ -220,9 +220,13 @@ def search_clairvoyant(
         grown = [w for w in short if counts[w] < cfg.max_replicas]
         if not grown:
             break
+        more = list(counts)
         for w in grown:
-            counts[w] += 1
-        sim = run_policy("clairvoyant", trace, profile, cfg, initial, counts)
+            more[w] += 1
+        trial = run_policy("clairvoyant", trace, profile, cfg, initial, more)
+        if attainment(trial) <= attainment(sim) + 1e-4:
+            break  # more replicas do not help: what misses is not capacity (e.g. a burst's shared chunks)
+        counts, sim = more, trial
     return counts, sim
 
 
