@@ -89,8 +89,10 @@ async def serve(
     (security.serving.Limits) bounds each connection: handshake and header deadlines, header size, count.
     `on_stop` runs first at shutdown, while the source is still open (the KEDA gRPC server stops there)."""
     # aiohttp's keep-alive timer closes a connection idle between requests (the listener's idle_timeout)
+    from .security.serving import REQUEST_LOGGER
+
     keepalive = {"keepalive_timeout": limits.idle_timeout} if limits is not None else {}
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, **keepalive)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, logger=REQUEST_LOGGER, **keepalive)
     await runner.setup()
     site: web.BaseSite
     if limits is not None:

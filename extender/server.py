@@ -214,10 +214,16 @@ class Extender:
 
     async def listen(self) -> tuple[web.AppRunner, BaseSite]:
         """Serve on config.host:port with the connection bounds; the caller cleans up the runner."""
-        from toposcale.adapter.security.serving import Limits, SecureSite  # the adapter's bounded listener
+        from toposcale.adapter.security.serving import (  # the adapter's bounded listener
+            REQUEST_LOGGER,
+            Limits,
+            SecureSite,
+        )
 
         cfg = self.config
-        runner = web.AppRunner(self.app(), access_log=None, keepalive_timeout=cfg.keepalive_timeout_s)
+        runner = web.AppRunner(
+            self.app(), access_log=None, keepalive_timeout=cfg.keepalive_timeout_s, logger=REQUEST_LOGGER
+        )
         await runner.setup()
         limits = Limits(header_timeout=cfg.header_timeout_s, max_connections=cfg.max_connections,
                         idle_timeout=cfg.keepalive_timeout_s)

@@ -31,11 +31,33 @@ import ssl
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_runner import BaseRunner, BaseSite
 
 from .plainhttp import TLSOrPlainHTTPHint
 
 logger = logging.getLogger(__name__)
+
+
+class _ClientErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad request line, HTTP version, header) with a traceback,
+    at ERROR for some (HTTP/9.9): any client could fill the log with them. They are the client's error, and
+    aiohttp answers it 400: one warning line saying what was wrong, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            lines = (line.strip() for line in str(exc.message).splitlines())
+            what = " ".join(line for line in lines if line.strip("^ "))  # not aiohttp's caret line
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed request answered %s: %s", (exc.code, what[:200])
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+# The logger aiohttp's request handlers log to (web.AppRunner(logger=...)), with the filter above.
+REQUEST_LOGGER = logging.getLogger("toposcale.http")
+REQUEST_LOGGER.addFilter(_ClientErrors())
 
 _END = b"\r\n\r\n"
 
@@ -299,7 +321,7 @@ async def serve(app: web.Application, host: str | None, port: int, ssl_context: 
     """Start `app` on a `SecureSite`; the caller keeps the runner and calls `await runner.cleanup()`."""
     limits = limits or Limits()
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                           keepalive_timeout=limits.idle_timeout)
+                           keepalive_timeout=limits.idle_timeout, logger=REQUEST_LOGGER)
     await runner.setup()
     site = SecureSite(runner, host, port, ssl_context=ssl_context, limits=limits, on_cut=on_cut)
     await site.start()

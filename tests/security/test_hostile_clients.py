@@ -9,6 +9,7 @@ Before: the 51st connection was closed at once while 50 idle ones held the cap, 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -95,3 +96,21 @@ async def test_at_the_cap_only_a_connection_being_answered_keeps_its_slot(start_
         writer.close()
         assert srv.site.open_connections == 2 and not busy[0][0].at_eof()
     assert 'reason="max-connections"' in srv.metrics_text()
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/9.9", b"GARBAGE", b"\x00\x01 / HTTP/1.1"])
+async def test_a_malformed_request_line_is_one_warning_without_a_traceback(
+    line: bytes, start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # issue 28: any client could put full tracebacks at level error in the log (aiohttp's own logging)
+    srv = await start_server(["--insecure-allow-anonymous"])
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.site.port)
+    writer.write(line + b"\r\nHost: a\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer[:60]
+    await until(lambda: any("malformed request" in r.getMessage() for r in caplog.records), "logged")
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    (record,) = [r for r in caplog.records if "malformed request" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "400" in record.getMessage()
