@@ -111,6 +111,14 @@ def exposes(rule: Rule, samples: Iterable[Sample]) -> bool:
     return any(s.name in names for s in samples)
 
 
+def negative(rule: Rule, samples: Iterable[Sample]) -> Sample | None:
+    """A sample of the rule's series below 0, if any. What the rules read is a count (queue length, running
+    requests), a usage or utilisation share, or a histogram's cumulative counts: none is below 0, so such a
+    target is broken, never a reason to scale down (issue 28: a queue of -5)."""
+    names = set(value_series(rule))
+    return next((s for s in samples if s.name in names and s.value < 0), None)
+
+
 def lacking(rule: Rule, who: str) -> str:
     """How a target that answered without any of the rule's series is named among the missing."""
     return f"{who}: exposes none of {', '.join(value_series(rule))}"

@@ -42,6 +42,7 @@ from ..model import (
     exposes,
     extrapolate,
     lacking,
+    negative,
     parse_le,
     pod_value,
     series_absent,
@@ -369,7 +370,16 @@ class ScrapeSource:
             raise self._series_absent(rule, namespace, len(scrapes))
         for t in without:
             del scrapes[t.url]
-        failed = (*errors, *(lacking(rule, f"{t.namespace}/{t.pod} ({t.url})") for t in without))
+        # a count or usage below 0: a broken target, failed like one that did not answer
+        below: list[str] = []
+        for t in sources:
+            bad = negative(rule, scrapes[t.url].samples) if t.url in scrapes else None
+            if bad is not None:
+                del scrapes[t.url]
+                self._error("negative-value")
+                series = _series_text(bad.name, dict(bad.labels))
+                below.append(f"{t.namespace}/{t.pod} ({t.url}): {series} is {bad.value:g}, below 0")
+        failed = (*errors, *(lacking(rule, f"{t.namespace}/{t.pod} ({t.url})") for t in without), *below)
         coverage = Coverage(len(sources), failed)
         if self.on_coverage is not None:
             self.on_coverage(rule.name, namespace, coverage.answered, coverage.expected)

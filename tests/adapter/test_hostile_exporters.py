@@ -134,3 +134,35 @@ def test_rules_or_targets_nested_too_deeply_are_one_line_naming_the_file(tmp_pat
         assert "Traceback" not in p.stderr
         lines = [ln for ln in p.stderr.splitlines() if ln.startswith("toposcale adapter: ")]
         assert len(lines) == 1 and str(deep) in lines[0] and "nested too deeply" in lines[0], p.stderr[-500:]
+
+
+async def test_a_negative_queue_is_a_broken_target_not_a_reason_to_scale_down() -> None:
+    # issue 28: a queue of -5 beside one of 3 was served as -2
+    from toposcale.adapter.rules import load_rules
+    from toposcale.adapter.selectors import parse_selector
+    from toposcale.adapter.sources.pods import StaticTargets, Target
+    from toposcale.adapter.sources.scrape import ScrapeSource
+
+    from tests.harness.exporters import VllmExporter
+
+    rules = load_rules()
+    async with VllmExporter() as good, VllmExporter() as broken:
+        good.waiting, broken.waiting = 3, -5
+        targets = [
+            Target(e.url, "ml", pod, {"namespace": "ml", "pod": pod, "app": "vllm"})
+            for e, pod in ((good, "good"), (broken, "broken"))
+        ]
+        source = ScrapeSource(StaticTargets(targets), rules, ttl=0, timeout=5)
+        try:
+            waiting = rules.by_name()["vllm_requests_waiting"]
+            (value,) = await source.fetch(waiting, "ml", parse_selector("app=vllm"))
+            assert value.value == 6  # on_missing: extrapolate, over the one target that makes sense
+            good.running, broken.running = 4, -1
+            running = rules.by_name()["vllm_requests_running"]
+            (value,) = await source.fetch(running, "ml", parse_selector("app=vllm"))
+            assert value.value == 8  # never 4 - 1
+            broken.running = 0
+            (value,) = await source.fetch(running, "ml", parse_selector("app=vllm"))
+            assert value.value == 4  # 0 is a value
+        finally:
+            await source.close()

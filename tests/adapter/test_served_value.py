@@ -185,7 +185,8 @@ async def test_the_adapter_process_bounds_namespaces_by_its_flag(tmp_path: Path)
 
 
 @pytest.mark.parametrize(("waiting", "code", "want"), [
-    (1e300, 503, "1e+300"), (-1e300, 503, "-1e+300"), (9.3e15, 503, "9300000000000000.0"),
+    # (a queue below 0, -1e300 included, is a broken target: test_hostile_exporters)
+    (1e300, 503, "1e+300"), (9.3e15, 503, "9300000000000000.0"),
     (9.2e15, 200, "9200T"), (1e15, 200, "1P"),
 ])
 async def test_values_beyond_the_hpas_int64_milli_values_are_503(
