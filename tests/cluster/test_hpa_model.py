@@ -13,7 +13,9 @@ window and period boundaries, so the comparison is of decisions, not of when a s
 1. scale-up limited by policies: Pods 1 and Percent 50 per 4 s, selectPolicy Max: 1 -> 2 -> 3 -> 5 -> 6;
 2. scale-down stabilization (12 s): 6, then 4 for 6 s, then 2: down to 4 first, then 2;
 3. a metric error in the middle: 5, then 5.5 (ratio exactly 1.1: within the tolerance, bounds included as in
-   Kubernetes 1.37), then the source failing (the HPA holds, ScalingActive=False), then 2: 5 -> 2.
+   Kubernetes 1.37), then the source failing (the HPA holds, ScalingActive=False), then 2: 5 -> 2;
+4. ready pods: a `Value` target (10) scales the ratio by the Ready pods, which the in-test kubelet runs and
+   the script makes not Ready: 2 pods at 10 keep 2; one not Ready and 30: ceil(3 x 1) = 3, then 6.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 from tests.harness.exporters import VllmExporter
 from tests.harness.kube_cluster import Cluster
-from tests.harness.kubelet import ApiSession
+from tests.harness.kubelet import ApiSession, FakeKubelet, node_object
 
 from .conftest import Deployed, apply_objects, kubectl, run_adapter, wait_for
 from .qwen import condition
@@ -71,6 +73,11 @@ class Sequence:
     steps: list[tuple[float | str, float]]  # (queue, or ERROR, seconds held)
     expected: list[tuple[int, int]]  # the rescales, as a reader of the story expects them
     started: list[float] = field(default_factory=list)  # each step's start, seconds since the script began
+    target: tuple[str, str] = ("AverageValue", "1")
+    replicas: int = 1  # minReplicas and the Deployment's start
+    # pods run (Ready) by the in-test kubelet, and how many of them the script makes not Ready in each step;
+    # without: the pods stay Pending (an AverageValue target needs no ready pod)
+    unready: tuple[int, ...] | None = None
 
     @property
     def namespace(self) -> str:
@@ -121,12 +128,33 @@ SEQUENCES = [
         [(5.0, 8.0), (5.5, 8.0), (ERROR, 12.0), (2.0, 12.0)],
         [(1, 5), (5, 2)],
     ),
+    Sequence(
+        "ready",
+        behavior(
+            FAST_UP,
+            {
+                "stabilizationWindowSeconds": 0,
+                "policies": [{"type": "Percent", "value": 100, "periodSeconds": 2}],
+            },
+        ),
+        [(10.0, 6.0), (30.0, 24.0)],
+        # Value 10: 2 replicas at 10 keep 2; then one pod not Ready and 30: ceil(3 x 1 ready) = 3, and once
+        # the third pod is Ready, ceil(3 x 2) = 6 (all Ready it would have been 2 -> 6 at once)
+        [(2, 3), (3, 6)],
+        target=("Value", "10"),
+        replicas=2,
+        unready=(0, 1),
+    ),
 ]
 
 
 def objects(seq: Sequence) -> list[dict[str, Any]]:
     ns = seq.namespace
     labels = {"app": "hpa-model"}
+    # a scheduler name nothing serves keeps the pods Pending; the kubelet's binder takes the "run" one
+    scheduler = "hpa-model-run" if seq.unready is not None else "none"
+    kind, target = seq.target
+    target_field = {"type": kind, "averageValue" if kind == "AverageValue" else "value": target}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
         {
@@ -134,12 +162,11 @@ def objects(seq: Sequence) -> list[dict[str, Any]]:
             "kind": "Deployment",
             "metadata": {"name": "model", "namespace": ns},
             "spec": {
-                "replicas": 1,
+                "replicas": seq.replicas,
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
-                    # no scheduler of this name: the pods stay Pending, counted in the scale's status
-                    "spec": {"schedulerName": "none", "containers": [{"name": "c", "image": "none"}]},
+                    "spec": {"schedulerName": scheduler, "containers": [{"name": "c", "image": "none"}]},
                 },
             },
         },
@@ -149,14 +176,14 @@ def objects(seq: Sequence) -> list[dict[str, Any]]:
             "metadata": {"name": "model", "namespace": ns},
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "model"},
-                "minReplicas": 1,
-                "maxReplicas": 8,
+                "minReplicas": seq.replicas,
+                "maxReplicas": 8 if seq.unready is None else 6,
                 "metrics": [
                     {
                         "type": "External",
                         "external": {
                             "metric": {"name": METRIC, "selector": {"matchLabels": {"app": "script"}}},
-                            "target": {"type": "AverageValue", "averageValue": "1"},
+                            "target": target_field,
                         },
                     }
                 ],
@@ -169,21 +196,23 @@ def objects(seq: Sequence) -> list[dict[str, Any]]:
 def model_rescales(seq: Sequence) -> list[tuple[int, int]]:
     """The model's rescales for the script: a sync every SYNC_S seconds, each reading the step in effect."""
     spec = hpa.HPASpec(
-        min_replicas=1,
-        max_replicas=8,
-        metrics=(hpa.ExternalMetric(METRIC, "app=script", "AverageValue", "1"),),
+        min_replicas=seq.replicas,
+        max_replicas=8 if seq.unready is None else 6,
+        metrics=(hpa.ExternalMetric(METRIC, "app=script", *seq.target),),
         scale_up=rules(seq.behavior["scaleUp"]),
         scale_down=rules(seq.behavior["scaleDown"]),
     )
     ctl = hpa.HPAController(spec)
     end = seq.started[-1] + seq.steps[-1][1]
-    replicas, out, t = 1, [], 0.0
+    replicas, out, t = seq.replicas, [], 0.0
     while t < end:
-        value = next(v for (v, _), s in reversed(list(zip(seq.steps, seq.started, strict=True))) if s <= t)
+        i = max(k for k, s in enumerate(seq.started) if s <= t)
+        value = seq.steps[i][0]
         reading: list[int] | Exception = (
             hpa.MetricError("the source failed") if value == ERROR else [hpa.milli_value(repr(value))]
         )
-        d = ctl.reconcile(t, replicas, replicas, {METRIC: reading})
+        ready = replicas - (seq.unready[i] if seq.unready is not None else 0)
+        d = ctl.reconcile(t, replicas, ready, {METRIC: reading})
         if d.desired != replicas:
             out.append((replicas, d.desired))
             replicas = d.desired
@@ -204,17 +233,37 @@ async def hpa_status(cluster: Cluster, seq: Sequence) -> dict[str, Any]:
         )
 
 
-async def run(cluster: Cluster, seq: Sequence, exporter: VllmExporter) -> list[str]:
+async def pods(cluster: Cluster, seq: Sequence) -> list[dict[str, Any]]:
+    async with ApiSession(cluster) as api:
+        items = (await api.get(f"/api/v1/namespaces/{seq.namespace}/pods"))["items"]
+    return sorted(items, key=lambda p: p["metadata"]["name"])
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    conds = pod.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+
+async def run(cluster: Cluster, seq: Sequence, exporter: VllmExporter, kubelet: FakeKubelet) -> list[str]:
     """Play the script; returns what was seen of ScalingActive during the error steps."""
     seen: list[str] = []
 
     async def active() -> bool:
         return condition(await hpa_status(cluster, seq), "ScalingActive").get("status") == "True"
 
+    async def all_ready() -> bool:
+        return sum(is_ready(p) for p in await pods(cluster, seq)) == seq.replicas
+
     await wait_for(active, 90, f"{seq.name}: the HPA reading its metric")
+    if seq.unready is not None:
+        await wait_for(all_ready, 60, f"{seq.name}: {seq.replicas} pods Ready")
     loop = asyncio.get_running_loop()
     start = loop.time()
-    for value, hold in seq.steps:
+    for i, (value, hold) in enumerate(seq.steps):
+        if seq.unready is not None:  # the kubelet reports the first pods not Ready (their probe fails)
+            for pod in [p for p in await pods(cluster, seq) if is_ready(p)][: seq.unready[i]]:
+                key = f"{seq.namespace}/{pod['metadata']['name']}"
+                await kubelet.mark_running(pod, kubelet.ips[key], ready=False)
         seq.started.append(loop.time() - start if seq.started else 0.0)
         exporter.mode = "error" if value == ERROR else "ok"
         if value != ERROR:
@@ -231,6 +280,15 @@ async def test_the_hpa_model_decides_as_the_real_controller(deployed: Deployed, 
     exporters = {s.name: VllmExporter(waiting=1.0) for s in SEQUENCES}
     for e in exporters.values():
         await e.start()
+    exporters["ready"].waiting = 10.0  # 2 replicas at Value 10: kept
+    kubelet = FakeKubelet(
+        cluster,
+        [node_object("hpa-model-node")],
+        binder=True,
+        scheduler_name="hpa-model-run",
+        first_ip="127.0.0.240",
+    )
+    await kubelet.start()
     targets = tmp_path / "targets.yaml"
     targets.write_text(
         "".join(
@@ -248,7 +306,9 @@ async def test_the_hpa_model_decides_as_the_real_controller(deployed: Deployed, 
             for s in SEQUENCES:
                 await asyncio.to_thread(apply_objects, cluster, objects(s))
             try:
-                errors = await asyncio.gather(*(run(cluster, s, exporters[s.name]) for s in SEQUENCES))
+                errors = await asyncio.gather(
+                    *(run(cluster, s, exporters[s.name], kubelet) for s in SEQUENCES)
+                )
             except AssertionError as e:
                 raise AssertionError(f"{e}\n--- adapter log:\n{adapter.tail()}") from e
         for s, seen in zip(SEQUENCES, errors, strict=True):
@@ -257,6 +317,7 @@ async def test_the_hpa_model_decides_as_the_real_controller(deployed: Deployed, 
             assert all(x == "False FailedGetExternalMetric" for x in seen), (s.name, seen)
         assert errors[2], "the error step was played"
     finally:
+        await kubelet.stop()
         for e in exporters.values():
             await e.stop()
         for s in SEQUENCES:
