@@ -316,6 +316,17 @@ def placeable(
     return out
 
 
+class _LazyViews(Sequence[NodeView | None]):
+    def __init__(self, names: Sequence[str], view: Callable[[str], NodeView | None]) -> None:
+        self.names, self.view = names, view
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.view(self.names[i])
+
+
 class SlotsTable:
     """The watch cache's running count for one (k, scope, template admission): each node's slots and the
     totals, kept between requests. A node whose view changed is `drop`ped (its part taken out of the totals)
@@ -359,9 +370,9 @@ class SlotsTable:
     def answer(
         self,
         names: Sequence[str],
-        views: Callable[[], list[NodeView | None]],
         view: Callable[[str], NodeView | None],
         pending: Sequence[PendingPod],
+        outcomes_of: Callable[[int, Tier | None], Sequence[Outcome]],
     ) -> Placeable:
         """The count now: dirty nodes counted again, the Pending pods placed first (they need every view)."""
         for name in self.dirty:
@@ -379,7 +390,8 @@ class SlotsTable:
         )
         if not pending:
             return out
-        changed = _place_pending(names, views(), pending, out)
+        lazy = _LazyViews(names, view)  # a node's view is needed only where a Pending pod goes
+        changed = _place_pending(names, lazy, pending, out, outcomes_of)
         for name, st in changed.items():
             old = out.nodes.get(name)
             if old is None:  # the template may not go there (or it could not be judged)
@@ -415,7 +427,11 @@ def _fits(o: Outcome) -> bool:
 
 
 def _place_pending(
-    names: Sequence[str], views: Sequence[NodeView | None], pending: Sequence[PendingPod], out: Placeable
+    names: Sequence[str],
+    views: Sequence[NodeView | None],
+    pending: Sequence[PendingPod],
+    out: Placeable,
+    outcomes_of: Callable[[int, Tier | None], Sequence[Outcome]] | None = None,
 ) -> dict[str, _Free]:
     """Each Pending pod, in order, on the node the extender scores best for it (ties: the first in the
     cache's order); its predicted set is then taken. Returns the free state of every node a Pending pod went
@@ -429,7 +445,11 @@ def _place_pending(
         gkey = (pod.k, pod.need, pod.group if pod.group is not None else id(pod.admits))
         g = groups.get(gkey)
         if g is None:
-            outcomes = evaluate(list(views), pod.k, pod.need)  # memoized per view: filter's own
+            # filter's own outcomes: the watch cache's outcome table (`outcomes_of`), else memoized per view
+            if outcomes_of is not None:
+                outcomes = list(outcomes_of(pod.k, pod.need))
+            else:
+                outcomes = evaluate(list(views), pod.k, pod.need)
             scores = bytearray(map(_SCORE, outcomes))
             for name, st in changed.items():
                 scores[at[name]] = _score_byte(st, pod.k, pod.need)

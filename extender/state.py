@@ -329,7 +329,8 @@ class ClusterState:
                     table.excluded += 1
                 else:
                     table.put(name, v)
-        out = table.answer(names, lambda: self.views(names), self.view, pending)
+        outcomes = self.table  # filter's outcome tables, kept between requests: no view list per group
+        out = table.answer(names, self.view, pending, lambda pk, pneed: outcomes(pk, pneed).outcomes(names))
         if len(self._placeable_cache) >= 64:
             self._placeable_cache.clear()
         self._placeable_cache[ckey] = out
