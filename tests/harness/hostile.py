@@ -40,12 +40,14 @@ async def probe_during(
     every_s: float = 0.05,
 ) -> Probes:
     """Run `attack` to its end, calling `probe` (returns an HTTP status) one after another meanwhile.
-    Each probe is timed by the wall clock, so a blocked event loop (the server's, in this process) counts."""
+    Each probe is timed by the wall clock from when it was due, so a blocked event loop (the server's, in
+    this process) counts, whether it blocked during a probe or between two."""
     seen = Probes()
     task = asyncio.ensure_future(attack)
     try:
+        due = time.monotonic()  # when the next probe is due: an event loop blocked past it counts as waiting
         while True:
-            start = time.monotonic()
+            start = due
             try:
                 status = await asyncio.wait_for(probe(), bound_s * 5)
                 error = None if status == 200 else f"status {status}"
@@ -62,6 +64,7 @@ async def probe_during(
                     seen.errors.append(error)
             if task.done():
                 break
+            due = time.monotonic() + every_s
             await asyncio.sleep(every_s)
         await task  # the attack's own failure is the test's
     finally:
