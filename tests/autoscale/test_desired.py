@@ -102,3 +102,23 @@ def test_idle_replicas_go_to_zero_after_the_window_and_busy_ones_never() -> None
     assert decide(CFG, st, obs(315, prompt=0)).replicas == 0
     assert decide(CFG, DesiredState(), obs(0, prompt=0, running_requests=1)).replicas == 1
     assert decide(CFG, DesiredState(), obs(0, prompt=0, waiting_requests=1)).replicas == 1
+
+
+def test_a_miss_cuts_capacity_by_its_size_and_met_targets_bring_it_back() -> None:
+    cfg = DesiredConfig(prior=CAP, learn=True)
+    st = DesiredState()
+    decide(cfg, st, obs(0, prompt=5_000, ttft_p90_s=3.0, tpot_p90_s=0.05))  # 1.5x the TTFT target
+    assert st.kappa == pytest.approx(1 / 1.5)
+    decide(cfg, st, obs(15, prompt=5_000, ttft_p90_s=20.0, tpot_p90_s=0.05))  # 10x: at most halved
+    assert st.kappa == pytest.approx(1 / 1.5 / 2)
+    low = st.kappa
+    for t in range(30, 30 + 15 * 200, 15):
+        decide(cfg, st, obs(t, prompt=2_000, ttft_p90_s=0.5, tpot_p90_s=0.05))
+    assert low < st.kappa <= 1.0  # back toward the prior, never above it on met targets alone
+
+
+def test_a_p99_when_given_is_what_counts() -> None:
+    cfg = DesiredConfig(prior=CAP, learn=True)
+    st = DesiredState()
+    decide(cfg, st, obs(0, prompt=5_000, ttft_p90_s=1.0, ttft_p99_s=4.0, tpot_p90_s=0.05))
+    assert st.kappa == pytest.approx(0.5)

@@ -157,8 +157,11 @@ class ClusterView:
         snaps = self.snapshots(t, 15.0, prometheus)
         return snaps[-1] if snaps else None
 
-    def latency_p90(self, t: float, window_s: float, lag_s: float = 0.0) -> tuple[float | None, float | None]:
-        """p90 of TTFT and TPOT observed in (t - lag - window, t - lag] (histogram_quantile over rate())."""
+    def latency_p90(
+        self, t: float, window_s: float, lag_s: float = 0.0, q: float = 0.9
+    ) -> tuple[float | None, float | None]:
+        """The q-quantile (p90 unless asked) of TTFT and TPOT observed in (t - lag - window, t - lag]
+        (histogram_quantile over rate())."""
         sim = self._sim
         hi = bisect.bisect_right(sim.lat_t, t - lag_s)
         lo = bisect.bisect_right(sim.lat_t, t - lag_s - window_s)
@@ -166,7 +169,7 @@ class ClusterView:
             return None, None
         tt = sorted(sim.lat_ttft[lo:hi])
         tp = sorted(sim.lat_tpot[lo:hi])
-        k = min(len(tt) - 1, math.ceil(0.9 * len(tt)) - 1)
+        k = min(len(tt) - 1, math.ceil(q * len(tt)) - 1)
         return tt[k], tp[k]
 
     def requests_in(self, t0: float, t1: float) -> tuple[int, float, float]:

@@ -8,9 +8,11 @@ The algorithm, each observation (every HPA sync, 15 s):
    prompt_rate / prompt_capacity + generation_rate / generation_capacity (prefill and decode time-share one
    engine). Prefill-heavy traffic that leaves the KV cache low still counts (llm-d-autoscaling #662).
 2. Capacity per replica at the SLO: the profile's figures (the prior) times a factor `kappa` learned online
-   from the replicas' own histograms: when TTFT or TPOT p90 missed its target while the replicas were less
-   busy than the prior says they can be, kappa falls toward what they managed; when targets were met at a
-   higher load, it rises. No offline benchmark needed beyond the prior.
+   from the replicas' own histograms: when TTFT or TPOT p90 (p99 where given) missed its target while the
+   replicas were less busy than the prior says they can be, kappa is divided by how far it missed (at most
+   halved per observation): a queueing limit, such as long prompts blocking the ones behind them, is found in
+   a few syncs. While targets are met it recovers slowly toward the prior (RECOVER_RATE), and above it only
+   when targets were met at a higher load than the prior calls full. No offline benchmark beyond the prior.
 3. Headroom for the cold start: Holt's linear trend (double exponential smoothing) on the demand, projected
    over the cold-start horizon; scale-up uses the larger of now and the projection.
 4. Backlog: waiting requests x mean prompt tokens, as prefill work that must be done within the horizon a
@@ -43,7 +45,10 @@ HOLT_BETA = 0.2  # trend smoothing: a trend must persist ~5 syncs (75 s) to coun
 LEARN_RATE = 0.1  # kappa moves this share of the way toward what an observation shows
 # (No upward probing on latency margins: latency is a cliff, flat until saturation, so a comfortable p90
 # says nothing about how far the cliff is; probing on it overloaded replicas in the benchmark.)
-KAPPA_BOUNDS = (0.25, 2.0)  # the learned correction never trusts a single window beyond these
+KAPPA_BOUNDS = (0.05, 2.0)  # the learned correction stays within these (20x below the prior at most)
+MAX_CUT = 2.0  # one observation at most halves the learned capacity
+RECOVER_RATE = 0.02  # per observation met, kappa regains this share of the way back to the prior (half-life
+# about 9 minutes at a 15 s sync: slower than the cuts, so it does not undo them within a burst)
 DECODE_STEP_SHARE = 0.5  # the share of the TPOT target a pure decode step may take at the capacity batch
 # (the rest is left to the prefill chunks vLLM mixes into the same steps)
 REF_CONTEXT = 2048  # context (tokens) at which the prior's capacity is read when none is observed
@@ -145,6 +150,10 @@ class Observation:
     running_requests: float = 0.0
     ttft_p90_s: float | None = None
     tpot_p90_s: float | None = None
+    # Optional, better when given: the quantile the SLO is held at (99 % of requests: p99). The capacity is
+    # judged on these when present, else on the p90s (a p90 within target still lets a tenth miss).
+    ttft_p99_s: float | None = None
+    tpot_p99_s: float | None = None
     front_door_pending: float | None = None  # requests held before any replica (gateway/router queue)
     placeable_replicas: int | None = None  # issue 29: how many more replicas can be placed now
 
@@ -204,6 +213,8 @@ def decide(cfg: DesiredConfig, state: DesiredState, obs: Observation) -> Decisio
         "mean_prompt_tokens",
         "ttft_p90_s",
         "tpot_p90_s",
+        "ttft_p99_s",
+        "tpot_p99_s",
         "front_door_pending",
     ):
         _finite(name, getattr(obs, name))
@@ -314,22 +325,29 @@ def _learn(
 ) -> None:
     """Move kappa toward what the replicas showed: a missed target at a busy share below what the prior
     allows means they can do less; targets met at a higher share mean they can do more."""
-    if obs.ttft_p90_s is None and obs.tpot_p90_s is None:
+    ttft = obs.ttft_p99_s if obs.ttft_p99_s is not None else obs.ttft_p90_s
+    tpot = obs.tpot_p99_s if obs.tpot_p99_s is not None else obs.tpot_p90_s
+    if ttft is None and tpot is None:
         return
     per_replica = demand / obs.ready_replicas  # busy share by the current (learned) capacity
-    missed = (obs.ttft_p90_s is not None and obs.ttft_p90_s > cfg.ttft_slo_s) or (
-        obs.tpot_p90_s is not None and obs.tpot_p90_s > cfg.tpot_slo_s
-    )
+    missed = (ttft is not None and ttft > cfg.ttft_slo_s) or (tpot is not None and tpot > cfg.tpot_slo_s)
     lo, hi = KAPPA_BOUNDS
     old = state.kappa
-    if missed and per_replica < cfg.target_utilisation and obs.waiting_requests > 0:
-        # They queued at a share the prior calls safe: capacity is lower by that ratio.
-        target = old * max(per_replica, 0.05) / cfg.target_utilisation
-        state.kappa = max(lo, old + LEARN_RATE * (target - old))
+    if missed and per_replica < cfg.target_utilisation:
+        # They queued at a share the prior calls safe: what they sustain at the SLO is lower. How much lower,
+        # the miss says: a p90 k times the target cuts the capacity by up to k (at most halving it per
+        # observation), so a queueing limit (long prompts blocking the ones behind them) is found in a few
+        # syncs, not minutes.
+        over = max((ttft or 0.0) / cfg.ttft_slo_s, (tpot or 0.0) / cfg.tpot_slo_s, 1.0)
+        state.kappa = max(lo, old / min(over, MAX_CUT))
     elif not missed and per_replica > 1.0:
         # Targets met beyond what the prior calls full: capacity is at least that.
         target = old * per_replica
         state.kappa = min(hi, old + LEARN_RATE * (target - old))
+    elif not missed and old < 1.0:
+        # Targets met: a cut made for a burst or a passing mix of long prompts wears off, back toward the
+        # prior (never above it on this evidence), so one bad minute does not over-provision for the hour.
+        state.kappa = min(1.0, old + RECOVER_RATE * (1.0 - old))
     if state.kappa != old:
         reasons.append(
             f"capacity factor {old:.3f} -> {state.kappa:.3f} ({'missed' if missed else 'met'} "
