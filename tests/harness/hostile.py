@@ -109,6 +109,7 @@ async def held_connections(
         for _, writer in conns:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
+        conns.clear()  # the caller's name for the list holds no connection (nor its buffers) any more
 
 
 async def closed_by_server(reader: asyncio.StreamReader, within_s: float) -> bool:
