@@ -60,6 +60,8 @@ STANDALONE_REASON = (
     "only: configure the extender with nodeCacheCapable: false, or run it with cluster access"
 )
 _LOGGED_LIMIT = 100_000
+OFFLOAD_BYTES = 1024 * 1024  # --standalone bodies larger than this are answered in a worker thread
+_OFFLOADED = frozenset({"filter", "prioritize", "explain"})
 PENDING_PER_SLOT = 4
 MAX_FREEING_PODS = 10_000
 
@@ -308,7 +310,13 @@ class Extender:
             await self._sem.acquire()  # free: returns at once, without a timer
         try:
             try:
-                resp = work(body)
+                if self.state is None and len(body) > OFFLOAD_BYTES and verb in _OFFLOADED:
+                    # Full Node objects from any client: decoding and validating their annotations runs in a
+                    # worker thread, so /healthz and other calls are answered meanwhile. Only without the
+                    # watch cache: its state is the event loop's alone.
+                    resp = await asyncio.to_thread(work, body)
+                else:
+                    resp = work(body)
             except wire.WireError as exc:
                 return self._error(verb, 400, "BadRequest", str(exc))
             except Exception as exc:  # a bug, not the caller's fault: say so, keep serving

@@ -72,12 +72,14 @@ async def test_trickled_bodies_do_not_lock_the_scheduler_out() -> None:
     assert probes.sent >= 3 and probes.failed == 0, probes
 
 
-def _huge_topology(gpus: int) -> str:
+def _huge_topology(gpus: int, salt: str = "") -> str:
     doc = orjson.loads(
         node_obj("x", "hgx-h100-nvswitch-8gpu")["metadata"]["annotations"][TOPOLOGY_ANNOTATION]
     )
     base = doc["gpus"][0]
-    doc["gpus"] = [{**base, "id": f"GPU-{i:05d}", "index": i, "uuid": f"GPU-{i:05d}"} for i in range(gpus)]
+    doc["gpus"] = [
+        {**base, "id": f"GPU-{salt}{i:05d}", "index": i, "uuid": f"GPU-{salt}{i:05d}"} for i in range(gpus)
+    ]
     doc["links"] = [["X" if i == j else "NV18" for j in range(gpus)] for i in range(gpus)]
     return orjson.dumps(doc).decode()
 
@@ -151,3 +153,30 @@ def test_an_allocation_observed_in_the_future_is_unknown() -> None:
     assert row["score"] == NEUTRAL_SCORE and "in the future" in row["reason"], row
     fresh = _explain_row(ext, node_obj("hgx", "hgx-h100-nvswitch-8gpu"))
     assert fresh["outcome"] == "fits", fresh
+
+
+NODES = 400  # enough that reading them on the event loop held it over 1 s (1.7 s measured)
+
+
+async def test_many_large_valid_topologies_are_read_off_the_event_loop() -> None:
+    # Full Node objects with distinct, valid 64-GPU topologies (each within the 256 KiB annotation limit):
+    # reading and validating them costs seconds, which a --standalone extender spends in a worker thread.
+    bodies = []
+    for round_ in range(2):  # new texts each time: no cache helps
+        nodes = []
+        for i in range(NODES):
+            node = node_obj(f"n{i}", None)
+            node["metadata"]["annotations"][TOPOLOGY_ANNOTATION] = _huge_topology(64, salt=f"{round_}-{i}-")
+            nodes.append(node)
+        bodies.append(orjson.dumps(full_args(pod_obj("tp4", 4), nodes)))
+    first = orjson.loads(bodies[0])["Nodes"]["items"][0]["metadata"]["annotations"][TOPOLOGY_ANNOTATION]
+    assert len(topology_from_doc(first)) == 64  # valid: the whole validation runs for each node
+    async with listening(ServerConfig()) as (_ext, url):
+
+        async def attack() -> None:
+            for body in bodies:
+                async with aiohttp.ClientSession() as s, s.post(url + "/filter", data=body) as r:
+                    assert r.status == 200
+
+        probes = await probe_during(attack(), lambda: _healthz(url))
+    assert probes.sent >= 2 and probes.failed == 0, probes
