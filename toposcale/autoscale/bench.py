@@ -72,7 +72,11 @@ class Clairvoyant:
         return self.counts[w]
 
     def decide(self, t: float, view: ClusterView) -> int:
-        return min(self.max, max(self.at(t), self.at(t + self.cold)))
+        # Every window that starts within one cold start from now: its replicas start now and are Ready when
+        # it begins (a window skipped over here would lose its replicas while they are still starting).
+        w0 = min(len(self.counts) - 1, max(0, int(t // WINDOW_S)))
+        w1 = min(len(self.counts) - 1, max(0, int((t + self.cold) // WINDOW_S)))
+        return min(self.max, max(self.counts[w0 : w1 + 1]))
 
 
 def clairvoyant_counts(demand: list[float], u: float) -> list[int]:
