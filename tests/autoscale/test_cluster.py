@@ -114,3 +114,14 @@ def test_clairvoyant_is_minimal_per_window() -> None:
         assert window_attainment(s, w) < targets[w], f"window {w}: {counts[w] - 1} replicas would do"
         checked += 1
     assert checked >= 3
+
+
+def test_clairvoyant_replicas_are_ready_when_their_window_starts() -> None:
+    """Window 4 (240-300 s) needs 3: they start one cold start ahead and are Ready at 240 s, not cut off
+    while starting because a later window needs fewer."""
+    counts = [1, 1, 1, 1, 3, 1, 1, 1]
+    cfg = SimConfig(P, cold_start_s=90, initial_replicas=1, until_s=420)
+    sim = Simulation(cfg, steady(1, 420), Clairvoyant(counts, 90.0, 12)).run()
+    ready_at = {round(p.t): p.ready for p in sim.timeline}
+    assert ready_at[245] == 3 and ready_at[235] == 1
+    assert ready_at[400] == 1
