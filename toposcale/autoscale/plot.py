@@ -20,7 +20,7 @@ def plot_timelines(
     fig, axes = plt.subplots(
         len(policies),
         len(traces),
-        figsize=(5.5 * len(traces), 1.9 * len(policies)),
+        figsize=(max(8.0, 5.5 * len(traces)), 1.9 * len(policies) + 0.6),
         squeeze=False,
         sharex="col",
     )
@@ -52,7 +52,8 @@ def plot_timelines(
             if i == len(policies) - 1:
                 ax.set_xlabel("minutes", fontsize=8)
     fig.suptitle(
-        "replicas wanted (dashed) / ready (blue), queue (grey), TTFT p90 (red, log) vs SLO (dotted)",
+        "replicas wanted (dashed) and ready (blue), queue (grey),\n"
+        "TTFT p90 (red, log scale) against the SLO (dotted)",
         fontsize=9,
     )
     fig.tight_layout()
