@@ -119,3 +119,27 @@ def test_a_file_in_the_wrong_format_names_its_line(
     assert main(["simulate", "autoscale", "--trace", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.csv line 3" in err and err.count("\n") == 1
+
+
+def test_plot_writes_a_figure(small_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "t.png"
+    code = main(
+        [
+            "simulate",
+            "autoscale",
+            "--trace",
+            str(small_trace),
+            "--seeds",
+            "1",
+            "--jobs",
+            "1",
+            "--policies",
+            "clairvoyant,toposcale",
+            "--rate-scale",
+            "2",
+            "--plot",
+            str(png),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
