@@ -210,7 +210,9 @@ def test_route_table_matches_contributing_paths() -> None:
     from toposcale.extender.wire import ROUTES
 
     paths = {path for _, path in ROUTES.values()}
-    assert paths == {"/filter", "/prioritize", "/explain", "/placeable", "/freeing", "/healthz", "/readyz", "/metrics"}
+    assert paths == {
+        "/filter", "/prioritize", "/explain", "/placeable", "/freeing", "/healthz", "/readyz", "/metrics"
+    }
     assert ROUTES["filter"] == ("POST", "/filter") and ROUTES["prioritize"] == ("POST", "/prioritize")
 
 
