@@ -21,7 +21,9 @@ PROFILES = ROOT / "toposcale" / "serving" / "profiles"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="derive_profile.py", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="derive_profile.py", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     ap.add_argument("--parent", default=str(PROFILES / "h100-tp1.yaml"))
     ap.add_argument("--out", type=Path, default=PROFILES / "rtx4090d-tp4.yaml")
     args = ap.parse_args(argv)
