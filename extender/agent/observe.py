@@ -137,6 +137,12 @@ def _from_topo_file(path: str, resource: str, id_strategy: IdStrategy) -> Observ
     return Observation(topo, frozenset(), f"topo-file:{path}")
 
 
+def _short(device_id: str, limit: int = 64) -> str:
+    """A device ID as one short printable token for a reason line."""
+    text = ascii(device_id)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(device_id)} chars)"
+
+
 def allocation_problem(obs: Observation, snapshot: Snapshot | None) -> str | None:
     """Why the kubelet's answer cannot say which GPUs are held (None: it can).
 
@@ -150,8 +156,12 @@ def allocation_problem(obs: Observation, snapshot: Snapshot | None) -> str | Non
     known = {g.id for g in obs.topology.gpus} | {g.uuid for g in obs.topology.gpus if g.uuid}
     foreign = ((snapshot.allocatable or frozenset()) | (snapshot.allocated or frozenset())) - known
     if foreign:
+        # Quoted short and escaped: the IDs are the kubelet's (or whatever answers on its socket) and end up
+        # in /healthz and the log; a 200 KB ID with a newline made a 300 KB multi-line reason.
+        quoted = ", ".join(_short(i) for i in sorted(foreign)[:4])
         return (
-            f"kubelet device IDs {sorted(foreign)[:4]} are not the discovered GPUs' ids "
+            f"kubelet device IDs [{quoted}]{f' and {len(foreign) - 4} more' if len(foreign) > 4 else ''} "
+            "are not the discovered GPUs' ids "
             f"{sorted(g.id for g in obs.topology.gpus)[:4]}: set the agent's --device-id-strategy to the "
             "NVIDIA device plugin's deviceIDStrategy (uuid or index); MIG devices are not tracked"
         )
