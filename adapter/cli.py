@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prom = parser.add_argument_group("Prometheus source")
     prom.add_argument("--prometheus-timeout", type=float, default=5.0, help="seconds per query (default 5)")
     prom.add_argument("--prometheus-workers", type=int, default=8, help="threads querying Prometheus")
+    prom.add_argument("--prometheus-max-response-bytes", type=int, default=8 * 1024 * 1024,
+                      help="largest query answer read (decompressed); a larger one is a 503 "
+                           "(default 8388608 = 8 MiB)")
     prom.add_argument("--prometheus-bearer-token-file", help="send 'Authorization: Bearer <file content>'")
     prom.add_argument("--prometheus-ca-file", help="CA bundle to verify Prometheus' TLS certificate")
     prom.add_argument("--prometheus-insecure-skip-verify", action="store_true", help="do not verify TLS")
@@ -207,6 +210,7 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
             args.prometheus_url,
             timeout=args.prometheus_timeout,
             workers=args.prometheus_workers,
+            max_response_bytes=args.prometheus_max_response_bytes,
             bearer_token_file=args.prometheus_bearer_token_file,
             ca_file=args.prometheus_ca_file,
             insecure_skip_verify=args.prometheus_insecure_skip_verify,

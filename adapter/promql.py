@@ -7,7 +7,8 @@ Where the selected pods' scrape health can be read (a workload rule without `pro
 and namespace apply to the `up` series of the pods' targets, as to their samples), three more parts say which
 pods are expected (one `target` series per pod with an `up` series, kept to the pods kube-state-metrics lists
 when it lists any in the namespace) and which are missing: a target down (`up == 0`) with no series of the
-rule left (Prometheus marked them stale when the scrape failed), or a target up that exposes none of them.
+rule left (Prometheus marked them stale when the scrape failed), or a target up that exposes none of them;
+a fourth names the pods exposing one of the rule's series below 0 (a broken exporter, issue 28).
 """
 
 from __future__ import annotations
@@ -118,6 +119,14 @@ def health_queries(rule: Rule, namespace: str, selector: Selector) -> tuple[str,
     return targets, missing, lacking
 
 
+def negative_query(rule: Rule, namespace: str, selector: Selector) -> str:
+    """One series per selected pod exposing one of the rule's series below 0 (its lowest): a queue length,
+    running count, usage or cumulative bucket count never is, so such a pod is broken (as in scrape mode)."""
+    m = matchers(rule, namespace, selector)
+    own = " or ".join(f"{n}{{{m}}}" for n in value_series(rule))
+    return f"(min by ({rule.namespace_label}, {rule.pod_label}) (({own}) < 0))"
+
+
 def combined_query(rule: Rule, namespace: str, selector: Selector) -> str:
     value = value_query(rule, namespace, selector)
     age = age_query(rule, namespace, selector)
@@ -125,6 +134,7 @@ def combined_query(rule: Rule, namespace: str, selector: Selector) -> str:
     if health_applies(rule):
         targets, missing, lacking = health_queries(rule, namespace, selector)
         parts += [(targets, "target"), (missing, "missing"), (lacking, "lacking")]
+        parts.append((negative_query(rule, namespace, selector), "negative"))
     return " or ".join(f'label_replace({q}, "{PART_LABEL}", "{name}", "", "")' for q, name in parts)
 
 

@@ -1,6 +1,6 @@
-"""Prometheus source: one instant query per rule through prometheus-api-client, off the event loop.
+"""Prometheus source: one instant query per rule (Prometheus' HTTP API through requests), off the event loop.
 
-prometheus-api-client is synchronous (requests), so calls run in a bounded thread pool; a semaphore bounds how
+requests is synchronous, so calls run in a bounded thread pool; a semaphore bounds how
 many wait for it, each call has a timeout, and there are no client-side retries (the HPA asks again anyway).
 Bearer token file (re-read so rotated tokens work), CA file and custom headers serve Thanos/Mimir-style
 endpoints.
@@ -15,6 +15,7 @@ GPU rules and `prometheus_query` rules have no such reading (README).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from ..model import (
     extrapolate,
     lacking,
     series_absent,
+    value_series,
 )
 from ..promql import PART_LABEL, combined_query, per_pod_query
 from ..rules import Rule
@@ -43,6 +45,15 @@ from .pods import PodFinder
 
 logger = logging.getLogger("toposcale.adapter.prometheus")
 TOKEN_REREAD_SECONDS = 60.0
+# The generated queries answer a handful of series (a few hundred bytes); a `prometheus_query` listing every
+# pod of a large workload stays far below this. Past it the answer is an error, not parsed (issue 28).
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+READ_CHUNK = 64 * 1024
+
+
+class AnswerRefused(ValueError):
+    """Prometheus' answer is an error status, too large, too slow or not an instant vector: refused, never
+    partly used."""
 
 
 class PrometheusSource:
@@ -64,15 +75,17 @@ class PrometheusSource:
         min_answered_share: float = DEFAULT_MIN_ANSWERED_SHARE,
         token_reread_seconds: float = TOKEN_REREAD_SECONDS,
         pods: PodFinder | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         """`pods`: where the pods that exist now are listed (the Kubernetes API), or None: Prometheus' own
-        view (kube-state-metrics where it has it, else the `up` series)."""
+        view (kube-state-metrics where it has it, else the `up` series). `max_response_bytes`: a larger
+        answer (after decompression) is an error, read no further."""
         import requests
-        from prometheus_api_client import PrometheusConnect
         from urllib3.util.retry import Retry
 
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
         self._token_file = Path(bearer_token_file) if bearer_token_file else None
         self._token_read_at = -math.inf
         self._token_reread = token_reread_seconds
@@ -80,13 +93,6 @@ class PrometheusSource:
         session = requests.Session()
         session.verify = False if insecure_skip_verify else (ca_file or True)
         _settle_environment(session, self.url)
-        self._client = PrometheusConnect(
-            url=self.url,
-            headers=None,  # on the session instead: requests merges per-call headers into its own each call
-            session=session,
-            retry=Retry(total=0, raise_on_status=False),
-            timeout=timeout,  # type: ignore[arg-type]
-        )
         # requests' default pool holds 10 connections per host; match the number of threads.
         adapter = requests.adapters.HTTPAdapter(
             pool_connections=1, pool_maxsize=workers, max_retries=Retry(total=0, raise_on_status=False)
@@ -132,7 +138,7 @@ class PrometheusSource:
 
     async def query(self, promql: str) -> list[dict[str, Any]]:
         """Run an instant query; errors become SourceUnavailable (503) with the reason."""
-        from prometheus_api_client import PrometheusApiClientException
+        import urllib3
         from requests import RequestException
 
         if self._slots.locked():
@@ -142,18 +148,70 @@ class PrometheusSource:
             loop = asyncio.get_running_loop()
             try:
                 return await asyncio.wait_for(
-                    loop.run_in_executor(self._pool, self._client.custom_query, promql),
+                    loop.run_in_executor(self._pool, self._instant, promql),
                     timeout=self.timeout + 1,
                 )
             except (
                 TimeoutError,
                 RequestException,
-                PrometheusApiClientException,
                 ValueError,
                 KeyError,
+                RecursionError,  # JSON nested too deeply
+                urllib3.exceptions.HTTPError,  # the body's read (protocol error, read timeout, bad gzip)
             ) as exc:
                 self._error(type(exc).__name__)
                 raise SourceUnavailable(f"Prometheus at {self.url} failed: {describe(exc)}") from exc
+
+    def _instant(self, promql: str) -> list[dict[str, Any]]:
+        """One instant query in a worker thread: the answer's `result`, read within `timeout` in all (a
+        server trickling its body is cut, so a worker is never held longer) and at most `max_response_bytes`
+        (decoded), and only an instant vector (what every query here asks for)."""
+        deadline = time.monotonic() + self.timeout
+        with self._session.get(
+            f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout, stream=True
+        ) as response:
+            body = bytearray()
+            while chunk := response.raw.read1(READ_CHUNK, decode_content=True):
+                body += chunk
+                if len(body) > self.max_response_bytes:
+                    raise AnswerRefused(f"answer larger than {self.max_response_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise AnswerRefused(f"answer not read within {self.timeout:g}s")
+        if response.status_code != 200:
+            shown = bytes(body[:300])
+            raise AnswerRefused(f"HTTP Status Code {response.status_code} ({shown!r})")
+        data = json.loads(body)
+        if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
+            raise AnswerRefused("answer has no data object")
+        kind = data["data"].get("resultType")
+        result = data["data"].get("result")
+        if kind != "vector" or not isinstance(result, list):
+            raise AnswerRefused(f"answer is not an instant vector (resultType {str(kind)[:40]!r})")
+        return result
+
+    def _sample(self, series: Any) -> tuple[str | None, float, float]:
+        """(part, timestamp, value) of one series of an instant vector; anything else is a 503."""
+        try:
+            part = series["metric"].get(PART_LABEL)
+            ts, text = series["value"]
+            return part, float(ts), float(text)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._error("garbage")
+            raise SourceUnavailable(f"Prometheus at {self.url} answered an unexpected result") from exc
+
+    def _check_unique(self, result: list[Any]) -> None:
+        """Prometheus never answers one label set twice in a vector: an answer that does is not Prometheus'
+        (which of the two would be served, or both summed, is a guess)."""
+        seen: set[frozenset[tuple[Any, Any]]] = set()
+        for series in result:
+            metric = series.get("metric") if isinstance(series, dict) else None
+            if not isinstance(metric, dict):
+                continue  # _sample names it
+            labels = frozenset((k, v) for k, v in metric.items() if isinstance(v, str))
+            if labels in seen:
+                self._error("duplicate")
+                raise SourceUnavailable(f"Prometheus at {self.url} answered one series twice: not Prometheus")
+            seen.add(labels)
 
     def _error(self, kind: str) -> None:
         if self.on_error is not None:
@@ -167,18 +225,14 @@ class PrometheusSource:
         targets: set[tuple[str, str]] = set()
         down: dict[tuple[str, str], str] = {}
         without: dict[tuple[str, str], str] = {}
+        below: list[str] = []
 
         def key(labels: dict[str, str]) -> tuple[str, str]:
             return labels.get(rule.namespace_label, namespace), labels.get(rule.pod_label, "?")
 
+        self._check_unique(result)
         for series in result:
-            try:
-                part = series["metric"].get(PART_LABEL)
-                ts, text = series["value"]
-                number = float(text)
-            except (KeyError, TypeError, ValueError) as exc:
-                self._error("garbage")
-                raise SourceUnavailable(f"Prometheus at {self.url} answered an unexpected result") from exc
+            part, ts, number = self._sample(series)
             if part == "value":
                 value = (float(ts), number)
                 values.append(series["metric"])
@@ -192,6 +246,18 @@ class PrometheusSource:
             elif part == "lacking":
                 ns, pod = key(series["metric"])
                 without[(ns, pod)] = lacking(rule, f"{ns}/{pod}")
+            elif part == "negative":
+                ns, pod = key(series["metric"])
+                below.append(f"{_short(ns)}/{_short(pod)}: a series is {number:g}, below 0")
+        if below:
+            # As in scrape mode such a pod is broken; Prometheus summed its value in already, so the value
+            # cannot be computed without it here: refused whatever the rule's on_missing (issue 28).
+            self._error("negative-value")
+            raise SourceUnavailable(
+                f"{rule.name}: {len(below)} selected pod(s) expose one of "
+                f"{', '.join(value_series(rule))} below 0 ({'; '.join(sorted(below)[:3])}"
+                f"{'; ...' if len(below) > 3 else ''}): a broken exporter"
+            )
         if len(values) > 1:
             # one external metric value per (metric, namespace, selector): picking one of several series
             # would serve whichever Prometheus listed last (the generated queries always aggregate to one)
@@ -233,6 +299,11 @@ class PrometheusSource:
         ts, number = value
         if math.isnan(number) or math.isinf(number):
             raise SourceUnavailable(f"{rule.name}: value is {number} (no observations or division by zero)")
+        if number < 0 and rule.prometheus_query is None:
+            # a sum, share or quantile of counts and usages: below 0 only from a broken exporter (GPU rules
+            # have no per-pod negative part, their series name the GPU's pod in other labels)
+            self._error("negative-value")
+            raise SourceUnavailable(f"{rule.name}: value is {number:g}, below 0: a broken exporter")
         if coverage is not None and coverage.failed:
             number = extrapolate(rule, number, coverage)
         window = rule.window_seconds if rule.aggregation == "histogram_quantile" else None
@@ -246,20 +317,15 @@ class PrometheusSource:
         result = await self.query(per_pod_query(rule, namespace, selector, pod=pod))
         out: list[PodValue] = []
         expected = answered = 0
+        self._check_unique(result)
         for series in result:
-            try:
-                labels = series["metric"]
-                part = labels.get(PART_LABEL)
-                ts, text = series["value"]
-                number = float(text)
-            except (KeyError, TypeError, ValueError) as exc:
-                self._error("garbage")
-                raise SourceUnavailable(f"Prometheus at {self.url} answered an unexpected result") from exc
-            if part == "expected":
+            part, ts, number = self._sample(series)
+            labels = series["metric"]
+            if part == "expected" and math.isfinite(number):
                 expected = int(number)
-            elif part == "answered":
+            elif part == "answered" and math.isfinite(number):
                 answered = int(number)
-            elif part == "value" and math.isfinite(number):
+            elif part == "value" and math.isfinite(number) and number >= 0:  # below 0: a broken exporter
                 pod = labels.get(rule.pod_label)
                 if pod:
                     out.append(PodValue(labels.get(rule.namespace_label, namespace), pod, number, float(ts)))
@@ -316,6 +382,12 @@ def _settle_environment(session: Any, url: str) -> None:
     if session.auth is None:
         session.auth = get_netrc_auth(url)
     session.trust_env = False
+
+
+def _short(text: str, limit: int = 64) -> str:
+    """A label value from the answer as one short printable token."""
+    shown = ascii(text)[1:-1]
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def describe(exc: BaseException) -> str:

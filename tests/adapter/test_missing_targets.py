@@ -315,6 +315,15 @@ async def test_prometheus_reads_the_pods_up_series(serve_adapter) -> None:
                 await asyncio.sleep(0.1)
             code, reason, msg = status(*await adapter.metric("waiting", selector="app=vllm"))
             assert code == 503 and "all 2 targets failed" in msg and "ml/a" in msg and "ml/b" in msg
+            # A queue below 0 (issue 28): a broken exporter, refused as in scrape mode, never served as -5
+            # (the query's `negative` part, read by the real Prometheus).
+            c.waiting = -5
+            for _ in range(100):
+                if await asyncio.to_thread(prom.query, 'vllm:num_requests_waiting{job="c"} < 0'):
+                    break
+                await asyncio.sleep(0.1)
+            code, reason, msg = status(*await adapter.metric("waiting", selector="app=other"))
+            assert code == 503 and "ml/c: a series is -5, below 0" in msg, msg
         finally:
             await asyncio.to_thread(prom.stop)
 
