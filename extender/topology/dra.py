@@ -29,7 +29,9 @@ int, `.isGreaterThan(quantity(...))` / `.isLessThan(...)`; joined by `&&`, `||`,
 attribute without a domain belongs to the driver's domain (`gpu.nvidia.com`), as the CEL environment
 builds `device.attributes`. A missing domain is an empty map; a missing attribute is a CEL runtime error,
 which makes the real scheduler fail the pod: reported as `error`. Anything else (other functions, version
-attributes, a type mismatch) is `unknown`: never a guess.
+attributes, a type mismatch) is `unknown`: never a guess. So is what no real claim or slice holds, at bounded
+cost: an expression over 10 KiB (the API's limit) or nested deeper than 50 levels, an integer literal outside
+int64, a quantity of more than 64 digits or with a decimal exponent beyond ±64.
 
 Also `unknown` (features this module does not model): adminAccess, firstAvailable, capacity requests,
 tolerations with tainted devices, distinctAttribute, devices with counters, binding conditions,
@@ -118,19 +120,28 @@ _BIN = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DEC = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
 
+# What a device's capacity or a selector's quantity() can be: far beyond any real one (10^18 is `E`), and
+# small enough that exact arithmetic stays cheap. A ResourceSlice or claim is any client's text: "1e99999999"
+# made Fraction compute a 10^8-digit number, holding the extender (issue 28).
+_QTY_MAX_DIGITS = 64
+_QTY_MAX_EXPONENT = 64
+
+
 def parse_quantity(text: str) -> Fraction:
-    """A Kubernetes resource.Quantity string ("80Gi", "81559Mi", "1.5T", "100m", "1e3") as an exact number."""
-    m = _QTY.fullmatch(text.strip()) if isinstance(text, str) else None
+    """A Kubernetes resource.Quantity string ("80Gi", "81559Mi", "1.5T", "100m", "1e3") as an exact number.
+    Mantissas over 64 digits and decimal exponents beyond ±64 are not modelled (DraUnknown)."""
+    m = _QTY.fullmatch(text.strip()) if isinstance(text, str) and len(text) <= 256 else None
     if m is None:
-        raise DraUnknown(f"{text!r} is not a quantity")
+        raise DraUnknown(f"{str(text)[:40]!r} is not a quantity")
     sign, num, suffix = m.groups()
+    exponent = 0 if suffix in _BIN else _DEC[suffix] if suffix in _DEC else int(suffix[1:])
+    if len(num) > _QTY_MAX_DIGITS or abs(exponent) > _QTY_MAX_EXPONENT:
+        raise DraUnknown(f"quantity {text[:40]!r} is out of the modelled range")
     v = Fraction(num)
     if suffix in _BIN:
         v *= 1024 ** _BIN[suffix]
-    elif suffix in _DEC:
-        v *= Fraction(10) ** _DEC[suffix]
     else:
-        v *= Fraction(10) ** int(suffix[1:])
+        v *= Fraction(10) ** exponent
     return -v if sign == "-" else v
 
 
@@ -317,7 +328,20 @@ _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "'": "'", "r": "\r"}
 Selector = Callable[[Device], bool]
 
 
+# The API server refuses a device selector's CEL expression longer than this (k8s.io/api/resource/v1
+# CELSelectorExpressionMaxLength); whatever claims to be one is not parsed.
+CEL_MAX_LENGTH = 10 * 1024
+# Nesting (parentheses, `!`, method arguments) deeper than this is not modelled: the parser is recursive, and
+# a few hundred levels (well within 10 KiB) raised RecursionError out of the extender's request (issue 28).
+CEL_MAX_NESTING = 50
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _tokens(expr: str) -> list[tuple[str, Any]]:
+    if len(expr) > CEL_MAX_LENGTH:
+        raise DraUnknown(
+            f"CEL expression of {len(expr)} characters: longer than the API allows ({CEL_MAX_LENGTH})"
+        )
     out: list[tuple[str, Any]] = []
     pos = 0
     expr = expr.rstrip()
@@ -342,7 +366,11 @@ def _tokens(expr: str) -> list[tuple[str, Any]]:
                 body = "".join(text)
             out.append(("str", body))
         elif m.group("num") is not None:
-            out.append(("int", int(m.group("num"))))
+            digits = m.group("num")
+            value = int(digits) if len(digits.lstrip("-")) <= 19 else None
+            if value is None or not _INT64_MIN <= value <= _INT64_MAX:
+                raise DraUnknown(f"CEL {expr[:80]!r}: integer {digits[:24]!r} is not an int64")
+            out.append(("int", value))
         elif m.group("op") is not None:
             out.append(("op", m.group("op")))
         else:
@@ -372,9 +400,11 @@ class _Parser:
         self.expr = expr
         self.toks = _tokens(expr)
         self.i = 0
+        self.depth = 0
 
     def unknown(self, why: str) -> DraUnknown:
-        return DraUnknown(f"CEL {self.expr!r}: {why}")
+        shown = self.expr if len(self.expr) <= 200 else self.expr[:200] + "..."
+        return DraUnknown(f"CEL {shown!r}: {why}")
 
     def peek(self) -> tuple[str, Any]:
         return self.toks[self.i]
@@ -428,6 +458,16 @@ class _Parser:
         return ev
 
     def unary(self) -> _Eval:
+        # every level of nesting passes here (a parenthesis or method argument through or_/and_, a `!` itself)
+        self.depth += 1
+        try:
+            if self.depth > CEL_MAX_NESTING:
+                raise self.unknown(f"nested deeper than {CEL_MAX_NESTING} levels (not modelled)")
+            return self._unary()
+        finally:
+            self.depth -= 1
+
+    def _unary(self) -> _Eval:
         if self.accept("!"):
             inner = self.unary()
 

@@ -1,0 +1,76 @@
+"""Hostile ResourceClaims and ResourceSlices for DRA first-fit (issue 28): CEL selectors nested past any
+real use, integer literals past int64, quantities with enormous exponents or mantissas, over-long
+expressions. Each is `DraUnknown` (the node's DRA prediction unknown, a neutral score with the reason), never
+a RecursionError, a stray ValueError or a computation that holds the extender."""
+
+from __future__ import annotations
+
+import pytest
+from toposcale.extender import draview
+from toposcale.extender.topology import dra
+
+from .test_dra import node_slice, topo
+
+GPU_ATTR = 'device.attributes["gpu.nvidia.com"]'
+MEMORY = 'device.capacity["gpu.nvidia.com"].memory'
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "(" * 200 + "true" + ")" * 200,  # RecursionError before
+        "!" * 2000 + "true",  # RecursionError before
+        f"{GPU_ATTR}.index == " + "9" * 5000,  # ValueError (int string conversion limit) before
+        f"{GPU_ATTR}.index == 99999999999999999999",  # past int64: a CEL parse error; compiled before
+        f'{MEMORY}.compareTo(quantity("1e400")) >= 0',  # 10^400 bytes: nothing real; computed before
+        f'{MEMORY}.compareTo(quantity("1{"0" * 5000}")) >= 0',  # ValueError before
+        " && ".join(["true"] * 3000),  # 17 KB: the API server refuses CEL selectors over 10 KiB
+    ],
+    ids=["parens", "nots", "long-int", "int64", "qty-exponent", "qty-digits", "too-long"],
+)
+def test_hostile_selectors_are_unknown(expr: str) -> None:
+    with pytest.raises(dra.DraUnknown):
+        dra.compile_selector(expr)
+
+
+def test_moderate_nesting_still_compiles() -> None:
+    dra.compile_selector("(" * 20 + f'{GPU_ATTR}.productName == "H100"' + ")" * 20)
+    dra.compile_selector("!" * 20 + "true")
+    dra.compile_selector(f"{GPU_ATTR}.index == -9223372036854775808")
+
+
+@pytest.mark.parametrize("value", ["1e99999999", "1" + "0" * 5000, "1e-400"])
+def test_a_slice_capacity_out_of_range_is_unknown(value: str) -> None:
+    s = node_slice()
+    s["spec"]["devices"][0]["capacity"] = {"memory": {"value": value}}
+    with pytest.raises(dra.DraUnknown):
+        dra.prepare_pools([s], "n1")
+
+
+def test_a_claim_with_a_hostile_selector_gives_a_reason() -> None:
+    claim = {
+        "spec": {
+            "devices": {
+                "requests": [
+                    {
+                        "name": "gpus",
+                        "exactly": {
+                            "deviceClassName": "gpu.nvidia.com",
+                            "count": 2,
+                            "selectors": [{"cel": {"expression": "(" * 500 + "true" + ")" * 500}}],
+                        },
+                    }
+                ]
+            }
+        }
+    }
+    refs = [{"name": "g", "resourceClaimName": "c"}]
+    pod = {"metadata": {"namespace": "ml"}, "spec": {"resourceClaims": refs}}
+    classes = {"gpu.nvidia.com": dra.gpu_device_class()}
+    ask = draview.claim_ask(pod, {}, {"ml/c": claim}, classes)
+    assert isinstance(ask, draview.ClaimAsk)
+    node = draview.dra_node("gpu.nvidia.com", [node_slice()], "n1", set(), classes)
+    reason = draview.dra_decision(topo("dgx-a100-nvswitch-8gpu"), node, ask.k, None, ask)
+    # before: RecursionError out of the extender's filter/prioritize
+    assert isinstance(reason, str) and "DRA prediction unknown" in reason and "nested deeper" in reason
+    assert len(reason) < 400, len(reason)
