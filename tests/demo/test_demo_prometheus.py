@@ -71,8 +71,16 @@ def test_demo_through_a_real_prometheus(tmp_path: Path) -> None:
         series = prom.query(f"count by (pod) (last_over_time({vllm}[10m]))")
         gpu = prom.query('count by (pod) (last_over_time(DCGM_FI_DEV_GPU_UTIL{namespace="demo"}[10m]))')
     s = json.loads(summary.read_text())
-    assert len(series) >= 3  # one per replica that was ever ready
-    assert {g["metric"]["pod"] for g in gpu} <= {r["metric"]["pod"] for r in series}  # honor_labels kept them
+    story = proc.stdout[-3000:]  # the demo's placements and replica counts, for a failure's message
+    scraped = {r["metric"]["pod"] for r in series}
+    on_gpus = {g["metric"]["pod"] for g in gpu}
+    placed = {p["pod"] for p in s["placements"]}
+    assert len(scraped) >= 3, story  # one per replica that was ever ready
+    # honor_labels kept the exporters' pod label: each replica Prometheus scraped is named on the GPUs it held
+    # (without it the label is the target's, dcgm-exporter-<node>). Not the other way round: a replica holds
+    # its GPUs from placement on, so one removed or still loading before it was ready is on GPU series only.
+    assert scraped <= on_gpus, story
+    assert on_gpus <= placed, story  # and every pod a GPU series names is one the demo placed there
     assert s["peak_replicas"] >= 3 and s["hpa_errors"] == [] and s["problems"] == []
     assert all(x["kv"] is not None for x in s["samples"])
     adapter_log = Path(s["services"]["adapter"]["log"]).read_text()
