@@ -43,18 +43,23 @@ async def test_kubectl_get_raw_lists_one_item_per_pod(deployed: Deployed, tmp_pa
             )
             await wait_for(lambda: len(stack.exporters) == 2, 60, "two pods running")
             stack.set(waiting=7)
+            names = list(stack.exporters)  # insertion order: the first pod is the one waiting 7
+            want = {names[0]: "7", names[1]: "0"}
 
+            # The example's HPA (synced every 2 s until deleted above) may have had the adapter scrape the
+            # first pod before set(waiting=7): that scrape is served for the adapter's 2 s cache TTL, so wait
+            # for the values now exposed rather than taking the first listing of two items.
             async def listed() -> dict | None:
                 code, out = await asyncio.to_thread(raw, deployed, PATH)
                 if code != 0:
                     return None
                 body = json.loads(out)
-                return body if len(body["items"]) == 2 else None
+                values = {i["describedObject"]["name"]: i["value"] for i in body["items"]}
+                return body if values == want else None
 
-            body = await wait_for(listed, 60, "two items through the aggregator")
+            body = await wait_for(listed, 60, f"the items {want} through the aggregator")
             assert body["kind"] == "MetricValueList"
             assert body["apiVersion"] == "custom.metrics.k8s.io/v1beta2"
-            names = list(stack.exporters)
             by_name = {i["describedObject"]["name"]: i for i in body["items"]}
             assert set(by_name) == set(names)
             for name, item in by_name.items():
@@ -67,7 +72,6 @@ async def test_kubectl_get_raw_lists_one_item_per_pod(deployed: Deployed, tmp_pa
                 assert item["metric"] == {"name": "vllm_requests_waiting"}
                 assert "windowSeconds" not in item
                 assert item["timestamp"].endswith("Z")
-            assert by_name[names[0]]["value"] == "7" and by_name[names[1]]["value"] == "0"
 
             stack.exporters[names[1]].mode = "error"  # its /metrics answers 500: absent, never 0
 
