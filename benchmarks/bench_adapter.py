@@ -41,7 +41,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,16 +48,12 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from toposcale.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 METRIC = "vllm_kv_cache_usage"
 NAMESPACE = "ml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_exporters(ports: list[int], dcgm_port: int) -> None:

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from toposcale.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 POD_GPUS = (4, 2, 8, 1)
@@ -118,12 +120,6 @@ def serve(
         await asyncio.Event().wait()
 
     asyncio.run(main())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def floor_s(bodies: list[bytes], answers: list[bytes]) -> float:

@@ -26,7 +26,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
@@ -36,17 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from toposcale.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PATH = "/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/vllm_queue_depth"
 MODES = ["http anonymous", "https anonymous", "https client-cert", "https front-proxy", "https token"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_pki(directory: Path) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +32,7 @@ from toposcale.adapter.sources.scrape import ScrapeSource
 
 from tests.harness.certs import TestPKI
 from tests.harness.exporters import VllmExporter
+from toposcale.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE
 
@@ -431,12 +431,6 @@ async def test_tls_with_client_certificates_and_rotation(start_adapter, pki: dic
     assert await is_active(address, new_creds) is True
     with pytest.raises(grpc.aio.AioRpcError):
         await is_active(address, creds(pki, "keda"))  # the old CA no longer verifies the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_port(port: int, deadline: float = 15) -> None:

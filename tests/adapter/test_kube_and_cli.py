@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from toposcale.adapter.sources.scrape import ScrapeSource
 from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
 from tests.harness.kube_standin import KubeStandIn
 from toposcale import kube
+from toposcale.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE
 
@@ -76,12 +76,6 @@ async def test_pods_from_kubernetes_are_scraped(serve_adapter, tmp_path: Path) -
         code, body = await adapter.metric("waiting", selector="app=vllm")
         assert (code, body["reason"]) == (503, "ServiceUnavailable")
         assert "Kubernetes API" in body["message"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _get_json(url: str) -> tuple[int, dict]:

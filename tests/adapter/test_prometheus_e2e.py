@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +15,7 @@ from toposcale.adapter.sources.prometheus import PrometheusSource
 
 from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
 from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
+from toposcale.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE
 
@@ -33,12 +33,6 @@ def value(body: dict) -> str:
 
 def milli(q: str) -> float:
     return int(q[:-1]) / 1000 if q.endswith("m") else float(q)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_prometheus_mode(serve_adapter, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ extender served in-process on a loopback port (the real aiohttp app, spoken to o
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from toposcale.extender.topology.annotations import (
     topology_to_doc,
 )
 from toposcale.extender.topology.topo_text import parse_topo_text
+
+from toposcale.ports import free_port
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "topologies"
 
@@ -81,12 +82,6 @@ def pod_obj(
     if node:
         pod["spec"]["nodeName"] = node
     return pod
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,13 +35,9 @@ from typing import Any
 
 import yaml
 
+from toposcale.ports import free_port
+
 PROMETHEUS = os.environ.get("TOPOSCALE_PROMETHEUS", "/usr/bin/prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

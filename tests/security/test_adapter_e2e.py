@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -23,18 +22,13 @@ import yaml
 
 from tests.harness.exporters import VllmExporter
 from tests.harness.kube_standin import KubeStandIn
+from toposcale.ports import free_port
 
 from .conftest import PKI, auth_configmap
 from .test_kubectl import kubeconfig, kubectl
 
 TOPOSCALE = Path(sys.executable).parent / "toposcale"
 QUERY = "/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/vllm_requests_waiting?labelSelector=app%3Dvllm"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

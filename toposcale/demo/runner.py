@@ -25,6 +25,7 @@ import yaml
 
 from toposcale.extender.nodeview import view_of_node
 from toposcale.extender.placeable import placeable
+from toposcale.ports import free_port
 
 from . import view
 from .external_metrics import read_external_metric
@@ -33,7 +34,7 @@ from .hpa import DEFAULT_SCALE_UP, ExternalMetric, HPAController, HPASpec, Metri
 from .placement import predict_allocation, set_tier
 from .scheduler import ExtenderError, SchedulerClient, pod_object
 from .serving import ServingParams, new_request
-from .supervisor import OwnErrors, Supervisor, free_port
+from .supervisor import OwnErrors, Supervisor
 from .traffic import TrafficCurve, poisson
 from .vllm_sim import HeldGPU, NodeExporter, ReplicaServer, SimReplica, _Endpoint
 
