@@ -57,7 +57,7 @@ NAMESPACE = "ml"
 
 
 def run_exporters(ports: list[int], dcgm_port: int) -> None:
-    from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
+    from lab.peers.exporters import DcgmExporter, Gpu, VllmExporter
 
     async def main() -> None:
         for i, port in enumerate(ports):
@@ -199,10 +199,10 @@ def build_binary(script: str, arg: str) -> str:
     return r.stdout.strip().splitlines()[-1]
 
 
-def control_plane(work: Path, pods: int):  # -> tests.harness.kube_cluster.Cluster
+def control_plane(work: Path, pods: int):  # -> lab.kube.cluster.Cluster
     """The real control plane (scripts/kube.sh up) with `pods` vLLM pods as API objects, Running and Ready,
     named and labelled as the Prometheus scrape jobs label their series."""
-    from tests.harness.kube_cluster import Cluster
+    from lab.kube.cluster import Cluster
 
     env = {**os.environ, "TOPOSCALE_KUBE_BIN_DIR": build_binary("kube.sh", "bin-dir")}
     subprocess.run([str(ROOT / "scripts" / "kube.sh"), "up", str(work)], check=True, env=env,
@@ -240,7 +240,7 @@ def control_plane(work: Path, pods: int):  # -> tests.harness.kube_cluster.Clust
 
 
 def serving_cert(work: Path) -> tuple[Path, Path]:
-    from tests.harness.kube_cluster import _Pki
+    from lab.kube.cluster import _Pki
 
     pki = _Pki(work)
     pki.leaf("serving", pki.ca("ca", "bench CA"), "127.0.0.1", hosts=("127.0.0.1", "localhost"), server=True)
@@ -273,7 +273,7 @@ async def bench(args: argparse.Namespace) -> None:
     from toposcale.adapter.rules import load_rules
     from toposcale.adapter.selectors import parse_selector
 
-    from tests.harness.prometheus import PrometheusServer, ScrapeJob
+    from lab.peers.prometheus import PrometheusServer, ScrapeJob
 
     ports = [free_port() for _ in range(args.pods)]
     dcgm_port = free_port()

@@ -3,7 +3,7 @@ the extender, in the same run.
 
     .venv/bin/python benchmarks/bench_scheduler.py [--nodes 1000,5000] [--pods 100] [--rows a,b,c,d]
 
-A control plane of its own (tests/harness/kube_cluster.py: etcd, kube-apiserver, kube-controller-manager;
+A control plane of its own (lab/kube/cluster.py: etcd, kube-apiserver, kube-controller-manager;
 the binaries `scripts/kube.sh bin-dir` builds) and, per node count, a fleet of Node objects drawn in turn
 from the real topologies in tests/fixtures/topologies, 30% of GPUs taken at random: the taken ones are
 listed in the node's `toposcale.io/gpu-allocation` (as the agent would publish them) and left out of its
@@ -61,8 +61,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.kube_cluster import Cluster, free_port  # noqa: E402
-from tests.harness.kubelet import ApiSession  # noqa: E402
+from lab.kube.cluster import Cluster, free_port  # noqa: E402
+from lab.kube.kubelet import ApiSession  # noqa: E402
 
 SHIPPED = ROOT / "deploy" / "extender" / "scheduler-config.yaml"
 TOPOSCALE = Path(sys.executable).parent / "toposcale"

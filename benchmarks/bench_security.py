@@ -45,7 +45,7 @@ MODES = ["http anonymous", "https anonymous", "https client-cert", "https front-
 
 
 def make_pki(directory: Path) -> dict[str, Any]:
-    from tests.harness.certs import TestPKI
+    from lab.pki import TestPKI
 
     pki = TestPKI(directory)
     ca, fp_ca = pki.ca("kubernetes-ca"), pki.ca("front-proxy-ca")
@@ -65,7 +65,7 @@ async def _server(mode: str, port: int, pki_dir: Path, ready: Any) -> None:
     from prometheus_client import CollectorRegistry
     from toposcale.adapter.security import options, serving
 
-    from tests.harness.kube_standin import KubeStandIn
+    from lab.kube.standin import KubeStandIn
     from toposcale import logs
 
     logs.setup("error")

@@ -11,7 +11,7 @@
 # first run on a machine builds them (about a minute once the modules are downloaded). Needs Go >= 1.26, a C
 # compiler (go-nvml is cgo; nothing calls the real NVML) and a Go module proxy for the first build.
 # tests/extender/test_allocator_vs_go.py builds them through this script, the kubelet lab
-# (tests/harness/kubelet_lab.py) runs the device plugin.
+# (lab/kube/kubelet_lab.py) runs the device plugin.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mod="$root/tests/gpuallocator"

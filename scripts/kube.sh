@@ -7,14 +7,14 @@
 #                                 + kube-scheduler on free loopback ports with PKI made for the run;
 #                                 writes DIR/admin.kubeconfig, DIR/env, DIR/*.log (DIR: new or empty)
 #        ... up DIR --kubelets N  and N real nodes (root): containerd + the kubelet + a device plugin each,
-#                                 in DIR/kubelets/ (tests/harness/kubelet_lab.py says what runs and how)
+#                                 in DIR/kubelets/ (lab/kube/kubelet_lab.py says what runs and how)
 #   ./scripts/kube.sh down DIR    stop exactly the processes of that run (by PID) and remove what `up` wrote,
 #                                 DIR itself only if `up` made it; a DIR `up` did not make (no .kube-sh-up
 #                                 marker) or that does not exist is refused: exit 1, nothing touched
 #
 # Builds are cached outside the checkout in ${XDG_CACHE_HOME:-~/.cache}/toposcale/kube/<version>-<go.sum hash>/,
 # so only the first run on a machine pays for them (about 6-10 minutes on 2 cores). Needs Go >= 1.26 and a Go
-# module proxy. The control plane itself is tests/harness/kube_cluster.py; this script is its command line.
+# module proxy. The control plane itself is lab/kube/cluster.py; this script is its command line.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mod="$root/tests/kube"
@@ -35,7 +35,7 @@ bin_dir() {
   esac
   local hash; hash="$(cat "$mod/go.mod" "$mod/go.sum" "$mod/cmd/etcd/main.go" | sha256sum | cut -c1-12)"
   local out="${XDG_CACHE_HOME:-$HOME/.cache}/toposcale/kube/$K8S_VERSION-$hash"
-  # kubelet: the real nodes of `up DIR --kubelets N` (tests/harness/kubelet_lab.py); built with the rest,
+  # kubelet: the real nodes of `up DIR --kubelets N` (lab/kube/kubelet_lab.py); built with the rest,
   # or alone into a cache that predates it (the build cache makes that a few minutes, not a rebuild).
   local want=(kube-apiserver kube-controller-manager kube-scheduler etcd kubelet)
   local missing=() pkgs=() b
@@ -101,15 +101,15 @@ case "$cmd" in
     dir="$(abs_dir "$2")"
     bins="$(bin_dir)"
     if [ "$kubelets" -eq 0 ]; then
-      cd "$root" && exec "$(venv_python)" -m tests.harness.kube_cluster up "$dir" --bin-dir "$bins"
+      cd "$root" && exec "$(venv_python)" -m lab.kube.cluster up "$dir" --bin-dir "$bins"
     fi
-    # Real nodes: containerd + the kubelet + the device plugin per node (tests/harness/kubelet_lab.py).
+    # Real nodes: containerd + the kubelet + the device plugin per node (lab/kube/kubelet_lab.py).
     [ "$(id -u)" -eq 0 ] || die "--kubelets needs root (containerd, cgroups, network namespaces)"
     dp="$("$root/scripts/gpuallocator.sh" deviceplugin-bin)"
     cd "$root"
-    "$(venv_python)" -m tests.harness.kube_cluster up "$dir" --bin-dir "$bins"
-    if ! "$(venv_python)" -m tests.harness.kubelet_lab up "$dir" --count "$kubelets" --deviceplugin "$dp"; then
-      "$(venv_python)" -m tests.harness.kube_cluster down "$dir" || :
+    "$(venv_python)" -m lab.kube.cluster up "$dir" --bin-dir "$bins"
+    if ! "$(venv_python)" -m lab.kube.kubelet_lab up "$dir" --count "$kubelets" --deviceplugin "$dp"; then
+      "$(venv_python)" -m lab.kube.cluster down "$dir" || :
       exit 1
     fi
     ;;
@@ -121,9 +121,9 @@ case "$cmd" in
     # refused by both without a word from the first.
     lab_rc=0
     if [ -f "$dir/kubelets/lab.json" ]; then
-      "$(venv_python)" -m tests.harness.kubelet_lab down "$dir" || lab_rc=$?
+      "$(venv_python)" -m lab.kube.kubelet_lab down "$dir" || lab_rc=$?
     fi
-    "$(venv_python)" -m tests.harness.kube_cluster down "$dir"
+    "$(venv_python)" -m lab.kube.cluster down "$dir"
     exit "$lab_rc"
     ;;
   *) die "usage: kube.sh bin-dir | up DIR [--kubelets N] | down DIR" ;;

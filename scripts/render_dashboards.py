@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/render_dashboards.py [--out docs/img] [--seconds 150]
 
-Where the data comes from: the dashboard tests' live stack (tests/dashboards/live_stack.py), the same one
+Where the data comes from: the dashboard tests' live stack (lab/peers/live_stack.py), the same one
 every dashboard query is tested against: the harness vLLM exporters (both metric generations), the DCGM
 exporter and kube-state-metrics' HPA text, the in-process toposcale adapter, scheduler extender and node
 agent, all scraped every second by the Debian `prometheus` on a loopback port. While it runs for `--seconds`,
@@ -105,7 +105,7 @@ class Scenario:
         # vLLM counters and histograms grow with the load (the fixture's values, captured from a serving pod,
         # scaled so a pod at full load finishes REQUESTS_PER_S requests/s), not once per scrape
         self.served: dict[int, float] = {}
-        from tests.harness.exporters import VllmExporter
+        from lab.peers.exporters import VllmExporter
 
         for v in (*stack.vllm, stack.vllm_legacy):
             # carry on from what the live stack's exporters already served (fixture x scrapes): no reset
@@ -178,7 +178,7 @@ class Scenario:
             self.starting.append(f + 0.06)  # a new replica needs a while to start
 
     def render_vllm(self, v: Any) -> str:
-        from tests.harness.exporters import VllmExporter
+        from lab.peers.exporters import VllmExporter
 
         text = VllmExporter.render(v)  # the fixture's families; TTFT from the observations made so far
         scale = self.served[id(v)] / self._successes(text)
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         print("prometheus not found: install the Debian prometheus package (scripts/test.sh does)",
               file=sys.stderr)
         return 2
-    from tests.dashboards.live_stack import LiveStack
+    from lab.peers.live_stack import LiveStack
 
     configure(args.seconds)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ fi
 phase "buildah + debootstrap packages"
 
 # containerd, runc, Debian's CNI plugins and a static busybox: the real nodes of tests/kubelet (containerd on
-# private sockets, the kubelet built by kube.sh below; tests/harness/kubelet_lab.py).
+# private sockets, the kubelet built by kube.sh below; lab/kube/kubelet_lab.py).
 busybox_static="$(dpkg-query -W -f '${Status}' busybox-static 2>/dev/null || :)"
 if ! command -v containerd >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || [ ! -x /usr/lib/cni/bridge ] \
     || [ "$busybox_static" != "install ok installed" ]; then

@@ -1,4 +1,4 @@
-"""Suite-wide settings. Area fixtures live in tests/<area>/conftest.py; shared harnesses in tests/harness/."""
+"""Suite-wide settings. Area fixtures live in tests/<area>/conftest.py; shared harnesses in lab/."""
 
 import os
 import shutil
@@ -32,7 +32,7 @@ def kube_bin_dir() -> Path:
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One real control plane per session (etcd, kube-apiserver, kube-controller-manager, kube-scheduler),
     started by `scripts/kube.sh up DIR` as a user would; tests work in namespaces of their own."""
-    from tests.harness.kube_cluster import Cluster
+    from lab.kube.cluster import Cluster
 
     bins = kube_bin_dir()
     d = tmp_path_factory.mktemp("kube") / "cluster"
@@ -53,8 +53,8 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture(scope="session")
 def deployed(kube_cluster: object, tmp_path_factory: pytest.TempPathFactory) -> object:
     """deploy/all (with the custom-metrics component) applied to the session's control plane once, with a
-    ServiceAccount token per component (tests/harness/deployed.py)."""
-    from tests.harness.deployed import deploy_toposcale
+    ServiceAccount token per component (lab/peers/deployed.py)."""
+    from lab.peers.deployed import deploy_toposcale
 
     return deploy_toposcale(kube_cluster, tmp_path_factory.mktemp("deploy"))  # type: ignore[arg-type]
 

@@ -1,5 +1,5 @@
 """The one free-port helper, for the demo, the tests and the benchmarks. Standard library only: the lab's
-control plane (`tests/harness/kube_cluster.py`, run by `scripts/kube.sh`) imports it without the venv."""
+control plane (`lab/kube/cluster.py`, run by `scripts/kube.sh`) imports it without the venv."""
 
 from __future__ import annotations
 

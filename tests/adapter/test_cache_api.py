@@ -12,7 +12,7 @@ from toposcale.adapter.cache import TTLCache
 from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.exporters import VllmExporter
+from lab.peers.exporters import VllmExporter
 
 BASE = "/apis/external.metrics.k8s.io/v1beta1"
 

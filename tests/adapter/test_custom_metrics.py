@@ -17,8 +17,8 @@ from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.prometheus import PrometheusSource
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.exporters import VllmExporter
-from tests.harness.prometheus import PrometheusServer, ScrapeJob
+from lab.peers.exporters import VllmExporter
+from lab.peers.prometheus import PrometheusServer, ScrapeJob
 
 BASE = "/apis/custom.metrics.k8s.io/v1beta2"
 RULES = load_rules()

@@ -21,8 +21,8 @@ from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.prometheus import PrometheusSource
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.exporters import Exporter, VllmExporter
-from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
+from lab.peers.exporters import Exporter, VllmExporter
+from lab.peers.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
 from toposcale.autoscale import desired as algo
 
 BASE = "/apis/external.metrics.k8s.io/v1beta1"

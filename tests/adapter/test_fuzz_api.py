@@ -35,7 +35,7 @@ from toposcale.adapter.server import build_app
 from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.exporters import VllmExporter
+from lab.peers.exporters import VllmExporter
 
 EXAMPLES = int(os.environ.get("TOPOSCALE_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None)

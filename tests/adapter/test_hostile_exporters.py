@@ -143,7 +143,7 @@ async def test_a_negative_queue_is_a_broken_target_not_a_reason_to_scale_down() 
     from toposcale.adapter.sources.pods import StaticTargets, Target
     from toposcale.adapter.sources.scrape import ScrapeSource
 
-    from tests.harness.exporters import VllmExporter
+    from lab.peers.exporters import VllmExporter
 
     rules = load_rules()
     async with VllmExporter() as good, VllmExporter() as broken:

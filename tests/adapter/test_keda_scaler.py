@@ -3,7 +3,7 @@ real adapter reading in-test vLLM exporters through a --scrape-targets file.
 
 In-process tests run the adapter's HTTP app and its gRPC server on the test's loop (the objects
 `toposcale adapter` builds); the subprocess tests run `toposcale adapter --keda-grpc-port` and
-`toposcale keda-probe` themselves, with TLS from tests/harness/certs.py.
+`toposcale keda-probe` themselves, with TLS from lab/pki.py.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from toposcale.adapter.security.tls import ServingTLS
 from toposcale.adapter.sources.pods import TargetsFile
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.certs import TestPKI
-from tests.harness.exporters import VllmExporter
+from lab.peers.exporters import VllmExporter
+from lab.pki import TestPKI
 from toposcale.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE

@@ -1,4 +1,4 @@
-"""Pods found through the Kubernetes API (kubernetes-asyncio against tests/harness/kube_standin.py, the
+"""Pods found through the Kubernetes API (kubernetes-asyncio against lab/kube/standin.py, the
 in-process API stand-in speaking the real wire format), and the `toposcale adapter` command as a user runs
 it."""
 
@@ -16,8 +16,8 @@ from toposcale.adapter.selectors import parse_selector
 from toposcale.adapter.sources.pods import KubePods
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
-from tests.harness.kube_standin import KubeStandIn
+from lab.kube.standin import KubeStandIn
+from lab.peers.exporters import DcgmExporter, Gpu, VllmExporter
 from toposcale import kube
 from toposcale.ports import free_port
 

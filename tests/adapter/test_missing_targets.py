@@ -22,10 +22,10 @@ from toposcale.adapter.sources.pods import KubePods, StaticTargets, Target
 from toposcale.adapter.sources.prometheus import PrometheusSource
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.exporters import DcgmExporter, Exporter, Gpu, VllmExporter
-from tests.harness.kube_standin import KubeStandIn
-from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
-from tests.harness.real_kube import RealKube
+from lab.kube.client import RealKube
+from lab.kube.standin import KubeStandIn
+from lab.peers.exporters import DcgmExporter, Exporter, Gpu, VllmExporter
+from lab.peers.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
 from toposcale import kube
 
 SUM = Rule(name="waiting", series=["vllm:num_requests_waiting"], aggregation="sum")

@@ -1,4 +1,4 @@
-"""Prometheus mode end to end with real parts: the Debian Prometheus (tests/harness/prometheus.py) scrapes in-
+"""Prometheus mode end to end with real parts: the Debian Prometheus (lab/peers/prometheus.py) scrapes in-
 test exporters serving real vLLM and DCGM text; the adapter queries it; then Prometheus is stopped mid-
 test."""
 
@@ -13,8 +13,8 @@ import pytest
 from toposcale.adapter.rules import GpuOwner, Rule, RuleSet, load_rules
 from toposcale.adapter.sources.prometheus import PrometheusSource
 
-from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
-from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
+from lab.peers.exporters import DcgmExporter, Gpu, VllmExporter
+from lab.peers.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
 from toposcale.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE

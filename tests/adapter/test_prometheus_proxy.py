@@ -14,8 +14,8 @@ from toposcale.adapter.rules import load_rules
 from toposcale.adapter.selectors import parse_selector
 from toposcale.adapter.sources.prometheus import PrometheusSource
 
-from tests.harness.exporters import VllmExporter
-from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
+from lab.peers.exporters import VllmExporter
+from lab.peers.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
 
 pytestmark = pytest.mark.skipif(
     not os.access(PROMETHEUS, os.X_OK), reason="needs the Debian prometheus package"

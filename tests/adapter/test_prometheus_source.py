@@ -1,5 +1,5 @@
 """The Prometheus source against a Thanos/Mimir-style gateway: TLS with a CA file, a bearer token file that
-rotates, a tenant header; the gateway (in-test, aiohttp, real certificates from tests/harness/certs.py)
+rotates, a tenant header; the gateway (in-test, aiohttp, real certificates from lab/pki.py)
 forwards to the real Prometheus. Wrong token, wrong CA and a hanging gateway are 503s, never values."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from toposcale.adapter.rules import load_rules
 from toposcale.adapter.selectors import parse_selector
 from toposcale.adapter.sources.prometheus import PrometheusSource
 
-from tests.harness.certs import TestPKI
-from tests.harness.exporters import VllmExporter
-from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
+from lab.peers.exporters import VllmExporter
+from lab.peers.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
+from lab.pki import TestPKI
 
 pytestmark = pytest.mark.skipif(
     not os.access(PROMETHEUS, os.X_OK), reason="needs the Debian prometheus package"

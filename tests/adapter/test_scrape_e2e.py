@@ -1,7 +1,7 @@
 """Direct-scrape mode end to end: in-test vLLM/DCGM exporters serving real exporter text, the adapter in
 front, and the real kubectl as the client. No cluster: targets come from a static targets list (the
 `--scrape-targets` mode); the Kubernetes pod-finding path is covered separately against
-tests/harness/kube_standin.py."""
+lab/kube/standin.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
+from lab.peers.exporters import DcgmExporter, Gpu, VllmExporter
 
 from .conftest import kubectl, write_kubeconfig
 

@@ -205,7 +205,7 @@ async def test_the_adapter_answers_selectors_labels_parse_accepts(rules, serve_a
     from toposcale.adapter.sources.pods import StaticTargets, Target
     from toposcale.adapter.sources.scrape import ScrapeSource
 
-    from tests.harness.exporters import VllmExporter
+    from lab.peers.exporters import VllmExporter
 
     async with VllmExporter(waiting=3) as e:
         labels = {"namespace": "ml", "pod": "p0", "app": "vllm", "in": "x"}

@@ -24,8 +24,8 @@ from toposcale.adapter.metrics import AdapterMetrics
 from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.exporters import VllmExporter
-from tests.harness.prometheus import free_port
+from lab.peers.exporters import VllmExporter
+from lab.peers.prometheus import free_port
 
 from .conftest import LOCAL, TOPOSCALE
 

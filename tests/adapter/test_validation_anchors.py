@@ -13,7 +13,7 @@ from toposcale.adapter.selectors import SelectorError, validate_key, validate_va
 from toposcale.adapter.sources.pods import StaticTargets, Target, TargetSpec
 from toposcale.adapter.sources.scrape import ScrapeSource
 
-from tests.harness.exporters import VllmExporter
+from lab.peers.exporters import VllmExporter
 
 
 @pytest.mark.parametrize("namespace", ["ml%0A", "ml%0D%0A", "%0Aml", "ml%0Aother"])

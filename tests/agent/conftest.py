@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.harness.real_kube import RealKube
-
-from .podresources_standin import PodResourcesStandIn
+from lab.kube.client import RealKube
+from lab.kube.podresources import PodResourcesStandIn
+from lab.objects import make_node
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NVML = FIXTURES / "nvml"
@@ -47,16 +47,8 @@ async def kubelet() -> AsyncIterator[PodResourcesStandIn]:
 
 
 def node(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {"kubernetes.io/hostname": name},
-            "annotations": annotations or {},
-        },
-        "status": {"allocatable": {"nvidia.com/gpu": "4"}, "capacity": {"nvidia.com/gpu": "4"}},
-    }
+    """A 4-GPU Node as its kubelet registers it, before (or with) the agent's annotations."""
+    return make_node(name, gpus=4, annotations=annotations)
 
 
 @pytest.fixture

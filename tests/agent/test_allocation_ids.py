@@ -20,10 +20,10 @@ from toposcale.extender.agent.replay import ReplayBackend
 from toposcale.extender.nodeview import view_from_annotations
 from toposcale.extender.topology.annotations import ALLOCATION_ANNOTATION, dumps
 
-from tests.harness.real_kube import RealKube
+from lab.kube.client import RealKube
+from lab.kube.podresources import PodResourcesStandIn
 
 from .conftest import X4_UUIDS, load_x4, node
-from .podresources_standin import PodResourcesStandIn
 from .test_service import _get, _samples, _service
 
 INDEX_IDS = ["0", "1", "2", "3"]

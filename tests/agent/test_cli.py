@@ -15,10 +15,10 @@ from toposcale.extender.topology.annotations import (
     topology_from_doc,
 )
 
+from lab.kube.podresources import PodResourcesStandIn
 from toposcale.cli import main
 
 from .conftest import TOPOLOGIES, X4, X4_UUIDS
-from .podresources_standin import PodResourcesStandIn
 
 TOPOSCALE = str(Path(sys.executable).parent / "toposcale")
 TOPO_FILES = [*sorted(TOPOLOGIES.glob("*.txt")), X4 / "topo_m.txt"]

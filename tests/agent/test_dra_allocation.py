@@ -29,11 +29,11 @@ from toposcale.extender.topology import dra
 from toposcale.extender.topology.annotations import ALLOCATION_ANNOTATION
 from toposcale.extender.topology.model import Topology
 
-from tests.harness.kubelet import ApiError, ApiSession
-from tests.harness.real_kube import RealKube
+from lab.kube.client import RealKube
+from lab.kube.kubelet import ApiError, ApiSession
+from lab.kube.podresources import PodResourcesStandIn
 
 from .conftest import X4_UUIDS, node
-from .podresources_standin import PodResourcesStandIn
 from .test_allocation_ids import obs
 from .test_service import _get, _samples, _service
 

@@ -20,10 +20,10 @@ from toposcale.extender.agent.replay import ReplayBackend
 from toposcale.extender.agent.service import AgentService, ServiceConfig
 from toposcale.extender.topology.annotations import ALLOCATION_ANNOTATION
 
-from tests.harness.hostile import probe_during
+from lab.kube.podresources import PodResourcesStandIn
+from lab.peers.hostile import probe_during
 
 from .conftest import X4_UUIDS, load_x4
-from .podresources_standin import PodResourcesStandIn
 
 
 @contextlib.contextmanager

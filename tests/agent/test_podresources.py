@@ -1,13 +1,14 @@
 """The kubelet pod-resources client against a real gRPC server on a unix socket serving the kubelet proto, for
-what a real kubelet does not do on demand (tests/agent/podresources_standin.py says which); allocated and
+what a real kubelet does not do on demand (lab/kube/podresources.py says which); allocated and
 allocatable from a real kubelet: tests/kubelet/test_real_kubelet.py."""
 
 from __future__ import annotations
 
 from toposcale.extender.agent.podresources.client import PodResourcesClient
 
+from lab.kube.podresources import PodResourcesStandIn
+
 from .conftest import X4_UUIDS
-from .podresources_standin import PodResourcesStandIn
 
 
 async def test_resource_name_is_configurable(kubelet: PodResourcesStandIn) -> None:

@@ -19,7 +19,7 @@ from toposcale.extender.topology.annotations import (
     topology_from_doc,
 )
 
-from tests.harness.real_kube import RealKube
+from lab.kube.client import RealKube
 
 from .conftest import X4_UUIDS, load_x4, node
 

@@ -15,7 +15,7 @@ from toposcale.extender.topology.annotations import (
     topology_from_doc,
 )
 
-from tests.harness.real_kube import RealKube
+from lab.kube.client import RealKube
 
 from .conftest import X4_UUIDS, node
 from .test_publish import _docs

@@ -17,10 +17,10 @@ from toposcale.extender.topology.annotations import (
     topology_from_doc,
 )
 
-from tests.harness.real_kube import RealKube
+from lab.kube.client import RealKube
+from lab.kube.podresources import PodResourcesStandIn
 
 from .conftest import X4_UUIDS, load_x4, node
-from .podresources_standin import PodResourcesStandIn
 
 
 def _service(api, socket: str, capture: dict | None = None, **kw) -> AgentService:

@@ -1,5 +1,5 @@
 """Fixtures and helpers for tests against the real control plane: `kube_cluster` and `deployed` are session
-fixtures in tests/conftest.py (deploy/ applied once per session, tests/harness/deployed.py)."""
+fixtures in tests/conftest.py (deploy/ applied once per session, lab/peers/deployed.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.harness.deployed import (  # noqa: F401 -- re-exported for the tests in this folder
+from lab.kube.cluster import free_port
+from lab.peers.deployed import (  # noqa: F401 -- re-exported for the tests in this folder
     CRD_KINDS,
     KUBECTL,
     ROOT,
@@ -28,7 +29,6 @@ from tests.harness.deployed import (  # noqa: F401 -- re-exported for the tests 
     render,
     sa_token,
 )
-from tests.harness.kube_cluster import free_port
 
 
 @contextlib.asynccontextmanager

@@ -10,16 +10,16 @@ import asyncio
 import json
 from pathlib import Path
 
-from tests.harness.kube_cluster import Cluster, write_kubeconfig
+from lab.kube.cluster import Cluster, write_kubeconfig
+from lab.peers.qwen import QwenStack
 
 from .conftest import Deployed, forbidden, kubectl, run_adapter, wait_for
-from .qwen import QwenStack
 
 QUERY = "/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/vllm_requests_waiting?labelSelector=app%3Dvllm"
 
 
 def user_kubeconfig(cluster: Cluster, tmp: Path, name: str, groups: tuple[str, ...] = ()) -> Path:
-    from tests.harness.kube_cluster import _Pki
+    from lab.kube.cluster import _Pki
 
     pki = _Pki(tmp / f"pki-{name}")
     # a person's client certificate from the cluster CA (as `kubeadm kubeconfig user` makes one)

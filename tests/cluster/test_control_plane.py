@@ -8,8 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from lab.kube.cluster import MARKER, Cluster, _alive
 from tests.conftest import KUBE_SH, ROOT, kube_bin_dir
-from tests.harness.kube_cluster import MARKER, Cluster, _alive
 
 from .conftest import KUBECTL
 
@@ -108,8 +108,8 @@ def test_down_refuses_the_current_directory(tmp_path: Path) -> None:
     it reads DIR, so `.` was the checkout from anywhere). Run in a stand-in checkout holding a copy of kube.sh
     and its Python, so a regression costs a temporary folder and not the tree running the tests."""
     checkout = tmp_path / "checkout"
-    for rel in ("scripts/kube.sh", "tests/__init__.py", "tests/harness/__init__.py",
-                "tests/harness/kube_cluster.py", "pyproject.toml"):
+    for rel in ("scripts/kube.sh", "lab/__init__.py", "lab/kube/__init__.py",
+                "lab/kube/cluster.py", "pyproject.toml"):
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, checkout / rel)
     (checkout / ".git").mkdir()

@@ -11,8 +11,9 @@ import asyncio
 import json
 from pathlib import Path
 
+from lab.peers.qwen import QwenStack
+
 from .conftest import Deployed, kubectl, run_adapter, wait_for
-from .qwen import QwenStack
 
 NS = "llm-custom"
 PATH = (

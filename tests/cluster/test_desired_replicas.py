@@ -21,9 +21,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from lab.peers.desired_stack import DesiredStack, Gateway, rules_file
+from lab.peers.qwen import condition
+
 from .conftest import Deployed, forbidden, run_adapter, wait_for
-from .desired_stack import DesiredStack, Gateway, rules_file
-from .qwen import condition
 
 
 async def test_hpa_scales_zero_to_n_to_zero_on_desired_replicas(deployed: Deployed, tmp_path: Path) -> None:

@@ -20,10 +20,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.harness.prometheus import PrometheusServer
+from lab.peers.prometheus import PrometheusServer
+from lab.peers.qwen import QwenStack, condition
 
 from .conftest import Deployed, forbidden, run_adapter, wait_for
-from .qwen import QwenStack, condition
 
 SCALE_DOWN = {
     "stabilizationWindowSeconds": 10,

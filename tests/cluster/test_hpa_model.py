@@ -26,19 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.exporters import VllmExporter
-from tests.harness.kube_cluster import Cluster
-from tests.harness.kubelet import ApiSession, FakeKubelet, node_object
+from lab.kube.cluster import Cluster
+from lab.kube.kubelet import ApiSession, FakeKubelet
+from lab.objects import make_node
+from lab.peers.exporters import VllmExporter
+from lab.peers.qwen import condition
 
 from .conftest import Deployed, apply_objects, kubectl, run_adapter, wait_for
-from .qwen import condition
 
 try:  # the simulator may have moved the model beside the benchmark
     from toposcale.autoscale import hpa  # type: ignore[attr-defined]
 except ImportError:
     from toposcale.demo import hpa
 
-SYNC_S = 2.0  # tests/harness/kube_cluster.py: --horizontal-pod-autoscaler-sync-period
+SYNC_S = 2.0  # lab/kube/cluster.py: --horizontal-pod-autoscaler-sync-period
 METRIC = "vllm_requests_waiting"
 ERROR = "error"
 _RESCALED = re.compile(
@@ -283,7 +284,7 @@ async def test_the_hpa_model_decides_as_the_real_controller(deployed: Deployed, 
     exporters["ready"].waiting = 10.0  # 2 replicas at Value 10: kept
     kubelet = FakeKubelet(
         cluster,
-        [node_object("hpa-model-node")],
+        [make_node("hpa-model-node")],
         binder=True,
         scheduler_name="hpa-model-run",
         first_ip="127.0.0.240",

@@ -1,8 +1,8 @@
 """Installing into a cluster that already runs things (issue 27), on a real control plane of its own.
 
-The session's shared control plane holds deploy/all with its APIServices (tests/harness/deployed.py); these
+The session's shared control plane holds deploy/all with its APIServices (lab/peers/deployed.py); these
 tests need a cluster where the metrics API groups are someone else's, so this module starts a second one the
-way README's lab command does (`python -m tests.harness.kube_cluster up DIR --bin-dir ... --scheduler-config
+way README's lab command does (`python -m lab.kube.cluster up DIR --bin-dir ... --scheduler-config
 deploy/extender/scheduler-config.yaml`, which also proves that command). On it, with the real kubectl, the
 real helm (tests/helm) and the real aggregator:
 
@@ -32,10 +32,10 @@ from typing import Any
 
 import pytest
 
+from lab.kube.cluster import Cluster
+from lab.objects import make_node
+from lab.peers.deployed import KUBECTL, TOPOSCALE, kubectl
 from tests.conftest import kube_bin_dir
-from tests.harness.deployed import KUBECTL, TOPOSCALE, kubectl
-from tests.harness.kube_cluster import Cluster
-from tests.harness.kubelet import node_object
 from tests.helm.test_chart import CHART, run_helm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ QUIET = ["adapter.replicas=0", "extender.replicas=0", "scheduler.replicas=0"]
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     d = tmp_path_factory.mktemp("plain") / "cluster"
-    up = [sys.executable, "-m", "tests.harness.kube_cluster"]
+    up = [sys.executable, "-m", "lab.kube.cluster"]
     r = subprocess.run(
         [
             *up,
@@ -155,7 +155,7 @@ def keda_source() -> Path:
 def test_the_lab_command_runs_the_shipped_scheduler_config(plain: Cluster) -> None:
     """The fixture started kube-scheduler with deploy/extender/scheduler-config.yaml (kube_cluster runs a copy
     pointed at this control plane): a pod naming its profile is bound by it."""
-    kubectl(plain, "apply", "-f", "-", stdin=json.dumps(node_object("lab-node", cpu="4", memory="8Gi")))
+    kubectl(plain, "apply", "-f", "-", stdin=json.dumps(make_node("lab-node", cpu="4", memory="8Gi")))
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

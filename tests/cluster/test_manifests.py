@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.harness.kube_cluster import Cluster
+from lab.kube.cluster import Cluster
+from lab.peers.qwen import qwen_objects
 
 from .conftest import CRD_KINDS, ROOT, Deployed, apply_objects, kubectl, render
-from .qwen import qwen_objects
 
 
 def test_all_self_signed_is_accepted_and_every_object_exists(deployed: Deployed) -> None:
@@ -201,7 +201,7 @@ def test_each_service_account_may_do_exactly_what_deploy_binds(deployed: Deploye
     # (in `default`: the audit log proving "no 403" watches the toposcale namespace's accounts)
     kubectl(cluster, "create", "serviceaccount", "-n", "default", "rbac-baseline")
     try:
-        from tests.harness.kube_cluster import write_kubeconfig
+        from lab.kube.cluster import write_kubeconfig
 
         from .conftest import sa_token
 

@@ -32,10 +32,10 @@ from toposcale.extender.topology.annotations import (
 )
 from toposcale.extender.topology.topo_text import parse_topo_text
 
-from tests.harness.kubelet import ApiSession
+from lab.kube.kubelet import ApiSession
+from lab.peers.qwen import QwenStack
 
 from .conftest import ROOT, Deployed, apply_objects, kubectl, render, run_adapter, wait_for
-from .qwen import QwenStack
 
 TOPOLOGIES = ROOT / "tests" / "fixtures" / "topologies"
 

@@ -19,12 +19,13 @@ from typing import Any
 
 import aiohttp
 
-from tests.agent.podresources_standin import PodResourcesStandIn
-from tests.harness.kube_cluster import free_port
-from tests.harness.kubelet import ApiSession, node_object
+from lab.kube.cluster import free_port
+from lab.kube.kubelet import ApiSession
+from lab.kube.podresources import PodResourcesStandIn
+from lab.objects import make_node
+from lab.peers.qwen import QwenStack
 
 from .conftest import ROOT, Deployed, forbidden, kubectl, process, run_adapter, wait_for
-from .qwen import QwenStack
 
 TOPOSCALE = Path(sys.executable).parent / "toposcale"
 CAPTURE = ROOT / "tests" / "fixtures" / "nvml" / "h100-x4-vm-nvswitch" / "nvml_capture.json"
@@ -64,7 +65,7 @@ async def test_agent_extender_and_adapter_survive_restart_and_compaction(
     kubelet = await PodResourcesStandIn().start()
     kubelet.allocatable = {"nvidia.com/gpu": list(UUIDS)}
     async with ApiSession(cluster) as api:
-        await api.create("/api/v1/nodes", node_object(node, gpus=4))
+        await api.create("/api/v1/nodes", make_node(node, gpus=4))
         await api.create(
             "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "watch"}}
         )

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from lab.peers.live_stack import LiveStack
+
 from .conftest import (
     ALL_DASHBOARDS,
     ALL_QUERIES,
@@ -26,7 +28,6 @@ from .conftest import (
     query_variables,
     substitute,
 )
-from .live_stack import LiveStack
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/prometheus").exists(),
                                 reason="needs the Debian prometheus package (scripts/test.sh installs it)")

@@ -1,6 +1,6 @@
 """The README pictures can be rebuilt from the live test stack, and every main panel they show has data.
 
-scripts/render_dashboards.py starts tests/dashboards/live_stack.py (real Prometheus, harness exporters,
+scripts/render_dashboards.py starts lab/peers/live_stack.py (real Prometheus, harness exporters,
 in-process adapter, extender and agent; no Kubernetes needed) and draws each panel from its own PromQL.
 """
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.prometheus import PrometheusServer
+from lab.peers.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.slow
 

@@ -804,7 +804,7 @@ def test_agent_probes_hit_routes_the_agent_serves(builds: dict[str, Build]) -> N
 
 async def test_readme_explain_command_is_answered_by_the_extender(tmp_path: Path) -> None:
     """The README's `curl .../explain?...` against the real extender app, whose cluster view is read through
-    kubernetes-asyncio from tests/harness/kube_standin.py (there is no kube-apiserver here; the stand-in
+    kubernetes-asyncio from lab/kube/standin.py (there is no kube-apiserver here; the stand-in
     speaks the real wire format). A query key the extender does not read answers 400, not the pod."""
     import asyncio
     import time
@@ -814,7 +814,7 @@ async def test_readme_explain_command_is_answered_by_the_extender(tmp_path: Path
     from toposcale.extender.server import Extender, ServerConfig
     from toposcale.extender.state import ClusterState
 
-    from tests.harness.kube_standin import KubeStandIn
+    from lab.kube.standin import KubeStandIn
     from toposcale.kube import api_client
 
     text = (DEPLOY / "README.md").read_text()

@@ -1,4 +1,4 @@
-"""A fake DRA driver on the session's real control plane (tests/harness/kube_cluster.py): Nodes, the
+"""A fake DRA driver on the session's real control plane (lab/kube/cluster.py): Nodes, the
 ResourceSlices NVIDIA's k8s-dra-driver-gpu would publish for them (from the fixture topologies), the
 `gpu.nvidia.com` DeviceClass serving `nvidia.com/gpu` (KEP-5004), ResourceClaimTemplates, and claims whose
 `status.allocation` the test writes itself to take devices ("earlier claims"). No kubelet: the session's own
@@ -19,8 +19,9 @@ from typing import Any
 
 from toposcale.extender.topology import dra
 
-from tests.harness.kube_cluster import Cluster
-from tests.harness.kubelet import ApiError, ApiSession, node_object
+from lab.kube.cluster import Cluster
+from lab.kube.kubelet import ApiError, ApiSession
+from lab.objects import make_node
 
 Obj = dict[str, Any]
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "topologies"
@@ -67,7 +68,7 @@ class DraLab:
 
     async def add_node(self, name: str, slices: list[Obj]) -> None:
         """A Ready, schedulable Node (no GPUs in allocatable: the extended resource goes through DRA)."""
-        await self.api.create("/api/v1/nodes", node_object(name, labels={"toposcale.io/dra-test": "true"}))
+        await self.api.create("/api/v1/nodes", make_node(name, labels={"toposcale.io/dra-test": "true"}))
         self.nodes.append(name)
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         ready = {

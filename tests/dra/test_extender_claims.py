@@ -11,7 +11,8 @@ from toposcale.extender.state import ClusterState
 from toposcale.extender.topology import dra
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE
 
-from tests.extender.conftest import node_obj, pod_obj, serve, topology  # noqa: F401 -- serve: fixture
+from lab.objects import gpu_node, make_pod, topology
+from tests.extender.conftest import serve  # noqa: F401 -- serve: fixture
 
 PAIRS = "a6000-8gpu-nvlink-bridge-pairs"  # NVLink pairs 0-1, 2-3 (socket 0), 4-5, 6-7 (socket 1)
 
@@ -62,7 +63,7 @@ def template(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 def claim_pod(
     name: str, *, tmpl: str | None = None, claim: str | None = None, scope: str | None = None
 ) -> dict[str, Any]:
-    pod = pod_obj(name, 0, scope=scope)
+    pod = make_pod(name, 0, scope=scope)
     ref: dict[str, Any] = {"name": "gpus"}
     if tmpl:
         ref["resourceClaimTemplateName"] = tmpl
@@ -80,7 +81,7 @@ ROOTS = ["pci0000:00"] * 4 + ["pci0000:80"] * 4
 
 def fed(*, extended_class: bool = False) -> ClusterState:
     st = ClusterState("nvidia.com/gpu")
-    st.nodes_relisted([node_obj("dra", PAIRS), node_obj("plugin", PAIRS)], "1")
+    st.nodes_relisted([gpu_node("dra", PAIRS), gpu_node("plugin", PAIRS)], "1")
     st.pods_relisted([], "1")
     st.slices_relisted([gpu_slice("dra", ORDER, ROOTS)], "1")
     st.claims_relisted([], "1")
@@ -230,7 +231,7 @@ async def test_bad_claims_are_neutral_with_a_reason(serve) -> None:  # noqa: F81
 
 async def test_full_node_mode_claim_pod(serve) -> None:  # noqa: F811
     async with serve(state=fed()) as s:
-        body = {"Pod": claim_pod("p", tmpl="four-pcie"), "Nodes": {"items": [node_obj("dra", PAIRS)]}}
+        body = {"Pod": claim_pod("p", tmpl="four-pcie"), "Nodes": {"items": [gpu_node("dra", PAIRS)]}}
         code, doc = await s.post("/explain", body)
         assert code == 200
         assert doc["nodes"][0]["reason"].startswith("DRA first-fit would give gpu-4,gpu-5,gpu-6,gpu-7"), doc

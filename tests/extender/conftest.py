@@ -4,7 +4,6 @@ extender served in-process on a loopback port (the real aiohttp app, spoken to o
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,75 +12,8 @@ import pytest
 from aiohttp import web
 from toposcale.extender.server import Extender, ServerConfig
 from toposcale.extender.state import ClusterState
-from toposcale.extender.topology.annotations import (
-    ALLOCATION_ANNOTATION,
-    TOPOLOGY_ANNOTATION,
-    Allocation,
-    allocation_to_doc,
-    dumps,
-    now_rfc3339,
-    topology_to_doc,
-)
-from toposcale.extender.topology.topo_text import parse_topo_text
 
 from toposcale.ports import free_port
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "topologies"
-
-
-def topology(fixture: str, node: str):
-    text = (FIXTURES / f"{fixture}.txt").read_text()
-    n = len(parse_topo_text(text))
-    # Device-plugin IDs are UUIDs by default: unique per node, as on a real fleet.
-    return parse_topo_text(text, ids=[f"GPU-{node}-{i}" for i in range(n)])
-
-
-def node_obj(
-    name: str,
-    fixture: str | None,
-    used: list[int] | None = None,
-    *,
-    allocation: str | bool | None = True,
-    observed: str | None = None,
-    extra_annotations: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """A v1.Node as the apiserver serves it, annotated by the agent (fixture None: no annotations)."""
-    annotations: dict[str, str] = dict(extra_annotations or {})
-    if fixture is not None:
-        topo = topology(fixture, name)
-        annotations[TOPOLOGY_ANNOTATION] = dumps(topology_to_doc(topo))
-        if allocation is True:
-            held = frozenset(topo.gpus[i].id for i in used or [])
-            doc = allocation_to_doc(Allocation(held, frozenset(), observed or now_rfc3339()))
-            annotations[ALLOCATION_ANNOTATION] = dumps(doc)
-        elif isinstance(allocation, str):
-            annotations[ALLOCATION_ANNOTATION] = allocation
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}, "annotations": annotations},
-        "spec": {},
-        "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}, "images": []},
-    }
-
-
-def pod_obj(
-    name: str, gpus: int, *, scope: str | None = None, namespace: str = "default", node: str | None = None,
-    phase: str = "Pending", resource: str = "nvidia.com/gpu",
-) -> dict[str, Any]:
-    res = {"requests": {resource: str(gpus)}, "limits": {resource: str(gpus)}} if gpus else {}
-    pod: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "annotations": {}},
-        "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai", "resources": res}]},
-        "status": {"phase": phase},
-    }
-    if scope:
-        pod["metadata"]["annotations"]["toposcale.io/required-scope"] = scope
-    if node:
-        pod["spec"]["nodeName"] = node
-    return pod
 
 
 class Served:

@@ -25,10 +25,8 @@ If the Go program cannot be built the test fails with the reason; it is never sk
 
 from __future__ import annotations
 
-import json
 import random
 import re
-import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -39,26 +37,28 @@ from typing import Any
 import pytest
 from toposcale.extender.agent.discovery import discover
 from toposcale.extender.agent.replay import ReplayBackend, load_capture
-from toposcale.extender.topology.allocator import candidates, indices_of, mask_of, pair_score, socket_keys
-from toposcale.extender.topology.model import Topology, nvlink_count
+from toposcale.extender.topology.allocator import candidates, indices_of, mask_of, pair_score
+from toposcale.extender.topology.model import Topology
 from toposcale.extender.topology.topo_text import parse_topo_text
 
+from lab.peers.gpuallocator import (
+    GO_MOD,
+    NVSWITCH_FIXTURES,
+    SEED,
+    go_binary,
+    nvml_of_capture,
+    nvml_of_model,
+    run_go,
+)
+
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "gpuallocator.sh"
-GO_MOD = ROOT / "tests" / "gpuallocator" / "go.mod"
 FIXTURES = ROOT / "tests" / "fixtures"
 
-SEED = 20261203
 ORDERS = 6  # random device orders per (free set, size)
 ALL_ORDERS_MAX_FREE = 5  # up to this many free GPUs every device order is tried, and candidates must be exact
 EXHAUSTIVE_MAX_GPUS = 8  # up to this many GPUs every free set is tried; above, SAMPLED_FREE_SETS of them
 SAMPLED_FREE_SETS = 1500
 
-# nvmlGpuTopologyLevel_t (nvml.h) for each `nvidia-smi topo -m` legend code.
-NVML_LEVEL = {"PIX": 10, "PXB": 20, "PHB": 30, "NODE": 40, "SYS": 50}
-NVSWITCH_BUS = "FFFFFFFF:FF:FF.0"  # the remote end of every NVSwitch link in the real captures
-LINKS_PER_GPU = 18
-NVSWITCH_FIXTURES = {"dgx-a100-nvswitch-8gpu", "hgx-h100-nvswitch-8gpu"}
 # Reported only: other PCIe levels under the NVLinked pairs, the same for all of them or drawn per pair.
 WHAT_IF_NV_PCIE = ("PIX", "PHB", "SYS", "random")
 
@@ -84,78 +84,6 @@ class Box:
     cases: list[tuple[int, int]] = field(default_factory=list)  # (free mask, k)
 
 
-def _links(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Active links as given, disabled ones up to the real H100's 18, then InvalidArgument (as captured)."""
-    out = list(entries)
-    out += [{"state": 0}] * max(0, LINKS_PER_GPU - len(out))
-    out.append({"error": "InvalidArgument"})
-    return out
-
-
-def nvml_of_model(name: str, topo: Topology, switched: bool, nv_pcie: str | None = None) -> dict[str, Any]:
-    """NVML's answers on a machine wired as toposcale models `topo` (nv_pcie: the PCIe level under every
-    NVLinked pair instead of toposcale's estimate; "random": one drawn per pair)."""
-    n = len(topo)
-    draw = random.Random(f"{SEED}:{name}")
-    keys = socket_keys(topo)
-    buses = [f"00000000:{0x18 + 0x10 * i:02X}:00.0" for i in range(n)]
-    ancestor = [[0] * n for _ in range(n)]
-    for i in range(n):
-        for j in range(n):
-            code = topo.links[i][j]
-            if i == j:
-                continue
-            if code in NVML_LEVEL:
-                ancestor[i][j] = NVML_LEVEL[code]
-            elif j < i:
-                ancestor[i][j] = ancestor[j][i]
-            elif nv_pcie == "random":
-                ancestor[i][j] = NVML_LEVEL[draw.choice(sorted(NVML_LEVEL))]
-            else:  # NV<n>: topo -m hides the PCIe level; allocator.py assumes NODE within a socket, else SYS
-                same = keys[i] is not None and keys[i] == keys[j]
-                ancestor[i][j] = NVML_LEVEL[nv_pcie or ("NODE" if same else "SYS")]
-    gpus = []
-    for i in range(n):
-        active: list[dict[str, Any]] = []
-        if switched:
-            width = max(nvlink_count(topo.links[i][j]) for j in range(n) if j != i)
-            active = [{"remotePci": NVSWITCH_BUS}] * width
-        else:
-            for j in range(n):
-                if j != i:
-                    active += [{"remotePci": buses[j]}] * nvlink_count(topo.links[i][j])
-        gpus.append({"uuid": f"GPU-{name}-{i}", "busId": buses[i], "name": "model",
-                     "nvlinks": _links(active)})
-    return {"name": name, "gpus": gpus, "commonAncestor": ancestor}
-
-
-def _answer(a: dict[str, Any]) -> tuple[Any, str | None]:
-    return (None, str(a["error"])) if "error" in a else (a.get("value"), None)
-
-
-def nvml_of_capture(name: str, cap: dict[str, Any]) -> dict[str, Any]:
-    """The Go program's input straight from a capture's NVML answers."""
-    gpus = []
-    for dev in cap["devices"]:
-        links = []
-        for link in sorted(dev.get("nvlinks", []), key=lambda x: x.get("link", 0)):
-            state, state_err = _answer(link.get("state") or {"error": "NotSupported"})
-            entry: dict[str, Any] = {"error": state_err} if state_err else {"state": int(state)}
-            remote, remote_err = _answer(link.get("remote_pci") or {"error": "NotSupported"})
-            entry |= {"remotePciError": remote_err} if remote_err else {"remotePci": str(remote)}
-            links.append(entry)
-        gpus.append({"uuid": str(dev["uuid"]["value"]), "busId": str(dev["pci_bus_id"]["value"]),
-                     "name": str(dev["name"]["value"]), "nvlinks": links})
-    n = len(gpus)
-    ancestor = [[0] * n for _ in range(n)]
-    for key, a in cap.get("common_ancestor", {}).items():
-        i, j = (int(x) for x in key.split(","))
-        value, err = _answer(a)
-        assert err is None, f"{name}: common ancestor {key} is {err}: go-gpuallocator would refuse the box"
-        ancestor[i][j] = int(value)
-    return {"name": name, "gpus": gpus, "commonAncestor": ancestor}
-
-
 def boxes() -> list[Box]:
     out = []
     for path in sorted((FIXTURES / "topologies").glob("*.txt")):
@@ -178,33 +106,6 @@ def boxes() -> list[Box]:
         nvml = nvml_of_capture(name, cap)
         by_uuid = {g.uuid: i for i, g in enumerate(topo.gpus)}
         out.append(Box(name, topo, nvml, [by_uuid[g["uuid"]] for g in nvml["gpus"]]))
-    return out
-
-
-def go_binary() -> str:
-    try:
-        r = subprocess.run([str(SCRIPT), "bin"], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.fail(f"scripts/gpuallocator.sh bin could not run: {exc}")
-    if r.returncode != 0:
-        pytest.fail(f"scripts/gpuallocator.sh bin could not build the go-gpuallocator program "
-                    f"(exit {r.returncode}):\n{r.stderr[-4000:]}")
-    path = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
-    if not path or not Path(path).is_file():
-        pytest.fail(f"scripts/gpuallocator.sh bin printed no binary path "
-                    f"(stdout {r.stdout!r}, stderr {r.stderr!r})")
-    return path
-
-
-def run_go(binary: str, doc: dict[str, Any]) -> dict[str, Any]:
-    r = subprocess.run([binary], input=json.dumps(doc), capture_output=True, text=True, timeout=300)
-    try:
-        out = json.loads(r.stdout)
-    except ValueError:
-        pytest.fail(f"the go-gpuallocator program failed (exit {r.returncode}): {r.stderr[-4000:]}")
-    if r.returncode != 0 or out.get("error"):
-        pytest.fail(f"the go-gpuallocator program refused the input (exit {r.returncode}): "
-                    f"{out.get('error')} {r.stderr[-2000:]}")
     return out
 
 

@@ -2,7 +2,7 @@
 X off the diagonal, repeated GPU indices, a non-RFC-3339 `observed`) is an invalid document, so the node is
 answered neutral and the watch keeps going; every fixture the project ships still validates.
 
-Watch-mode tests use tests/harness/kube_standin.py (the apiserver's list/watch wire format served to the real
+Watch-mode tests use lab/kube/standin.py (the apiserver's list/watch wire format served to the real
 kubernetes-asyncio client; there is no kube-apiserver on test machines).
 """
 
@@ -26,9 +26,9 @@ from toposcale.extender.topology.annotations import (
 )
 from toposcale.extender.topology.topo_text import parse_topo_text
 
-from tests.extender.conftest import node_obj, pod_obj
+from lab.kube.standin import KubeStandIn
+from lab.objects import gpu_node, make_pod
 from tests.extender.test_watch import until
-from tests.harness.kube_standin import KubeStandIn
 from toposcale.kube import api_client
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -129,7 +129,7 @@ def test_documents_real_agents_printed_still_validate(printed: Path) -> None:
 
 def test_node_with_deep_annotation_is_a_neutral_node_view() -> None:
     for key in (TOPOLOGY_ANNOTATION, ALLOCATION_ANNOTATION):
-        obj = node_obj("deep", "hgx-h100-nvswitch-8gpu", extra_annotations={})
+        obj = gpu_node("deep", "hgx-h100-nvswitch-8gpu", extra_annotations={})
         obj["metadata"]["annotations"][key] = DEEP
         view = view_of_node(obj, "nvidia.com/gpu")
         assert view is not None and view.free_mask is None  # nothing promised, nothing invented
@@ -137,9 +137,9 @@ def test_node_with_deep_annotation_is_a_neutral_node_view() -> None:
 
 
 async def test_extender_answers_a_node_with_deep_annotation_neutral_over_http(serve) -> None:
-    deep = node_obj("deep", None, extra_annotations={TOPOLOGY_ANNOTATION: DEEP})
-    ok = node_obj("ok", "hgx-h100-nvswitch-8gpu")
-    body = {"Pod": pod_obj("vllm", 4), "Nodes": {"metadata": {}, "items": [deep, ok]}, "NodeNames": None}
+    deep = gpu_node("deep", None, extra_annotations={TOPOLOGY_ANNOTATION: DEEP})
+    ok = gpu_node("ok", "hgx-h100-nvswitch-8gpu")
+    body = {"Pod": make_pod("vllm", 4), "Nodes": {"metadata": {}, "items": [deep, ok]}, "NodeNames": None}
     async with serve() as s:
         code, res = await s.post("/filter", body)
         pcode, prio = await s.post("/prioritize", body)
@@ -151,8 +151,8 @@ async def test_extender_answers_a_node_with_deep_annotation_neutral_over_http(se
 
 async def test_watch_survives_a_deep_annotation_and_sees_the_fix(tmp_path: Path) -> None:
     async with KubeStandIn() as kube:
-        kube.add(node_obj("deep", None, extra_annotations={TOPOLOGY_ANNOTATION: DEEP}))
-        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu"))
+        kube.add(gpu_node("deep", None, extra_annotations={TOPOLOGY_ANNOTATION: DEEP}))
+        kube.add(gpu_node("hgx", "hgx-h100-nvswitch-8gpu"))
         api = await api_client(kube.write_kubeconfig(tmp_path / "kubeconfig"))
         state = ClusterState("nvidia.com/gpu")
         await state.start(api)
@@ -161,7 +161,7 @@ async def test_watch_survives_a_deep_annotation_and_sees_the_fix(tmp_path: Path)
             deep = state.view("deep")
             assert deep is not None and deep.topology is None and "not JSON" in (deep.problem or "")
             assert state.view("hgx") is not None and state.view("hgx").topology is not None
-            kube.add(node_obj("deep", "hgx-h100-nvswitch-8gpu"))  # the agent overwrites it with the truth
+            kube.add(gpu_node("deep", "hgx-h100-nvswitch-8gpu"))  # the agent overwrites it with the truth
             await until(lambda: (v := state.view("deep")) is not None and v.topology is not None,
                         "the corrected annotation, seen through the same watch")
         finally:

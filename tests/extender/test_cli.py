@@ -12,7 +12,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from tests.extender.conftest import free_port, node_obj, pod_obj
+from lab.objects import gpu_node, make_pod
+from lab.procs import free_port
 
 TOPOSCALE = Path(sys.executable).parent / "toposcale"
 
@@ -29,9 +30,9 @@ async def test_standalone_process_serves_every_route() -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )
     url = f"http://127.0.0.1:{port}"
-    full = {"Pod": pod_obj("vllm", 4), "Nodes": {"items": [node_obj("hgx", "hgx-h100-nvswitch-8gpu")]},
+    full = {"Pod": make_pod("vllm", 4), "Nodes": {"items": [gpu_node("hgx", "hgx-h100-nvswitch-8gpu")]},
             "NodeNames": None}
-    names = {"Pod": pod_obj("vllm", 4), "Nodes": None, "NodeNames": ["hgx"]}
+    names = {"Pod": make_pod("vllm", 4), "Nodes": None, "NodeNames": ["hgx"]}
     try:
         async with aiohttp.ClientSession() as s:
             for _ in range(100):
@@ -55,7 +56,7 @@ async def test_standalone_process_serves_every_route() -> None:
                 assert r.status == 200 and "standalone" in res["FailedAndUnresolvableNodes"]["hgx"]
             async with s.get(url + "/readyz") as r:
                 assert r.status == 200 and (await r.json())["mode"] == "standalone"
-            old = dict(full, Nodes={"items": [node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed=ago(700))]})
+            old = dict(full, Nodes={"items": [gpu_node("hgx", "hgx-h100-nvswitch-8gpu", observed=ago(700))]})
             async with s.post(url + "/prioritize", data=orjson.dumps(old)) as r:
                 assert (await r.json())[0]["Score"] == 5  # --allocation-max-age 600: stale, neutral
             async with s.get(url + "/nope") as r:
@@ -70,13 +71,13 @@ async def test_standalone_process_serves_every_route() -> None:
 
 
 async def test_watch_mode_process_answers_names_from_its_cache(tmp_path) -> None:
-    # No kube-apiserver here: the in-process stand-in (tests/harness/kube_standin.py) serves the real wire
+    # No kube-apiserver here: the in-process stand-in (lab/kube/standin.py) serves the real wire
     # format to the extender process's kubernetes-asyncio client.
-    from tests.harness.kube_standin import KubeStandIn
+    from lab.kube.standin import KubeStandIn
 
     async with KubeStandIn() as kube:
-        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu"))
-        kube.add(node_obj("l40s", "l40s-4gpu-two-per-socket"))
+        kube.add(gpu_node("hgx", "hgx-h100-nvswitch-8gpu"))
+        kube.add(gpu_node("l40s", "l40s-4gpu-two-per-socket"))
         cfg = kube.write_kubeconfig(tmp_path / "kubeconfig")
         port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
@@ -85,7 +86,7 @@ async def test_watch_mode_process_answers_names_from_its_cache(tmp_path) -> None
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )
         url = f"http://127.0.0.1:{port}/x"
-        body = {"Pod": pod_obj("vllm", 4, scope="nvlink"), "Nodes": None, "NodeNames": ["l40s", "hgx"]}
+        body = {"Pod": make_pod("vllm", 4, scope="nvlink"), "Nodes": None, "NodeNames": ["l40s", "hgx"]}
         try:
             async with aiohttp.ClientSession() as s:
                 synced = False

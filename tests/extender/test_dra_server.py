@@ -11,7 +11,7 @@ from toposcale.extender.state import ClusterState
 from toposcale.extender.topology import dra
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE
 
-from tests.extender.conftest import node_obj, pod_obj, topology
+from lab.objects import gpu_node, make_pod, topology
 
 PAIRS = "a6000-8gpu-nvlink-bridge-pairs"
 
@@ -50,7 +50,7 @@ def claim(name: str, node: str, devices: list[str]) -> dict[str, Any]:
 
 def fed(*, dra_nodes: tuple[str, ...] = ("dra",), klass: dict[str, Any] | None = None) -> ClusterState:
     st = ClusterState("nvidia.com/gpu")
-    st.nodes_relisted([node_obj("dra", PAIRS), node_obj("plugin", PAIRS)], "1")
+    st.nodes_relisted([gpu_node("dra", PAIRS), gpu_node("plugin", PAIRS)], "1")
     st.pods_relisted([], "1")
     st.slices_relisted([gpu_slice(n, PAIRS) for n in dra_nodes], "1")
     st.claims_relisted([], "1")
@@ -69,10 +69,10 @@ async def explain(s: Any, pod: dict[str, Any], nodes: list[str]) -> dict[str, di
 
 
 async def test_dra_node_scored_on_first_fit_device_plugin_node_unchanged(serve) -> None:
-    pod = pod_obj("vllm", 4)
+    pod = make_pod("vllm", 4)
     async with serve(state=ClusterState("nvidia.com/gpu")) as plain_s:
         st0 = plain_s.extender.state
-        st0.nodes_relisted([node_obj("dra", PAIRS), node_obj("plugin", PAIRS)], "1")
+        st0.nodes_relisted([gpu_node("dra", PAIRS), gpu_node("plugin", PAIRS)], "1")
         st0.pods_relisted([], "1")
         before = await explain(plain_s, pod, ["dra", "plugin"])
     async with serve(state=fed()) as s:
@@ -93,7 +93,7 @@ async def test_first_fit_follows_slice_order_and_claims(serve) -> None:
     st = fed()
     st.slices_relisted([gpu_slice("dra", PAIRS, [1, 3, 5, 7, 0, 2, 4, 6])], "2")
     async with serve(state=st) as s:
-        pod = pod_obj("vllm", 2)
+        pod = make_pod("vllm", 2)
         r = (await explain(s, pod, ["dra"]))["dra"]
         assert r["reason"].startswith("DRA first-fit would give gpu-1,gpu-3"), r
         st.claim_event("ADDED", claim("c1", "dra", ["gpu-1", "gpu-3", "gpu-5"]))
@@ -108,7 +108,7 @@ async def test_predictor_follows_the_cluster(serve) -> None:
     # No DeviceClass serving the resource: device plugin, even with slices.
     st = fed(klass=dra.gpu_device_class(extended_resource=None))
     async with serve(state=st) as s:
-        pod = pod_obj("vllm", 4)
+        pod = make_pod("vllm", 4)
         assert not (await explain(s, pod, ["dra"]))["dra"]["reason"].startswith("DRA")
         st.class_event("ADDED", dra.gpu_device_class("other", extended_resource="nvidia.com/gpu"))
         assert (await explain(s, pod, ["dra"]))["dra"]["reason"].startswith("DRA first-fit")
@@ -121,8 +121,8 @@ async def test_predictor_follows_the_cluster(serve) -> None:
 async def test_full_node_mode_on_dra_nodes(serve) -> None:
     """nodeCacheCapable: false with cluster access: the watched slices still pick the DRA predictor for the
     full Node objects; --standalone (no slices to see) keeps the device-plugin prediction."""
-    pod = pod_obj("vllm", 4)
-    body = {"Pod": pod, "Nodes": {"items": [node_obj("dra", PAIRS), node_obj("plugin", PAIRS)]}}
+    pod = make_pod("vllm", 4)
+    body = {"Pod": pod, "Nodes": {"items": [gpu_node("dra", PAIRS), gpu_node("plugin", PAIRS)]}}
     async with serve(state=fed()) as s:
         code, doc = await s.post("/explain", body)
         assert code == 200
@@ -151,7 +151,7 @@ async def _neutral(s: Any, pod: dict[str, Any], want: str) -> None:
 
 
 async def test_bad_input_is_neutral_with_a_reason_never_500(serve) -> None:
-    pod = pod_obj("vllm", 4)
+    pod = make_pod("vllm", 4)
     st = fed()
     async with serve(state=st) as s:
         bad = gpu_slice("dra", PAIRS)

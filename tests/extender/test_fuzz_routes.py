@@ -30,7 +30,8 @@ from toposcale.extender.server import Extender, ServerConfig
 from toposcale.extender.state import ClusterState
 from toposcale.extender.topology.annotations import ALLOCATION_ANNOTATION, TOPOLOGY_ANNOTATION
 
-from .conftest import free_port, node_obj
+from lab.objects import gpu_node
+from lab.procs import free_port
 
 EXAMPLES = int(os.environ.get("TOPOSCALE_FUZZ_EXAMPLES", "250"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -39,9 +40,9 @@ RESOURCE = "nvidia.com/gpu"
 FIXTURES = ["hgx-h100-nvswitch-8gpu", "l40s-4gpu-two-per-socket", "h100-vm-1gpu",
             "a100-4gpu-bridged-pairs-two-sockets", "pcie-8gpu-two-switch-trees"]
 # Real annotated nodes, built once (parsing topology text is the slow part); examples copy and mangle them.
-BASE_NODES = [node_obj(f"n-{f}-{len(used)}", f, used) for f in FIXTURES for used in ([], [0], [0, 1, 2])
+BASE_NODES = [gpu_node(f"n-{f}-{len(used)}", f, used) for f in FIXTURES for used in ([], [0], [0, 1, 2])
               if f != "h100-vm-1gpu" or len(used) < 2]
-BASE_NODES.append(node_obj("bare", None))
+BASE_NODES.append(gpu_node("bare", None))
 CACHED = [n["metadata"]["name"] for n in BASE_NODES]
 
 

@@ -18,9 +18,9 @@ from toposcale.extender.server import ServerConfig
 from toposcale.extender.topology.annotations import TOPOLOGY_ANNOTATION, AnnotationError, topology_from_doc
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE
 
-from tests.extender.conftest import node_obj, pod_obj
+from lab.objects import gpu_node, make_pod
+from lab.peers.hostile import closed_by_server, held_connections, probe_during
 from tests.extender.test_server_bounds import full_args, head, listening
-from tests.harness.hostile import closed_by_server, held_connections, probe_during
 
 GET = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -74,7 +74,7 @@ async def test_trickled_bodies_do_not_lock_the_scheduler_out() -> None:
 
 def _huge_topology(gpus: int, salt: str = "") -> str:
     doc = orjson.loads(
-        node_obj("x", "hgx-h100-nvswitch-8gpu")["metadata"]["annotations"][TOPOLOGY_ANNOTATION]
+        gpu_node("x", "hgx-h100-nvswitch-8gpu")["metadata"]["annotations"][TOPOLOGY_ANNOTATION]
     )
     base = doc["gpus"][0]
     doc["gpus"] = [
@@ -107,9 +107,9 @@ def test_an_oversized_topology_is_refused_by_its_size_then_its_shape() -> None:
 async def test_an_oversized_topology_does_not_block_the_extender() -> None:
     bodies = []
     for i in range(2):  # a new text each time: no cache helps (built before: the attacker's CPU is not ours)
-        node = node_obj(f"huge-{i}", None)
+        node = gpu_node(f"huge-{i}", None)
         node["metadata"]["annotations"][TOPOLOGY_ANNOTATION] = _huge_topology(1024 - i)
-        bodies.append(orjson.dumps(full_args(pod_obj("tp4", 4), [node])))
+        bodies.append(orjson.dumps(full_args(make_pod("tp4", 4), [node])))
     async with listening(ServerConfig()) as (_ext, url):
 
         async def attack() -> Any:
@@ -125,7 +125,7 @@ async def test_an_oversized_topology_does_not_block_the_extender() -> None:
 def _explain_row(ext: Any, node: dict[str, Any]) -> dict[str, Any]:
     from toposcale.extender import wire
 
-    args = wire.parse_args(orjson.dumps(full_args(pod_obj("tp4", 4), [node])))
+    args = wire.parse_args(orjson.dumps(full_args(make_pod("tp4", 4), [node])))
     (row,) = ext._explain_doc(args)["nodes"]
     return row
 
@@ -135,7 +135,7 @@ def test_an_allocation_naming_gpus_the_topology_lacks_is_unknown() -> None:
     from toposcale.extender.server import Extender
     from toposcale.extender.topology.annotations import ALLOCATION_ANNOTATION
 
-    node = node_obj("hgx", "hgx-h100-nvswitch-8gpu")
+    node = gpu_node("hgx", "hgx-h100-nvswitch-8gpu")
     doc = orjson.loads(node["metadata"]["annotations"][ALLOCATION_ANNOTATION])
     doc["allocated"] = [f"GPU-elsewhere-{i}" for i in range(8)]
     node["metadata"]["annotations"][ALLOCATION_ANNOTATION] = orjson.dumps(doc).decode()
@@ -149,9 +149,9 @@ def test_an_allocation_observed_in_the_future_is_unknown() -> None:
     from toposcale.extender.server import Extender
 
     ext = Extender(ServerConfig())
-    row = _explain_row(ext, node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed="9999-12-31T23:59:59Z"))
+    row = _explain_row(ext, gpu_node("hgx", "hgx-h100-nvswitch-8gpu", observed="9999-12-31T23:59:59Z"))
     assert row["score"] == NEUTRAL_SCORE and "in the future" in row["reason"], row
-    fresh = _explain_row(ext, node_obj("hgx", "hgx-h100-nvswitch-8gpu"))
+    fresh = _explain_row(ext, gpu_node("hgx", "hgx-h100-nvswitch-8gpu"))
     assert fresh["outcome"] == "fits", fresh
 
 
@@ -165,10 +165,10 @@ async def test_many_large_valid_topologies_are_read_off_the_event_loop() -> None
     for round_ in range(2):  # new texts each time: no cache helps
         nodes = []
         for i in range(NODES):
-            node = node_obj(f"n{i}", None)
+            node = gpu_node(f"n{i}", None)
             node["metadata"]["annotations"][TOPOLOGY_ANNOTATION] = _huge_topology(64, salt=f"{round_}-{i}-")
             nodes.append(node)
-        bodies.append(orjson.dumps(full_args(pod_obj("tp4", 4), nodes)))
+        bodies.append(orjson.dumps(full_args(make_pod("tp4", 4), nodes)))
     first = orjson.loads(bodies[0])["Nodes"]["items"][0]["metadata"]["annotations"][TOPOLOGY_ANNOTATION]
     assert len(topology_from_doc(first)) == 64  # valid: the whole validation runs for each node
     async with listening(ServerConfig()) as (_ext, url):

@@ -17,18 +17,18 @@ from toposcale.extender.decisions import Outcome, OutcomeTable
 from toposcale.extender.state import ClusterState
 from toposcale.extender.topology.model import Tier
 
-from tests.extender.conftest import node_obj, pod_obj
+from lab.objects import gpu_node, make_pod
 
-PODS = [pod_obj("tp4", 4), pod_obj("tp4-nvlink", 4, scope="nvlink"), pod_obj("tp8", 8), pod_obj("one", 1)]
+PODS = [make_pod("tp4", 4), make_pod("tp4-nvlink", 4, scope="nvlink"), make_pod("tp8", 8), make_pod("one", 1)]
 
 
 def fleet(**changed: dict[str, Any]) -> dict[str, dict[str, Any]]:
     nodes = {
-        "hgx": node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0]),
-        "hgx-2": node_obj("hgx-2", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4]),
-        "a6000": node_obj("a6000", "a6000-8gpu-nvlink-bridge-pairs", used=[1]),
-        "l40s": node_obj("l40s", "l40s-4gpu-two-per-socket"),
-        "bare": node_obj("bare", None),
+        "hgx": gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[0]),
+        "hgx-2": gpu_node("hgx-2", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4]),
+        "a6000": gpu_node("a6000", "a6000-8gpu-nvlink-bridge-pairs", used=[1]),
+        "l40s": gpu_node("l40s", "l40s-4gpu-two-per-socket"),
+        "bare": gpu_node("bare", None),
     }
     nodes.update(changed)
     return nodes
@@ -62,7 +62,7 @@ async def assert_same_as_full_nodes(cached: Any, standalone: Any, nodes: dict[st
 
 
 def bound(name: str, k: int, node: str) -> dict[str, Any]:
-    pod = pod_obj(name, k, node=node)
+    pod = make_pod(name, k, node=node)
     pod["metadata"]["uid"] = f"uid-{name}"
     return pod
 
@@ -86,14 +86,14 @@ async def test_answers_follow_node_annotation_changes_and_only_that_node_is_reco
         before = entries(st)
         assert len(before) == len(PODS)
         # The agent publishes that hgx now holds 6 GPUs: a watch MODIFIED event.
-        nodes = fleet(hgx=node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5]))
+        nodes = fleet(hgx=gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5]))
         st.node_event("MODIFIED", nodes["hgx"])
         for key, table in entries(st).items():
             assert "hgx" not in table
             for name, outcome in table.items():
                 assert outcome is before[key][name]  # untouched nodes keep their computed entries
         await assert_same_as_full_nodes(cached, standalone, nodes)
-        _, prio = await answers(cached, pod_obj("tp4", 4), ["hgx", "hgx-2"])
+        _, prio = await answers(cached, make_pod("tp4", 4), ["hgx", "hgx-2"])
         assert prio == [{"Host": "hgx", "Score": 0}, {"Host": "hgx-2", "Score": 0}]  # 2 free < 4
 
 
@@ -103,15 +103,15 @@ async def test_node_deleted_and_created_and_relisted(serve) -> None:
     async with serve(state=st) as cached, serve() as standalone:
         await assert_same_as_full_nodes(cached, standalone, nodes)
         st.node_event("DELETED", nodes["hgx"])
-        filt, prio = await answers(cached, pod_obj("tp4", 4), ["hgx", "l40s"])
+        filt, prio = await answers(cached, make_pod("tp4", 4), ["hgx", "l40s"])
         assert filt["NodeNames"] == ["hgx", "l40s"]  # not cached (yet): neutral, never a made-up fit
         assert prio[0] == {"Host": "hgx", "Score": 5}
-        filt, _ = await answers(cached, pod_obj("tp4-nvlink", 4, scope="nvlink"), ["hgx"])
+        filt, _ = await answers(cached, make_pod("tp4-nvlink", 4, scope="nvlink"), ["hgx"])
         assert "not in the extender's cache" in filt["FailedNodes"]["hgx"]
         st.node_event("ADDED", nodes["hgx"])
         await assert_same_as_full_nodes(cached, standalone, nodes)
         # A relist (after 410 Gone) with a different fleet replaces every table.
-        nodes = fleet(a6000=node_obj("a6000", "a6000-8gpu-nvlink-bridge-pairs", used=[0, 2, 4, 6]))
+        nodes = fleet(a6000=gpu_node("a6000", "a6000-8gpu-nvlink-bridge-pairs", used=[0, 2, 4, 6]))
         del nodes["bare"]
         st.nodes_relisted(list(nodes.values()), "2")
         await assert_same_as_full_nodes(cached, standalone, nodes)
@@ -125,10 +125,10 @@ async def test_assumed_pods_reach_the_tables_and_expire(serve, monkeypatch: pyte
     monkeypatch.setattr(
         state_module, "time", types.SimpleNamespace(monotonic=lambda: clock["now"], time=time.time)
     )
-    nodes = fleet(hgx=node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed="2026-01-01T00:00:00Z"))
+    nodes = fleet(hgx=gpu_node("hgx", "hgx-h100-nvswitch-8gpu", observed="2026-01-01T00:00:00Z"))
     # An old observation on purpose (before any bind); its age is not what this test is about.
     st = cache(nodes, assume_ttl_s=60.0, allocation_max_age_s=0)
-    big = pod_obj("big", 8, scope="nvlink")
+    big = make_pod("big", 8, scope="nvlink")
     async with serve(state=st) as cached:
         filt, _ = await answers(cached, big, ["hgx", "hgx-2"])
         assert filt["NodeNames"] == ["hgx"]
@@ -139,7 +139,7 @@ async def test_assumed_pods_reach_the_tables_and_expire(serve, monkeypatch: pyte
         filt, prio = await answers(cached, big, ["hgx", "hgx-2"])
         assert filt["NodeNames"] == []
         assert filt["FailedNodes"]["hgx"].startswith("pod needs 8 GPUs, 4 free")
-        _, prio = await answers(cached, pod_obj("tp4", 4), ["hgx"])
+        _, prio = await answers(cached, make_pod("tp4", 4), ["hgx"])
         assert prio[0]["Score"] > 0  # 4 still free for a 4-GPU pod
         clock["now"] += 61  # the assumption's TTL passes
         filt, _ = await answers(cached, big, ["hgx", "hgx-2"])
@@ -189,7 +189,7 @@ async def test_cached_prioritize_is_counted_in_the_metrics(serve, with_unknown: 
         del nodes["bare"]
     n = len(nodes)
     async with serve(state=cache(nodes)) as cached:
-        for pod in (pod_obj("tp4", 4), pod_obj("tp2", 2)):
+        for pod in (make_pod("tp4", 4), make_pod("tp2", 2)):
             _, prio = await answers(cached, pod, list(nodes))
             assert max(prio, key=lambda h: h["Score"])["Host"] == "hgx"
         # Counted right after the answer is sent: visible to the next request.
@@ -211,19 +211,19 @@ async def test_outcomes_are_named_for_what_they_are_in_explain_and_the_metrics(s
     want = {"hgx": "fits", "hgx-2": "insufficient-free-gpus", "a6000": "fits", "l40s": "fits",
             "bare": "unknown"}
     async with serve(state=st) as cached, serve() as standalone:
-        _, doc = await standalone.post("/explain", full_args(pod_obj("tp4", 4), list(nodes.values())))
+        _, doc = await standalone.post("/explain", full_args(make_pod("tp4", 4), list(nodes.values())))
         rows = {r["node"]: r for r in doc["nodes"]}
         assert {n: r["outcome"] for n, r in rows.items()} == want
         assert rows["hgx-2"]["score"] == 0 and "scheduler's own count decides" in rows["hgx-2"]["reason"]
-        _, doc = await standalone.post("/explain", full_args(pod_obj("tp8", 8), [nodes["l40s"]]))
+        _, doc = await standalone.post("/explain", full_args(make_pod("tp8", 8), [nodes["l40s"]]))
         assert doc["nodes"][0]["outcome"] == "insufficient-gpus"  # 4 GPUs in all
         # The filter metrics use the same names, from full nodes and from the cache (whose fast path
         # counted every passing name as "fits").
-        await standalone.post("/filter", full_args(pod_obj("tp4", 4), list(nodes.values())))
+        await standalone.post("/filter", full_args(make_pod("tp4", 4), list(nodes.values())))
         _, full_metrics = await standalone.get("/metrics")
-        await cached.post("/filter", names_args(pod_obj("tp4", 4), ["hgx", "hgx-2"]))
-        await cached.post("/filter", names_args(pod_obj("tp4", 4), ["hgx-2"]))
-        await cached.post("/filter", names_args(pod_obj("tp4", 4), ["hgx"]))
+        await cached.post("/filter", names_args(make_pod("tp4", 4), ["hgx", "hgx-2"]))
+        await cached.post("/filter", names_args(make_pod("tp4", 4), ["hgx-2"]))
+        await cached.post("/filter", names_args(make_pod("tp4", 4), ["hgx"]))
         _, cached_metrics = await cached.get("/metrics")
     line = 'toposcale_extender_filter_outcomes_total{outcome="%s"} %s'
     for label, count in (("fits", "3.0"), ("insufficient-free-gpus", "1.0"), ("unknown", "1.0")):
@@ -251,9 +251,9 @@ async def test_prioritize_after_filter_answers_from_the_filter_only_while_nothin
     nodes = fleet()
     del nodes["bare"]  # a node without annotations is counted and logged by each prioritize: ordinary path
     st = cache(nodes)
-    scoped = pod_obj("tp4-nvlink", 4, scope="nvlink")  # fails hgx-2 (3 free), the pairs and the PCIe box
+    scoped = make_pod("tp4-nvlink", 4, scope="nvlink")  # fails hgx-2 (3 free), the pairs and the PCIe box
     async with serve(state=st) as cached, serve(state=cache(nodes)) as fresh:
-        for pod in (scoped, pod_obj("tp4", 4)):
+        for pod in (scoped, make_pod("tp4", 4)):
             code, filt = await cached.post("/filter", go_body(pod, list(nodes)))
             kept = filt["NodeNames"]
             assert kept and len(kept) < len(nodes) if pod is scoped else kept == list(nodes)
@@ -265,10 +265,10 @@ async def test_prioritize_after_filter_answers_from_the_filter_only_while_nothin
             _, ref = await fresh.post("/prioritize", orjson.dumps({"NodeNames": kept, "Pod": pod}))
             assert prio == ref and len(parsed) == 1
         # An event between filter and prioritize: hgx now holds 6 GPUs. The prioritize must see it.
-        pod = pod_obj("tp4", 4)
+        pod = make_pod("tp4", 4)
         _, filt = await cached.post("/filter", go_body(pod, ["hgx", "a6000"]))
         assert filt["NodeNames"] == ["hgx", "a6000"]
-        st.node_event("MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5]))
+        st.node_event("MODIFIED", gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5]))
         parsed.clear()
         _, prio = await cached.post("/prioritize", go_body(pod, ["hgx", "a6000"]))
         assert len(parsed) == 1
@@ -276,5 +276,5 @@ async def test_prioritize_after_filter_answers_from_the_filter_only_while_nothin
         # Another pod's prioritize with the same nodes is not the filter's follow-up either.
         _, filt = await cached.post("/filter", go_body(pod, ["a6000"]))
         parsed.clear()
-        _, prio = await cached.post("/prioritize", go_body(pod_obj("other", 1), ["a6000"]))
+        _, prio = await cached.post("/prioritize", go_body(make_pod("other", 1), ["a6000"]))
         assert len(parsed) == 1

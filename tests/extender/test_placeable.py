@@ -16,13 +16,13 @@ from toposcale.extender.state import ClusterState
 from toposcale.extender.topology.model import Tier
 from toposcale.extender.topology.scoring import best_tier, choose_gpus
 
-from .conftest import node_obj, pod_obj, topology
+from lab.objects import gpu_node, make_pod, topology
 
 RES = "nvidia.com/gpu"
 
 
 def view(name: str, fixture: str, used: list[int] | None = None, **kw: Any):
-    return view_of_node(node_obj(name, fixture, used, **kw), RES)
+    return view_of_node(gpu_node(name, fixture, used, **kw), RES)
 
 
 def test_each_node_takes_pods_until_its_predicted_sets_run_out() -> None:
@@ -90,10 +90,10 @@ def test_pending_pods_take_their_slots_first_on_the_node_they_fit_best() -> None
 
 
 def test_template_selectors_and_taints_exclude_nodes() -> None:
-    tainted = node_obj("t", "hgx-h100-nvswitch-8gpu")
+    tainted = gpu_node("t", "hgx-h100-nvswitch-8gpu")
     tainted["spec"]["taints"] = [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]
     meta = node_meta(tainted)
-    pod = pod_obj("p", 4)
+    pod = make_pod("p", 4)
     assert excluded(pod, "t", meta) == "node(s) had untolerated taint"
     pod["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert excluded(pod, "t", meta) is None
@@ -123,22 +123,22 @@ def synced_state(nodes: list[dict[str, Any]], bound: list[dict[str, Any]] = ()) 
 
 
 def two_nodes() -> list[dict[str, Any]]:
-    return [node_obj("hgx", "hgx-h100-nvswitch-8gpu"), node_obj("l40s", "l40s-4gpu-two-per-socket")]
+    return [gpu_node("hgx", "hgx-h100-nvswitch-8gpu"), gpu_node("l40s", "l40s-4gpu-two-per-socket")]
 
 
 def pending(name: str, gpus: int, **kw: Any) -> dict[str, Any]:
-    pod = pod_obj(name, gpus, **kw)
+    pod = make_pod(name, gpus, **kw)
     pod["metadata"].update(uid=f"uid-{name}", creationTimestamp="2026-01-01T00:00:00Z")
     return pod
 
 
 def test_cluster_state_counts_assumed_pending_and_not_gated_pods() -> None:
     st = synced_state(
-        [node_obj("hgx", "hgx-h100-nvswitch-8gpu"), node_obj("l40s", "l40s-4gpu-two-per-socket")]
+        [gpu_node("hgx", "hgx-h100-nvswitch-8gpu"), gpu_node("l40s", "l40s-4gpu-two-per-socket")]
     )
-    tpl = pod_obj("t", 4)
+    tpl = make_pod("t", 4)
     assert st.placeable(tpl, 4, None, "any").total() == 3
-    b = pod_obj("bound", 4, node="hgx", phase="Running")
+    b = make_pod("bound", 4, node="hgx", phase="Running")
     b["metadata"]["uid"] = "uid-bound"
     st.pod_event("ADDED", b)  # bound, not yet in the agent's annotation: assumed
     assert st.placeable(tpl, 4, None, "any").total() == 2
@@ -158,7 +158,7 @@ def test_cluster_state_counts_assumed_pending_and_not_gated_pods() -> None:
 
 async def test_placeable_endpoint_answers_and_rejects_clearly(serve: Any) -> None:
     st = synced_state(
-        [node_obj("hgx", "hgx-h100-nvswitch-8gpu"), node_obj("l40s", "l40s-4gpu-two-per-socket")]
+        [gpu_node("hgx", "hgx-h100-nvswitch-8gpu"), gpu_node("l40s", "l40s-4gpu-two-per-socket")]
     )
     deployment = {
         "apiVersion": "apps/v1",
@@ -167,12 +167,12 @@ async def test_placeable_endpoint_answers_and_rejects_clearly(serve: Any) -> Non
         "spec": {
             "template": {
                 "metadata": {"annotations": {"toposcale.io/required-scope": "numa"}},
-                "spec": pod_obj("x", 4)["spec"],
+                "spec": make_pod("x", 4)["spec"],
             }
         },
     }
     async with serve(state=st) as s:
-        code, doc = await s.post("/placeable", pod_obj("vllm-0", 4))
+        code, doc = await s.post("/placeable", make_pod("vllm-0", 4))
         assert code == 200, doc
         assert doc["kind"] == "Placeable" and doc["gpus"] == 4 and doc["requiredScope"] == "any"
         assert doc["placeable"] == {"best": 3, "numa": 2, "any": 3}
@@ -185,22 +185,22 @@ async def test_placeable_endpoint_answers_and_rejects_clearly(serve: Any) -> Non
             (b"[]", "must be a JSON object"),
             ({"kind": "Service", "spec": {}}, "holds no pod template"),
             ({"kind": "Deployment", "spec": {}}, "no pod spec"),
-            (pod_obj("cpu-only", 0), "asks no nvidia.com/gpu"),
-            (pod_obj("bad", 4, scope="rack"), "'rack' is not one of"),
+            (make_pod("cpu-only", 0), "asks no nvidia.com/gpu"),
+            (make_pod("bad", 4, scope="rack"), "'rack' is not one of"),
         ):
             code, status = await s.post("/placeable", body if isinstance(body, bytes) else orjson.dumps(body))
             assert code == 400, (body, status)
             assert status["kind"] == "Status" and status["reason"] == "BadRequest", status
             assert words in status["message"], status
     async with serve(state=None) as s:
-        code, status = await s.post("/placeable", pod_obj("vllm-0", 4))
+        code, status = await s.post("/placeable", make_pod("vllm-0", 4))
         assert code == 404 and "--standalone" in status["message"]
     unsynced = ClusterState(RES)
     async with serve(state=unsynced) as s:
-        code, status = await s.post("/placeable", pod_obj("vllm-0", 4))
+        code, status = await s.post("/placeable", make_pod("vllm-0", 4))
         assert code == 503 and status["reason"] == "ServiceUnavailable"
     async with serve(config=ServerConfig(max_body_bytes=1024), state=st) as s:
-        big = pod_obj("vllm-0", 4)
+        big = make_pod("vllm-0", 4)
         big["metadata"]["annotations"]["pad"] = "x" * 4096
         code, status = await s.post("/placeable", big)
         assert code == 413 and status["reason"] == "RequestEntityTooLarge"
@@ -231,13 +231,13 @@ def test_freed_value_prefers_completing_the_best_set_and_gives_nothing_for_stran
 
 async def test_freeing_endpoint_names_the_gain_or_why_not(serve: Any) -> None:
     nodes = [
-        node_obj("x", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]),
-        node_obj("z", "l40s-4gpu-two-per-socket", [0, 1, 2, 3]),
-        node_obj("two", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]),
+        gpu_node("x", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]),
+        gpu_node("z", "l40s-4gpu-two-per-socket", [0, 1, 2, 3]),
+        gpu_node("two", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]),
     ]
     bound = []
     for name, node in (("a", "x"), ("b", "z"), ("c", "two"), ("d", "two")):
-        p = pod_obj(name, 4 if name != "c" else 2, node=node, phase="Running", namespace="llm")
+        p = make_pod(name, 4 if name != "c" else 2, node=node, phase="Running", namespace="llm")
         p["metadata"]["uid"] = f"uid-{name}"
         p["status"]["startTime"] = "2020-01-01T00:00:00Z"  # long running: in the annotation, not assumed
         bound.append(p)
@@ -256,12 +256,12 @@ async def test_freeing_endpoint_names_the_gain_or_why_not(serve: Any) -> None:
 
 def test_the_answer_is_kept_until_anything_it_depends_on_changes() -> None:
     st = synced_state(two_nodes())
-    tpl = pod_obj("t", 4)
+    tpl = make_pod("t", 4)
     first = st.placeable(tpl, 4, None, "any")
     assert st.placeable(tpl, 4, None, "any") is first  # nothing changed: the same answer, not recomputed
-    st.node_event("MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]))  # the agent publishes
+    st.node_event("MODIFIED", gpu_node("hgx", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]))  # the agent publishes
     assert st.placeable(tpl, 4, None, "any").total() == first.total() - 1
-    tainted = node_obj("l40s", "l40s-4gpu-two-per-socket")
+    tainted = gpu_node("l40s", "l40s-4gpu-two-per-socket")
     tainted["spec"]["taints"] = [{"key": "gpu", "effect": "NoSchedule"}]
     st.node_event("MODIFIED", tainted)  # a taint the template does not tolerate
     assert st.placeable(tpl, 4, None, "any").excluded == 1
@@ -275,11 +275,11 @@ def test_dra_nodes_are_counted_on_first_fit_and_claims_take_their_devices() -> N
 
     st = fed()
     st.unbound_relisted([], "1")
-    got = st.placeable(pod_obj("t", 2), 2, None, "any")
+    got = st.placeable(make_pod("t", 2), 2, None, "any")
     # first-fit takes gpu-0,gpu-1, then gpu-2,gpu-3, ...: four 2-GPU sets on the 8-GPU DRA node
     assert got.nodes["dra"].count == 4 and got.nodes["plugin"].count == 4
     st.claims_relisted([claim("held", "dra", ["gpu-0", "gpu-1", "gpu-2"])], "2")
-    got = st.placeable(pod_obj("t", 2), 2, None, "any")
+    got = st.placeable(make_pod("t", 2), 2, None, "any")
     assert got.nodes["dra"].count == 2 and got.nodes["plugin"].count == 4
     assert got.nodes["dra"].held_back == NO_GPU
 
@@ -299,23 +299,23 @@ def test_the_running_count_equals_a_count_from_scratch_through_any_events() -> N
         "pcie-8gpu-two-switch-trees",
     ]
     kinds = {f"n{i}": fixtures[i % len(fixtures)] for i in range(12)}
-    st = synced_state([node_obj(n, f) for n, f in kinds.items()])
-    tpl = pod_obj("t", 4)
+    st = synced_state([gpu_node(n, f) for n, f in kinds.items()])
+    tpl = make_pod("t", 4)
     tpl["spec"]["tolerations"] = [{"key": "gpu", "operator": "Exists"}]
     for step in range(60):
         n = rng.choice(list(kinds))
         what = rng.randrange(4)
         if what == 0:  # the agent re-publishes another allocation
             size = 4 if "l40s" in kinds[n] else 8
-            st.node_event("MODIFIED", node_obj(n, kinds[n], rng.sample(range(size), rng.randrange(size))))
+            st.node_event("MODIFIED", gpu_node(n, kinds[n], rng.sample(range(size), rng.randrange(size))))
         elif what == 1:  # a pod bound there (assumed), or one gone
-            p = pod_obj(f"b{step}", rng.choice([1, 2, 4]), node=n, phase="Running")
+            p = make_pod(f"b{step}", rng.choice([1, 2, 4]), node=n, phase="Running")
             p["metadata"]["uid"] = f"uid-b{step % 7}"
             st.pod_event(rng.choice(["ADDED", "DELETED"]), p)
         elif what == 2:  # a Pending pod comes or goes
             st.unbound_event(rng.choice(["ADDED", "DELETED"]), pending(f"p{step % 5}", rng.choice([2, 4])))
         else:  # a taint the template tolerates, or one it does not
-            obj = node_obj(n, kinds[n])
+            obj = gpu_node(n, kinds[n])
             obj["spec"]["taints"] = [{"key": rng.choice(["gpu", "other"]), "effect": "NoSchedule"}]
             st.node_event("MODIFIED", obj)
         for k in (2, 4):

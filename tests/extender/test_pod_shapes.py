@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from toposcale.extender.pods import PodError, gpu_request, pod_key, required_scope
 
-from tests.extender.conftest import node_obj, pod_obj
+from lab.objects import gpu_node, make_pod
 
 
 def with_count(value: Any) -> dict[str, Any]:
@@ -98,9 +98,9 @@ def test_pod_key_never_raises(pod: Any) -> None:
     ids=["metadata", "spec", "containers", "resources", "annotations"],
 )
 async def test_extender_fails_every_node_with_the_reason_for_a_misshapen_pod(serve, mutate) -> None:
-    pod = pod_obj("vllm", 4)
+    pod = make_pod("vllm", 4)
     mutate(pod)
-    nodes = [node_obj("hgx", "hgx-h100-nvswitch-8gpu"), node_obj("bare", None)]
+    nodes = [gpu_node("hgx", "hgx-h100-nvswitch-8gpu"), gpu_node("bare", None)]
     body = {"Pod": pod, "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": None}
     async with serve() as s:
         code, res = await s.post("/filter", body)
@@ -115,9 +115,9 @@ async def test_extender_fails_every_node_with_the_reason_for_a_misshapen_pod(ser
 
 
 async def test_extender_counts_1k_gpus_as_1000(serve) -> None:
-    pod = pod_obj("vllm", 4)
+    pod = make_pod("vllm", 4)
     pod["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1k"}}
-    body = {"Pod": pod, "Nodes": {"metadata": {}, "items": [node_obj("hgx", "hgx-h100-nvswitch-8gpu")]},
+    body = {"Pod": pod, "Nodes": {"metadata": {}, "items": [gpu_node("hgx", "hgx-h100-nvswitch-8gpu")]},
             "NodeNames": None}
     async with serve() as s:
         code, doc = await s.post("/explain", body)
@@ -130,9 +130,9 @@ async def test_gpu_counts_beyond_64_bits_are_impossible_pods_on_every_route(serv
     # No node has that many GPUs: every route answers it as it answers a 100-GPU pod (never a 500; explain
     # used to fail encoding a count of 2^64 or more).
     def body(gpus: Any) -> dict[str, Any]:
-        pod = pod_obj("huge", 4, scope=scope)
+        pod = make_pod("huge", 4, scope=scope)
         pod["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
-        return {"Pod": pod, "Nodes": {"metadata": {}, "items": [node_obj("hgx", "hgx-h100-nvswitch-8gpu")]},
+        return {"Pod": pod, "Nodes": {"metadata": {}, "items": [gpu_node("hgx", "hgx-h100-nvswitch-8gpu")]},
                 "NodeNames": None}
 
     async with serve() as s:
@@ -155,7 +155,7 @@ async def test_gpu_counts_beyond_64_bits_are_impossible_pods_on_every_route(serv
 
 
 async def test_gpu_counts_summed_past_64_bits_explain(serve) -> None:
-    pod = pod_obj("sum", 4)
+    pod = make_pod("sum", 4)
     half = str(2**63)
     pod["spec"]["containers"] = [
         {"name": f"c{i}", "resources": {"limits": {"nvidia.com/gpu": half}}} for i in range(2)

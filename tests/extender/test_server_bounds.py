@@ -15,7 +15,7 @@ import pytest
 from toposcale.extender.server import ServerConfig
 from toposcale.extender.state import ClusterState
 
-from tests.extender.conftest import node_obj, pod_obj
+from lab.objects import gpu_node, make_pod
 from tests.extender.test_watch import until
 
 
@@ -23,7 +23,7 @@ def full_args(pod: dict[str, Any], nodes: list[dict[str, Any]]) -> dict[str, Any
     return {"Pod": pod, "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": None}
 
 
-NODES = [node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0]), node_obj("bare", None)]
+NODES = [gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[0]), gpu_node("bare", None)]
 
 
 def assert_status(doc: Any, code: int, reason: str) -> None:
@@ -51,14 +51,14 @@ def head(path: str, length: int) -> bytes:
 
 
 async def test_stalled_uploads_do_not_hold_decision_slots(serve) -> None:
-    body = orjson.dumps(full_args(pod_obj("tp4", 4), NODES))
+    body = orjson.dumps(full_args(make_pod("tp4", 4), NODES))
     async with serve(ServerConfig(max_inflight=4)) as s, contextlib.AsyncExitStack() as stack:
         for _ in range(6):  # more stalled uploads than decision slots
             _, w = await stack.enter_async_context(raw(s.url))
             w.write(head("/filter", len(body)) + body[: len(body) // 2])
             await w.drain()
         await until(lambda: s.extender._pending == 6, "six uploads being received")
-        code, res = await s.post("/filter", full_args(pod_obj("tp4", 4), NODES))
+        code, res = await s.post("/filter", full_args(make_pod("tp4", 4), NODES))
         assert code == 200, res  # answered, not 429 after waiting for a slot the uploads hold
         assert [n["metadata"]["name"] for n in res["Nodes"]["items"]] == ["hgx", "bare"]
 
@@ -76,22 +76,22 @@ async def test_a_body_not_received_in_time_is_a_408_status(serve) -> None:
 
 async def test_full_house_answers_429_too_many_requests(serve) -> None:
     # One slot; a client that sends a request and never reads its (large, full-Node echo) answer holds it.
-    big = node_obj("big", "hgx-h100-nvswitch-8gpu")
+    big = gpu_node("big", "hgx-h100-nvswitch-8gpu")
     big["metadata"]["annotations"]["example.com/padding"] = "x" * (48 * 1024 * 1024)
-    body = orjson.dumps(full_args(pod_obj("cpu-only", 0), [big]))
+    body = orjson.dumps(full_args(make_pod("cpu-only", 0), [big]))
     async with serve(ServerConfig(max_inflight=1, queue_timeout_s=0.1)) as s:
         async with raw(s.url) as (_, w):
             w.write(head("/filter", len(body)) + body)
             await w.drain()
             await until(lambda: s.extender._sem.locked(), "the answer stuck in the socket, slot held")
-            other = orjson.dumps(full_args(pod_obj("a", 4), NODES))
+            other = orjson.dumps(full_args(make_pod("a", 4), NODES))
             async with s.session.post(s.url + "/filter", data=other) as r:
                 assert r.status == 429
                 assert r.headers["Retry-After"] == "1"
                 assert r.content_type == "application/json"
                 assert_status(await r.json(), 429, "TooManyRequests")
         await until(lambda: not s.extender._sem.locked(), "slot freed when the client went away")
-        code, _ = await s.post("/filter", full_args(pod_obj("a", 4), NODES))
+        code, _ = await s.post("/filter", full_args(make_pod("a", 4), NODES))
         assert code == 200
         _, text = await s.get("/metrics")
         assert 'toposcale_extender_requests_total{code="429",verb="filter"} 1.0' in text
@@ -105,7 +105,7 @@ async def test_too_many_pending_uploads_answer_429_at_once(serve) -> None:
             w.write(head("/prioritize", 100) + b"{")
             await w.drain()
         await until(lambda: s.extender._pending == limit, "uploads being received")
-        code, doc = await s.post("/prioritize", full_args(pod_obj("a", 4), NODES))
+        code, doc = await s.post("/prioritize", full_args(make_pod("a", 4), NODES))
         assert code == 429
         assert_status(doc, 429, "TooManyRequests")
 
@@ -180,7 +180,7 @@ async def listening(config: ServerConfig) -> AsyncIterator[Any]:
     """The extender on its own bounded listener (Extender.listen, what `toposcale extender` serves on)."""
     from toposcale.extender.server import Extender
 
-    from tests.extender.conftest import free_port
+    from lab.procs import free_port
 
     config.host, config.port = "127.0.0.1", free_port()
     ext = Extender(config)

@@ -5,7 +5,7 @@ one means the agent stopped, and answering from it would be serving a made-up va
 with the neutral score, fails now for pods with a required scope, is counted under
 `unknown_topology_nodes_total{reason="stale-allocation"}` and logged once. In names-only mode a node turns
 stale with no watch event at all (the cache's entries carry their expiry): the watch runs against
-tests/harness/kube_standin.py, the in-process Kubernetes API stand-in speaking the real list/watch wire
+lab/kube/standin.py, the in-process Kubernetes API stand-in speaking the real list/watch wire
 format to the unmodified kubernetes-asyncio client, since no kube-apiserver exists on the test machines.
 """
 
@@ -22,9 +22,9 @@ from toposcale.extender.server import ServerConfig
 from toposcale.extender.state import ClusterState
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE
 
-from tests.extender.conftest import node_obj, pod_obj
+from lab.kube.standin import KubeStandIn
+from lab.objects import gpu_node, make_pod
 from tests.extender.test_watch import names_args, stamp, until
-from tests.harness.kube_standin import KubeStandIn
 from toposcale.kube import api_client
 
 STALE_METRIC = 'toposcale_extender_unknown_topology_nodes_total{reason="stale-allocation"}'
@@ -44,16 +44,16 @@ def metric(text: str, name: str) -> float:
 
 async def test_full_nodes_with_an_old_allocation_are_unknown(serve, caplog: pytest.LogCaptureFixture) -> None:
     nodes = [
-        node_obj("fresh", "hgx-h100-nvswitch-8gpu", used=[0], observed=stamp(-60)),
-        node_obj("old", "hgx-h100-nvswitch-8gpu", used=[0], observed=stamp(-1000)),
+        gpu_node("fresh", "hgx-h100-nvswitch-8gpu", used=[0], observed=stamp(-60)),
+        gpu_node("old", "hgx-h100-nvswitch-8gpu", used=[0], observed=stamp(-1000)),
     ]
     caplog.set_level(logging.WARNING, "toposcale.extender")
     async with serve() as s:
-        code, prio = await s.post("/prioritize", full_args(pod_obj("tp4", 4), nodes))
+        code, prio = await s.post("/prioritize", full_args(make_pod("tp4", 4), nodes))
         assert code == 200
         scores = {h["Host"]: h["Score"] for h in prio}
         assert scores["old"] == NEUTRAL_SCORE and scores["fresh"] != NEUTRAL_SCORE
-        code, res = await s.post("/filter", full_args(pod_obj("tp4", 4, scope="nvlink"), nodes))
+        code, res = await s.post("/filter", full_args(make_pod("tp4", 4, scope="nvlink"), nodes))
         assert [n["metadata"]["name"] for n in res["Nodes"]["items"]] == ["fresh"]
         reason = res["FailedNodes"]["old"]
         assert "stale" in reason and "required scope cannot be checked" in reason
@@ -63,15 +63,15 @@ async def test_full_nodes_with_an_old_allocation_are_unknown(serve, caplog: pyte
         # Once per node, not once per request.
         assert [r.__dict__.get("node") for r in caplog.records if r.getMessage() == LOG_LINE] == ["old"]
         # /explain says the same.
-        _, doc = await s.post("/explain", full_args(pod_obj("tp4", 4), nodes))
+        _, doc = await s.post("/explain", full_args(make_pod("tp4", 4), nodes))
         row = {r["node"]: r for r in doc["nodes"]}["old"]
         assert row["unknown"] == "stale-allocation" and "gpus" not in row
 
 
 async def test_full_nodes_age_by_the_clock_and_zero_disables(serve) -> None:
     clock = {"now": time.time()}
-    nodes = [node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0], observed=stamp(0))]
-    pod = pod_obj("tp4", 4, scope="nvlink")
+    nodes = [gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[0], observed=stamp(0))]
+    pod = make_pod("tp4", 4, scope="nvlink")
     async with serve(ServerConfig(allocation_max_age_s=600), wall=lambda: clock["now"]) as s:
         _, res = await s.post("/filter", full_args(pod, nodes))
         assert len(res["Nodes"]["items"]) == 1
@@ -93,8 +93,8 @@ async def test_cached_node_turns_stale_without_a_watch_event_and_back(
     serve, kube: KubeStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = {"offset": 0.0}
-    kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(0)))
-    kube.add(node_obj("l40s", "l40s-4gpu-two-per-socket", observed=stamp(0)))
+    kube.add(gpu_node("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(0)))
+    kube.add(gpu_node("l40s", "l40s-4gpu-two-per-socket", observed=stamp(0)))
     api = await api_client(kube.write_kubeconfig(tmp_path / "kubeconfig"))
     st = ClusterState("nvidia.com/gpu", allocation_max_age_s=900, wall=lambda: time.time() + clock["offset"])
     await st.start(api)
@@ -102,8 +102,8 @@ async def test_cached_node_turns_stale_without_a_watch_event_and_back(
     try:
         await until(lambda: st.synced, "initial list of nodes and pods")
         async with serve(state=st) as s:
-            scoped = names_args(pod_obj("tp4", 4, scope="nvlink"), ["hgx"])
-            plain = names_args(pod_obj("tp4", 4), ["hgx", "l40s"])
+            scoped = names_args(make_pod("tp4", 4, scope="nvlink"), ["hgx"])
+            plain = names_args(make_pod("tp4", 4), ["hgx", "l40s"])
             _, res = await s.post("/filter", scoped)
             assert res["NodeNames"] == ["hgx"]  # cached in the (4, nvlink) table: fits
             _, prio = await s.post("/prioritize", plain)
@@ -114,7 +114,7 @@ async def test_cached_node_turns_stale_without_a_watch_event_and_back(
             assert res["NodeNames"] == [] and "GPU allocation stale" in res["FailedNodes"]["hgx"]
             _, prio = await s.post("/prioritize", plain)
             assert [h["Score"] for h in prio] == [NEUTRAL_SCORE, NEUTRAL_SCORE]
-            _, res = await s.post("/filter", names_args(pod_obj("tp4", 4), ["hgx"]))
+            _, res = await s.post("/filter", names_args(make_pod("tp4", 4), ["hgx"]))
             assert res["NodeNames"] == ["hgx"]  # no scope: passes, neutral
             assert kube.resource_version == rv  # nothing was written to the API meanwhile
             _, text = await s.get("/metrics")
@@ -122,7 +122,7 @@ async def test_cached_node_turns_stale_without_a_watch_event_and_back(
             logged = [r.__dict__.get("node") for r in caplog.records if r.getMessage() == LOG_LINE]
             assert sorted(logged) == ["hgx", "l40s"]  # once each
             # The agent publishes again: a fresh allocation arrives through the watch, the node is back.
-            kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(901)))
+            kube.add(gpu_node("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(901)))
             await until(lambda: not st.view("hgx").stale, "fresh allocation applied")
             _, res = await s.post("/filter", scoped)
             assert res["NodeNames"] == ["hgx"]
@@ -135,11 +135,11 @@ def test_expiry_entries_of_replaced_views_stay_bounded() -> None:
     clock = {"now": time.time()}
     st = ClusterState("nvidia.com/gpu", wall=lambda: clock["now"])
     observed = stamp(0)
-    node = node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed=observed)
+    node = gpu_node("hgx", "hgx-h100-nvswitch-8gpu", observed=observed)
     st.nodes_relisted([node], "1")
     st.pods_relisted([], "1")
     for i in range(3000):  # every allocation change is a new view with its own expiry entry
-        st.node_event("MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[i % 8], observed=observed))
+        st.node_event("MODIFIED", gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[i % 8], observed=observed))
         st.table(4, None).entries(["hgx"])
     assert len(st._ages) <= 4 * len(st.base) + 1024 + 1
     assert not st.view("hgx").stale

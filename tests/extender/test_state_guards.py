@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from toposcale.extender.state import ClusterState
 
-from tests.extender.conftest import node_obj, pod_obj
+from lab.objects import gpu_node, make_pod
 
 LOG_LINE = "watched pod skipped"
 
 
 def bound(name: str, k: int, node: str, **fields: Any) -> dict[str, Any]:
-    pod = pod_obj(name, k, node=node)
+    pod = make_pod(name, k, node=node)
     pod["metadata"]["uid"] = f"uid-{name}"
     pod.update(fields)
     return pod
@@ -39,7 +39,7 @@ def test_malformed_pods_are_skipped_and_logged_once(
 ) -> None:
     caplog.set_level(logging.WARNING, "toposcale.extender")
     st = ClusterState("nvidia.com/gpu", allocation_max_age_s=0)
-    st.nodes_relisted([node_obj("hgx", "hgx-h100-nvswitch-8gpu")], "1")
+    st.nodes_relisted([gpu_node("hgx", "hgx-h100-nvswitch-8gpu")], "1")
     good = bound("good", 4, "hgx")
     bad = bound("bad", 4, "hgx", **fields)
     st.pods_relisted([good, bad], "1")
@@ -56,7 +56,7 @@ def test_malformed_pods_are_skipped_and_logged_once(
 def test_relists_freeze_the_cache_for_the_collector() -> None:
     st = ClusterState("nvidia.com/gpu", freeze_gc=True)
     try:
-        st.nodes_relisted([node_obj("hgx", "hgx-h100-nvswitch-8gpu")], "1")
+        st.nodes_relisted([gpu_node("hgx", "hgx-h100-nvswitch-8gpu")], "1")
         assert gc.get_freeze_count() == 0  # not before both caches are listed
         st.pods_relisted([], "1")
         assert gc.get_freeze_count() > 0

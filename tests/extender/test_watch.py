@@ -1,6 +1,6 @@
 """`nodeCacheCapable: true`: the extender's own watch of Nodes and Pods through kubernetes-asyncio.
 
-There is no kube-apiserver on the test machines: tests/harness/kube_standin.py serves the real wire format
+There is no kube-apiserver on the test machines: lab/kube/standin.py serves the real wire format
 (list/watch with resourceVersion, 410 Expired after compaction) to the unmodified kubernetes-asyncio client.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from toposcale.extender.state import ClusterState
 
-from tests.extender.conftest import node_obj, pod_obj
-from tests.harness.kube_standin import KubeStandIn
+from lab.kube.standin import KubeStandIn
+from lab.objects import gpu_node, make_pod
 from toposcale.kube import api_client
 
 
@@ -41,8 +41,8 @@ async def kube() -> AsyncIterator[KubeStandIn]:
 
 @pytest.fixture
 async def state(kube: KubeStandIn, tmp_path: Path) -> AsyncIterator[ClusterState]:
-    kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(-60)))
-    kube.add(node_obj("a6000", "a6000-8gpu-nvlink-bridge-pairs", used=[0], observed=stamp(-60)))
+    kube.add(gpu_node("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(-60)))
+    kube.add(gpu_node("a6000", "a6000-8gpu-nvlink-bridge-pairs", used=[0], observed=stamp(-60)))
     api = await api_client(kube.write_kubeconfig(tmp_path / "kubeconfig"))
     st = ClusterState("nvidia.com/gpu", reflect_grace_s=1.0)
     await st.start(api)
@@ -60,7 +60,7 @@ def names_args(pod: dict[str, Any], names: list[str]) -> dict[str, Any]:
 
 async def test_names_only_filter_answers_from_the_watch(serve, state: ClusterState) -> None:
     async with serve(state=state) as s:
-        pod = pod_obj("vllm", 4, scope="nvlink")
+        pod = make_pod("vllm", 4, scope="nvlink")
         code, res = await s.post("/filter", names_args(pod, ["a6000", "hgx", "gpu-9"]))
         assert code == 200
         assert res["Nodes"] is None
@@ -69,7 +69,7 @@ async def test_names_only_filter_answers_from_the_watch(serve, state: ClusterSta
         assert res["NodeNames"] == ["hgx"]
         assert "at most 2 connected by NVLink" in res["FailedAndUnresolvableNodes"]["a6000"]
         assert "not in the extender's cache" in res["FailedNodes"]["gpu-9"]
-        code, prio = await s.post("/prioritize", names_args(pod_obj("vllm", 1), ["hgx", "a6000"]))
+        code, prio = await s.post("/prioritize", names_args(make_pod("vllm", 1), ["hgx", "a6000"]))
         scores = {h["Host"]: h["Score"] for h in prio}
         assert scores["a6000"] > scores["hgx"]  # the 1-GPU pod goes where a pair is already broken
         code, health = await s.get("/healthz")
@@ -82,17 +82,17 @@ async def test_node_changes_arrive_through_the_watch_and_relist_after_410(
     nodes_reflector = state.reflectors[0]
     assert nodes_reflector.relists == 1
     async with serve(state=state) as s:
-        pod = pod_obj("vllm", 8)
+        pod = make_pod("vllm", 8)
         _, res = await s.post("/filter", names_args(pod, ["hgx"]))
         assert res["NodeNames"] == ["hgx"]
-        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4]))  # a watch event
+        kube.add(gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4]))  # a watch event
         await until(lambda: state.view("hgx").free_mask == 0b11100000, "MODIFIED event applied")
         # The watch drops, changes happen, history is compacted (no await in between, so the reflector
         # cannot reconnect early): resuming from its old resourceVersion gets 410 Expired, it must relist,
         # and the changes made in the gap must show up.
         kube.close_watches()
-        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu"))
-        kube.add(node_obj("new", "dgx-a100-nvswitch-8gpu"))
+        kube.add(gpu_node("hgx", "hgx-h100-nvswitch-8gpu"))
+        kube.add(gpu_node("new", "dgx-a100-nvswitch-8gpu"))
         kube.compact()
         await until(lambda: nodes_reflector.relists >= 2, "relist after 410")
         await until(lambda: state.view("new") is not None, "node created during the gap")
@@ -106,22 +106,22 @@ async def test_bound_pods_are_assumed_until_the_agent_catches_up(
     serve, kube: KubeStandIn, state: ClusterState
 ) -> None:
     async with serve(state=state) as s:
-        big = names_args(pod_obj("big", 8), ["hgx"])
-        _, res = await s.post("/filter", names_args(pod_obj("big", 8, scope="nvlink"), ["hgx"]))
+        big = names_args(make_pod("big", 8), ["hgx"])
+        _, res = await s.post("/filter", names_args(make_pod("big", 8, scope="nvlink"), ["hgx"]))
         assert res["NodeNames"] == ["hgx"]
         # The scheduler binds a 4-GPU pod to hgx; the annotation (observed a minute ago) cannot show it.
-        kube.add(pod_obj("vllm-0", 4, node="hgx"))
+        kube.add(make_pod("vllm-0", 4, node="hgx"))
         await until(lambda: state.view("hgx").free_mask.bit_count() == 4, "4 GPUs assumed taken")
-        _, res = await s.post("/filter", names_args(pod_obj("big", 8, scope="nvlink"), ["hgx"]))
+        _, res = await s.post("/filter", names_args(make_pod("big", 8, scope="nvlink"), ["hgx"]))
         assert res["FailedNodes"]["hgx"].startswith("pod needs 8 GPUs, 4 free")
-        _, doc = await s.post("/explain", names_args(pod_obj("four", 4), ["hgx"]))
+        _, doc = await s.post("/explain", names_args(make_pod("four", 4), ["hgx"]))
         assert len(doc["nodes"][0]["gpus"]) == 4
         # The agent publishes an allocation observed after the bind: the assumption ends.
-        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[4, 5, 6, 7], observed=stamp(+5)))
+        kube.add(gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[4, 5, 6, 7], observed=stamp(+5)))
         await until(lambda: state.view("hgx").free_mask == 0b00001111, "annotation replaces assumption")
         # A pod the kubelet admitted long before the annotation was observed is not counted twice
         # (what an extender restart sees for every running pod).
-        old = pod_obj("old", 2, node="hgx", phase="Running")
+        old = make_pod("old", 2, node="hgx", phase="Running")
         old["status"]["startTime"] = stamp(-3600)
         kube.add(old)
         await until(lambda: len(state.pods) == 2, "running pod tracked")
@@ -135,7 +135,7 @@ async def test_bound_pods_are_assumed_until_the_agent_catches_up(
 
 
 async def test_explain_get_reads_the_pending_pod(serve, kube: KubeStandIn, state: ClusterState) -> None:
-    kube.add(pod_obj("pending", 2, scope="nvlink"))
+    kube.add(make_pod("pending", 2, scope="nvlink"))
     async with serve(state=state) as s:
         code, text = await s.get("/explain?pod=default/pending")
         assert code == 200, text
@@ -156,10 +156,10 @@ async def test_gpu_counts_beyond_64_bits_from_the_watch(
     # pod holding such a count takes the node's GPUs in the cache, nothing breaks.
     import json
 
-    huge = pod_obj("huge", 4, scope="nvlink")
+    huge = make_pod("huge", 4, scope="nvlink")
     huge["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1e30"}}
     kube.add(huge)
-    bound = pod_obj("bound", 4, node="a6000")
+    bound = make_pod("bound", 4, node="a6000")
     bound["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1e30"}}
     kube.add(bound)
     await until(lambda: len(state.pods) == 1, "bound pod tracked")
@@ -173,7 +173,7 @@ async def test_gpu_counts_beyond_64_bits_from_the_watch(
         assert code == 200 and set(res["FailedAndUnresolvableNodes"]) == {"hgx", "a6000"}
         code, prio = await s.post("/prioritize", names_args(huge, ["hgx", "a6000"]))
         assert code == 200 and {h["Score"] for h in prio} == {0}
-        code, res = await s.post("/filter", names_args(pod_obj("two", 2), ["hgx", "a6000"]))
+        code, res = await s.post("/filter", names_args(make_pod("two", 2), ["hgx", "a6000"]))
         assert code == 200 and res["NodeNames"] == ["hgx", "a6000"]
         _, metrics = await s.get("/metrics")
     assert 'code="500"' not in metrics

@@ -8,17 +8,17 @@ from typing import Any
 
 import orjson
 
-from tests.extender.conftest import node_obj, pod_obj
+from lab.objects import gpu_node, make_pod
 
 
 def fleet() -> list[dict[str, Any]]:
     return [
-        node_obj("hgx", "hgx-h100-nvswitch-8gpu"),
-        node_obj("hgx-busy", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4]),
-        node_obj("a6000", "a6000-8gpu-nvlink-bridge-pairs"),
-        node_obj("rtx-sys", "rtx4090-8gpu-all-sys"),
-        node_obj("l40s-busy", "l40s-4gpu-two-per-socket", used=[0, 1, 2]),
-        node_obj("bare", None),  # no agent yet
+        gpu_node("hgx", "hgx-h100-nvswitch-8gpu"),
+        gpu_node("hgx-busy", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4]),
+        gpu_node("a6000", "a6000-8gpu-nvlink-bridge-pairs"),
+        gpu_node("rtx-sys", "rtx4090-8gpu-all-sys"),
+        gpu_node("l40s-busy", "l40s-4gpu-two-per-socket", used=[0, 1, 2]),
+        gpu_node("bare", None),  # no agent yet
     ]
 
 
@@ -33,7 +33,7 @@ def args(pod: dict[str, Any], nodes: list[dict[str, Any]] | None = None, names: 
 async def test_filter_full_nodes_pascal_case_and_echo(serve) -> None:
     nodes = fleet()
     async with serve() as s:
-        code, res = await s.post("/filter", args(pod_obj("vllm", 4), nodes))
+        code, res = await s.post("/filter", args(make_pod("vllm", 4), nodes))
     assert code == 200
     assert set(res) == {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}
     assert res["Error"] == ""
@@ -47,7 +47,7 @@ async def test_filter_full_nodes_pascal_case_and_echo(serve) -> None:
 
 async def test_prioritize_scores_by_topology(serve) -> None:
     async with serve() as s:
-        code, res = await s.post("/prioritize", args(pod_obj("vllm", 4), fleet()))
+        code, res = await s.post("/prioritize", args(make_pod("vllm", 4), fleet()))
     assert code == 200
     assert isinstance(res, list)
     scores = {h["Host"]: h["Score"] for h in res}
@@ -60,7 +60,7 @@ async def test_prioritize_scores_by_topology(serve) -> None:
 
 
 async def test_lowercase_keys_accepted_answer_pascal(serve) -> None:
-    body = {"pod": pod_obj("vllm", 2), "nodes": {"items": fleet()[:2]}, "nodenames": None}
+    body = {"pod": make_pod("vllm", 2), "nodes": {"items": fleet()[:2]}, "nodenames": None}
     async with serve() as s:
         code, res = await s.post("/filter", body)
         code2, prio = await s.post("/prioritize", body)
@@ -71,7 +71,7 @@ async def test_lowercase_keys_accepted_answer_pascal(serve) -> None:
 
 async def test_required_scope_fails_with_reasons(serve) -> None:
     async with serve() as s:
-        code, res = await s.post("/filter", args(pod_obj("vllm", 4, scope="nvlink"), fleet()))
+        code, res = await s.post("/filter", args(make_pod("vllm", 4, scope="nvlink"), fleet()))
     assert code == 200
     assert [n["metadata"]["name"] for n in res["Nodes"]["items"]] == ["hgx"]
     never = res["FailedAndUnresolvableNodes"]
@@ -86,7 +86,7 @@ async def test_required_scope_fails_with_reasons(serve) -> None:
 
 async def test_invalid_scope_fails_every_node_unresolvable(serve) -> None:
     async with serve() as s:
-        code, res = await s.post("/filter", args(pod_obj("vllm", 4, scope="rack"), fleet()))
+        code, res = await s.post("/filter", args(make_pod("vllm", 4, scope="rack"), fleet()))
     assert code == 200
     assert res["Nodes"]["items"] == []
     assert set(res["FailedAndUnresolvableNodes"]) == {n["metadata"]["name"] for n in fleet()}
@@ -95,8 +95,8 @@ async def test_invalid_scope_fails_every_node_unresolvable(serve) -> None:
 
 async def test_pod_without_gpus_passes_everything_with_zero(serve) -> None:
     async with serve() as s:
-        _, res = await s.post("/filter", args(pod_obj("web", 0), fleet()))
-        _, prio = await s.post("/prioritize", args(pod_obj("web", 0), fleet()))
+        _, res = await s.post("/filter", args(make_pod("web", 0), fleet()))
+        _, prio = await s.post("/prioritize", args(make_pod("web", 0), fleet()))
     assert len(res["Nodes"]["items"]) == len(fleet())
     assert res["FailedNodes"] == {} and res["FailedAndUnresolvableNodes"] == {}
     assert {h["Score"] for h in prio} == {0}
@@ -104,8 +104,8 @@ async def test_pod_without_gpus_passes_everything_with_zero(serve) -> None:
 
 async def test_standalone_names_only_fails_with_clear_reason(serve) -> None:
     async with serve() as s:
-        code, res = await s.post("/filter", args(pod_obj("vllm", 4), names=["n1", "n2"]))
-        code2, prio = await s.post("/prioritize", args(pod_obj("vllm", 4), names=["n1", "n2"]))
+        code, res = await s.post("/filter", args(make_pod("vllm", 4), names=["n1", "n2"]))
+        code2, prio = await s.post("/prioritize", args(make_pod("vllm", 4), names=["n1", "n2"]))
     assert code == code2 == 200
     assert res["NodeNames"] == [] and res["Nodes"] is None
     assert set(res["FailedAndUnresolvableNodes"]) == {"n1", "n2"}
@@ -114,13 +114,13 @@ async def test_standalone_names_only_fails_with_clear_reason(serve) -> None:
 
 
 async def test_bad_annotations_pass_neutral_and_log_once(serve, caplog) -> None:
-    broken = node_obj("broken", None, extra_annotations={"toposcale.io/gpu-topology": '{"version": 2}'})
-    no_alloc = node_obj("no-alloc", "a6000-8gpu-nvlink-bridge-pairs", allocation=None)
-    unknown = node_obj(
+    broken = gpu_node("broken", None, extra_annotations={"toposcale.io/gpu-topology": '{"version": 2}'})
+    no_alloc = gpu_node("no-alloc", "a6000-8gpu-nvlink-bridge-pairs", allocation=None)
+    unknown = gpu_node(
         "kubelet-down", "a6000-8gpu-nvlink-bridge-pairs",
         allocation='{"version":1,"allocated":null,"unhealthy":[],"observed":"2026-11-26T10:00:00Z"}',
     )
-    body = args(pod_obj("vllm", 2), [broken, no_alloc, unknown, node_obj("ok", "hgx-h100-nvswitch-8gpu")])
+    body = args(make_pod("vllm", 2), [broken, no_alloc, unknown, gpu_node("ok", "hgx-h100-nvswitch-8gpu")])
     async with serve() as s:
         for _ in range(3):
             code, prio = await s.post("/prioritize", body)
@@ -152,7 +152,7 @@ async def test_bad_input_is_400_with_status(serve) -> None:
                 assert res["kind"] == "Status" and res["code"] == 400 and res["reason"] == "BadRequest"
                 assert needle in res["message"]
         # A bad node item is skipped, never a 500.
-        weird = args(pod_obj("vllm", 2), [{"metadata": {}}, "x", node_obj("ok", "hgx-h100-nvswitch-8gpu")])
+        weird = args(make_pod("vllm", 2), [{"metadata": {}}, "x", gpu_node("ok", "hgx-h100-nvswitch-8gpu")])
         code, res = await s.post("/filter", weird)
         assert code == 200
         assert [n["metadata"]["name"] for n in res["Nodes"]["items"]] == ["ok"]
@@ -166,13 +166,13 @@ async def test_body_size_bound(serve) -> None:
     from toposcale.extender.server import ServerConfig
 
     async with serve(ServerConfig(max_body_bytes=4_000)) as s:
-        code, res = await s.post("/filter", args(pod_obj("vllm", 2), fleet()))
+        code, res = await s.post("/filter", args(make_pod("vllm", 2), fleet()))
     assert code == 413 and res["reason"] == "RequestEntityTooLarge"
 
 
 async def test_explain_post_lists_sets_tiers_and_reasons(serve) -> None:
     async with serve() as s:
-        code, doc = await s.post("/explain", args(pod_obj("vllm", 4, scope="numa"), fleet()))
+        code, doc = await s.post("/explain", args(make_pod("vllm", 4, scope="numa"), fleet()))
     assert code == 200
     assert doc["pod"] == "default/vllm" and doc["gpus"] == 4 and doc["requiredScope"] == "numa"
     rows = {r["node"]: r for r in doc["nodes"]}
@@ -194,9 +194,9 @@ async def test_url_prefix_and_metrics(serve) -> None:
 
     async with serve(ServerConfig(url_prefix="scheduler/")) as s:
         assert s.url.endswith("/scheduler")
-        code, _ = await s.post("/filter", args(pod_obj("vllm", 4), fleet()))
+        code, _ = await s.post("/filter", args(make_pod("vllm", 4), fleet()))
         assert code == 200
-        code, _ = await s.post("/prioritize", args(pod_obj("vllm", 4), fleet()))
+        code, _ = await s.post("/prioritize", args(make_pod("vllm", 4), fleet()))
         code, health = await s.get("/healthz")
         assert code == 200 and '"ok"' in health
         code, metrics = await s.get("/metrics")
@@ -229,15 +229,15 @@ def test_priority_list_encoding_matches_json_for_any_name() -> None:
 async def test_explain_names_the_nvlink_pair_for_free_socket_trade(serve) -> None:
     # A 1-GPU pod goes to the NVLink-pair box and breaks a pair, to keep the other box's free 4-GPU socket
     # whole: defensible for a fleet of 4-GPU pods, and now said where an operator looks.
-    nodes = [node_obj("pairs", "a6000-8gpu-nvlink-bridge-pairs", used=[0, 1]),
-             node_obj("pcie", "rtx4090-8gpu-node-per-socket", used=[0, 1, 2, 3])]
+    nodes = [gpu_node("pairs", "a6000-8gpu-nvlink-bridge-pairs", used=[0, 1]),
+             gpu_node("pcie", "rtx4090-8gpu-node-per-socket", used=[0, 1, 2, 3])]
     async with serve() as s:
-        code, doc = await s.post("/explain", args(pod_obj("one", 1), nodes))
+        code, doc = await s.post("/explain", args(make_pod("one", 1), nodes))
         assert code == 200
         best, other = doc["nodes"]
         assert (best["node"], other["node"]) == ("pairs", "pcie") and best["score"] > other["score"]
         assert best["breaks"] == ["an NVLink pair"] and other["breaks"] == ["a free 4-GPU socket"]
         assert best["reason"].endswith("; keeps a free 4-GPU socket on node pcie; breaks an NVLink pair here")
         assert other["reason"].endswith("; would break a free 4-GPU socket")
-        code, doc = await s.post("/explain", args(pod_obj("four", 4), nodes))  # a 4-GPU pod breaks neither
+        code, doc = await s.post("/explain", args(make_pod("four", 4), nodes))  # a 4-GPU pod breaks neither
         assert all(r.get("breaks", []) == [] and "break" not in r["reason"] for r in doc["nodes"]), doc

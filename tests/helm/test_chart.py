@@ -13,14 +13,14 @@
   (the self-signed certificate is kept), `helm uninstall` (nothing of the release is left, cluster-scoped
   objects included).
 
-The same control plane holds deploy/all in namespace `toposcale` (tests/harness/deployed.py), with
+The same control plane holds deploy/all in namespace `toposcale` (lab/peers/deployed.py), with
 cluster-scoped objects (toposcale-adapter ClusterRoles, ...) and the one APIService
 v1beta1.external.metrics.k8s.io. The release here is `helmtest` in a fresh namespace: every cluster-scoped
 name and kube-system RoleBinding carries the release's fullname (helmtest-toposcale-...), so nothing clashes;
 the APIService (whose name Kubernetes fixes) is off for the real install (adapter.apiService.enabled=false),
 and checked with a server-side dry run only. cert-manager, Prometheus Operator and KEDA kinds have no CRDs
 there: the install uses adapter.tls.mode=self-signed, monitors and KEDA are off by default. No kubelet runs
-pods, and other tests register Nodes (tests/harness/kubelet.py): the release runs no pods (replicas 0, an
+pods, and other tests register Nodes (lab/kube/kubelet.py): the release runs no pods (replicas 0, an
 agent nodeSelector no node has), so it never lands on their Nodes.
 
 helm cannot be built (no Go, no module proxy): these tests fail with the reason, never skip.

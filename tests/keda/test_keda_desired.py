@@ -1,4 +1,4 @@
-"""The real KEDA (operator + metrics server, tests/keda/harness.py) scaling deploy/examples/qwen-keda's
+"""The real KEDA (operator + metrics server, lab/peers/keda.py) scaling deploy/examples/qwen-keda's
 Deployment on toposcale's `vllm_desired_replicas` through the external scaler, on the session's real control
 plane, with in-test vLLM exporters whose token counters the test drives and a gateway whose pending requests
 are the rule's front door (tests/cluster/test_desired_replicas.py has the same story on a plain HPA).
@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from lab.peers.desired_stack import DesiredStack, Gateway, rules_file
 from tests.cluster.conftest import Deployed, wait_for
-from tests.cluster.desired_stack import DesiredStack, Gateway, rules_file
 
 from .test_keda_operator import COOLDOWN_S, keda_on_toposcale, state
 

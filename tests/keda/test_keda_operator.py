@@ -1,4 +1,4 @@
-"""The real KEDA (operator + metrics server v2.21.0, tests/keda/harness.py) autoscaling
+"""The real KEDA (operator + metrics server v2.21.0, lab/peers/keda.py) autoscaling
 deploy/examples/qwen-keda on toposcale's external scaler (gRPC, TLS verified with the caCert of a
 TriggerAuthentication), on the session's real control plane: the real HPA controller
 (kube-controller-manager) reads KEDA's external metrics through the real aggregator.
@@ -37,12 +37,11 @@ from typing import Any
 
 import pytest
 
+from lab.kube.cluster import free_port
+from lab.peers.exporters import VllmExporter
+from lab.peers.keda import Keda, make_tls, run_keda, tail, wait_https
+from lab.peers.qwen import QwenStack
 from tests.cluster.conftest import TOPOSCALE, Deployed, apply_objects, kubectl, process, render, wait_for
-from tests.cluster.qwen import QwenStack
-from tests.harness.exporters import VllmExporter
-from tests.harness.kube_cluster import free_port
-
-from .harness import Keda, make_tls, run_keda, tail, wait_https
 
 pytestmark = pytest.mark.timeout(600)
 

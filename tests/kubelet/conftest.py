@@ -1,4 +1,4 @@
-"""Real nodes in the suite (tests/harness/kubelet_lab.py): containerd, the kubelet built from source and the
+"""Real nodes in the suite (lab/kube/kubelet_lab.py): containerd, the kubelet built from source and the
 device plugin of tests/gpuallocator/deviceplugin, added to the session's control plane.
 
 `real_fleet` (one per package run): two nodes of different fixture topologies (A100s in NVLink-bridged pairs
@@ -24,10 +24,10 @@ import grpc
 import pytest
 from toposcale.extender.agent.podresources import api_pb2, api_pb2_grpc
 
-from tests.harness.deployed import TOPOSCALE, Deployed
-from tests.harness.gpu_kubelet import FIXTURES, GPU_LABEL, GPU_TAINT, RESOURCE, GpuNode
-from tests.harness.kube_cluster import free_port
-from tests.harness.kubelet_lab import KubeletLab, LabError, LabNode, image_cache_dir
+from lab.kube.cluster import free_port
+from lab.kube.gpu_kubelet import FIXTURES, GPU_LABEL, GPU_TAINT, RESOURCE, GpuNode
+from lab.kube.kubelet_lab import KubeletLab, LabError, LabNode, image_cache_dir
+from lab.peers.deployed import TOPOSCALE, Deployed
 from tests.scheduler.conftest import Api, Extender, Proc, Scheduler, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

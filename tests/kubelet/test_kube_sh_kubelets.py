@@ -9,10 +9,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from lab.kube.cluster import _alive
+from lab.kube.kubelet_lab import CGROUP_FS, LAB_DIR, STATE, _cgroup_dirs, _cgroup_pids
+from lab.peers.deployed import KUBECTL
 from tests.conftest import KUBE_SH, kube_bin_dir
-from tests.harness.deployed import KUBECTL
-from tests.harness.kube_cluster import _alive
-from tests.harness.kubelet_lab import CGROUP_FS, LAB_DIR, STATE, _cgroup_dirs, _cgroup_pids
 
 
 def test_kubelet_is_built_at_the_pinned_version() -> None:

@@ -33,9 +33,9 @@ from toposcale.extender.topology.annotations import (
     topology_from_doc,
 )
 
-from tests.harness.deployed import TOPOSCALE
-from tests.harness.gpu_kubelet import RESOURCE, GpuNode
-from tests.harness.kubelet_lab import EXPORTER_PORT, exporter_pod
+from lab.kube.gpu_kubelet import RESOURCE, GpuNode
+from lab.kube.kubelet_lab import EXPORTER_PORT, exporter_pod
+from lab.peers.deployed import TOPOSCALE
 from tests.scheduler.conftest import GATE, SCHEDULER_NAME, wait_for
 
 from .conftest import FLEET_LABEL, NODES, RealFleet, pod_resources

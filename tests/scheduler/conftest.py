@@ -1,11 +1,11 @@
 """The real kube-scheduler calling the real extender (issue 14, "Tests against the real kube-scheduler").
 
-What runs, all on loopback against the session's control plane (tests/harness/kube_cluster.py) with deploy/
-applied (tests/harness/deployed.py):
+What runs, all on loopback against the session's control plane (lab/kube/cluster.py) with deploy/
+applied (lab/peers/deployed.py):
 
 - a fleet of fake GPU nodes (`fleet`, one per test package run): Node objects as deploy/ expects them (the
   `nvidia.com/gpu` NoSchedule taint, `nvidia.com/gpu.present=true`, GPU capacity), Ready, served by the
-  in-test kubelet of tests/harness/gpu_kubelet.py, which gives each bound pod the GPUs the **real**
+  in-test kubelet of lab/kube/gpu_kubelet.py, which gives each bound pod the GPUs the **real**
   go-gpuallocator best-effort policy picks from the node's free GPUs in a shuffled order and reports them over
   the kubelet pod-resources gRPC API;
 - one real `toposcale agent` per node (its own ServiceAccount token), reading its hardware from a fixture
@@ -51,9 +51,9 @@ import pytest
 import yaml
 from toposcale.extender.topology.allocator import candidates, indices_of, mask_of
 
-from tests.harness.deployed import TOPOSCALE, Deployed, sa_token
-from tests.harness.gpu_kubelet import FIXTURES, RESOURCE, GpuKubelet, GpuNode
-from tests.harness.kube_cluster import Cluster, free_port, write_kubeconfig
+from lab.kube.cluster import Cluster, free_port, write_kubeconfig
+from lab.kube.gpu_kubelet import FIXTURES, RESOURCE, GpuKubelet, GpuNode
+from lab.peers.deployed import TOPOSCALE, Deployed, sa_token
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -474,7 +474,7 @@ class Fleet:
 
 @pytest.fixture(scope="package")
 def fleet(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    from tests.extender.test_allocator_vs_go import go_binary
+    from lab.peers.gpuallocator import go_binary
 
     cluster = deployed.cluster
     work = tmp_path_factory.mktemp("scheduler-fleet")

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from toposcale.extender.state import ClusterState
 
-from tests.extender.conftest import node_obj, pod_obj
+from lab.objects import gpu_node, make_pod
 
 
 def stamp(delta_s: float = 0.0) -> str:
@@ -25,7 +25,7 @@ def stamp(delta_s: float = 0.0) -> str:
 
 
 def bound(name: str, gpus: int, node: str, started: str | None) -> dict:
-    pod = pod_obj(name, gpus, node=node, phase="Running" if started else "Pending")
+    pod = make_pod(name, gpus, node=node, phase="Running" if started else "Pending")
     pod["metadata"]["uid"] = f"uid-{name}"
     if started:
         pod["status"]["startTime"] = started
@@ -34,31 +34,31 @@ def bound(name: str, gpus: int, node: str, started: str | None) -> dict:
 
 def test_allocation_published_within_the_grace_is_not_counted_twice() -> None:
     st = ClusterState("nvidia.com/gpu", reflect_grace_s=2.0)
-    st.nodes_relisted([node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(-60))], "1")
+    st.nodes_relisted([gpu_node("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(-60))], "1")
     st.pods_relisted([], "1")
     start = stamp()
     st.pod_event("ADDED", bound("vllm-0", 4, "hgx", None))  # bound: assumed
     assert st.view("hgx").free_mask.bit_count() == 4
     st.pod_event("MODIFIED", bound("vllm-0", 4, "hgx", start))  # the kubelet admitted it
     # the agent saw it within a second and published: observed == startTime (both whole seconds)
-    st.node_event("MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[4, 5, 6, 7], observed=start))
+    st.node_event("MODIFIED", gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[4, 5, 6, 7], observed=start))
     assert st.view("hgx").free_mask == 0b00001111  # 4 free, not 0
 
 
 def test_an_observation_short_of_the_bound_pods_keeps_the_assumption() -> None:
     st = ClusterState("nvidia.com/gpu", reflect_grace_s=2.0)
     start = stamp()
-    st.nodes_relisted([node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1], observed=start)], "1")
+    st.nodes_relisted([gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1], observed=start)], "1")
     # vllm-0 (2 GPUs) is in the annotation; vllm-1 (4 GPUs) was admitted the same second, not yet in it
     st.pods_relisted([bound("vllm-0", 2, "hgx", stamp(-30)), bound("vllm-1", 4, "hgx", start)], "1")
     assert st.view("hgx").free_mask.bit_count() == 2  # 8 - 2 published - 4 assumed
     # an observation from before the admission never ends it, whatever it lists
     st.node_event(
-        "MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5], observed=stamp(-5))
+        "MODIFIED", gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5], observed=stamp(-5))
     )
     assert st.view("hgx").free_mask.bit_count() == 0
     # the agent's next one lists all six: the assumption ends
     st.node_event(
-        "MODIFIED", node_obj("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5], observed=start)
+        "MODIFIED", gpu_node("hgx", "hgx-h100-nvswitch-8gpu", used=[0, 1, 2, 3, 4, 5], observed=start)
     )
     assert st.view("hgx").free_mask == 0b11000000

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness.deployed import Deployed
+from lab.peers.deployed import Deployed
 
 from .conftest import (
     Extender,

@@ -17,7 +17,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.harness.deployed import Deployed
+from lab.peers.deployed import Deployed
 
 from .conftest import (
     Extender,

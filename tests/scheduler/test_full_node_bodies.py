@@ -17,7 +17,8 @@ import json
 from prometheus_client import generate_latest
 from toposcale.extender.server import Extender, ServerConfig
 
-from tests.extender.conftest import free_port, node_obj, pod_obj
+from lab.objects import gpu_node, make_pod
+from lab.procs import free_port
 
 NODES = 200  # about 0.5 MB of full Node objects, as the scheduler sends at nodeCacheCapable: false
 
@@ -36,9 +37,9 @@ async def test_full_node_bodies_over_one_keepalive_connection_are_answered() -> 
     ext = Extender(cfg)
     runner, _site = await ext.listen()
     try:
-        nodes = [node_obj(f"gpu-{i}", "a6000-8gpu-nvlink-bridge-pairs", used=[0]) for i in range(NODES)]
+        nodes = [gpu_node(f"gpu-{i}", "a6000-8gpu-nvlink-bridge-pairs", used=[0]) for i in range(NODES)]
         body = json.dumps(
-            {"Pod": pod_obj("vllm", 4), "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": None}
+            {"Pod": make_pod("vllm", 4), "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": None}
         ).encode()
         assert len(body) > 4 * 64 * 1024
         reader, writer = await asyncio.open_connection("127.0.0.1", cfg.port)

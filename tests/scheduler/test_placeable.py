@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from tests.harness.deployed import Deployed
+from lab.peers.deployed import Deployed
 
 from .conftest import (
     Extender,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness.deployed import Deployed
+from lab.peers.deployed import Deployed
 
 from .conftest import Extender, Fleet, Scheduler, Stream, failed_scheduling, running, wait_for
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from toposcale.extender.topology.allocator import mask_of
 
-from tests.harness.deployed import TOPOSCALE, Deployed
+from lab.peers.deployed import TOPOSCALE, Deployed
 from toposcale import cli
 from toposcale.simulate.extender_api import set_tier
 from toposcale.simulate.tiers import best_tier, single_numa

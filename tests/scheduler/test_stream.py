@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.deployed import Deployed, forbidden
+from lab.peers.deployed import Deployed, forbidden
 
 from .conftest import (
     ALLOWED_CHANGES,

@@ -2,7 +2,7 @@
 by the adapter's own security builder (`build_security`) in front of a small aiohttp app.
 
 No kube-apiserver exists here: TokenReview, SubjectAccessReview and the extension-apiserver-authentication
-ConfigMap are served by `tests/harness/kube_standin.py` (the real wire format), reached through
+ConfigMap are served by `lab/kube/standin.py` (the real wire format), reached through
 kubernetes-asyncio exactly as in a cluster.
 """
 
@@ -26,8 +26,8 @@ from toposcale.adapter.security import options, serving
 from toposcale.adapter.security.authconfig import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE
 from toposcale.adapter.security.middleware import USER_KEY
 
-from tests.harness.certs import Issued, TestPKI
-from tests.harness.kube_standin import KubeStandIn
+from lab.kube.standin import KubeStandIn
+from lab.pki import Issued, TestPKI
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
 METRIC_PATH = "/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/vllm_queue_depth"

@@ -1,6 +1,6 @@
 """The acceptance flags on the real `toposcale adapter` process: TLS from files, front-proxy and client-CA
 authentication from the extension-apiserver-authentication ConfigMap, SubjectAccessReviews, the real kubectl
-as the client, plain HTTP refused. Kubernetes is the in-process stand-in (tests/harness/kube_standin.py, real
+as the client, plain HTTP refused. Kubernetes is the in-process stand-in (lab/kube/standin.py, real
 wire format) that the adapter reaches with --authentication-kubeconfig / --authorization-kubeconfig; the
 metric source is an in-test vLLM exporter in the adapter's --scrape-targets mode."""
 
@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.harness.exporters import VllmExporter
-from tests.harness.kube_standin import KubeStandIn
+from lab.kube.standin import KubeStandIn
+from lab.peers.exporters import VllmExporter
 from toposcale.ports import free_port
 
 from .conftest import PKI, auth_configmap

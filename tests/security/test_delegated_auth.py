@@ -2,7 +2,7 @@
 
 The server is the adapter's security stack (`build_security`: TLS context, middleware, ConfigMap watch) in
 front of a small app that echoes who it was told the caller is. Kubernetes is the in-process stand-in
-(tests/harness/kube_standin.py, real wire format) reached through kubernetes-asyncio: it serves the
+(lab/kube/standin.py, real wire format) reached through kubernetes-asyncio: it serves the
 kube-system/extension-apiserver-authentication ConfigMap, TokenReviews (`kube.tokens`) and
 SubjectAccessReviews (`kube.sar_decider`).
 """
@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from toposcale.adapter.security.authconfig import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE
 
-from tests.harness.kube_standin import KubeStandIn
+from lab.kube.standin import KubeStandIn
 
 from .conftest import METRIC_PATH, PKI, StartServer, auth_configmap, tls_flags, until
 

@@ -13,8 +13,8 @@ import logging
 
 import pytest
 
-from tests.harness.hostile import closed_by_server, held_connections, probe_during
-from tests.harness.kube_standin import KubeStandIn
+from lab.kube.standin import KubeStandIn
+from lab.peers.hostile import closed_by_server, held_connections, probe_during
 
 from .conftest import PKI, StartServer, auth_configmap, tls_flags, until
 

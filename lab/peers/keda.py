@@ -1,5 +1,5 @@
 """The real KEDA operator and metrics server (scripts/keda.sh, v2.21.0) as processes on loopback, against the
-session's real control plane (tests/harness/kube_cluster.py).
+session's real control plane (lab/kube/cluster.py).
 
 How it is wired, and why:
 - KEDA's CRDs (ScaledObject, TriggerAuthentication, ...) from the same release are applied server-side and
@@ -33,8 +33,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness.deployed import ROOT, kubectl
-from tests.harness.kube_cluster import Cluster, _Pki, free_port
+from lab.kube.cluster import Cluster, _Pki, free_port
+from lab.peers.deployed import ROOT, kubectl
 
 KEDA_SH = ROOT / "scripts" / "keda.sh"
 APISERVICE = "v1beta1.external.metrics.k8s.io"

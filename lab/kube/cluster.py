@@ -2,8 +2,8 @@
 and
 kube-scheduler, built from the Kubernetes sources by `scripts/kube.sh bin-dir` (tests/kube/go.mod).
 
-    python -m tests.harness.kube_cluster up DIR --bin-dir BIN [--scheduler-config FILE] [--hpa-sync-period 2s]
-    python -m tests.harness.kube_cluster down DIR
+    python -m lab.kube.cluster up DIR --bin-dir BIN [--scheduler-config FILE] [--hpa-sync-period 2s]
+    python -m lab.kube.cluster down DIR
 
 (`scripts/kube.sh up|down DIR` wraps these.) `up` makes a PKI for the run, starts the four processes in their
 own
@@ -20,8 +20,8 @@ stops exactly the PIDs in DIR/env (SIGTERM, then SIGKILL after a grace period) a
 DIR itself only when `up` created it. A failed `up` cleans up the same way, so it never removes a DIR that
 existed before it.
 
-`up` starts no kubelet: tests create Node objects themselves (tests/harness/kubelet.py plays a kubelet where
-one is needed), and `kube.sh up DIR --kubelets N` adds real nodes (tests/harness/kubelet_lab.py: containerd,
+`up` starts no kubelet: tests create Node objects themselves (lab/kube/kubelet.py plays a kubelet where
+one is needed), and `kube.sh up DIR --kubelets N` adds real nodes (lab/kube/kubelet_lab.py: containerd,
 the kubelet, a device plugin). The node lifecycle controller is not run, so fake Nodes are never tainted
 unreachable.
 

@@ -1,4 +1,4 @@
-"""An in-test "kubelet" for the real control plane (tests/harness/kube_cluster.py): there is no real one.
+"""An in-test "kubelet" for the real control plane (lab/kube/cluster.py): there is no real one.
 
 It registers fake Nodes (Ready, with capacity), watches the real API server for pods bound to them and marks
 each one Running and Ready with a pod IP, the way a kubelet's status manager does (PATCH of `pods/status`).
@@ -27,36 +27,10 @@ from typing import Any
 
 import aiohttp
 
-from .kube_cluster import Cluster
+from lab.kube.cluster import Cluster
 
 logger = logging.getLogger("tests.kubelet")
 Obj = dict[str, Any]
-
-
-def node_object(
-    name: str,
-    *,
-    gpus: int = 0,
-    cpu: str = "64",
-    memory: str = "512Gi",
-    labels: dict[str, str] | None = None,
-    taints: list[Obj] | None = None,
-    annotations: dict[str, str] | None = None,
-) -> Obj:
-    capacity = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "500Gi"}
-    if gpus:
-        capacity["nvidia.com/gpu"] = str(gpus)
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **(labels or {})},
-            "annotations": annotations or {},
-        },
-        "spec": {"taints": taints or []},
-        "status": {"capacity": capacity, "allocatable": dict(capacity)},
-    }
 
 
 class ApiSession:

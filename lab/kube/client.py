@@ -1,5 +1,5 @@
 """The few object calls tests make around the code under test, against the real kube-apiserver of the
-session's control plane (tests/harness/kube_cluster.py), with the same names as the stand-in's (`add`, `get`,
+session's control plane (lab/kube/cluster.py), with the same names as the stand-in's (`add`, `get`,
 `delete`), so a test reads the same whichever server it meets.
 
     kube = RealKube(cluster)
@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .kube_cluster import Cluster
+from lab.kube.cluster import Cluster
 
 Obj = dict[str, Any]
 _PATHS = {

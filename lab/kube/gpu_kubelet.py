@@ -1,13 +1,13 @@
 """An in-test kubelet that plays the NVIDIA device plugin's part too, for the tests against the real
 kube-scheduler (tests/scheduler).
 
-It extends tests/harness/kubelet.py's FakeKubelet (fake Ready Nodes, pods bound to them marked Running): when
+It extends lab/kube/kubelet.py's FakeKubelet (fake Ready Nodes, pods bound to them marked Running): when
 a pod is bound to one of its nodes it assigns GPUs the way the kubelet and the NVIDIA device plugin do. The
 kubelet hands the plugin the node's free device IDs in Go map order, and the plugin's GetPreferredAllocation
 runs go-gpuallocator's best-effort policy on them: here the **real** policy runs (the Go program of
 tests/gpuallocator, built by `scripts/gpuallocator.sh bin`), on the node's free GPUs in an order shuffled for
 every pod. The IDs it returns are what this node's kubelet pod-resources API (the gRPC stand-in of
-tests/agent/podresources_standin.py) reports from then on, so the real `toposcale agent` of that node
+lab/kube/podresources.py) reports from then on, so the real `toposcale agent` of that node
 publishes them in `toposcale.io/gpu-allocation`. When the pod is deleted its GPUs are free again.
 
 Everything runs on an event loop in a thread of its own: the agents poll the pod-resources servers every
@@ -36,10 +36,10 @@ from toposcale.extender.pods import gpu_request
 from toposcale.extender.topology.model import Topology
 from toposcale.extender.topology.topo_text import parse_topo_text
 
-from tests.agent.podresources_standin import PodResourcesStandIn
-
-from .kube_cluster import Cluster
-from .kubelet import FakeKubelet, node_object
+from lab.kube.cluster import Cluster
+from lab.kube.kubelet import FakeKubelet
+from lab.kube.podresources import PodResourcesStandIn
+from lab.objects import make_node
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ class GpuNode:
     standin: PodResourcesStandIn = field(init=False)
 
     def __post_init__(self) -> None:
-        from tests.extender.test_allocator_vs_go import NVSWITCH_FIXTURES, nvml_of_capture, nvml_of_model
+        from lab.peers.gpuallocator import NVSWITCH_FIXTURES, nvml_of_capture, nvml_of_model
 
         if self.source.suffix == ".json":
             cap = load_capture(self.source)
@@ -88,7 +88,7 @@ class GpuNode:
         return [flag, str(self.source)]
 
     def node_object(self, labels: dict[str, str]) -> dict[str, Any]:
-        return node_object(
+        return make_node(
             self.name, gpus=self.gpus, labels={**GPU_LABEL, **labels}, taints=[dict(GPU_TAINT)]
         )
 

@@ -1,5 +1,5 @@
 """deploy/examples/qwen's Deployment for `vllm_desired_replicas` on the real control plane: in-test vLLM
-exporters (tests/cluster/qwen.py) whose token counters a router-like task drives, a gateway serving its
+exporters (lab/peers/qwen.py) whose token counters a router-like task drives, a gateway serving its
 pending requests (the rule's front door), the rules file with the rule, and the HPA that scales on it
 (minReplicas 0).
 Used by tests/cluster/test_desired_replicas.py (the real HPA) and tests/keda/test_keda_desired.py (KEDA)."""
@@ -13,10 +13,9 @@ from typing import Any
 
 import yaml
 
-from tests.harness.exporters import Exporter
-
-from .conftest import Deployed, apply_objects
-from .qwen import QwenStack, qwen_objects
+from lab.peers.deployed import Deployed, apply_objects
+from lab.peers.exporters import Exporter
+from lab.peers.qwen import QwenStack, qwen_objects
 
 PRIOR = {"prompt_tokens_s": 1000.0, "generation_tokens_s": 1000.0}
 TOKENS_PER_REQUEST = 1000.0

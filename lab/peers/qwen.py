@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.harness.exporters import VllmExporter
-from tests.harness.kubelet import ApiSession, FakeKubelet, node_object
-
-from .conftest import CRD_KINDS, ROOT, Deployed, apply_objects, kubectl, render
+from lab.kube.kubelet import ApiSession, FakeKubelet
+from lab.objects import make_node
+from lab.peers.deployed import CRD_KINDS, ROOT, Deployed, apply_objects, kubectl, render
+from lab.peers.exporters import VllmExporter
 
 VLLM_PORT = 8000
 
@@ -61,7 +61,7 @@ class QwenStack:
         self.file_sd = file_sd
         self.kubelet = FakeKubelet(
             self.cluster,
-            [node_object(f"{namespace}-gpu-{i}", gpus=8) for i in range(nodes)],
+            [make_node(f"{namespace}-gpu-{i}", gpus=8) for i in range(nodes)],
             binder=True,
             on_running=self._pod_running,
             on_deleted=self._pod_deleted,

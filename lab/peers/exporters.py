@@ -31,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "metrics"
+from lab import FIXTURES as LAB_FIXTURES
+
+FIXTURES = LAB_FIXTURES / "metrics"
 _LINE = re.compile(r"^(?P<name>[^{\s]+)(\{(?P<labels>.*)\})?\s+(?P<value>\S+)$")
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)

@@ -1,6 +1,6 @@
 """Everything the dashboards read, running for real on loopback, scraped by the real Prometheus.
 
-- vLLM (both metric generations) and the DCGM exporter: the shared harness exporters (tests/harness/
+- vLLM (both metric generations) and the DCGM exporter: the shared harness exporters (lab/
   exporters.py), with the request-latency histograms and DCGM XID/profiling fields their abridged fixtures
   leave out added from tests/fixtures/metrics/*_latency.txt and dcgm_profiling.txt. Counters advance on every
   scrape (fixture value x scrape number), as on a serving pod, so rate() and histogram_quantile() see traffic.
@@ -36,21 +36,13 @@ from toposcale.adapter.sources.scrape import ScrapeSource
 from toposcale.extender.agent.service import AgentService, ServiceConfig
 from toposcale.extender.server import Extender
 from toposcale.extender.server import ServerConfig as ExtenderConfig
-from toposcale.extender.topology.annotations import (
-    ALLOCATION_ANNOTATION,
-    TOPOLOGY_ANNOTATION,
-    Allocation,
-    allocation_to_doc,
-    dumps,
-    now_rfc3339,
-    topology_to_doc,
-)
-from toposcale.extender.topology.topo_text import parse_topo_text
 
-from tests.harness.exporters import FIXTURES, DcgmExporter, Exporter, Gpu, VllmExporter, load_fixture
-from tests.harness.prometheus import PrometheusServer, ScrapeJob, free_port
+from lab import FIXTURES as LAB_FIXTURES
+from lab.objects import gpu_node
+from lab.peers.exporters import FIXTURES, DcgmExporter, Exporter, Gpu, VllmExporter, load_fixture
+from lab.peers.prometheus import PrometheusServer, ScrapeJob, free_port
 
-TOPOLOGIES = Path(__file__).resolve().parent.parent / "fixtures" / "topologies"
+TOPOLOGIES = LAB_FIXTURES / "topologies"
 _COUNTER_SAMPLE = re.compile(
     r"^(?P<name>\S+?(_total|_bucket|_count|_sum))(?P<labels>\{.*\})? (?P<value>\S+)$"
 )
@@ -90,32 +82,15 @@ class KubeStateMetrics(Exporter):
         return "\n".join(line for line in lines if not line.startswith("# source:")) + "\n"
 
 
-def node(name: str, fixture: str | None, used: list[int]) -> dict[str, Any]:
-    """A v1.Node as the node agent leaves it (fixture None: a GPU node the agent has not annotated)."""
-    annotations: dict[str, str] = {}
-    if fixture is not None:
-        text = (TOPOLOGIES / f"{fixture}.txt").read_text()
-        n = len(parse_topo_text(text))
-        topo = parse_topo_text(text, ids=[f"GPU-{name}-{i}" for i in range(n)])
-        annotations[TOPOLOGY_ANNOTATION] = dumps(topology_to_doc(topo))
-        held = frozenset(topo.gpus[i].id for i in used)
-        allocation = Allocation(held, frozenset(), now_rfc3339())
-        annotations[ALLOCATION_ANNOTATION] = dumps(allocation_to_doc(allocation))
-    return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name},
-                         "annotations": annotations},
-            "spec": {}, "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}}}
-
-
 def extender_args() -> dict[str, Any]:
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "qwen-2", "namespace": "llm", "annotations": {}},
            "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai",
                                     "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
            "status": {"phase": "Pending"}}
-    nodes = [node("gpu-node-a", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]),
-             node("gpu-node-b", "pcie-8gpu-two-switch-trees", []),
-             node("gpu-node-c", None, [])]
+    nodes = [gpu_node("gpu-node-a", "hgx-h100-nvswitch-8gpu", [0, 1, 2, 3]),
+             gpu_node("gpu-node-b", "pcie-8gpu-two-switch-trees", []),
+             gpu_node("gpu-node-c", None, [])]
     return {"Pod": pod, "Nodes": {"metadata": {}, "items": nodes}, "NodeNames": None}
 
 

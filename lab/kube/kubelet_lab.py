@@ -68,7 +68,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .kube_cluster import Cluster, _alive, _Pki, _terminate, free_port, write_kubeconfig
+from lab.kube.cluster import Cluster, _alive, _Pki, _terminate, free_port, write_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = "lab.json"
@@ -123,8 +123,8 @@ def _kube_module_dir() -> Path:
 
 
 def exporter_metrics() -> str:
-    """The vLLM V1 exporter text the project's simulated exporter serves (tests/harness/exporters.py)."""
-    from .exporters import VllmExporter
+    """The vLLM V1 exporter text the project's simulated exporter serves (lab/peers/exporters.py)."""
+    from lab.peers.exporters import VllmExporter
 
     e = VllmExporter(generation="v1", engines=1, model_name="qwen2.5-7b")
     e.waiting = 0
@@ -258,7 +258,7 @@ class LabNode:
     ) -> LabNode:
         """A node whose GPUs are a fixture's (a `nvidia-smi topo -m` text or an NVML capture), with the device
         IDs the agent reads from that fixture and the NUMA node of each GPU as its topology hint."""
-        from .gpu_kubelet import GpuNode
+        from lab.kube.gpu_kubelet import GpuNode
 
         g = GpuNode(name, source)
         topo = json.loads(json.dumps(g.nvml))
@@ -961,7 +961,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from .kube_cluster import down_refusal
+    from lab.kube.cluster import down_refusal
 
     ap = argparse.ArgumentParser(prog="kube.sh", allow_abbrev=False, description="real kubelets for the lab")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -974,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     d = a.dir.resolve()
     if a.cmd == "down":
-        # A DIR `kube.sh down` refuses (tests.harness.kube_cluster says why) or one without real nodes.
+        # A DIR `kube.sh down` refuses (lab.kube.cluster says why) or one without real nodes.
         if down_refusal(d) is not None or not (d / LAB_DIR / STATE).is_file():
             return 0
         problems = KubeletLab.load(d / LAB_DIR).down()

@@ -1,0 +1,1 @@
+"""The local Kubernetes of the lab: control plane, API client, kubelets, the API stand-in (faults)."""

@@ -1,0 +1,1 @@
+"""The real peers the product meets, started on loopback: Prometheus, exporters, KEDA, the scheduler."""
