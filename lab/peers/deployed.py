@@ -11,11 +11,15 @@ becomes `type: ExternalName, externalName: localhost` so the real aggregator pro
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import shutil
+import ssl
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from typing import Any
 import yaml
 
 from lab.kube.cluster import Cluster, write_kubeconfig
+from lab.procs import Child, free_port, http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -184,3 +189,69 @@ def forbidden(cluster: Cluster, since: int = 0, until: int | None = None) -> lis
     return out
 
 
+
+
+# --- toposcale's components as processes against the deploy ------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def process(argv: list[str], log: Path) -> AsyncIterator[Child]:
+    """A toposcale command as a child process, output to `log`; terminated (then killed) on exit."""
+    async with Child(argv, log, extra_env={"PYTHONUNBUFFERED": "1"}) as child:
+        yield child
+
+
+@dataclass
+class AdapterProc:
+    port: int
+    proc: Child
+    log: Path
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@contextlib.asynccontextmanager
+async def run_adapter(d: Deployed, args: list[str], log: Path) -> AsyncIterator[AdapterProc]:
+    """`toposcale adapter` with the deploy's serving certificate and its ServiceAccount's credentials, and the
+    APIService pointed at it (port and caBundle)."""
+    port = free_port()
+    kc = str(d.kubeconfigs["toposcale-adapter"])
+    argv = [
+        str(TOPOSCALE),
+        "adapter",
+        "--port",
+        str(port),
+        "--bind-address",
+        "127.0.0.1",
+        "--tls-cert-file",
+        str(d.serving_cert),
+        "--tls-private-key-file",
+        str(d.serving_key),
+        "--authentication-kubeconfig",
+        kc,
+        "--authorization-kubeconfig",
+        kc,
+        "--rules",
+        str(d.deploy_dir / "adapter" / "base" / "generated" / "rules.yaml"),
+        *args,
+    ]
+    async with process(argv, log) as proc:
+        ap = AdapterProc(port, proc, log)
+        ctx = ssl.create_default_context(cafile=str(d.serving_ca))
+        ctx.check_hostname = False
+        url = f"https://127.0.0.1:{port}/healthz"
+        await proc.until(lambda: asyncio.to_thread(http_ok, url, context=ctx), 30, "healthy")
+        ca = base64.b64encode(d.serving_ca.read_bytes()).decode()
+        for apiservice in ("v1beta1.external.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"):
+            await asyncio.to_thread(
+                kubectl,
+                d.cluster,
+                "patch",
+                "apiservice",
+                apiservice,
+                "--type=merge",
+                "-p",
+                json.dumps({"spec": {"service": {"port": port}, "caBundle": ca}}),
+            )
+        yield ap

@@ -35,6 +35,7 @@ import pytest
 
 from lab.kube.cluster import Cluster, _Pki, free_port
 from lab.peers.deployed import ROOT, kubectl
+from lab.procs import Child
 
 KEDA_SH = ROOT / "scripts" / "keda.sh"
 APISERVICE = "v1beta1.external.metrics.k8s.io"
@@ -65,22 +66,12 @@ def make_tls(directory: Path, *hosts: str) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def child(argv: list[str], log: Path, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out, env={**os.environ, **env})
-    try:
+async def child(argv: list[str], log: Path, env: dict[str, str]) -> AsyncIterator[Child]:
+    async with Child(argv, log, extra_env=env) as proc:
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
-async def wait_https(url: str, ctx: ssl.SSLContext | None, proc: asyncio.subprocess.Process, log: Path,
+async def wait_https(url: str, ctx: ssl.SSLContext | None, proc: Child, log: Path,
                      limit: float = 60) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit

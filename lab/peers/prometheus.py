@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -35,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from toposcale.ports import free_port
+from lab.procs import Child, free_port, http_ok
 
 PROMETHEUS = os.environ.get("TOPOSCALE_PROMETHEUS", "/usr/bin/prometheus")
 
@@ -57,7 +55,7 @@ class PrometheusServer:
         self.scrape_interval = scrape_interval
         self.port = port or free_port()
         self.binary = binary
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Child | None = None
         self._dir: Path | None = None
 
     @property
@@ -87,26 +85,18 @@ class PrometheusServer:
         self._dir = Path(tempfile.mkdtemp(prefix="toposcale-prom-"))
         cfg = self._dir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(self.config()))
-        self._log = open(self._dir / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
+        self.proc = Child(
             [self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self._dir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
              "--storage.tsdb.retention.time=1h", "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"prometheus not ready after {timeout}s")
+            self._dir / "prometheus.log", name="prometheus", stdin=None,
+        ).start()
+        try:
+            self.proc.wait_until(lambda: http_ok(f"{self.url}/-/ready"), timeout, "ready")
+        except AssertionError as exc:
+            self.stop()
+            raise RuntimeError(str(exc)) from None
+        return self
 
     def log_tail(self) -> str:
         if self._dir is None:
@@ -145,16 +135,9 @@ class PrometheusServer:
         raise TimeoutError(f"prometheus did not scrape {sorted(want)} within {timeout}s: {self.log_tail()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            self.proc.stop()
         self.proc = None
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

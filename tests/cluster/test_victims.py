@@ -123,7 +123,7 @@ def annotations(fixture: str, held: list[int]) -> dict[str, str]:
 async def test_replicaset_deletes_the_replica_whose_gpus_complete_the_best_set(
     deployed: Deployed, tmp_path: Path
 ) -> None:
-    from tests.scheduler.conftest import Extender
+    from lab.peers.scheduler import Extender
 
     ns = "victims-gpus"
     async with QwenStack(deployed, ns, nodes=3, first_ip="127.0.3.20") as stack:

@@ -36,8 +36,8 @@ from toposcale.extender.topology.model import Tier, Topology
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE, set_tier
 from toposcale.extender.topology.topo_text import parse_topo_text
 
+from lab.peers.scheduler import SCHEDULER_NAME, Extender, Scheduler, http_post
 from tests.dra.conftest import FIXTURES, RES, TAINT, DraLab, outcome, pod_claim_name
-from tests.scheduler.conftest import SCHEDULER_NAME, Extender, Scheduler, http_post
 from toposcale.simulate.compare import compare
 from toposcale.simulate.fleet import Fleet, NodeType
 from toposcale.simulate.tiers import single_numa

@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from lab.peers.deployed import Deployed
 from lab.peers.desired_stack import DesiredStack, Gateway, rules_file
-from tests.cluster.conftest import Deployed, wait_for
+from lab.procs import wait_for
 
 from .test_keda_operator import COOLDOWN_S, keda_on_toposcale, state
 

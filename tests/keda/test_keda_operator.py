@@ -38,10 +38,11 @@ from typing import Any
 import pytest
 
 from lab.kube.cluster import free_port
+from lab.peers.deployed import TOPOSCALE, Deployed, apply_objects, kubectl, process, render
 from lab.peers.exporters import VllmExporter
 from lab.peers.keda import Keda, make_tls, run_keda, tail, wait_https
 from lab.peers.qwen import QwenStack
-from tests.cluster.conftest import TOPOSCALE, Deployed, apply_objects, kubectl, process, render, wait_for
+from lab.procs import wait_for
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -28,7 +28,8 @@ from lab.kube.cluster import free_port
 from lab.kube.gpu_kubelet import FIXTURES, GPU_LABEL, GPU_TAINT, RESOURCE, GpuNode
 from lab.kube.kubelet_lab import KubeletLab, LabError, LabNode, image_cache_dir
 from lab.peers.deployed import TOPOSCALE, Deployed
-from tests.scheduler.conftest import Api, Extender, Proc, Scheduler, wait_for
+from lab.peers.scheduler import Api, Extender, Scheduler, service, wait_for
+from lab.procs import Child
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEET_LABEL = {"toposcale.test/fleet": "real-kubelet"}
@@ -73,7 +74,7 @@ def pod_resources(node: LabNode) -> dict[str, list[str]]:
 class RealFleet:
     api: Api
     lab: KubeletLab
-    agents: dict[str, Proc]
+    agents: dict[str, Child]
     agent_ports: dict[str, int]
     extender: Extender
     scheduler: Scheduler
@@ -132,13 +133,13 @@ def real_fleet(deployed: Deployed, tmp_path_factory: pytest.TempPathFactory) -> 
     except LabError as exc:
         pytest.fail(f"the real nodes did not come up: {exc}", pytrace=False)
     api = Api(cluster)
-    agents: dict[str, Proc] = {}
+    agents: dict[str, Child] = {}
     agent_ports = {name: free_port() for name, _ in NODES}
     extender = Extender(deployed, work)
     scheduler: Scheduler | None = None
     try:
         for name, source in NODES:
-            agents[name] = Proc(
+            agents[name] = service(
                 f"agent-{name}",
                 [
                     str(TOPOSCALE),

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab.peers.deployed import Deployed
-
-from .conftest import (
+from lab.peers.scheduler import (
     Extender,
     Fleet,
     Scheduler,

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 from lab.peers.deployed import Deployed
-
-from .conftest import (
+from lab.peers.scheduler import (
     Extender,
     Fleet,
     Scheduler,

@@ -15,8 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from lab.peers.deployed import Deployed
-
-from .conftest import (
+from lab.peers.scheduler import (
     Extender,
     Fleet,
     Scheduler,

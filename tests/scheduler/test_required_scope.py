@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab.peers.deployed import Deployed
-
-from .conftest import Extender, Fleet, Scheduler, Stream, failed_scheduling, running, wait_for
+from lab.peers.scheduler import Extender, Fleet, Scheduler, Stream, failed_scheduling, running, wait_for
 
 
 def test_unmeetable_nvlink_scope_stays_pending_with_the_extenders_reason_then_schedules(

@@ -32,11 +32,19 @@ from pathlib import Path
 from toposcale.extender.topology.allocator import mask_of
 
 from lab.peers.deployed import TOPOSCALE, Deployed
+from lab.peers.scheduler import (
+    FLEET,
+    Extender,
+    Fleet,
+    Scheduler,
+    Stream,
+    expected_best,
+    running,
+    shipped_weight,
+)
 from toposcale import cli
 from toposcale.simulate.extender_api import set_tier
 from toposcale.simulate.tiers import best_tier, single_numa
-
-from .conftest import FLEET, Extender, Fleet, Scheduler, Stream, expected_best, running, shipped_weight
 
 ARRIVALS = (4, 1, 2, 1, 4, 2, 4, 1, 4, 1)  # 24 of the fleet's 28 GPUs
 SEEDS = range(1, 41)

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from lab.peers.deployed import Deployed, forbidden
-
-from .conftest import (
+from lab.peers.scheduler import (
     ALLOWED_CHANGES,
     Extender,
     Fleet,
