@@ -34,6 +34,11 @@ req/s as a ratio to prometheus-adapter's and their p50/p99 minus its, same clien
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # `python benchmarks/bench_x.py`: the same as `python -m`
+    import _script
+
+    _script.as_module(__file__)
+
 import argparse
 import asyncio
 import itertools
@@ -51,7 +56,6 @@ from urllib.parse import quote
 from toposcale.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 METRIC = "vllm_kv_cache_usage"
 NAMESPACE = "ml"
 

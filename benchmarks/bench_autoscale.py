@@ -11,6 +11,11 @@ time against the budget (all policies x 3 traces x 5 seeds in 10 minutes per pro
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # `python benchmarks/bench_x.py`: the same as `python -m`
+    import _script
+
+    _script.as_module(__file__)
+
 import argparse
 import json
 import platform
@@ -19,7 +24,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 BUDGET_S = 600.0
 GOAL_RATIO = 1.15
 

@@ -18,6 +18,11 @@ is printed apart.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # `python benchmarks/bench_x.py`: the same as `python -m`
+    import _script
+
+    _script.as_module(__file__)
+
 import argparse
 import asyncio
 import multiprocessing as mp
@@ -29,47 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab.fleets import extender_fleet
 from toposcale.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 POD_GPUS = (4, 2, 8, 1)
-
-
-def build_fleet(size: int, seed: int) -> list[dict[str, Any]]:
-    from boxes import boxes
-
-    nodes = []
-    for box in boxes(size, seed, "gpu", "GPU-{name}-{j:02d}-5e1f0c3a-9d2b"):
-        i, name, n = box.i, box.name, box.gpus
-        nodes.append(
-            {
-                "metadata": {
-                    "name": name,
-                    "uid": f"uid-{i}",
-                    "resourceVersion": str(1000 + i),
-                    "labels": {
-                        "kubernetes.io/hostname": name,
-                        "kubernetes.io/os": "linux",
-                        "nvidia.com/gpu.count": str(n),
-                        "node.kubernetes.io/instance-type": "gpu-box",
-                    },
-                    "annotations": dict(box.annotations),
-                },
-                "spec": {"podCIDR": f"10.{i // 250}.{i % 250}.0/24", "providerID": f"aws:///{name}"},
-                "status": {
-                    "capacity": {"cpu": "96", "memory": "1056000000Ki", "nvidia.com/gpu": str(n)},
-                    "allocatable": {"cpu": "95", "memory": "1055000000Ki", "nvidia.com/gpu": str(n)},
-                    "conditions": [
-                        {"type": "Ready", "status": "True", "reason": "KubeletReady",
-                         "lastHeartbeatTime": "2026-11-26T10:00:00Z"}
-                    ],
-                    "addresses": [{"type": "InternalIP", "address": f"10.0.{i // 250}.{i % 250}"}],
-                    "nodeInfo": {"kubeletVersion": "v1.30.4", "containerRuntimeVersion": "containerd://1.7"},
-                },
-            }
-        )
-    return nodes
 
 
 def pod(k: int) -> dict[str, Any]:
@@ -108,7 +77,7 @@ def serve(
     from toposcale.extender.state import ClusterState
 
     state = ClusterState("nvidia.com/gpu")
-    state.nodes_relisted(build_fleet(fleet_size, seed), "1")
+    state.nodes_relisted(extender_fleet(fleet_size, seed), "1")
     state.pods_relisted([], "1")
     ext = Extender(ServerConfig(host="127.0.0.1", port=port), state)
 
@@ -301,7 +270,7 @@ def main() -> int:
     if args.baseline_tree:
         variants.append((args.baseline_tree, ("baseline cache",)))
     for size in sizes:
-        fleet = build_fleet(size, args.seed)
+        fleet = extender_fleet(size, args.seed)
         for tree, modes in variants:
             port = free_port()
             ready = ctx.Event()

@@ -20,6 +20,11 @@ The issue's target: under 50 ms at 5,000 nodes.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # `python benchmarks/bench_x.py`: the same as `python -m`
+    import _script
+
+    _script.as_module(__file__)
+
 import argparse
 import multiprocessing as mp
 import os
@@ -27,14 +32,11 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from bench_extender import POD_GPUS, Client, build_fleet, free_port, pod  # noqa: E402
+from benchmarks.bench_extender import POD_GPUS, Client, pod
+from lab.fleets import extender_fleet
+from lab.procs import free_port
 
 TARGET_MS = 50.0
 
@@ -55,7 +57,7 @@ def serve(size: int, seed: int, port: int, cpu: int | None, ready: Any) -> None:
     from toposcale.extender.state import ClusterState
 
     state = ClusterState("nvidia.com/gpu")
-    state.nodes_relisted(build_fleet(size, seed), "1")
+    state.nodes_relisted(extender_fleet(size, seed), "1")
     state.pods_relisted([], "1")
     state.unbound_relisted([], "1")
     ext = Extender(ServerConfig(host="127.0.0.1", port=port), state)
@@ -104,7 +106,7 @@ def in_process_rows(size: int, seed: int, calls: int) -> dict[str, list[float]]:
     from toposcale.extender.server import Extender, ServerConfig
     from toposcale.extender.state import ClusterState
 
-    fleet = build_fleet(size, seed)
+    fleet = extender_fleet(size, seed)
     rng = random.Random(seed)
     state = ClusterState("nvidia.com/gpu")
     ext = Extender(ServerConfig(), state)

@@ -38,6 +38,11 @@ apiserver's binding writes compete with the scheduler, so pods/s is a whole-cont
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # `python benchmarks/bench_x.py`: the same as `python -m`
+    import _script
+
+    _script.as_module(__file__)
+
 import argparse
 import asyncio
 import functools
@@ -59,10 +64,10 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from lab.kube.cluster import Cluster, free_port  # noqa: E402
-from lab.kube.kubelet import ApiSession  # noqa: E402
+from lab.fleets import scheduler_fleet
+from lab.kube.cluster import Cluster, free_port
+from lab.kube.kubelet import ApiSession
 
 SHIPPED = ROOT / "deploy" / "extender" / "scheduler-config.yaml"
 TOPOSCALE = Path(sys.executable).parent / "toposcale"
@@ -78,32 +83,6 @@ def bin_dir() -> Path:
     if r.returncode != 0:
         sys.exit(f"bench_scheduler: scripts/kube.sh bin-dir failed:\n{r.stderr}")
     return Path(r.stdout.strip().splitlines()[-1])
-
-
-def fleet(size: int, seed: int) -> list[dict[str, Any]]:
-    from boxes import boxes
-    from toposcale.extender.topology.annotations import now_rfc3339
-
-    nodes = []
-    for box in boxes(size, seed, "bench"):
-        name, n, free = box.name, box.gpus, box.free
-        nodes.append({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
-                "annotations": dict(box.annotations),
-            },
-            "spec": {},
-            "status": {
-                "capacity": {"cpu": "96", "memory": "1024Gi", "pods": "110", "nvidia.com/gpu": str(n)},
-                "allocatable": {"cpu": "96", "memory": "1024Gi", "pods": "110", "nvidia.com/gpu": str(free)},
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
-            },
-        })
-    return nodes
 
 
 def pod(i: int) -> dict[str, Any]:
@@ -529,7 +508,7 @@ def main() -> int:
         have = 0
         for size in sorted(sizes):
             t0 = time.monotonic()
-            objs = fleet(size, a.seed)
+            objs = scheduler_fleet(size, a.seed)
             asyncio.run(create_all(cluster, "/api/v1/nodes", objs[have:]))
             # what the scheduler sends a 4-GPU pod: the nodes its own filters pass (4 or more GPUs free)
             names = [o["metadata"]["name"] for o in objs if int(o["status"]["allocatable"][GPU]) >= 4]

@@ -21,6 +21,11 @@ on top of TLS).
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # `python benchmarks/bench_x.py`: the same as `python -m`
+    import _script
+
+    _script.as_module(__file__)
+
 import argparse
 import asyncio
 import multiprocessing as mp
@@ -38,7 +43,6 @@ from typing import Any
 from toposcale.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PATH = "/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/vllm_queue_depth"
 MODES = ["http anonymous", "https anonymous", "https client-cert", "https front-proxy", "https token"]

@@ -10,6 +10,11 @@ budget is the whole run (all four policies) in under a minute on one core; the l
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # `python benchmarks/bench_x.py`: the same as `python -m`
+    import _script
+
+    _script.as_module(__file__)
+
 import argparse
 import sys
 import time
