@@ -244,9 +244,9 @@ def control_plane(work: Path, pods: int):  # -> lab.kube.cluster.Cluster
 
 
 def serving_cert(work: Path) -> tuple[Path, Path]:
-    from lab.kube.cluster import _Pki
+    from lab.pki import KubePki
 
-    pki = _Pki(work)
+    pki = KubePki(work)
     pki.leaf("serving", pki.ca("ca", "bench CA"), "127.0.0.1", hosts=("127.0.0.1", "localhost"), server=True)
     return work / "serving.crt", work / "serving.key"
 

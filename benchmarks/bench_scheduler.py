@@ -66,8 +66,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 from lab.fleets import scheduler_fleet
+from lab.kube.client import ApiSession
 from lab.kube.cluster import Cluster, free_port
-from lab.kube.kubelet import ApiSession
 
 SHIPPED = ROOT / "deploy" / "extender" / "scheduler-config.yaml"
 TOPOSCALE = Path(sys.executable).parent / "toposcale"

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -184,3 +185,110 @@ def bundle(path: Path, *issued: Issued) -> Path:
     """Write several CA certificates into one PEM bundle (how client-ca-file often looks)."""
     path.write_bytes(b"".join(i.cert_pem for i in issued))
     return path
+
+
+# --- the control plane's PKI (RSA, kubeadm's layout) -----------------------------------------------------
+
+
+class KubePki:
+    """RSA certificates laid out as kubeadm does (ca.crt, front-proxy-ca.crt, apiserver.crt, sa.key, ...)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._serial = int(time.time())
+
+    def _key(self) -> rsa.RSAPrivateKey:
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def _write(self, name: str, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> None:
+        (self.dir / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        kp = self.dir / f"{name}.key"
+        kp.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        kp.chmod(0o600)
+
+    def ca(self, name: str, cn: str) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+        key = self._key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        self._serial += 1
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(self._serial)
+            .not_valid_before(_now() - dt.timedelta(hours=1))
+            .not_valid_after(_now() + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        self._write(name, cert, key)
+        return cert, key
+
+    def leaf(
+        self,
+        name: str,
+        issuer: tuple[x509.Certificate, rsa.RSAPrivateKey],
+        cn: str,
+        *,
+        orgs: tuple[str, ...] = (),
+        hosts: tuple[str, ...] = (),
+        server: bool = False,
+        client: bool = False,
+    ) -> None:
+        key = self._key()
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+        eku = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+        )
+        self._serial += 1
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attrs))
+            .issuer_name(issuer[0].subject)
+            .public_key(key.public_key())
+            .serial_number(self._serial)
+            .not_valid_before(_now() - dt.timedelta(minutes=5))
+            .not_valid_after(_now() + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+            )
+            .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()), critical=False
+            )
+        )
+        if hosts:
+            sans: list[x509.GeneralName] = []
+            for h in hosts:
+                try:
+                    sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+                except ValueError:
+                    sans.append(x509.DNSName(h))
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        self._write(name, b.sign(issuer[1], hashes.SHA256()), key)
+
+    def service_account_keys(self) -> None:
+        key = self._key()
+        kp = self.dir / "sa.key"
+        kp.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        kp.chmod(0o600)
+        (self.dir / "sa.pub").write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from toposcale.ports import free_port
 
-__all__ = ["Child", "free_port", "http_ok", "wait_for"]
+__all__ = ["Child", "free_port", "http_ok", "pid_alive", "terminate_pid", "wait_for"]
 
 
 def http_ok(url: str, *, context: ssl.SSLContext | None = None, timeout: float = 1.0) -> bool:
@@ -39,6 +39,48 @@ def http_ok(url: str, *, context: ssl.SSLContext | None = None, timeout: float =
             return bool(r.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs (reaped when it is our exited child; a zombie of another parent counts as gone)."""
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (a `down` run): fall back to signal 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie of another parent still answers signal 0; /proc says whether it is one.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def terminate_pid(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM to `pid`, SIGKILL after `grace` seconds, then up to 5 s for it to go."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.05)
 
 
 class Child:

@@ -1,6 +1,13 @@
-"""The few object calls tests make around the code under test, against the real kube-apiserver of the
-session's control plane (lab/kube/cluster.py), with the same names as the stand-in's (`add`, `get`,
-`delete`), so a test reads the same whichever server it meets.
+"""The lab's one client of the real kube-apiserver (lab/kube/cluster.py), admin client certificate unless
+told otherwise; every error is `ApiError` (status, body).
+
+    Api(cluster).get("/api/v1/nodes/gpu-1")   # synchronous, by path (urllib): call/get/create/patch/delete
+    async with ApiSession(cluster) as api:     # the same from a coroutine (aiohttp), plus watch()
+        await api.merge_patch(path, {...})
+    kube = RealKube(cluster)                   # by kind, the stand-in's names (add/get/delete/cleanup)
+
+RealKube: the few object calls tests make around the code under test, with the same names as the stand-in's
+(`add`, `get`, `delete`), so a test reads the same whichever server it meets.
 
     kube = RealKube(cluster)
     kube.add(node_obj)                   # create, or replace when it exists (status written through /status)
@@ -14,9 +21,13 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
+
+import aiohttp
 
 from lab.kube.cluster import Cluster
 
@@ -29,32 +40,156 @@ _PATHS = {
 }
 
 
-class RealKubeError(Exception):
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:300]}")
+class ApiError(Exception):
+    def __init__(self, status: int, what: str, body: str) -> None:
+        super().__init__(f"{what}: HTTP {status}: {body[:500]}")
         self.status = status
+        self.body = body
+
+
+class Api:
+    """A small synchronous JSON client for the real API server, by path (admin client certificate)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.ctx = cluster.admin_ssl()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        ctype: str = "application/json",
+        ok: tuple[int, ...] = (200, 201),
+        params: dict[str, str] | None = None,
+    ) -> Any:
+        url = self.cluster.server + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": ctype})
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=30) as r:
+                text = r.read().decode()
+                status = r.status
+        except urllib.error.HTTPError as e:
+            text, status = e.read().decode(errors="replace"), e.code
+        if status not in ok:
+            raise ApiError(status, f"{method} {path}", text)
+        return json.loads(text) if text else {}
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.call("GET", path, **kw)
+
+    def create(self, path: str, body: Any) -> Any:
+        return self.call("POST", path, body)
+
+    def patch(self, path: str, body: Any, *, ctype: str = "application/merge-patch+json") -> Any:
+        return self.call("PATCH", path, body, ctype=ctype)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.call("DELETE", path, ok=(200, 202, 404), **kw)
+
+    def pod(self, ns: str, name: str) -> dict[str, Any]:
+        return self.get(f"/api/v1/namespaces/{ns}/pods/{name}")  # type: ignore[no-any-return]
+
+    def node(self, name: str) -> dict[str, Any]:
+        return self.get(f"/api/v1/nodes/{name}")  # type: ignore[no-any-return]
+
+    def events(self, ns: str, pod: str) -> list[dict[str, Any]]:
+        items = self.get(
+            f"/api/v1/namespaces/{ns}/events", params={"fieldSelector": f"involvedObject.name={pod}"}
+        )["items"]
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+
+class ApiSession:
+    """A tiny JSON client for the real API server with the admin client certificate (aiohttp)."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self._ssl = ssl_context or cluster.admin_ssl()
+        self._headers = headers or {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ApiSession:
+        self._session = aiohttp.ClientSession(
+            base_url=self.cluster.server,
+            headers=self._headers,
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=16),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        ok: tuple[int, ...] = (200, 201),
+        params: dict[str, str] | None = None,
+    ) -> Obj:
+        assert self._session is not None
+        data = None if body is None else json.dumps(body)
+        async with self._session.request(
+            method, path, data=data, params=params, headers={"Content-Type": content_type}
+        ) as r:
+            text = await r.text()
+            if r.status not in ok:
+                raise ApiError(r.status, f"{method} {path}", text)
+            return json.loads(text) if text else {}
+
+    async def get(self, path: str, **kw: Any) -> Obj:
+        return await self.call("GET", path, **kw)
+
+    async def create(self, path: str, body: Obj, **kw: Any) -> Obj:
+        return await self.call("POST", path, body, **kw)
+
+    async def merge_patch(self, path: str, body: Obj, **kw: Any) -> Obj:
+        return await self.call("PATCH", path, body, content_type="application/merge-patch+json", **kw)
+
+    async def delete(self, path: str, **kw: Any) -> Obj:
+        return await self.call("DELETE", path, ok=(200, 202, 404), **kw)
+
+    async def watch(self, path: str, params: dict[str, str]) -> Any:
+        """Yields watch events (dicts) until the server ends the stream."""
+        assert self._session is not None
+        q = {**params, "watch": "true"}
+        async with self._session.get(
+            path, params=q, timeout=aiohttp.ClientTimeout(total=None, sock_read=600)
+        ) as r:
+            if r.status != 200:
+                raise ApiError(r.status, f"WATCH {path}", await r.text())
+            async for line in r.content:
+                if line.strip():
+                    yield json.loads(line)
 
 
 class RealKube:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self._ssl = cluster.admin_ssl()
+        self._api = Api(cluster)
         self._added: list[tuple[str, str, str | None]] = []
 
     def _url(self, kind: str, name: str | None = None, namespace: str | None = None) -> str:
         prefix, plural, namespaced = _PATHS[kind]
         path = prefix + (f"/namespaces/{namespace or 'default'}" if namespaced else "") + f"/{plural}"
-        return self.cluster.server + path + (f"/{name}" if name else "")
+        return path + (f"/{name}" if name else "")
 
-    def _call(self, method: str, url: str, body: Obj | None = None,
+    def _call(self, method: str, path: str, body: Obj | None = None,
               content_type: str = "application/json") -> Obj:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": content_type})
-        try:
-            with urllib.request.urlopen(req, context=self._ssl, timeout=30) as r:
-                return json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            raise RealKubeError(e.code, e.read().decode(errors="replace")) from None
+        return self._api.call(method, path, body, ctype=content_type)  # type: ignore[no-any-return]
 
     def add(self, obj: Obj) -> Obj:
         obj = copy.deepcopy(obj)
@@ -63,10 +198,10 @@ class RealKube:
         status = obj.get("status")
         try:
             if meta.get("resourceVersion"):  # an object read back and edited: replace it
-                raise RealKubeError(409, "exists")
+                raise ApiError(409, "POST", "exists")
             out = self._call("POST", self._url(kind, namespace=ns), obj)
             self._added.append((kind, meta["name"], ns))
-        except RealKubeError as e:
+        except ApiError as e:
             if e.status != 409:
                 raise
             current = self.get(kind, meta["name"], ns)
@@ -83,7 +218,7 @@ class RealKube:
     def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
         try:
             self._call("DELETE", self._url(kind, name, namespace) + "?gracePeriodSeconds=0")
-        except RealKubeError as e:
+        except ApiError as e:
             if e.status != 404:
                 raise
 

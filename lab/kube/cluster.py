@@ -36,13 +36,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime as dt
 import ipaddress
 import json
-import os
 import shlex
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -53,12 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from toposcale.ports import free_port
+from lab.pki import KubePki
+from lab.procs import free_port, pid_alive, terminate_pid
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 SERVICE_CIDR = "10.96.0.0/16"
@@ -105,116 +99,8 @@ rules:
 # --- PKI ----------------------------------------------------------------------------------------------------
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-class _Pki:
-    """RSA certificates laid out as kubeadm does (ca.crt, front-proxy-ca.crt, apiserver.crt, sa.key, ...)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self._serial = int(time.time())
-
-    def _key(self) -> rsa.RSAPrivateKey:
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def _write(self, name: str, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> None:
-        (self.dir / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        kp = self.dir / f"{name}.key"
-        kp.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        kp.chmod(0o600)
-
-    def ca(self, name: str, cn: str) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-        key = self._key()
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        self._serial += 1
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(self._serial)
-            .not_valid_before(_now() - dt.timedelta(hours=1))
-            .not_valid_after(_now() + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        self._write(name, cert, key)
-        return cert, key
-
-    def leaf(
-        self,
-        name: str,
-        issuer: tuple[x509.Certificate, rsa.RSAPrivateKey],
-        cn: str,
-        *,
-        orgs: tuple[str, ...] = (),
-        hosts: tuple[str, ...] = (),
-        server: bool = False,
-        client: bool = False,
-    ) -> None:
-        key = self._key()
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
-        eku = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
-        )
-        self._serial += 1
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(issuer[0].subject)
-            .public_key(key.public_key())
-            .serial_number(self._serial)
-            .not_valid_before(_now() - dt.timedelta(minutes=5))
-            .not_valid_after(_now() + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
-            )
-            .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()), critical=False
-            )
-        )
-        if hosts:
-            sans: list[x509.GeneralName] = []
-            for h in hosts:
-                try:
-                    sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-                except ValueError:
-                    sans.append(x509.DNSName(h))
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        self._write(name, b.sign(issuer[1], hashes.SHA256()), key)
-
-    def service_account_keys(self) -> None:
-        key = self._key()
-        kp = self.dir / "sa.key"
-        kp.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        kp.chmod(0o600)
-        (self.dir / "sa.pub").write_bytes(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-
-
 def make_pki(pki_dir: Path) -> None:
-    pki = _Pki(pki_dir)
+    pki = KubePki(pki_dir)
     ca = pki.ca("ca", "kubernetes")
     fp = pki.ca("front-proxy-ca", "front-proxy-ca")
     svc_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
@@ -466,7 +352,7 @@ class Cluster:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
-            if not _alive(self.pids[name]):
+            if not pid_alive(self.pids[name]):
                 raise RuntimeError(f"{name} exited during start-up; last log lines:\n{self._log_tail(name)}")
             try:
                 with urllib.request.urlopen(url, context=ctx, timeout=5) as r:
@@ -503,7 +389,7 @@ class Cluster:
         deadline = time.monotonic() + 60
         last = ""
         while time.monotonic() < deadline:
-            if not _alive(self.pids["etcd"]):
+            if not pid_alive(self.pids["etcd"]):
                 raise RuntimeError(f"etcd exited during start-up:\n{self._log_tail('etcd')}")
             try:
                 with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=3) as r:
@@ -574,7 +460,7 @@ class Cluster:
 
     def restart(self, name: str, *, down_s: float = 0.0) -> None:
         """Stop one component and start it again with the same flags and ports."""
-        _terminate(self.pids[name])
+        terminate_pid(self.pids[name])
         time.sleep(down_s)
         self._spawn(name)
         self.write_env()
@@ -584,7 +470,7 @@ class Cluster:
         for name in reversed(COMPONENTS):
             pid = self.pids.get(name)
             if pid:
-                _terminate(pid)
+                terminate_pid(pid)
 
     # -- the env file --
 
@@ -630,46 +516,6 @@ class Cluster:
 
 def _key(name: str) -> str:
     return name.upper().replace("-", "_")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child (a `down` run): fall back to signal 0
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie of another parent still answers signal 0; /proc says whether it is one.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _terminate(pid: int, grace: float = 10.0) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
 
 
 def _remove_run(directory: Path) -> None:

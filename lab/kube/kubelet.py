@@ -19,99 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-
+from lab.kube.client import ApiError, ApiSession
 from lab.kube.cluster import Cluster
 
 logger = logging.getLogger("tests.kubelet")
 Obj = dict[str, Any]
-
-
-class ApiSession:
-    """A tiny JSON client for the real API server with the admin client certificate (aiohttp)."""
-
-    def __init__(
-        self,
-        cluster: Cluster,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.cluster = cluster
-        self._ssl = ssl_context or cluster.admin_ssl()
-        self._headers = headers or {}
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> ApiSession:
-        self._session = aiohttp.ClientSession(
-            base_url=self.cluster.server,
-            headers=self._headers,
-            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=16),
-            timeout=aiohttp.ClientTimeout(total=30),
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        content_type: str = "application/json",
-        ok: tuple[int, ...] = (200, 201),
-        params: dict[str, str] | None = None,
-    ) -> Obj:
-        assert self._session is not None
-        data = None if body is None else json.dumps(body)
-        async with self._session.request(
-            method, path, data=data, params=params, headers={"Content-Type": content_type}
-        ) as r:
-            text = await r.text()
-            if r.status not in ok:
-                raise ApiError(r.status, method, path, text)
-            return json.loads(text) if text else {}
-
-    async def get(self, path: str, **kw: Any) -> Obj:
-        return await self.call("GET", path, **kw)
-
-    async def create(self, path: str, body: Obj, **kw: Any) -> Obj:
-        return await self.call("POST", path, body, **kw)
-
-    async def merge_patch(self, path: str, body: Obj, **kw: Any) -> Obj:
-        return await self.call("PATCH", path, body, content_type="application/merge-patch+json", **kw)
-
-    async def delete(self, path: str, **kw: Any) -> Obj:
-        return await self.call("DELETE", path, ok=(200, 202, 404), **kw)
-
-    async def watch(self, path: str, params: dict[str, str]) -> Any:
-        """Yields watch events (dicts) until the server ends the stream."""
-        assert self._session is not None
-        q = {**params, "watch": "true"}
-        async with self._session.get(
-            path, params=q, timeout=aiohttp.ClientTimeout(total=None, sock_read=600)
-        ) as r:
-            if r.status != 200:
-                raise ApiError(r.status, "WATCH", path, await r.text())
-            async for line in r.content:
-                if line.strip():
-                    yield json.loads(line)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, method: str, path: str, body: str) -> None:
-        super().__init__(f"{method} {path}: HTTP {status}: {body[:500]}")
-        self.status = status
-        self.body = body
 
 
 class FakeKubelet:

@@ -68,7 +68,9 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lab.kube.cluster import Cluster, _alive, _Pki, _terminate, free_port, write_kubeconfig
+from lab.kube.cluster import Cluster, write_kubeconfig
+from lab.pki import KubePki
+from lab.procs import free_port, pid_alive, terminate_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE = "lab.json"
@@ -563,7 +565,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         )
         # the kubelet: a client certificate of the cluster CA as the Node authorizer expects it
         cluster = self.cluster
-        pki = _Pki(p / "pki")
+        pki = KubePki(p / "pki")
         ca_cert = x509.load_pem_x509_certificate((cluster.pki_dir / "ca.crt").read_bytes())
         ca_key = serialization.load_pem_private_key((cluster.pki_dir / "ca.key").read_bytes(), None)
         pki.leaf(
@@ -681,7 +683,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         deadline = time.monotonic() + 30
         last = ""
         while time.monotonic() < deadline:
-            if not _alive(node.pids["containerd"]):
+            if not pid_alive(node.pids["containerd"]):
                 raise LabError(
                     f"containerd of {node.name} exited during start-up:\n{node.log_tail('containerd')}"
                 )
@@ -790,7 +792,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         last = "no Ready Node with its GPUs yet"
         while time.monotonic() < deadline:
             for comp in ("containerd", "kubelet", "deviceplugin"):
-                if not _alive(node.pids[comp]):
+                if not pid_alive(node.pids[comp]):
                     raise LabError(f"{comp} of {name} exited:\n{node.log_tail(comp)}")
             try:
                 obj = self._ready_with_gpus(name)
@@ -828,13 +830,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + 15
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(down_s)
         self._start_kubelet(node)
         deadline = time.monotonic() + START_TIMEOUT_S
         while self.registrations(name) <= registered:
-            if not _alive(node.pids["kubelet"]):
+            if not pid_alive(node.pids["kubelet"]):
                 raise LabError(f"the restarted kubelet of {name} exited:\n{node.log_tail('kubelet')}")
             if time.monotonic() > deadline:
                 raise LabError(
@@ -877,9 +879,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         for node in self.nodes.values():
             for comp in ("kubelet", "deviceplugin"):
                 if pid := node.pids.get(comp):
-                    _terminate(pid, grace=5)
+                    terminate_pid(pid, grace=5)
             if pid := node.pids.get("containerd"):
-                _terminate(pid, grace=5)
+                terminate_pid(pid, grace=5)
             deadline = time.monotonic() + 15
             while (left := _cgroup_pids(node.cgroup)) and time.monotonic() < deadline:
                 for pid in left:

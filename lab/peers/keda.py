@@ -33,8 +33,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lab.kube.cluster import Cluster, _Pki, free_port
+from lab.kube.cluster import Cluster, free_port
 from lab.peers.deployed import ROOT, kubectl
+from lab.pki import KubePki
 from lab.procs import Child
 
 KEDA_SH = ROOT / "scripts" / "keda.sh"
@@ -58,7 +59,7 @@ def keda_bin_dir() -> Path:
 def make_tls(directory: Path, *hosts: str) -> Path:
     """ca.crt, tls.crt, tls.key in `directory`: a test CA and one certificate for `hosts` (server and
     client)."""
-    pki = _Pki(directory)
+    pki = KubePki(directory)
     ca = pki.ca("ca", f"test CA {directory.name}")
     pki.leaf("tls", ca, hosts[0], hosts=hosts, server=True, client=True)
     (directory / "ca.key").unlink()  # only the certificates are needed from here on

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lab.kube.kubelet import ApiSession, FakeKubelet
+from lab.kube.client import ApiSession
+from lab.kube.kubelet import FakeKubelet
 from lab.objects import make_node
 from lab.peers.deployed import CRD_KINDS, ROOT, Deployed, apply_objects, kubectl, render
 from lab.peers.exporters import VllmExporter

@@ -49,7 +49,8 @@ from typing import Any, TypeVar
 import yaml
 from toposcale.extender.topology.allocator import candidates, indices_of, mask_of
 
-from lab.kube.cluster import Cluster, free_port, write_kubeconfig
+from lab.kube.client import Api, ApiError
+from lab.kube.cluster import free_port, write_kubeconfig
 from lab.kube.gpu_kubelet import FIXTURES, RESOURCE, GpuKubelet, GpuNode
 from lab.peers.deployed import TOPOSCALE, Deployed, sa_token
 from lab.procs import Child
@@ -117,68 +118,6 @@ def scheduler_config(
     if not node_cache_capable:
         doc["extenders"][0]["nodeCacheCapable"] = False
     return doc
-
-
-# --- a small synchronous API client (admin certificate) ----------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, what: str, body: str) -> None:
-        super().__init__(f"{what}: HTTP {status}: {body[:400]}")
-        self.status = status
-
-
-class Api:
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.ctx = cluster.admin_ssl()
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        ctype: str = "application/json",
-        ok: tuple[int, ...] = (200, 201),
-        params: dict[str, str] | None = None,
-    ) -> Any:
-        url = self.cluster.server + path + ("?" + urllib.parse.urlencode(params) if params else "")
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": ctype})
-        try:
-            with urllib.request.urlopen(req, context=self.ctx, timeout=30) as r:
-                text = r.read().decode()
-                status = r.status
-        except urllib.error.HTTPError as e:
-            text, status = e.read().decode(errors="replace"), e.code
-        if status not in ok:
-            raise ApiError(status, f"{method} {path}", text)
-        return json.loads(text) if text else {}
-
-    def get(self, path: str, **kw: Any) -> Any:
-        return self.call("GET", path, **kw)
-
-    def create(self, path: str, body: Any) -> Any:
-        return self.call("POST", path, body)
-
-    def patch(self, path: str, body: Any, *, ctype: str = "application/merge-patch+json") -> Any:
-        return self.call("PATCH", path, body, ctype=ctype)
-
-    def delete(self, path: str, **kw: Any) -> Any:
-        return self.call("DELETE", path, ok=(200, 202, 404), **kw)
-
-    def pod(self, ns: str, name: str) -> dict[str, Any]:
-        return self.get(f"/api/v1/namespaces/{ns}/pods/{name}")  # type: ignore[no-any-return]
-
-    def node(self, name: str) -> dict[str, Any]:
-        return self.get(f"/api/v1/nodes/{name}")  # type: ignore[no-any-return]
-
-    def events(self, ns: str, pod: str) -> list[dict[str, Any]]:
-        items = self.get(
-            f"/api/v1/namespaces/{ns}/events", params={"fieldSelector": f"involvedObject.name={pod}"}
-        )["items"]
-        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:

@@ -29,8 +29,7 @@ from toposcale.extender.topology import dra
 from toposcale.extender.topology.annotations import ALLOCATION_ANNOTATION
 from toposcale.extender.topology.model import Topology
 
-from lab.kube.client import RealKube
-from lab.kube.kubelet import ApiError, ApiSession
+from lab.kube.client import ApiError, ApiSession, RealKube
 from lab.kube.podresources import PodResourcesStandIn
 
 from .conftest import X4_UUIDS, node

@@ -19,9 +19,9 @@ QUERY = "/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/vllm_requests_wait
 
 
 def user_kubeconfig(cluster: Cluster, tmp: Path, name: str, groups: tuple[str, ...] = ()) -> Path:
-    from lab.kube.cluster import _Pki
+    from lab.pki import KubePki
 
-    pki = _Pki(tmp / f"pki-{name}")
+    pki = KubePki(tmp / f"pki-{name}")
     # a person's client certificate from the cluster CA (as `kubeadm kubeconfig user` makes one)
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization

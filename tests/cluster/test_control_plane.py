@@ -8,7 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lab.kube.cluster import MARKER, Cluster, _alive
+from lab.kube.cluster import MARKER, Cluster
+from lab.procs import pid_alive
 from tests.conftest import KUBE_SH, ROOT, kube_bin_dir
 
 from .conftest import KUBECTL
@@ -58,7 +59,7 @@ def test_up_readyz_down_leaves_nothing_behind() -> None:
     assert not d.exists()
     assert parent.is_dir()  # up did not make it
     parent.rmdir()
-    left = [name for name, pid in pids.items() if _alive(pid)]
+    left = [name for name, pid in pids.items() if pid_alive(pid)]
     assert not left, f"still running after down: {left}"
 
 
@@ -108,7 +109,7 @@ def test_down_refuses_the_current_directory(tmp_path: Path) -> None:
     it reads DIR, so `.` was the checkout from anywhere). Run in a stand-in checkout holding a copy of kube.sh
     and its Python, so a regression costs a temporary folder and not the tree running the tests."""
     checkout = tmp_path / "checkout"
-    for rel in ("scripts/kube.sh", "lab/__init__.py", "lab/kube/__init__.py",
+    for rel in ("scripts/kube.sh", "lab/__init__.py", "lab/kube/__init__.py", "lab/pki.py", "lab/procs.py",
                 "lab/kube/cluster.py", "pyproject.toml"):
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, checkout / rel)

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.kube.client import ApiSession
 from lab.kube.cluster import Cluster
-from lab.kube.kubelet import ApiSession, FakeKubelet
+from lab.kube.kubelet import FakeKubelet
 from lab.objects import make_node
 from lab.peers.exporters import VllmExporter
 from lab.peers.qwen import condition

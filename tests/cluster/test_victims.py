@@ -32,7 +32,7 @@ from toposcale.extender.topology.annotations import (
 )
 from toposcale.extender.topology.topo_text import parse_topo_text
 
-from lab.kube.kubelet import ApiSession
+from lab.kube.client import ApiSession
 from lab.peers.qwen import QwenStack
 
 from .conftest import ROOT, Deployed, apply_objects, kubectl, render, run_adapter, wait_for

@@ -19,8 +19,8 @@ from typing import Any
 
 import aiohttp
 
+from lab.kube.client import ApiSession
 from lab.kube.cluster import free_port
-from lab.kube.kubelet import ApiSession
 from lab.kube.podresources import PodResourcesStandIn
 from lab.objects import make_node
 from lab.peers.qwen import QwenStack

@@ -9,7 +9,6 @@ interrupted with SIGINT to check that everything it started goes away.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -21,23 +20,12 @@ from typing import Any
 
 import pytest
 
+from lab.procs import pid_alive
+
 pytestmark = pytest.mark.slow
 
 CMD = [sys.executable, "-m", "toposcale.cli", "demo"]
 STARTED = re.compile(r"^started (\w+): pid (\d+), http://127\.0\.0\.1:(\d+)", re.M)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is gone for our purposes only once reaped; the demo reaps its children
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def port_free(port: int) -> bool:

@@ -19,8 +19,8 @@ from typing import Any
 
 from toposcale.extender.topology import dra
 
+from lab.kube.client import ApiError, ApiSession
 from lab.kube.cluster import Cluster
-from lab.kube.kubelet import ApiError, ApiSession
 from lab.objects import make_node
 
 Obj = dict[str, Any]

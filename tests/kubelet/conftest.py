@@ -24,11 +24,12 @@ import grpc
 import pytest
 from toposcale.extender.agent.podresources import api_pb2, api_pb2_grpc
 
+from lab.kube.client import Api
 from lab.kube.cluster import free_port
 from lab.kube.gpu_kubelet import FIXTURES, GPU_LABEL, GPU_TAINT, RESOURCE, GpuNode
 from lab.kube.kubelet_lab import KubeletLab, LabError, LabNode, image_cache_dir
 from lab.peers.deployed import TOPOSCALE, Deployed
-from lab.peers.scheduler import Api, Extender, Scheduler, service, wait_for
+from lab.peers.scheduler import Extender, Scheduler, service, wait_for
 from lab.procs import Child
 
 ROOT = Path(__file__).resolve().parents[2]

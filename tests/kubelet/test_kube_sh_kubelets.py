@@ -9,9 +9,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lab.kube.cluster import _alive
 from lab.kube.kubelet_lab import CGROUP_FS, LAB_DIR, STATE, _cgroup_dirs, _cgroup_pids
 from lab.peers.deployed import KUBECTL
+from lab.procs import pid_alive
 from tests.conftest import KUBE_SH, kube_bin_dir
 
 
@@ -63,7 +63,7 @@ def test_up_with_two_kubelets_runs_a_pod_on_each_and_down_leaves_nothing() -> No
     assert not d.exists()
     parent.rmdir()
     for node in lab.get("nodes", []):
-        left = [f"{c} {pid}" for c, pid in node["pids"].items() if _alive(pid)]
+        left = [f"{c} {pid}" for c, pid in node["pids"].items() if pid_alive(pid)]
         assert not left, f"{node['name']}: still running after down: {left}"
         assert not _cgroup_pids(node["cgroup"]), node["cgroup"]
         assert not [p for p in _cgroup_dirs(node["cgroup"]) if p.exists()], node["cgroup"]
