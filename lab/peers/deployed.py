@@ -26,37 +26,17 @@ from typing import Any
 
 import yaml
 
+from lab.kube.client import KUBECTL, kubectl
 from lab.kube.cluster import Cluster, write_kubeconfig
 from lab.procs import Child, free_port, http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-KUBECTL = BIN / "kubectl"
 TOPOSCALE = BIN / "toposcale"
 # Kinds whose CRDs a bare control plane does not have (prometheus-operator, cert-manager, KEDA): left out of
 # the apply and named in the test's output.
 CRD_KINDS = {"PodMonitor", "ServiceMonitor", "Certificate", "Issuer", "ScaledObject", "TriggerAuthentication"}
 COMPONENTS = ("toposcale-adapter", "toposcale-extender", "toposcale-agent")
-
-
-def kubectl(
-    cluster: Cluster,
-    *args: str,
-    kubeconfig: Path | None = None,
-    stdin: str | None = None,
-    check: bool = True,
-    timeout: float = 120,
-) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [str(KUBECTL), "--kubeconfig", str(kubeconfig or cluster.admin_kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
-    return r
 
 
 def render(kustomization: Path) -> list[dict[str, Any]]:

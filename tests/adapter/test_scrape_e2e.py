@@ -14,9 +14,10 @@ import pytest
 from toposcale.adapter.sources.pods import StaticTargets, Target
 from toposcale.adapter.sources.scrape import ScrapeSource
 
+from lab.kube.client import akubectl
 from lab.peers.exporters import DcgmExporter, Gpu, VllmExporter
 
-from .conftest import kubectl, write_kubeconfig
+from .conftest import write_kubeconfig
 
 BASE = "/apis/external.metrics.k8s.io/v1beta1"
 
@@ -190,7 +191,7 @@ async def test_all_targets_failing_is_503_with_reasons(adapter, fleet) -> None:
 
 async def test_kubectl_discovery_and_metric(adapter, tmp_path: Path) -> None:
     kc = write_kubeconfig(tmp_path / "kubeconfig", adapter.url)
-    res = await kubectl(kc, "get", "--raw", "/apis/external.metrics.k8s.io/v1beta1")
+    res = await akubectl(kc, "get", "--raw", "/apis/external.metrics.k8s.io/v1beta1")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["kind"] == "APIResourceList" and doc["groupVersion"] == "external.metrics.k8s.io/v1beta1"
@@ -198,14 +199,14 @@ async def test_kubectl_discovery_and_metric(adapter, tmp_path: Path) -> None:
     assert {"vllm_requests_waiting", "vllm_kv_cache_usage", "gpu_utilization"} <= names
     assert all(r["namespaced"] and r["verbs"] == ["get"] and r["kind"] == "ExternalMetricValueList"
                for r in doc["resources"])
-    res = await kubectl(kc, "get", "--raw",
+    res = await akubectl(kc, "get", "--raw",
                         f"{BASE}/namespaces/ml/vllm_requests_waiting?labelSelector=app%3Dvllm")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["items"][0]["value"] == "8"
-    res = await kubectl(kc, "api-resources", "--api-group=external.metrics.k8s.io", "-o", "wide")
+    res = await akubectl(kc, "api-resources", "--api-group=external.metrics.k8s.io", "-o", "wide")
     assert res.returncode == 0, res.stderr
     assert "vllm_requests_waiting" in res.stdout and "ExternalMetricValueList" in res.stdout
-    res = await kubectl(kc, "get", "--raw", f"{BASE}/namespaces/ml/nope")
+    res = await akubectl(kc, "get", "--raw", f"{BASE}/namespaces/ml/nope")
     assert res.returncode != 0 and "NotFound" in res.stderr + res.stdout
 
 

@@ -34,7 +34,7 @@ import pytest
 
 from lab.kube.cluster import Cluster
 from lab.objects import make_node
-from lab.peers.deployed import KUBECTL, TOPOSCALE, kubectl
+from lab.peers.deployed import TOPOSCALE, kubectl
 from tests.conftest import kube_bin_dir
 from tests.helm.test_chart import CHART, run_helm
 
@@ -128,12 +128,7 @@ def deploy_copy(tmp_path: Path, *, certs: bool) -> Path:
 
 
 def kubectl_k(cluster: Cluster, verb: str, folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(KUBECTL), "--kubeconfig", str(cluster.admin_kubeconfig), verb, "-k", str(folder), *extra],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return kubectl(cluster, verb, "-k", str(folder), *extra, check=False, timeout=300)
 
 
 def keda_source() -> Path:

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
+from lab.kube.client import KUBECTL
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-KUBECTL = Path(sys.executable).parent / "kubectl"
 NEEDS_CERTS = ("adapter/self-signed", "all")
 # The opt-in components (kind: Component cannot be built on its own), each built as the folder that names it
 # in a comment would list it: name -> (the kustomization, the components added to it).

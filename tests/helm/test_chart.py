@@ -45,10 +45,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from lab.kube.client import KUBECTL, kubectl
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "toposcale"
-KUBECTL = Path(sys.executable).parent / "kubectl"
 HELM_VERSION = "v4.3.2"
 
 HELM_LABELS = {
@@ -528,24 +529,6 @@ def namespace(kube_cluster: Any) -> Any:
     kubectl(kube_cluster, "create", "namespace", ns)
     yield ns
     kubectl(kube_cluster, "delete", "namespace", ns, "--wait=false", check=False)
-
-
-def kubectl(
-    cluster: Any,
-    *args: str,
-    stdin: str | None = None,
-    check: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        [str(KUBECTL), "--kubeconfig", str(cluster.admin_kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
-    return r
 
 
 # In the shared control plane: no APIService (the cluster's ones belong to deploy/all's tests), no

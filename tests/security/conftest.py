@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import ssl
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ from toposcale.adapter.security.middleware import USER_KEY
 from lab.kube.standin import KubeStandIn
 from lab.pki import Issued, TestPKI
 
-KUBECTL = Path(sys.executable).parent / "kubectl"
 METRIC_PATH = "/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/vllm_queue_depth"
 
 

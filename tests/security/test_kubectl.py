@@ -4,14 +4,14 @@ Kubernetes behind the adapter is the in-process stand-in (lab/kube/standin.py)."
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
+from lab.kube.client import akubectl
 from lab.kube.standin import KubeStandIn
 from lab.pki import Issued
 
-from .conftest import KUBECTL, METRIC_PATH, PKI, StartServer, auth_configmap, tls_flags
+from .conftest import METRIC_PATH, PKI, StartServer, auth_configmap, tls_flags
 
 
 def kubeconfig(path: Path, server: str, ca: Path, cert: Issued | None, token: str | None = None) -> Path:
@@ -29,11 +29,8 @@ def kubeconfig(path: Path, server: str, ca: Path, cert: Issued | None, token: st
 
 
 async def kubectl(kc: Path, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(KUBECTL), "--kubeconfig", str(kc), "--request-timeout", "20s", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
+    r = await akubectl(kc, *args, deadline=60, isolated=False)
+    return r.returncode, r.stdout, r.stderr
 
 
 async def test_kubectl_with_client_certificate(pki: PKI, kube: KubeStandIn, start_server: StartServer,
