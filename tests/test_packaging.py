@@ -56,3 +56,13 @@ def test_the_product_never_imports_the_lab_or_the_tests() -> None:
             if hit:
                 bad.append(f"{path.relative_to(ROOT)}: {sorted(hit)}")
     assert bad == [], "the product imports what is not shipped:\n" + "\n".join(bad)
+
+
+def test_the_demo_ships_copies_of_the_fixture_captures() -> None:
+    """tests/fixtures/topologies is the one home of the topology captures; the demo's package data are
+    verbatim copies of some of them."""
+    shipped = sorted((ROOT / "toposcale" / "demo" / "topologies").glob("*.txt"))
+    assert shipped
+    for path in shipped:
+        home = ROOT / "tests" / "fixtures" / "topologies" / path.name
+        assert home.is_file() and home.read_bytes() == path.read_bytes(), path.name

@@ -1,4 +1,5 @@
-"""An in-test "kubelet" for the real control plane (lab/kube/cluster.py): there is no real one.
+"""An in-test "kubelet" for fake Nodes on the real control plane (lab/kube/cluster.py); the real kubelet
+runs in tests/kubelet (lab/kube/kubelet_lab.py).
 
 It registers fake Nodes (Ready, with capacity), watches the real API server for pods bound to them and marks
 each one Running and Ready with a pod IP, the way a kubelet's status manager does (PATCH of `pods/status`).

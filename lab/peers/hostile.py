@@ -1,5 +1,5 @@
-"""Hostile clients on loopback for the availability tests (issue 28): many connections held idle or fed a byte
-at a time, and a probe that must keep being answered meanwhile, as the kubelet's and the aggregator's are.
+"""Hostile clients on loopback for the availability tests: many connections held idle or fed a byte at a
+time, and a probe that must keep being answered meanwhile, as the kubelet's and the aggregator's are.
 
     async with held_connections("127.0.0.1", port, 200, ssl=ctx) as conns:   # handshake done, nothing sent
         ...

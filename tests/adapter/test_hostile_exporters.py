@@ -56,11 +56,11 @@ def _rss_mib() -> float:
 
 
 async def test_large_targets_are_failed_and_their_memory_comes_back() -> None:
-    """Issue 28, items 4 and 5: in-limit expositions of tens of thousands of the rules' series (a gauge and a
-    histogram, each target a new text) made the adapter hold ~10 MB per scrape, the histogram history up to
-    ~96 snapshots per target, and the last scrape of each URL stayed cached until 10,000 entries. Now such a
-    target fails (--scrape-sample-limit, default 10,000) and, once its TTL has passed, what it cost is
-    released: RSS back within 60 MiB of where it started."""
+    """A target exposing more samples than --scrape-sample-limit (default 10,000) fails, and once its TTL has
+    passed what it cost is released: RSS back within 60 MiB of where it started. Before, in-limit expositions
+    of tens of thousands of the rules' series (a gauge and a histogram, each target a new text) made the
+    adapter hold ~10 MB per scrape, the histogram history up to ~96 snapshots per target, and the last scrape
+    of each URL stayed cached until 10,000 entries."""
     import asyncio
     import gc
 

@@ -12,7 +12,7 @@ import pytest
 from toposcale import cli
 from toposcale.simulate.extender_api import SCORING
 
-from .conftest import EXAMPLES, ROOT, TOPOSCALE
+from .conftest import EXAMPLES, ROOT, TOPOLOGIES, TOPOSCALE
 
 POLICY_KEYS = {
     "placed": int,
@@ -99,7 +99,7 @@ def test_table_and_plot(tmp_path: Path) -> None:
 def test_trace_input(tmp_path: Path) -> None:
     trace = tmp_path / "trace.csv"
     trace.write_text("time,pod,gpus,duration\n0,a,2,100\n1,b,1,100\n2,c,4,100\n")
-    topo = EXAMPLES.parent / "topologies" / "a100-4gpu-bridged-pairs-two-sockets.txt"
+    topo = TOPOLOGIES / "a100-4gpu-bridged-pairs-two-sockets.txt"
     (tmp_path / "fleet.yaml").write_text(f"nodes:\n  - topology: {topo}\n    count: 2\n")
     p = simulate(
         "--fleet",
