@@ -12,7 +12,6 @@ from toposcale.extender.topology import dra
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE
 
 from lab.objects import gpu_node, make_pod, topology
-from tests.extender.conftest import serve  # noqa: F401 -- serve: fixture
 
 PAIRS = "a6000-8gpu-nvlink-bridge-pairs"  # NVLink pairs 0-1, 2-3 (socket 0), 4-5, 6-7 (socket 1)
 
@@ -123,7 +122,7 @@ async def answers(
     return {r["node"]: r for r in doc["nodes"]} | {"": doc}, {h["Host"]: h["Score"] for h in prio}, res
 
 
-async def test_template_claim_scored_on_first_fit(serve) -> None:  # noqa: F811
+async def test_template_claim_scored_on_first_fit(serve) -> None:
     async with serve(state=fed()) as s:
         rows, prio, res = await answers(s, claim_pod("p", tmpl="four"), ["dra", "plugin"])
         r = rows["dra"]
@@ -138,7 +137,7 @@ async def test_template_claim_scored_on_first_fit(serve) -> None:  # noqa: F811
         assert rows[""]["gpus"] == 4 and rows[""]["claim"] == "template default/four"
 
 
-async def test_match_attribute_and_claims_taken(serve) -> None:  # noqa: F811
+async def test_match_attribute_and_claims_taken(serve) -> None:
     st = fed()
     async with serve(state=st) as s:
         # gpu-4 held: first-fit gives 6,5,7,0 across sockets; with matchAttribute pcieRoot it cannot (only
@@ -171,7 +170,7 @@ async def test_match_attribute_and_claims_taken(serve) -> None:  # noqa: F811
         assert res["NodeNames"] == ["dra"], res
 
 
-async def test_generated_claim_and_named_claim(serve) -> None:  # noqa: F811
+async def test_generated_claim_and_named_claim(serve) -> None:
     st = fed(extended_class=True)
     async with serve(state=st) as s:
         # The resourceclaim controller's claim (named in the pod's status) is read, not the template.
@@ -187,7 +186,7 @@ async def test_generated_claim_and_named_claim(serve) -> None:  # noqa: F811
         assert rows["dra"]["reason"].startswith("DRA first-fit would give gpu-4,gpu-6"), rows
 
 
-async def test_bad_claims_are_neutral_with_a_reason(serve) -> None:  # noqa: F811
+async def test_bad_claims_are_neutral_with_a_reason(serve) -> None:
     st = fed()
     st.claim_event(
         "ADDED",
@@ -229,7 +228,7 @@ async def test_bad_claims_are_neutral_with_a_reason(serve) -> None:  # noqa: F81
         assert "not a list" in rows["dra"]["reason"]
 
 
-async def test_full_node_mode_claim_pod(serve) -> None:  # noqa: F811
+async def test_full_node_mode_claim_pod(serve) -> None:
     async with serve(state=fed()) as s:
         body = {"Pod": claim_pod("p", tmpl="four-pcie"), "Nodes": {"items": [gpu_node("dra", PAIRS)]}}
         code, doc = await s.post("/explain", body)
@@ -239,7 +238,7 @@ async def test_full_node_mode_claim_pod(serve) -> None:  # noqa: F811
         assert code == 200 and prio[0]["Score"] == doc["nodes"][0]["score"]
 
 
-async def test_claims_of_other_devices_are_not_gpu_claims(serve) -> None:  # noqa: F811
+async def test_claims_of_other_devices_are_not_gpu_claims(serve) -> None:
     st = fed()
     nic = {
         "metadata": {"name": "nic.example.com"},

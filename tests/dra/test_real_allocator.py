@@ -26,7 +26,7 @@ from typing import Any
 from toposcale.extender.topology import dra
 from toposcale.extender.topology.topo_text import parse_topo_text
 
-from tests.dra.conftest import CLASS, FIXTURES, DraLab, outcome, pod_claim_name
+from lab.peers.dra import CLASS, FIXTURES, DraLab, outcome, pod_claim_name
 
 ROUNDS = int(os.environ.get("TOPOSCALE_DRA_ROUNDS", "8"))
 NODES = int(os.environ.get("TOPOSCALE_DRA_NODES", "45"))

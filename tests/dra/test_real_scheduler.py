@@ -1,11 +1,11 @@
 """DRA nodes through the real kube-scheduler with and without the extender (issue 15, Tests).
 
-A fake DRA driver (tests/dra/conftest.py): Nodes without a kubelet, the ResourceSlices NVIDIA's driver would
+A fake DRA driver (lab/peers/dra.py): Nodes without a kubelet, the ResourceSlices NVIDIA's driver would
 publish for them, the `gpu.nvidia.com` DeviceClass serving `nvidia.com/gpu`. Each node's
 `toposcale.io/gpu-topology` is written with the agent's own serializer (`annotations.topology_to_doc`), its
 GPUs' ids being the UUIDs its slice publishes (the join key). The extender runs in watch mode as the shipped
 `toposcale-extender` ServiceAccount (deploy/ RBAC, the real authorizer), the "with" scheduler on the shipped
-deploy/extender/scheduler-config.yaml (tests/scheduler/conftest.py `Scheduler`), the "without" scheduler is
+deploy/extender/scheduler-config.yaml (lab/peers/scheduler.py `Scheduler`), the "without" scheduler is
 the session's default kube-scheduler (default profile).
 
 - Placement: the same 6 pods of `nvidia.com/gpu: 4` arrive one by one at two identical fleets of 8-GPU nodes
@@ -36,8 +36,8 @@ from toposcale.extender.topology.model import Tier, Topology
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE, set_tier
 from toposcale.extender.topology.topo_text import parse_topo_text
 
+from lab.peers.dra import FIXTURES, RES, TAINT, DraLab, outcome, pod_claim_name
 from lab.peers.scheduler import SCHEDULER_NAME, Extender, Scheduler, http_post
-from tests.dra.conftest import FIXTURES, RES, TAINT, DraLab, outcome, pod_claim_name
 from toposcale.simulate.compare import compare
 from toposcale.simulate.fleet import Fleet, NodeType
 from toposcale.simulate.tiers import single_numa

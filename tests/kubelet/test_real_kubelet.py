@@ -35,10 +35,9 @@ from toposcale.extender.topology.annotations import (
 
 from lab.kube.gpu_kubelet import RESOURCE, GpuNode
 from lab.kube.kubelet_lab import EXPORTER_PORT, exporter_pod
+from lab.kube.real_fleet import FLEET_LABEL, NODES, RealFleet, pod_resources
 from lab.peers.deployed import TOPOSCALE
 from lab.peers.scheduler import GATE, SCHEDULER_NAME, wait_for
-
-from .conftest import FLEET_LABEL, NODES, RealFleet, pod_resources
 
 NS = "real-kubelet"
 
