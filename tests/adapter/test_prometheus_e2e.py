@@ -15,6 +15,7 @@ from toposcale.adapter.sources.prometheus import PrometheusSource
 
 from lab.peers.exporters import DcgmExporter, Gpu, VllmExporter
 from lab.peers.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
+from lab.procs import Child, http_ok
 from toposcale.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE
@@ -134,22 +135,13 @@ async def test_prometheus_mode(serve_adapter, tmp_path: Path) -> None:
 
         # the acceptance command, as a user runs it
         port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            str(TOPOSCALE), "adapter", "--prometheus-url", prom.url, "--port", str(port), "--bind-address",
-            "127.0.0.1", *LOCAL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
+        proc = Child([str(TOPOSCALE), "adapter", "--prometheus-url", prom.url, "--port", str(port),
+                      "--bind-address", "127.0.0.1", *LOCAL], tmp_path / "adapter.log").start()
         url = f"http://127.0.0.1:{port}{BASE}/namespaces/ml/vllm_requests_waiting?labelSelector=app%3Dvllm"
-        async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.get(url) as r:
-                        assert r.status == 200
-                        assert value(await r.json()) == "8"
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("toposcale adapter did not come up")
+        await proc.until(lambda: asyncio.to_thread(http_ok, url), 30, "serving")
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            assert r.status == 200
+            assert value(await r.json()) == "8"
 
         # Prometheus stopped mid-test: 503 ServiceUnavailable, never a made-up value
         await asyncio.to_thread(prom.stop)
@@ -165,8 +157,7 @@ async def test_prometheus_mode(serve_adapter, tmp_path: Path) -> None:
         assert 'toposcale_adapter_source_errors_total{kind="ConnectionError",source="prometheus"}' in text
     finally:
         if proc is not None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 10)
+            await proc.astop()
         await asyncio.to_thread(prom.stop)
         for e in exporters:
             await e.stop()

@@ -26,6 +26,7 @@ from toposcale.adapter.sources.scrape import ScrapeSource
 
 from lab.peers.exporters import VllmExporter
 from lab.peers.prometheus import free_port
+from lab.procs import Child, http_ok
 
 from .conftest import LOCAL, TOPOSCALE
 
@@ -156,30 +157,18 @@ async def test_the_adapter_process_bounds_namespaces_by_its_flag(tmp_path: Path)
         targets.write_text(yaml.safe_dump([{"url": e.url, "labels": {"namespace": ns, "pod": "p"}}
                                            for ns in ("ns-a", "ns-b")]))
         port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            str(TOPOSCALE), "adapter", *LOCAL, "--scrape-targets", str(targets), "--port", str(port),
-            "--served-value-namespaces", "1",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )
+        argv = [str(TOPOSCALE), "adapter", *LOCAL, "--scrape-targets", str(targets), "--port", str(port),
+                "--served-value-namespaces", "1"]
         base = f"http://127.0.0.1:{port}"
-        try:
+        async with Child(argv, tmp_path / "adapter.log") as proc:
+            await proc.until(lambda: asyncio.to_thread(http_ok, base + "/healthz"), 15, "listening")
             async with aiohttp.ClientSession() as http:
-                for _ in range(150):  # until the process listens
-                    try:
-                        async with http.get(base + "/healthz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.1)
                 for ns in ("ns-a", "ns-b"):
                     path = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/vllm_requests_waiting"
                     async with http.get(base + path) as r:
                         assert r.status == 200, await r.text()
                 async with http.get(base + "/metrics") as r:
                     text = await r.text()
-        finally:
-            proc.terminate()
-            await asyncio.wait_for(proc.communicate(), 10)
     served = [line for line in text.splitlines() if line.startswith("toposcale_adapter_served_value")]
     assert served == ['toposcale_adapter_served_value{metric="vllm_requests_waiting",namespace="ns-b"} 3.0']
 
