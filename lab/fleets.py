@@ -49,10 +49,16 @@ def boxes(size: int, seed: int, prefix: str, gpu_id: str = "GPU-{name}-{j}") -> 
         topo = parse_topo_text(text, ids=[gpu_id.format(name=name, j=j) for j in range(n)])
         held = frozenset(g.id for g in topo.gpus if rng.random() < 0.3)
         alloc = Allocation(held, frozenset(), now_rfc3339())
-        yield Box(i, name, n, n - len(held), {
-            TOPOLOGY_ANNOTATION: dumps(topology_to_doc(topo)),
-            ALLOCATION_ANNOTATION: dumps(allocation_to_doc(alloc)),
-        })
+        yield Box(
+            i,
+            name,
+            n,
+            n - len(held),
+            {
+                TOPOLOGY_ANNOTATION: dumps(topology_to_doc(topo)),
+                ALLOCATION_ANNOTATION: dumps(allocation_to_doc(alloc)),
+            },
+        )
 
 
 def scheduler_fleet(size: int, seed: int) -> list[dict[str, Any]]:
@@ -64,17 +70,31 @@ def scheduler_fleet(size: int, seed: int) -> list[dict[str, Any]]:
     nodes = []
     for box in boxes(size, seed, "bench"):
         name, n, free = box.name, box.gpus, box.free
-        nodes.append(make_node(
-            name,
-            annotations=dict(box.annotations),
-            spec={},
-            status={
-                "capacity": {"cpu": "96", "memory": "1024Gi", "pods": "110", "nvidia.com/gpu": str(n)},
-                "allocatable": {"cpu": "96", "memory": "1024Gi", "pods": "110", "nvidia.com/gpu": str(free)},
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
-            },
-        ))
+        nodes.append(
+            make_node(
+                name,
+                annotations=dict(box.annotations),
+                spec={},
+                status={
+                    "capacity": {"cpu": "96", "memory": "1024Gi", "pods": "110", "nvidia.com/gpu": str(n)},
+                    "allocatable": {
+                        "cpu": "96",
+                        "memory": "1024Gi",
+                        "pods": "110",
+                        "nvidia.com/gpu": str(free),
+                    },
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "lastHeartbeatTime": now_rfc3339(),
+                            "lastTransitionTime": now_rfc3339(),
+                        }
+                    ],
+                },
+            )
+        )
     return nodes
 
 
@@ -103,8 +123,12 @@ def extender_fleet(size: int, seed: int) -> list[dict[str, Any]]:
                     "capacity": {"cpu": "96", "memory": "1056000000Ki", "nvidia.com/gpu": str(n)},
                     "allocatable": {"cpu": "95", "memory": "1055000000Ki", "nvidia.com/gpu": str(n)},
                     "conditions": [
-                        {"type": "Ready", "status": "True", "reason": "KubeletReady",
-                         "lastHeartbeatTime": "2026-11-26T10:00:00Z"}
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "lastHeartbeatTime": "2026-11-26T10:00:00Z",
+                        }
                     ],
                     "addresses": [{"type": "InternalIP", "address": f"10.0.{i // 250}.{i % 250}"}],
                     "nodeInfo": {"kubeletVersion": "v1.30.4", "containerRuntimeVersion": "containerd://1.7"},

@@ -122,7 +122,6 @@ def gpu_node(
     )
 
 
-
 def make_pod(
     name: str,
     gpus: int,

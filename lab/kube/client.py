@@ -195,8 +195,9 @@ class RealKube:
         path = prefix + (f"/namespaces/{namespace or 'default'}" if namespaced else "") + f"/{plural}"
         return path + (f"/{name}" if name else "")
 
-    def _call(self, method: str, path: str, body: Obj | None = None,
-              content_type: str = "application/json") -> Obj:
+    def _call(
+        self, method: str, path: str, body: Obj | None = None, content_type: str = "application/json"
+    ) -> Obj:
         return self._api.call(method, path, body, ctype=content_type)  # type: ignore[no-any-return]
 
     def add(self, obj: Obj) -> Obj:
@@ -216,8 +217,12 @@ class RealKube:
             meta["resourceVersion"] = current["metadata"]["resourceVersion"]
             out = self._call("PUT", self._url(kind, meta["name"], ns), obj)
         if status and kind in ("Node", "Pod"):
-            out = self._call("PATCH", self._url(kind, meta["name"], ns) + "/status", {"status": status},
-                             "application/merge-patch+json")
+            out = self._call(
+                "PATCH",
+                self._url(kind, meta["name"], ns) + "/status",
+                {"status": status},
+                "application/merge-patch+json",
+            )
         return out
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> Obj:
@@ -272,8 +277,14 @@ async def akubectl(
         else dict(os.environ)
     )
     proc = await asyncio.create_subprocess_exec(
-        str(KUBECTL), "--kubeconfig", str(kubeconfig), "--request-timeout=20s", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        str(KUBECTL),
+        "--kubeconfig",
+        str(kubeconfig),
+        "--request-timeout=20s",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     out, err = await asyncio.wait_for(proc.communicate(), deadline)
     return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())
