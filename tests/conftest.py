@@ -1,4 +1,5 @@
-"""Suite-wide settings. Area fixtures live in tests/<area>/conftest.py; shared harnesses in lab/."""
+"""Suite-wide fixtures: the real control plane and deploy/ on it, the real helm. Area fixtures live in
+tests/<area>/conftest.py; what they wrap lives in lab/ (lab/README.md)."""
 
 import os
 import shutil
@@ -9,23 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from lab.builds import helm_bin, kube_bin_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 KUBE_SH = ROOT / "scripts" / "kube.sh"
-
-
-def kube_bin_dir() -> Path:
-    """The directory `scripts/kube.sh bin-dir` builds (cached: instant after the first build on a machine).
-
-    A build that cannot happen (no Go, no module proxy) fails the tests that need it with the script's reason:
-    the real control plane is part of the suite, never silently skipped."""
-    env_dir = os.environ.get("TOPOSCALE_KUBE_BIN_DIR")
-    if env_dir and all((Path(env_dir) / b).is_file() for b in ("kube-apiserver", "etcd")):
-        return Path(env_dir)
-    r = subprocess.run([str(KUBE_SH), "bin-dir"], capture_output=True, text=True, timeout=3600)
-    if r.returncode != 0:
-        pytest.fail(f"the real Kubernetes components could not be built (kube.sh bin-dir):\n{r.stderr}",
-                    pytrace=False)
-    return Path(r.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
@@ -64,15 +52,7 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real helm binary (scripts/helm.sh bin, cached; tests/helm/README.md), for tests/helm and
     tests/cluster/test_install_safety.py; its config/cache/data dirs in a temporary folder (nothing written
     to ~). Not buildable (no Go, no module proxy): the tests fail with the reason, never skip."""
-    env_bin = os.environ.get("TOPOSCALE_HELM_BIN")
-    if env_bin and Path(env_bin).is_file():
-        path = Path(env_bin)
-    else:
-        helm_sh = ROOT / "scripts" / "helm.sh"
-        r = subprocess.run([str(helm_sh), "bin"], capture_output=True, text=True, timeout=3600)
-        if r.returncode != 0:
-            pytest.fail(f"the real helm could not be built (scripts/helm.sh bin):\n{r.stderr}", pytrace=False)
-        path = Path(r.stdout.strip().splitlines()[-1])
+    path = helm_bin()
     home = tmp_path_factory.mktemp("helm-home")
     for var in ("HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME"):
         os.environ[var] = str(home / var.lower())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import grpc
 import pytest
 from toposcale.extender.agent.podresources import api_pb2, api_pb2_grpc
 
+from lab.builds import deviceplugin_bin
 from lab.kube.client import Api
 from lab.kube.cluster import free_port
 from lab.kube.gpu_kubelet import FIXTURES, GPU_LABEL, GPU_TAINT, RESOURCE, GpuNode
@@ -40,20 +40,6 @@ NODES = (
     ("kl-a100", TOPO / "a100-4gpu-bridged-pairs-two-sockets.txt"),
     ("kl-h100vm", FIXTURES / "nvml" / "h100-x4-vm-nvswitch" / "nvml_capture.json"),
 )
-
-
-def deviceplugin_binary() -> Path:
-    r = subprocess.run(
-        [str(ROOT / "scripts" / "gpuallocator.sh"), "deviceplugin-bin"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
-    path = Path(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
-    if r.returncode != 0 or path is None or not path.is_file():
-        pytest.fail(f"scripts/gpuallocator.sh deviceplugin-bin failed ({r.returncode}):\n{r.stderr[-4000:]}")
-    return path
 
 
 def pod_resources(node: LabNode) -> dict[str, list[str]]:
@@ -124,7 +110,7 @@ def start_real_fleet(deployed: Deployed, work: Path) -> Iterator[RealFleet]:
     cluster = deployed.cluster
     try:
         lab = KubeletLab.create(
-            cluster, work / "lab", deviceplugin=deviceplugin_binary(), image_cache=image_cache_dir()
+            cluster, work / "lab", deviceplugin=deviceplugin_bin(), image_cache=image_cache_dir()
         )
         for name, source in NODES:
             lab.add(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from toposcale.extender.topology.allocator import socket_keys
 from toposcale.extender.topology.model import Topology, nvlink_count
 
 from lab import ROOT
+from lab.builds import gpuallocator_bin
 
 SCRIPT = ROOT / "scripts" / "gpuallocator.sh"
 GO_MOD = ROOT / "tests" / "gpuallocator" / "go.mod"
@@ -109,21 +109,8 @@ def nvml_of_capture(name: str, cap: dict[str, Any]) -> dict[str, Any]:
 
 
 def go_binary() -> str:
-    try:
-        r = subprocess.run([str(SCRIPT), "bin"], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.fail(f"scripts/gpuallocator.sh bin could not run: {exc}")
-    if r.returncode != 0:
-        pytest.fail(
-            f"scripts/gpuallocator.sh bin could not build the go-gpuallocator program "
-            f"(exit {r.returncode}):\n{r.stderr[-4000:]}"
-        )
-    path = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
-    if not path or not Path(path).is_file():
-        pytest.fail(
-            f"scripts/gpuallocator.sh bin printed no binary path (stdout {r.stdout!r}, stderr {r.stderr!r})"
-        )
-    return path
+    """The go-gpuallocator program (scripts/gpuallocator.sh bin, cached)."""
+    return str(gpuallocator_bin())
 
 
 def run_go(binary: str, doc: dict[str, Any]) -> dict[str, Any]:

@@ -22,38 +22,23 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
+from lab.builds import keda_bin_dir
 from lab.kube.cluster import Cluster, free_port
-from lab.peers.deployed import ROOT, kubectl
+from lab.peers.deployed import kubectl
 from lab.pki import KubePki
 from lab.procs import Child
 
-KEDA_SH = ROOT / "scripts" / "keda.sh"
 APISERVICE = "v1beta1.external.metrics.k8s.io"
 KEDA_NS = "keda"
 METRICS_SERVICE = "keda-metrics-apiserver"
-
-
-def keda_bin_dir() -> Path:
-    """`scripts/keda.sh bin-dir` (cached after the first build). A build that cannot happen fails the test
-    with the script's reason: the real KEDA is the point of these tests, never silently skipped."""
-    env_dir = os.environ.get("TOPOSCALE_KEDA_BIN_DIR")
-    if env_dir and (Path(env_dir) / "keda").is_file() and (Path(env_dir) / "keda-adapter").is_file():
-        return Path(env_dir)
-    r = subprocess.run([str(KEDA_SH), "bin-dir"], capture_output=True, text=True, timeout=3600)
-    if r.returncode != 0:
-        pytest.fail(f"the real KEDA could not be built (keda.sh bin-dir):\n{r.stderr}", pytrace=False)
-    return Path(r.stdout.strip().splitlines()[-1])
 
 
 def make_tls(directory: Path, *hosts: str) -> Path:

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 from toposcale.adapter.selectors import MAX_SELECTOR_LENGTH, SelectorError, _Parser, parse_selector
 
+from lab.builds import labelsparse_bin
+
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "labelsparse.sh"
 KUBE_GO_MOD = ROOT / "tests" / "kube" / "go.mod"
 
 SEED = 20261207
@@ -198,21 +198,8 @@ def generate_label_sets() -> list[dict[str, str]]:
 
 
 def go_binary() -> str:
-    """scripts/labelsparse.sh bin: TOPOSCALE_LABELSPARSE_BIN when scripts/test.sh built it, else built here
-    (seconds, cached). A binary that cannot be had fails the test with the script's reason; never a skip."""
-    try:
-        r = subprocess.run([str(SCRIPT), "bin"], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.fail(f"scripts/labelsparse.sh bin could not run: {exc}", pytrace=False)
-    path = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
-    if r.returncode != 0 or not path or not Path(path).is_file():
-        pytest.fail(
-            "the labels.Parse program (tests/kube/cmd/labelsparse) is missing and scripts/labelsparse.sh bin "
-            f"could not build it (exit {r.returncode}); the differential selector test needs it:\n"
-            f"{r.stderr[-4000:]}",
-            pytrace=False,
-        )
-    return path
+    """scripts/labelsparse.sh bin (seconds, cached); one that cannot be had fails the test with the reason."""
+    return str(labelsparse_bin())
 
 
 def run_go(selectors: list[str], label_sets: list[dict[str, str]]) -> tuple[dict[str, str], list[dict]]:

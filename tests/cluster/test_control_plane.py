@@ -8,9 +8,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from lab.builds import kube_bin_dir
 from lab.kube.cluster import MARKER, Cluster
 from lab.procs import pid_alive
-from tests.conftest import KUBE_SH, ROOT, kube_bin_dir
+from tests.conftest import KUBE_SH, ROOT
 
 from .conftest import KUBECTL
 

@@ -32,10 +32,10 @@ from typing import Any
 
 import pytest
 
+from lab.builds import kube_bin_dir
 from lab.kube.cluster import Cluster
 from lab.objects import make_node
 from lab.peers.deployed import TOPOSCALE, kubectl
-from tests.conftest import kube_bin_dir
 from tests.helm.test_chart import CHART, run_helm
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,10 +9,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from lab.builds import kube_bin_dir
 from lab.kube.kubelet_lab import CGROUP_FS, LAB_DIR, STATE, _cgroup_dirs, _cgroup_pids
 from lab.peers.deployed import KUBECTL
 from lab.procs import pid_alive
-from tests.conftest import KUBE_SH, kube_bin_dir
+from tests.conftest import KUBE_SH
 
 
 def test_kubelet_is_built_at_the_pinned_version() -> None:
