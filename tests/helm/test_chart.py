@@ -32,7 +32,6 @@ import base64
 import copy
 import difflib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -45,7 +44,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from lab.kube.client import KUBECTL, kubectl
+from lab.kube.client import KUBECTL, kubectl, run_helm
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -79,18 +78,6 @@ VARIANTS: dict[str, list[str]] = {
 
 
 # -- helm --
-
-
-def run_helm(
-    helm: Path, *args: str, check: bool = True, kubeconfig: Path | None = None, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if kubeconfig:
-        env["KUBECONFIG"] = str(kubeconfig)
-    r = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=timeout, env=env)
-    if check and r.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
-    return r
 
 
 def sets(values: list[str]) -> list[str]:
