@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -29,7 +30,7 @@ from typing import IO, Any
 
 from toposcale.ports import free_port
 
-__all__ = ["Child", "free_port", "http_ok", "pid_alive", "terminate_pid", "wait_for"]
+__all__ = ["Child", "free_port", "http_ok", "pid_alive", "port_open", "terminate_pid", "wait_for"]
 
 
 def http_ok(url: str, *, context: ssl.SSLContext | None = None, timeout: float = 1.0) -> bool:
@@ -81,6 +82,15 @@ def terminate_pid(pid: int, grace: float = 10.0) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
+    """True when something accepts a TCP connection on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 class Child:

@@ -32,6 +32,7 @@ from toposcale.adapter.sources.scrape import ScrapeSource
 
 from lab.peers.exporters import VllmExporter
 from lab.pki import TestPKI
+from lab.procs import Child, port_open
 from toposcale.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE
@@ -433,16 +434,8 @@ async def test_tls_with_client_certificates_and_rotation(start_adapter, pki: dic
         await is_active(address, creds(pki, "keda"))  # the old CA no longer verifies the server
 
 
-async def wait_port(port: int, deadline: float = 15) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}")
+async def wait_port(proc: Child, port: int, deadline: float = 15) -> None:
+    await proc.until(lambda: asyncio.to_thread(port_open, port), deadline, f"listening on {port}")
 
 
 async def run(*args: str, deadline: float = 30) -> tuple[int, str, str]:
@@ -459,14 +452,14 @@ async def test_cli_adapter_serves_tls_and_keda_probe_prints_what_keda_reads(
                                                         (b, "vllm-1", {"app": "vllm"})])
     port, grpc_port = free_port(), free_port()
     server = pki["server"]
-    proc = await asyncio.create_subprocess_exec(
+    proc = Child([
         str(TOPOSCALE), "adapter", "--scrape-targets", str(targets), "--port", str(port),
         "--keda-grpc-port", str(grpc_port), "--cache-ttl", "0.2", *LOCAL,
         "--tls-cert-file", str(server.cert_path), "--tls-private-key-file", str(server.key_path),
         "--client-ca-file", str(pki["keda_ca"].cert_path),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    ], tmp_path / "adapter.log").start()
     try:
-        await wait_port(grpc_port)
+        await wait_port(proc, grpc_port)
         tls_args = ["--ca-file", str(pki["ca"].cert_path), "--cert-file", str(pki["keda"].cert_path),
                     "--key-file", str(pki["keda"].key_path), "--server-name", SERVICE_NAME]
         probe = ["keda-probe", "--address", f"127.0.0.1:{grpc_port}", "--metric", "vllm_requests_waiting",
@@ -499,8 +492,8 @@ async def test_cli_adapter_serves_tls_and_keda_probe_prints_what_keda_reads(
                                                        server_hostname=SERVICE_NAME) as r:
             assert r.status == 200
     finally:
-        proc.terminate()
-        _, log = await asyncio.wait_for(proc.communicate(), 15)
+        await proc.astop(grace=15)
+    log = proc.text().encode()
     assert proc.returncode == 0, log
     entries = [json.loads(line) for line in log.decode().splitlines() if line.startswith("{")]
     listening = [e for e in entries if e["msg"] == "keda external scaler listening"]
@@ -511,12 +504,12 @@ async def test_cli_plaintext_only_with_insecure_allow_anonymous(tmp_path: Path, 
     a, _ = vllm
     targets = write_targets(tmp_path / "targets.yaml", [(a, "vllm-0", {"app": "vllm"})])
     port, grpc_port = free_port(), free_port()
-    proc = await asyncio.create_subprocess_exec(
+    proc = Child([
         str(TOPOSCALE), "adapter", "--scrape-targets", str(targets), "--port", str(port),
         "--keda-grpc-port", str(grpc_port), *LOCAL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    ], tmp_path / "adapter.log").start()
     try:
-        await wait_port(grpc_port)
+        await wait_port(proc, grpc_port)
         assert await is_active(f"127.0.0.1:{grpc_port}", None) is True
         # --watch follows StreamIsActive: the first activity at once, then each change
         watch = await asyncio.create_subprocess_exec(
@@ -536,8 +529,8 @@ async def test_cli_plaintext_only_with_insecure_allow_anonymous(tmp_path: Path, 
             watch.terminate()
             await watch.wait()
     finally:
-        proc.terminate()
-        _, log = await asyncio.wait_for(proc.communicate(), 15)
+        await proc.astop(grace=15)
+    log = proc.text().encode()
     assert proc.returncode == 0, log
 
 
@@ -548,20 +541,20 @@ async def test_cli_without_insecure_the_grpc_port_is_tls(tmp_path: Path, vllm) -
     port, grpc_port = free_port(), free_port()
     cert_dir = tmp_path / "certs"
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "missing-kubeconfig"), "HOME": str(tmp_path)}
-    proc = await asyncio.create_subprocess_exec(
+    proc = Child([
         str(TOPOSCALE), "adapter", "--scrape-targets", str(targets), "--port", str(port),
         "--keda-grpc-port", str(grpc_port), "--cert-dir", str(cert_dir),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
+    ], tmp_path / "adapter.log", env=env).start()
     try:
-        await wait_port(grpc_port)
+        await wait_port(proc, grpc_port)
         with pytest.raises(grpc.aio.AioRpcError):
             await is_active(f"127.0.0.1:{grpc_port}", None)  # plaintext refused
         # the generated pair's file holds leaf then CA: the CA verifies the server
         ca = grpc.ssl_channel_credentials(root_certificates=(cert_dir / "apiserver.crt").read_bytes())
         assert await is_active(f"127.0.0.1:{grpc_port}", ca, server_name=None) is True
     finally:
-        proc.terminate()
-        _, log = await asyncio.wait_for(proc.communicate(), 15)
+        await proc.astop(grace=15)
+    log = proc.text().encode()
     assert proc.returncode == 0, log
     assert b"TLS without client certificates" in log  # the operator is told what that means
 
