@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 
 from lab.objects import gpu_node, make_pod
-from lab.procs import free_port
+from lab.procs import Child, free_port, http_ok
 
 TOPOSCALE = Path(sys.executable).parent / "toposcale"
 
@@ -22,26 +22,20 @@ def ago(seconds: float) -> str:
     return (datetime.now(UTC) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def test_standalone_process_serves_every_route() -> None:
+async def test_standalone_process_serves_every_route(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
-    proc = await asyncio.create_subprocess_exec(
-        str(TOPOSCALE), "extender", "--standalone", "--port", str(port), "--allocation-max-age", "600",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
+    proc = Child(
+        [str(TOPOSCALE), "extender", "--standalone", "--port", str(port), "--allocation-max-age", "600"],
+        tmp_path / "extender.log", env=env,
+    ).start()
     url = f"http://127.0.0.1:{port}"
     full = {"Pod": make_pod("vllm", 4), "Nodes": {"items": [gpu_node("hgx", "hgx-h100-nvswitch-8gpu")]},
             "NodeNames": None}
     names = {"Pod": make_pod("vllm", 4), "Nodes": None, "NodeNames": ["hgx"]}
     try:
+        await proc.until(lambda: asyncio.to_thread(http_ok, url + "/healthz"), 10, "healthy")
         async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                try:
-                    async with s.get(url + "/healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
             async with s.get(url + "/healthz") as r:
                 assert r.status == 200 and (await r.json())["mode"] == "standalone"
             async with s.post(url + "/filter", data=orjson.dumps(full)) as r:
@@ -64,10 +58,10 @@ async def test_standalone_process_serves_every_route() -> None:
             async with s.get(url + "/metrics") as r:
                 assert "toposcale_extender_decision_seconds" in await r.text()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 10)
-    assert proc.returncode == 0, err.decode()
-    assert b'"msg": "extender serving"' in err
+        await proc.astop()
+    log = proc.text()
+    assert proc.returncode == 0, log
+    assert '"msg": "extender serving"' in log
 
 
 async def test_watch_mode_process_answers_names_from_its_cache(tmp_path) -> None:
