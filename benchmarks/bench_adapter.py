@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,10 +63,10 @@ async def _server(mode: str, port: int, pki_dir: Path, ready: Any) -> None:
 
     from aiohttp import web
     from prometheus_client import CollectorRegistry
-    from toposcale.adapter.security import options, serving
+    from toposcale.adapter.security import options
 
     from tests.harness.kube_standin import KubeStandIn
-    from toposcale import logs
+    from toposcale.core import listener, logs
 
     logs.setup("error")
     parser = ap.ArgumentParser(allow_abbrev=False)
@@ -100,7 +100,7 @@ async def _server(mode: str, port: int, pki_dir: Path, ready: Any) -> None:
 
     app = web.Application(middlewares=[sec.middleware])
     app.router.add_get(PATH, handler)
-    await serving.serve(app, "127.0.0.1", port, sec.ssl_context, sec.limits, sec.on_cut)
+    await listener.serve(app, "127.0.0.1", port, sec.ssl_context, sec.limits, sec.on_cut)
     ready.set()
     await asyncio.Event().wait()
 

@@ -18,8 +18,8 @@ from toposcale.adapter.sources.scrape import ScrapeSource
 
 from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
 from tests.harness.kube_standin import KubeStandIn
-from toposcale import kube
-from toposcale.ports import free_port
+from toposcale.core import kube
+from toposcale.core.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE
 

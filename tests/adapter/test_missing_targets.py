@@ -26,7 +26,7 @@ from tests.harness.exporters import DcgmExporter, Exporter, Gpu, VllmExporter
 from tests.harness.kube_standin import KubeStandIn
 from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
 from tests.harness.real_kube import RealKube
-from toposcale import kube
+from toposcale.core import kube
 
 SUM = Rule(name="waiting", series=["vllm:num_requests_waiting"], aggregation="sum")
 STRICT = SUM.model_copy(update={"name": "waiting_strict", "on_missing": "error"})

@@ -15,7 +15,7 @@ from toposcale.adapter.sources.prometheus import PrometheusSource
 
 from tests.harness.exporters import DcgmExporter, Gpu, VllmExporter
 from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE
 

@@ -580,7 +580,7 @@ def test_rbac_grants_what_the_code_calls_and_no_more(builds: dict[str, Build], s
     have = granted(builds["all"], sa)
     if sa == "toposcale-adapter":  # --pod-deletion-cost: `patch` pods, from the opt-in component
         have |= granted(builds["examples/qwen+pod-deletion-cost"], sa)
-    # a list handed to toposcale.kube.Reflector is followed by watches: those resources need list + watch
+    # a list handed to toposcale.core.kube.Reflector is followed by watches: those resources need list + watch
     reflected = reflector_resources(files)
     needed = calls | {(g, r, "watch") for g, r in reflected}
     assert needed <= have, f"{sa} calls these without RBAC: {sorted(needed - have)}"
@@ -775,7 +775,7 @@ def _adapter_get_routes() -> set[str]:
             return handler
 
     app = web.Application()
-    add_routes(app, AnyHandler())  # type: ignore[arg-type]
+    add_routes(app, AnyHandler(), AnyHandler())  # type: ignore[arg-type]
     return {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
 
 
@@ -815,7 +815,7 @@ async def test_readme_explain_command_is_answered_by_the_extender(tmp_path: Path
     from toposcale.extender.state import ClusterState
 
     from tests.harness.kube_standin import KubeStandIn
-    from toposcale.kube import api_client
+    from toposcale.core.kube import api_client
 
     text = (DEPLOY / "README.md").read_text()
     (url,) = re.findall(r"curl -s \"(localhost:8888/explain\?[^\"]+)\"", text)

@@ -24,7 +24,7 @@ from toposcale.extender.topology.annotations import (
 )
 from toposcale.extender.topology.topo_text import parse_topo_text
 
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "topologies"
 

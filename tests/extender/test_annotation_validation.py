@@ -29,7 +29,7 @@ from toposcale.extender.topology.topo_text import parse_topo_text
 from tests.extender.conftest import node_obj, pod_obj
 from tests.extender.test_watch import until
 from tests.harness.kube_standin import KubeStandIn
-from toposcale.kube import api_client
+from toposcale.core.kube import api_client
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 DEEP = "[" * 5000 + "]" * 5000  # ~10 KB: far below the 256 KiB annotation limit, far past any recursion limit

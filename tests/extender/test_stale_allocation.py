@@ -25,7 +25,7 @@ from toposcale.extender.topology.scoring import NEUTRAL_SCORE
 from tests.extender.conftest import node_obj, pod_obj
 from tests.extender.test_watch import names_args, stamp, until
 from tests.harness.kube_standin import KubeStandIn
-from toposcale.kube import api_client
+from toposcale.core.kube import api_client
 
 STALE_METRIC = 'toposcale_extender_unknown_topology_nodes_total{reason="stale-allocation"}'
 LOG_LINE = "node answered without usable GPU annotations"

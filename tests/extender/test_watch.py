@@ -18,7 +18,7 @@ from toposcale.extender.state import ClusterState
 
 from tests.extender.conftest import node_obj, pod_obj
 from tests.harness.kube_standin import KubeStandIn
-from toposcale.kube import api_client
+from toposcale.core.kube import api_client
 
 
 async def until(cond: Callable[[], Any], what: str, within_s: float = 10.0) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 PROMETHEUS = os.environ.get("TOPOSCALE_PROMETHEUS", "/usr/bin/prometheus")
 

@@ -22,7 +22,7 @@ import yaml
 
 from tests.harness.exporters import VllmExporter
 from tests.harness.kube_standin import KubeStandIn
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 from .conftest import PKI, auth_configmap
 from .test_kubectl import kubeconfig, kubectl

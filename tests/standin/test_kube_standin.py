@@ -2,7 +2,7 @@
 
 There is no kube-apiserver on these machines; `tests/harness/kube_standin.py` speaks its wire format
 (list/watch with resourceVersion, 410 Expired, merge/strategic/JSON patch, TokenReview, SubjectAccessReview).
-These tests pin that behaviour, and toposcale/kube.py's client factory and reflector against it.
+These tests pin that behaviour, and toposcale/core/kube.py's client factory and reflector against it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config import ConfigException
 
 from tests.harness.kube_standin import KubeStandIn
-from toposcale.kube import Reflector, Store, api_client
+from toposcale.core.kube import Reflector, Store, api_client
 
 TOKEN = "standin-test-token"
 

@@ -188,7 +188,7 @@ def _job(args: tuple[Any, ...]) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    from toposcale.cliargs import output_problem, plot_problem
+    from toposcale.core.cliargs import output_problem, plot_problem
     from toposcale.serving.profile import ProfileError, load_profile
 
     from .bench import BenchConfig
