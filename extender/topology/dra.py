@@ -122,6 +122,7 @@ class CelRuntimeError(Exception):
 
 # --- values ---------------------------------------------------------------------------------------------
 
+
 def parse_quantity(text: str) -> Fraction:
     """A Kubernetes resource.Quantity string ("80Gi", "81559Mi", "1.5T", "100m", "1e3") as an exact number:
     toposcale.core.quantity's, on the text trimmed as Quantity.UnmarshalJSON trims it. Beyond the modelled

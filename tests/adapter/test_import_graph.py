@@ -1,4 +1,4 @@
-"""The adapter's modules import one another without a circle (issue 30): the value service (values.py) under
+"""The adapter's modules import one another without a circle: the value service (values.py) under
 the three wires (api.py, custom.py, keda/scaler.py), the documents (wire/) under those, the sources under the
 value service. Every import counts, those inside functions and under TYPE_CHECKING too: a circle hidden in a
 function is still one a reader has to untangle."""
