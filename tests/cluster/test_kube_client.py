@@ -1,8 +1,8 @@
 """toposcale/core/kube.py against the session's real kube-apiserver: the client factory (kubeconfig,
-in-cluster service account, no credentials at all) and the Reflector's normal work (a paged list assembled into one
-set, the watch's events and resourceVersion, a handler that raises). The faults only the stand-in scripts on
-demand (a watch dropped while history is compacted, an expired continue token, server errors on chosen
-calls) are tests/standin/test_kube_standin.py; the real 410 after an apiserver restart and an etcd
+in-cluster service account, no credentials at all) and the Reflector's normal work (a paged list assembled
+into one set, the watch's events and resourceVersion, a handler that raises). The faults only the stand-in
+scripts on demand (a watch dropped while history is compacted, an expired continue token, server errors on
+chosen calls) are tests/standin/test_kube_standin.py; the real 410 after an apiserver restart and an etcd
 compaction is tests/cluster/test_watch_restart.py.
 """
 

@@ -1,8 +1,8 @@
 """toposcale/core/kube.py's Reflector under the faults only the stand-in (tests/harness/kube_standin.py)
-scripts on demand: a watch dropped while history is compacted (410 as an ERROR event or as HTTP), a paged list whose
-continue token expires, server errors on chosen calls; and the stand-in's scripted TokenReview and
-SubjectAccessReview answers. The Reflector's normal work (paged list, watch, a failing handler) runs against
-the real kube-apiserver in tests/cluster/test_kube_client.py.
+scripts on demand: a watch dropped while history is compacted (410 as an ERROR event or as HTTP), a paged
+list whose continue token expires, server errors on chosen calls; and the stand-in's scripted TokenReview
+and SubjectAccessReview answers. The Reflector's normal work (paged list, watch, a failing handler) runs
+against the real kube-apiserver in tests/cluster/test_kube_client.py.
 """
 
 from __future__ import annotations
