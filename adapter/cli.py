@@ -15,8 +15,8 @@ import os
 import sys
 from typing import Any
 
-from toposcale.cliargs import finite_number
-from toposcale.logs import add_log_level_argument
+from toposcale.core.cliargs import finite_number
+from toposcale.core.logs import add_log_level_argument
 
 logger = logging.getLogger("toposcale.adapter")
 
@@ -203,7 +203,7 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
         if args.kubeconfig or os.environ.get("KUBERNETES_SERVICE_HOST"):
             # In a cluster (or told where one is): the pods that exist now are the expected ones, not every
             # `up` series Prometheus still holds (a deleted pod's outlives it by two scrape intervals).
-            from toposcale import kube
+            from toposcale.core import kube
 
             pods = KubePods(await kube.api_client(args.kubeconfig), ttl=max(args.cache_ttl, 1.0))
         return PrometheusSource(
@@ -223,7 +223,7 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
     if args.scrape_targets:
         finder: Any = TargetsFile(args.scrape_targets)  # re-read when it changes
     else:
-        from toposcale import kube
+        from toposcale.core import kube
 
         finder = KubePods(await kube.api_client(args.kubeconfig), ttl=max(args.cache_ttl, 1.0))
     return ScrapeSource(
@@ -241,7 +241,7 @@ async def build_source(args: argparse.Namespace, rules: Any, metrics: Any) -> An
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from .api import HANDLERS_KEY
+    from .api import VALUES_KEY
     from .metrics import AdapterMetrics
     from .rules import load_rules
     from .security.options import build_security
@@ -277,18 +277,18 @@ async def _run(args: argparse.Namespace) -> int:
             },
         )
         on_stop = []
-        if args.extender_url and app[HANDLERS_KEY].desired is not None:
-            from toposcale import kube
+        if args.extender_url and app[VALUES_KEY].desired is not None:
+            from toposcale.core import kube
 
             from .placement import Placement
 
-            app[HANDLERS_KEY].desired.placement = Placement(
+            app[VALUES_KEY].desired.placement = Placement(
                 await kube.api_client(args.kubeconfig), _extender_client(args), metrics.registry
             )
         if args.pod_deletion_cost:
             on_stop.append(await _start_victims(args, rules, source))
         if args.keda_grpc_port is not None:
-            on_stop.append(await _start_keda(args, host, app[HANDLERS_KEY], security, metrics))
+            on_stop.append(await _start_keda(args, host, app[VALUES_KEY], security, metrics))
         try:
             await serve(app, host=host, port=args.port,
                         ssl_context=security.ssl_context, limits=security.limits, on_cut=security.on_cut,
@@ -314,7 +314,7 @@ def _extender_client(args: argparse.Namespace) -> Any:
 
 async def _start_victims(args: argparse.Namespace, rules: Any, source: Any) -> Any:
     """Start the pod-deletion-cost keeper (adapter/victims_keeper.py); returns its stop hook."""
-    from toposcale import kube
+    from toposcale.core import kube
 
     from . import victims_keeper as vk
 
@@ -327,7 +327,7 @@ async def _start_victims(args: argparse.Namespace, rules: Any, source: Any) -> A
     return await vk.start(keeper)
 
 
-async def _start_keda(args: argparse.Namespace, host: str | None, handlers: Any, security: Any,
+async def _start_keda(args: argparse.Namespace, host: str | None, values: Any, security: Any,
                       metrics: Any) -> Any:
     """Start the KEDA gRPC server; returns its stop coroutine function (run before the source closes)."""
     from .keda import scaler
@@ -345,7 +345,7 @@ async def _start_keda(args: argparse.Namespace, host: str | None, handlers: Any,
         logger.warning("KEDA gRPC port: TLS without client certificates (no --client-ca-file): any client "
                        "that reaches the port can read metric values; give KEDA a client certificate "
                        "(TriggerAuthentication tlsClientCert/tlsClientKey) and pass --client-ca-file")
-    server = await scaler.start(handlers, host=host, port=args.keda_grpc_port,
+    server = await scaler.start(values, host=host, port=args.keda_grpc_port,
                                 tls=security.tls, client_ca=client_ca, registry=metrics.registry,
                                 max_concurrent_rpcs=args.keda_max_concurrent_rpcs)
     return server.stop
@@ -367,7 +367,7 @@ def _read_client_ca(path: str) -> bytes:
 def main(args: argparse.Namespace) -> int:
     from kubernetes_asyncio.config import ConfigException
 
-    from toposcale import logs
+    from toposcale.core import logs
 
     from .rules import RulesError
 

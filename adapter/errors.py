@@ -1,17 +1,16 @@
-"""Errors the API turns into metav1.Status answers (code and reason as the Kubernetes apiserver uses them)."""
+"""Errors the API turns into metav1.Status answers (code and reason as the Kubernetes apiserver uses them;
+the kit's error middleware, toposcale.core.status, answers them)."""
 
 from __future__ import annotations
 
-from typing import Any
+from toposcale.core.status import StatusError
 
 
-class AdapterError(Exception):
+class AdapterError(StatusError):
+    """`details`: metav1.StatusDetails (name, group, kind), when there is a named object."""
+
     code = 500
     reason = "InternalError"
-
-    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.details = details  # metav1.StatusDetails (name, group, kind), when there is a named object
 
 
 class BadRequest(AdapterError):

@@ -129,7 +129,7 @@ class DesiredSpec(_Strict):
     @field_validator("algorithm")
     @classmethod
     def _algorithm(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from .desired import check_algorithm  # the algorithm's own checks, named by field
+        from .desired_config import check_algorithm  # the algorithm's own checks, named by field
 
         check_algorithm(v)
         return v

@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 METRIC = "vllm_kv_cache_usage"

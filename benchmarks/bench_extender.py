@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.fleets import extender_fleet
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 POD_GPUS = (4, 2, 8, 1)

@@ -6,7 +6,7 @@ One server process pinned to one core (taskset when available) runs the adapter'
 (`build_security` + the bounded listener) in front of a trivial handler, so only the security layer is
 measured;
 the load generator runs in this process on the other cores, over keep-alive connections. Kubernetes is the
-in-process API stand-in from tests/harness (TokenReview / SubjectAccessReview answers are cached after the
+in-process API stand-in lab/kube/standin.py (TokenReview / SubjectAccessReview answers are cached after the
 first request, as in production with steady callers). Rows, measured in the same run:
 
 - `http anonymous`: `--insecure-allow-anonymous`, plain HTTP (no TLS, no checks): the floor.
@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,10 +67,10 @@ async def _server(mode: str, port: int, pki_dir: Path, ready: Any) -> None:
 
     from aiohttp import web
     from prometheus_client import CollectorRegistry
-    from toposcale.adapter.security import options, serving
+    from toposcale.adapter.security import options
 
     from lab.kube.standin import KubeStandIn
-    from toposcale import logs
+    from toposcale.core import listener, logs
 
     logs.setup("error")
     parser = ap.ArgumentParser(allow_abbrev=False)
@@ -104,7 +104,7 @@ async def _server(mode: str, port: int, pki_dir: Path, ready: Any) -> None:
 
     app = web.Application(middlewares=[sec.middleware])
     app.router.add_get(PATH, handler)
-    await serving.serve(app, "127.0.0.1", port, sec.ssl_context, sec.limits, sec.on_cut)
+    await listener.serve(app, "127.0.0.1", port, sec.ssl_context, sec.limits, sec.on_cut)
     ready.set()
     await asyncio.Event().wait()
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from toposcale.cliargs import finite_number
+from toposcale.core.cliargs import finite_number
 
 # A URL path: segments of RFC 3986 pchar. The scheduler's urlPrefix is a whole URL; only its path goes here.
 _PATH = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?")  # fullmatch: "^...$" takes a trailing "\n"
@@ -37,7 +37,7 @@ def _url_prefix(text: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from toposcale.logs import add_log_level_argument
+    from toposcale.core.logs import add_log_level_argument
 
     parser.add_argument(
         "--standalone", action="store_true",
@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: Any) -> int:
     import asyncio
 
-    from toposcale.logs import setup
+    from toposcale.core.logs import setup
 
     setup(args.log_level)
     return asyncio.run(_serve(args))
@@ -122,7 +122,7 @@ async def _serve(args: Any) -> int:
     state: ClusterState | None = None
     api = None
     if not args.standalone:
-        from toposcale.kube import api_client
+        from toposcale.core.kube import api_client
 
         try:
             api = await api_client(args.kubeconfig)

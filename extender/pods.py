@@ -10,9 +10,10 @@ requests == limits; a pod that only sets limits has its requests defaulted from 
 from __future__ import annotations
 
 import math
-import re
 from fractions import Fraction
 from typing import Any
+
+from toposcale.core.quantity import QuantityError, parse_quantity
 
 from .topology.annotations import REQUIRED_SCOPE_ANNOTATION
 from .topology.scoring import SCOPES
@@ -24,32 +25,9 @@ class PodError(ValueError):
     """The pod's own spec or annotations are unusable (a person must fix the pod)."""
 
 
-# k8s.io/apimachinery/pkg/api/resource Quantity: <sign><number><suffix>, suffix a binary SI (Ki..Ei), a
-# decimal SI (n, u, m, "", k, M, G, T, P, E) or a decimal exponent (e3, E-2). Extended resources must be
-# whole (the apiserver rejects "1.5" or "500m"), but "1k", "1000m", "2e0" and "4.0" are whole numbers.
-# Matched whole (fullmatch: "^...$" with re.match would take "4\n"). The scheduler sends the Quantity as Go
-# prints it, never with spaces.
-_QUANTITY = re.compile(r"([+-]?)([0-9]+\.?[0-9]*|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?")
-_BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
-_DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-_MAX_QUANTITY_CHARS = 64
-_MAX_EXPONENT = 30  # "1e999999999" must not become a billion-digit integer
-
-
-def _parse_quantity(text: str) -> Fraction | None:
-    m = _QUANTITY.fullmatch(text) if len(text) <= _MAX_QUANTITY_CHARS else None
-    if m is None:
-        return None
-    sign, number, suffix = m.groups()
-    value = Fraction(number if not number.endswith(".") else number[:-1] or "0")
-    if suffix in _BINARY:
-        value *= 2 ** _BINARY[suffix]
-    elif suffix:
-        exp = _DECIMAL[suffix] if suffix in _DECIMAL else int(suffix[1:])
-        if abs(exp) > _MAX_EXPONENT:
-            return None
-        value *= Fraction(10) ** exp
-    return -value if sign == "-" else value
+# Extended resources must be whole (the apiserver rejects "1.5" or "500m"), but "1k", "1000m", "2e0" and "4.0"
+# are whole numbers. The scheduler sends the Quantity as Go prints it, never with spaces: parsed as
+# ParseQuantity does (toposcale.core.quantity), untrimmed.
 
 
 def _quantity(value: Any, where: str) -> int:
@@ -60,7 +38,10 @@ def _quantity(value: Any, where: str) -> int:
     elif isinstance(value, float):  # a JSON number: the apiserver reads it as a Quantity too
         q = Fraction(value) if math.isfinite(value) else None
     elif isinstance(value, str):
-        q = _parse_quantity(value)
+        try:
+            q = parse_quantity(value)
+        except QuantityError:
+            q = None
     else:
         q = None
     if q is None:

@@ -31,6 +31,8 @@ from aiohttp.web_runner import BaseSite
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from toposcale.core.status import status_middleware, status_response
+
 from . import wire
 from .decisions import (
     FRAGMENT,
@@ -77,11 +79,11 @@ class ServerConfig:
     max_inflight: int = 4
     queue_timeout_s: float = 2.0
     allocation_max_age_s: float = 900.0  # full-Node mode; the watch cache has its own (ClusterState)
-    # Connection bounds, the adapter's (adapter/security/serving.py): a connection's first request's headers
-    # must arrive within header_timeout_s of the accept, a later one's within header_timeout_s of its first
-    # byte (else 408, or closed unanswered if nothing came), a keep-alive connection idle between requests is
-    # closed after keepalive_timeout_s, and at max_connections the connection quiet longest among those
-    # idle or still sending is closed for a new one (a new one is refused only when all are being answered).
+    # Connection bounds (the kit's listener, toposcale/core/listener.py): a connection's first request's
+    # headers must arrive within header_timeout_s of the accept, a later one's within header_timeout_s of its
+    # first byte (else 408, or closed unanswered if nothing came), a keep-alive connection idle between
+    # requests is closed after keepalive_timeout_s, and at max_connections the connection quiet longest among
+    # those idle or still sending is closed for a new one (a new one is refused only when all are answered).
     header_timeout_s: float = 10.0
     max_connections: int = 1000
     keepalive_timeout_s: float = 10.0
@@ -98,43 +100,6 @@ class BadRequest(Exception):
     def __init__(self, code: int, reason: str, message: str) -> None:
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
-
-
-_REASONS = {  # metav1.StatusReason for the codes aiohttp answers on its own
-    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
-    406: "NotAcceptable", 408: "Timeout", 409: "Conflict", 413: "RequestEntityTooLarge",
-    415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
-    503: "ServiceUnavailable", 504: "Timeout",
-}
-
-
-def status_response(
-    code: int, reason: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        status=code, body=wire.status_body(code, reason, message), content_type="application/json",
-        headers=headers,
-    )
-
-
-@web.middleware
-async def status_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own error answers (404 unknown path, 405 wrong method, 413, ...) as metav1.Status JSON."""
-    try:
-        return await handler(request)  # type: ignore[no-any-return]
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        reason = _REASONS.get(exc.status, "InternalError" if exc.status >= 500 else "BadRequest")
-        message = f"{request.method} {request.path}: {exc.reason}"
-        logger.warning("bad request", extra={"code": exc.status, "reason": reason, "error": message})
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return status_response(exc.status, reason, message, headers)
-    except ConnectionError:
-        raise  # the caller went away: aiohttp closes the connection, nothing to answer
-    except Exception as exc:  # a bug in a handler: a Status too, and the service keeps serving
-        logger.exception("internal error", extra={"path": request.path})
-        return status_response(500, "InternalError", f"{type(exc).__name__}: {exc}")
 
 
 class Extender:
@@ -216,7 +181,7 @@ class Extender:
 
     async def listen(self) -> tuple[web.AppRunner, BaseSite]:
         """Serve on config.host:port with the connection bounds; the caller cleans up the runner."""
-        from toposcale.adapter.security.serving import (  # the adapter's bounded listener
+        from toposcale.core.listener import (  # the kit's bounded listener, shared with the adapter
             REQUEST_LOGGER,
             Limits,
             SecureSite,
@@ -241,7 +206,10 @@ class Extender:
         return runner, site
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[status_errors])
+        # metav1.Status for every error answer, aiohttp's own 404/405/413 included; a handler's bug is a 500
+        # naming the exception, and the service keeps serving
+        errors = status_middleware(logger, internal_detail=True)
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[errors])
         for method, path, handler in self.routes():
             app.router.add_route(method, path, handler)
         return app
@@ -253,7 +221,7 @@ class Extender:
     ) -> web.Response:
         self.m_requests.labels(verb, str(code)).inc()
         logger.warning("bad request", extra={"verb": verb, "code": code, "reason": reason, "error": message})
-        return status_response(code, reason, message, headers)
+        return status_response(code, reason, message, headers=headers)
 
     async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.config.max_body_bytes:

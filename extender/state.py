@@ -1,6 +1,6 @@
 """The extender's own view of the cluster for `nodeCacheCapable: true`: Nodes and bound GPU pods, watched.
 
-Two reflectors (toposcale/kube.py: list, then watch from the list's resourceVersion, relist on 410 Gone)
+Two reflectors (toposcale/core/kube.py: list, then watch from the list's resourceVersion, relist on 410 Gone)
 keep every Node's annotations and every pod bound to a node that asks GPUs of the managed resource.
 
 Assumed allocations: the agent publishes which device IDs are held (`toposcale.io/gpu-allocation`) only after
@@ -755,7 +755,7 @@ class ClusterState:
         """Run the Node and Pod reflectors over `api` (a kubernetes-asyncio ApiClient) until `stop`."""
         from kubernetes_asyncio import client
 
-        from toposcale.kube import Reflector
+        from toposcale.core.kube import Reflector
 
         self.api = api
         core = client.CoreV1Api(api)

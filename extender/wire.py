@@ -163,21 +163,6 @@ def priority_list(hosts: list[str], scores: list[int]) -> bytes:
     return orjson.dumps([{"Host": h, "Score": s} for h, s in zip(hosts, scores, strict=True)])
 
 
-def status_body(code: int, reason: str, message: str) -> bytes:
-    """A metav1.Status, the body every error answer carries."""
-    return orjson.dumps(
-        {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code,
-        }
-    )
-
-
 _INT64 = 2**63
 
 

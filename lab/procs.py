@@ -1,6 +1,6 @@
 """Processes of the lab: free loopback ports and child processes (spawn, log to a file, wait until healthy,
-tail on failure, stop by PID). Standard library only, like toposcale/ports.py (whose `free_port` is the one
-definition, re-exported here): `scripts/kube.sh` runs the lab's control plane with a system python3.
+tail on failure, stop by PID). Standard library only, like toposcale/core/ports.py (whose `free_port` is the
+one definition, re-exported here): `scripts/kube.sh` runs the lab's control plane with a system python3.
 
     child = Child([binary, "--port", str(port)], tmp_path / "x.log").start()
     child.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, "x healthy")
@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 __all__ = ["Child", "free_port", "http_ok", "pid_alive", "port_open", "terminate_pid", "wait_for"]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from toposcale.cli import build_parser, has_default, main
+from toposcale import cli
+from toposcale.cli import EXIT_BROKEN_INSTALL, build_parser, has_default, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,3 +138,29 @@ def test_an_unknown_flag_after_the_subcommand_gets_the_subcommands_usage(capsys)
     err = capsys.readouterr().err
     assert err.startswith("usage: toposcale [-h]")
     assert "toposcale: error: unrecognized arguments: --bogus" in err
+
+
+@pytest.mark.parametrize("missing", ["toposcale.no_such_module", "toposcale_no_such_dependency"])
+def test_a_subcommand_that_cannot_load_is_an_error_not_a_missing_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, missing: str
+) -> None:
+    # A broken install (a module of the distribution, or a dependency, missing) must not make a subcommand
+    # silently disappear from `toposcale --help`: one line naming it, and its own exit code.
+    broken = tmp_path / "toposcale_broken_cmd.py"
+    broken.write_text(f"import {missing}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.SUBCOMMANDS, "broken", ("toposcale_broken_cmd", "a command whose import fails"))
+    assert main(["demo", "--help"]) == EXIT_BROKEN_INSTALL
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "'broken' command cannot be loaded" in err and missing in err and "reinstall" in err
+
+
+def test_a_subcommand_module_missing_from_the_install_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the case that used to be skipped ("subcommand not built yet")
+    monkeypatch.setitem(cli.SUBCOMMANDS, "gone", ("toposcale.adapter.no_such_cli", "a deleted module"))
+    assert main(["--version"]) == EXIT_BROKEN_INSTALL
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'gone' command cannot be loaded (toposcale.adapter.no_such_cli" in err

@@ -7,11 +7,11 @@ import io
 import json
 import logging
 
-from toposcale.logs import RepeatFilter, setup
+from toposcale.core.logs import RepeatFilter, setup
 
 
 def _logger(clock: list[float]) -> tuple[logging.Logger, io.StringIO]:
-    from toposcale.logs import JsonFormatter
+    from toposcale.core.logs import JsonFormatter
 
     out = io.StringIO()
     handler = logging.StreamHandler(out)

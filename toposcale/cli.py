@@ -27,6 +27,14 @@ SUBCOMMANDS = {
 }
 
 
+class BrokenInstall(Exception):
+    """A subcommand's module cannot be imported: the installation is broken (a file or a dependency
+    missing). Never skipped silently: `toposcale` says so in one line and exits with EXIT_BROKEN_INSTALL."""
+
+
+EXIT_BROKEN_INSTALL = 3
+
+
 def has_default(action: argparse.Action) -> bool:
     """Whether the option has a default worth showing (0 is one; None, False, "" and [] are "not set")."""
     d = action.default
@@ -60,10 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (modname, help_text) in SUBCOMMANDS.items():
         try:
             mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name and modname.startswith(exc.name):
-                continue  # subcommand not built yet
-            raise
+        except ImportError as exc:  # a module of the distribution, or a dependency, is missing
+            raise BrokenInstall(
+                f"toposcale: the {name!r} command cannot be loaded ({modname}: {exc}); the installation is "
+                "incomplete, reinstall toposcale (pip install --force-reinstall toposcale, or pip install -e "
+                ". in a checkout)"
+            ) from exc
         p = sub.add_parser(
             name, help=help_text, description=help_text, allow_abbrev=False, formatter_class=HelpFormatter
         )
@@ -80,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         from .autoscale.cli import main as autoscale_main
 
         return autoscale_main(argv[2:])
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except BrokenInstall as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BROKEN_INSTALL
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         command_at = argv.index(args.command)

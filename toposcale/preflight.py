@@ -306,7 +306,7 @@ def check(opts: Options, cluster: Cluster) -> Report:
 
 
 async def gather(api: Any, opts: Options) -> Cluster:
-    from toposcale import kube
+    from toposcale.core import kube
 
     version = (await kube.get_json(api, "/version") or {}).get("gitVersion", "unknown")
     apiservices = (await kube.get_json(api, "/apis/apiregistration.k8s.io/v1/apiservices") or {}).get(
@@ -390,7 +390,7 @@ def main(args: argparse.Namespace) -> int:
     from kubernetes_asyncio.client.exceptions import ApiException
     from kubernetes_asyncio.config import ConfigException
 
-    from toposcale import kube
+    from toposcale.core import kube
 
     opts = Options(
         namespace=args.namespace,

@@ -1,7 +1,7 @@
 """KEDA's `externalscaler.ExternalScaler` gRPC service, served beside the HTTP API by `toposcale adapter
 --keda-grpc-port N`.
 
-Every value comes from `api.Handlers.compute`, the function the external.metrics HTTP handler calls: the same
+Every value comes from `values.MetricValues.compute`, what the external.metrics HTTP handler calls: the same
 rules, source, TTL cache with request coalescing, in-flight bound and deadline, so a KEDA ScaledObject and an
 HPA asking for the same metric and selector share one source query. Only the wire differs:
 
@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ..errors import AdapterError, BadRequest, NotFound, SourceUnavailable
 from ..quantity import served_value
 from ..selectors import SelectorError, parse_selector
+from ..values import MetricValues
 from . import externalscaler_pb2 as pb
 from . import externalscaler_pb2_grpc as pb_grpc
 
@@ -132,11 +133,11 @@ class KedaMetrics:
 
 
 class ExternalScaler(pb_grpc.ExternalScalerServicer):
-    """The servicer. `handlers` is the HTTP API's `api.Handlers` (its `compute`, `rules`, `metrics`)."""
+    """The servicer over the value service the HTTP APIs ask (`values.MetricValues`)."""
 
-    def __init__(self, handlers: Any, metrics: KedaMetrics, *, stream_interval: float = STREAM_INTERVAL,
-                 stopping: asyncio.Event | None = None) -> None:
-        self.handlers = handlers
+    def __init__(self, values: MetricValues, metrics: KedaMetrics, *,
+                 stream_interval: float = STREAM_INTERVAL, stopping: asyncio.Event | None = None) -> None:
+        self.values = values
         self.metrics = metrics
         self.stream_interval = stream_interval
         # set at shutdown: open streams end with OK, which KEDA reads as io.EOF and reconnects after 2 s
@@ -147,7 +148,7 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
         """(rule name, value, timestamp): the items' sum (one item per answer today; the HPA would add them
         up too) and their newest sample's time; value None when the selector matched nothing. NaN or
         infinite is a failed source, as on the HTTP API."""
-        rule, values = await self.handlers.compute(trigger.namespace, trigger.metric, trigger.selector)
+        rule, values = await self.values.compute(trigger.namespace, trigger.metric, trigger.selector)
         if not values:
             return rule.name, None, 0.0
         total = math.fsum(v.value for v in values)
@@ -245,10 +246,10 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
         metric): checks the metadata and that the rule exists."""
         try:
             trigger = parse_trigger(request, need_target=True)
-            rule = self.handlers.rules.get(trigger.metric) or self.handlers.rules.get(trigger.metric.lower())
+            rule = self.values.rule(trigger.metric)
             if rule is None:
                 raise NotFound(f'metric "{trigger.metric[:100]}" not found (this adapter serves: '
-                               f"{', '.join(sorted(self.handlers.rules))})")
+                               f"{', '.join(sorted(self.values.rules))})")
         except Exception as exc:
             await self._abort(context, "GetMetricSpec", exc)
             raise
@@ -273,7 +274,7 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
             return pb.GetMetricsResponse()
         # What the HPA computes with: KEDA turns the float into a milli-Quantity, int64(value*1000), as the
         # HTTP API does, so the served-value gauge records the same number for both wires.
-        self.handlers.metrics.served.record(name, trigger.namespace, float(served_value(value)), timestamp)
+        self.values.metrics.served.record(name, trigger.namespace, float(served_value(value)), timestamp)
         # KEDA reads metricValue only when metricValueFloat is not > 0 (then both are 0 here) and older KEDA
         # releases only that field: rounded to the nearest integer.
         return pb.GetMetricsResponse(metricValues=[pb.MetricValue(
@@ -385,7 +386,7 @@ def _register(scaler: ExternalScaler, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(service, handlers)
 
 
-async def start(handlers: Any, *, host: str | None, port: int, tls: Any = None,
+async def start(values: MetricValues, *, host: str | None, port: int, tls: Any = None,
                 client_ca: bytes | None = None, registry: CollectorRegistry,
                 max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
                 stream_interval: float = STREAM_INTERVAL) -> KedaServer:
@@ -406,7 +407,7 @@ async def start(handlers: Any, *, host: str | None, port: int, tls: Any = None,
             ("grpc.so_reuseport", 0),  # a second adapter on the same port is an error, not a shared port
         ],
     )
-    scaler = ExternalScaler(handlers, KedaMetrics(registry), stream_interval=stream_interval)
+    scaler = ExternalScaler(values, KedaMetrics(registry), stream_interval=stream_interval)
     _register(scaler, server)
     address = listen_address(host, port)
     try:

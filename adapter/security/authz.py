@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from toposcale.core.status import status
+
 from .authconfig import DEFAULT_ALWAYS_ALLOW_GROUPS, DEFAULT_ALWAYS_ALLOW_PATHS
 from .authn import UserInfo
 from .cache import ExpiringLRU
@@ -89,11 +91,7 @@ def forbidden_status(user: UserInfo, info: RequestInfo, reason: str = "") -> dic
         message = f"{qualified} {_q(info.name)} is forbidden: {err}"
     pairs = (("name", info.name), ("group", group), ("kind", resource))
     details: dict[str, Any] = {k: v for k, v in pairs if v}
-    status: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                              "message": message, "reason": "Forbidden", "code": 403}
-    if details:
-        status["details"] = details
-    return status
+    return status(403, "Forbidden", message, details)
 
 
 class PathMatcher:

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 from kubernetes_asyncio import client
 
-from toposcale.kube import Reflector
+from toposcale.core.kube import Reflector
 
 from .authconfig import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, AuthnSources, from_configmap
 from .authn import TokenReviewResult, UserInfo

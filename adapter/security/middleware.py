@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+from toposcale.core.status import status_response
 
 from .authconfig import DEFAULT_EXTRA_HEADER_PREFIXES, DEFAULT_GROUP_HEADERS, DEFAULT_USERNAME_HEADERS
 from .authn import ANONYMOUS_USER, AuthenticationError, Authenticator, UserInfo
@@ -26,11 +27,6 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 USER_KEY = web.RequestKey("toposcale_user", UserInfo)  # request[USER_KEY]: who is asking
-
-
-def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
 
 
 def _peer_certificate(request: web.Request) -> bytes | None:
@@ -80,9 +76,8 @@ class SecurityFilter:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.inflight >= self.max_requests_inflight:
             self.metrics.rejected.labels("inflight").inc()
-            return web.json_response(
-                status_body(429, "TooManyRequests", "Too many requests, please try again later."),
-                status=429, headers={"Retry-After": "1"})
+            return status_response(429, "TooManyRequests", "Too many requests, please try again later.",
+                                   headers={"Retry-After": "1"})
         self.inflight += 1
         try:
             return await self._handle(request, handler)
@@ -98,7 +93,7 @@ class SecurityFilter:
         try:
             info = request_info(request.method, request.path, request.query)
         except ValueError as exc:
-            return web.json_response(status_body(400, "BadRequest", str(exc)), status=400)
+            return status_response(400, "BadRequest", str(exc))
         try:
             user: UserInfo | None = await self.authenticator.authenticate(request.headers,
                                                                           _peer_certificate(request))
@@ -106,13 +101,13 @@ class SecurityFilter:
             self.metrics.authentication.labels("failure", "").inc()
             logger.warning("unable to authenticate the request", extra={
                 "path": request.path, "peer": request.remote, "error": str(exc)})
-            return web.json_response(status_body(401, "Unauthorized", "Unauthorized"), status=401)
+            return status_response(401, "Unauthorized", "Unauthorized")
         if user is None:
             if not self.authorizer.always_allowed_path(info):
                 self.metrics.authentication.labels("none", "").inc()
                 logger.info("request without credentials",
                             extra={"path": request.path, "peer": request.remote})
-                return web.json_response(status_body(401, "Unauthorized", "Unauthorized"), status=401)
+                return status_response(401, "Unauthorized", "Unauthorized")
             user = ANONYMOUS_USER
         else:
             self.metrics.authentication.labels("success", user.method).inc()
@@ -122,8 +117,7 @@ class SecurityFilter:
             self.metrics.authorization.labels("error", "webhook").inc()
             logger.error("authorization failed", extra={"user": user.name, "path": request.path,
                                                         "error": str(exc)})
-            body = status_body(500, "InternalError", f"Internal Server Error: {request.path!r}: {exc}")
-            return web.json_response(body, status=500)
+            return status_response(500, "InternalError", f"Internal Server Error: {request.path!r}: {exc}")
         if decision is not Decision.ALLOW:
             self.metrics.authorization.labels("deny", source).inc()
             body = forbidden_status(user, info, reason)

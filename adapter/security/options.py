@@ -3,8 +3,8 @@ them into a running `Security`: TLS context, middleware, ConfigMap watch and cer
 
     security = await build_security(args, registry)
     app = build_app(..., middlewares=[security.middleware])
-    runner, site = await serving.serve(app, host, port, security.ssl_context,
-                                       security.limits, security.on_cut)
+    runner, site = await listener.serve(app, host, port, security.ssl_context,
+                                        security.limits, security.on_cut)  # toposcale.core.listener
     ...
     await security.close()
 """
@@ -205,14 +205,14 @@ async def build_security(args: argparse.Namespace, registry: Any, *,
                          cert_reload_interval: float = 1.0) -> Security:
     """Raises ValueError (bad flags or files) or RuntimeError (Kubernetes unreachable), with a clear
     message."""
-    from toposcale import kube
+    from toposcale.core import kube
+    from toposcale.core.listener import Limits
 
     from .authn import Authenticator
     from .authz import Authorizer
     from .kubeclients import AuthConfigMapWatcher, KubeSubjectAccessReviewer, KubeTokenReviewer
     from .metrics import SecurityMetrics
     from .middleware import SecurityFilter
-    from .serving import Limits
     from .tls import ServingTLS, ensure_self_signed, fingerprint
 
     metrics = SecurityMetrics(registry)

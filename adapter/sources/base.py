@@ -1,11 +1,13 @@
-"""The interface the API asks: a source computes one rule's value for a namespace and a label selector."""
+"""The interface the value service asks (values.py): a source computes one rule's value for a namespace and
+a label selector, each selected pod's own value, and a Deployment's selector. A source that cannot serve one
+of these answers NotFound (404) saying why, so every wire tells the client the same thing."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Protocol
 
-from ..model import MetricValue
+from ..model import MetricValue, PodValue
 from ..rules import Rule
 from ..selectors import Selector
 
@@ -15,6 +17,18 @@ class Source(Protocol):
 
     async def fetch(self, rule: Rule, namespace: str, selector: Selector) -> list[MetricValue]:
         """Items for the ExternalMetricValueList; [] when nothing matched. Raises AdapterError subclasses."""
+        ...
+
+    async def fetch_pods(
+        self, rule: Rule, namespace: str, selector: Selector, *, pod: str | None = None
+    ) -> list[PodValue]:
+        """Each selected pod's own value of `rule` (custom.metrics.k8s.io), or of the one pod `pod`; a pod
+        that could not be read is absent (never 0), all of them failing is SourceUnavailable."""
+        ...
+
+    async def deployment_selector(self, namespace: str, name: str) -> str | None:
+        """Deployment `name`'s label selector as text; None when there is no such Deployment. NotFound when
+        this source cannot resolve Deployments (no Kubernetes API to ask)."""
         ...
 
     async def ready(self) -> str | None:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from toposcale.yamltext import load_yaml
 
 from ..cache import TTLCache
-from ..errors import SourceUnavailable
+from ..errors import NotFound, SourceUnavailable
 from ..rules import Rule, RulesError
 from ..selectors import Selector, SelectorError, parse_selector, validate_key, validate_value
 
@@ -43,7 +43,20 @@ class PodFinder(Protocol):
     async def namespace_exists(self, namespace: str) -> bool: ...
     async def workload(self, rule: Rule, namespace: str, selector: Selector) -> list[Target]: ...
     async def exporters(self, rule: Rule) -> list[Target]: ...
+
+    async def pod_counts(self, namespace: str, selector: Selector) -> tuple[int, int]:
+        """(ready, starting) pods `selector` picks; a finder that knows only ready pods says (n, 0)."""
+        ...
+
+    async def deployment_selector(self, namespace: str, name: str) -> str | None:
+        """Deployment `name`'s selector text, None when there is none; NotFound when the finder knows no
+        Deployments (a targets file)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+NO_DEPLOYMENTS = "Deployments need pods from Kubernetes (a --scrape-targets file names no owners)"
 
 
 class TargetSpec(BaseModel):
@@ -108,6 +121,13 @@ class StaticTargets:
     async def workload(self, rule: Rule, namespace: str, selector: Selector) -> list[Target]:
         return [t for t in self.targets if t.namespace == namespace and selector.matches(t.labels)]
 
+    async def pod_counts(self, namespace: str, selector: Selector) -> tuple[int, int]:
+        """Every listed target is a ready pod; none is starting."""
+        return sum(1 for t in self.targets if t.namespace == namespace and selector.matches(t.labels)), 0
+
+    async def deployment_selector(self, namespace: str, name: str) -> str | None:
+        raise NotFound(NO_DEPLOYMENTS)
+
     async def exporters(self, rule: Rule) -> list[Target]:
         assert rule.gpu_owner is not None
         sel = parse_selector(rule.gpu_owner.exporters)
@@ -158,6 +178,12 @@ class TargetsFile:
 
     async def exporters(self, rule: Rule) -> list[Target]:
         return await self._current().exporters(rule)
+
+    async def pod_counts(self, namespace: str, selector: Selector) -> tuple[int, int]:
+        return await self._current().pod_counts(namespace, selector)
+
+    async def deployment_selector(self, namespace: str, name: str) -> str | None:
+        return await self._current().deployment_selector(namespace, name)
 
     async def close(self) -> None:
         return None

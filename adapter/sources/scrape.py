@@ -94,7 +94,7 @@ def wanted_names(rules: RuleSet) -> set[str]:
     names: set[str] = set()
     for r in rules.rules:
         if r.aggregation == "vllm_desired_replicas":
-            from ..desired import wanted_series
+            from ..desired_inputs import wanted_series
 
             names.update(wanted_series(r))
         elif r.aggregation == "histogram_quantile":
@@ -440,11 +440,7 @@ class ScrapeSource:
 
     async def deployment_selector(self, namespace: str, name: str) -> str | None:
         """The label selector of Deployment `name` (None: no such Deployment); 404 without Kubernetes."""
-        resolve = getattr(self.finder, "deployment_selector", None)
-        if resolve is None:
-            raise NotFound("Deployments need pods from Kubernetes (a --scrape-targets file names no owners)")
-        result: str | None = await resolve(namespace, name)
-        return result
+        return await self.finder.deployment_selector(namespace, name)
 
     def _assign(
         self, rule: Rule, pods: list[Target], sources: list[Target], scrapes: dict[str, Scrape]

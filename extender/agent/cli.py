@@ -10,13 +10,13 @@ import argparse
 import os
 from typing import Any
 
-from toposcale.cliargs import finite_number
+from toposcale.core.cliargs import finite_number
 
 DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from toposcale.logs import add_log_level_argument  # light: no logging setup
+    from toposcale.core.logs import add_log_level_argument  # light: no logging setup
 
     p.add_argument("--once", action="store_true", help="discover once, print or write the documents, exit")
     p.add_argument("--output", metavar="FILE", default="-",
@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    from toposcale import logs
+    from toposcale.core import logs
 
     logs.setup(args.log_level)
     log = logging.getLogger("toposcale.agent")
@@ -90,7 +90,7 @@ async def _once(args: argparse.Namespace, log: Any) -> int:
     import json
     import sys
 
-    from toposcale.cliargs import output_problem
+    from toposcale.core.cliargs import output_problem
 
     from .observe import ObserveError, documents, observe_allocation, observe_topology_within
 

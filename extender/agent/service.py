@@ -206,7 +206,7 @@ class AgentService:
 
         await self.start_http()
         if self.api is None:
-            from toposcale.kube import api_client
+            from toposcale.core.kube import api_client
 
             self.api = await api_client(self.cfg.kubeconfig)
         self.dra.api = self.api

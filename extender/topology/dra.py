@@ -57,6 +57,9 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+from toposcale.core.quantity import QuantityError
+from toposcale.core.quantity import parse_quantity as core_parse_quantity
+
 from .allocator import indices_of, mask_of, wiring
 from .model import Tier, Topology
 from .scoring import (
@@ -119,34 +122,16 @@ class CelRuntimeError(Exception):
 
 # --- values ---------------------------------------------------------------------------------------------
 
-_QTY = re.compile(r"([+-]?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?[0-9]+|[numkMGTPE]?)")
-_BIN = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
-_DEC = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-
-
-# What a device's capacity or a selector's quantity() can be: far beyond any real one (10^18 is `E`), and
-# small enough that exact arithmetic stays cheap. A ResourceSlice or claim is any client's text: "1e99999999"
-# made Fraction compute a 10^8-digit number, holding the extender (issue 28).
-_QTY_MAX_DIGITS = 64
-_QTY_MAX_EXPONENT = 64
-
 
 def parse_quantity(text: str) -> Fraction:
-    """A Kubernetes resource.Quantity string ("80Gi", "81559Mi", "1.5T", "100m", "1e3") as an exact number.
-    Mantissas over 64 digits and decimal exponents beyond ±64 are not modelled (DraUnknown)."""
-    m = _QTY.fullmatch(text.strip()) if isinstance(text, str) and len(text) <= 256 else None
-    if m is None:
-        raise DraUnknown(f"{str(text)[:40]!r} is not a quantity")
-    sign, num, suffix = m.groups()
-    exponent = 0 if suffix in _BIN else _DEC[suffix] if suffix in _DEC else int(suffix[1:])
-    if len(num) > _QTY_MAX_DIGITS or abs(exponent) > _QTY_MAX_EXPONENT:
-        raise DraUnknown(f"quantity {text[:40]!r} is out of the modelled range")
-    v = Fraction(num)
-    if suffix in _BIN:
-        v *= 1024 ** _BIN[suffix]
-    else:
-        v *= Fraction(10) ** exponent
-    return -v if sign == "-" else v
+    """A Kubernetes resource.Quantity string ("80Gi", "81559Mi", "1.5T", "100m", "1e3") as an exact number:
+    toposcale.core.quantity's, on the text trimmed as Quantity.UnmarshalJSON trims it. Beyond the modelled
+    range (64 characters, decimal exponents beyond +-64: "1e99999999" made Fraction compute a 10^8-digit
+    number, holding the extender, issue 28) is DraUnknown, as is any text that is not a quantity."""
+    try:
+        return core_parse_quantity(text.strip() if isinstance(text, str) else text)
+    except QuantityError as exc:
+        raise DraUnknown(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ RealKube: the few object calls tests make around the code under test, with the s
 (`add`, `get`, `delete`), so a test reads the same whichever server it meets.
 
     kube = RealKube(cluster)
-    kube.add(node_obj)                   # create, or replace when it exists (status written through /status)
+    kube.add(gpu_node("gpu-1", fixture))  # create, or replace when it exists (status written through /status)
     kube.get("Node", "gpu-1")            # the object as the server has it
     kube.cleanup()                       # deletes what `add` created
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from toposcale.adapter.api import HANDLERS_KEY
+from toposcale.adapter.api import VALUES_KEY
 from toposcale.adapter.metrics import AdapterMetrics
 from toposcale.adapter.rules import load_rules
 from toposcale.adapter.server import build_app
@@ -161,7 +161,7 @@ class LiveStack:
         adapter = build_app(rules, source, metrics=metrics, cache_ttl=0.2)
         # its placement cap (adapter --extender-url), an extender that finds no room: the held-back panel's
         # series (toposcale_unplaceable_replicas) exist from the first answer on
-        adapter[HANDLERS_KEY].desired.placement = no_room_placement(metrics.registry)
+        adapter[VALUES_KEY].desired.placement = no_room_placement(metrics.registry)
         self.adapter_port = await self._serve(adapter)
         # A second adapter replica the HPA asked once, at start, and never again (its requests went to the
         # other one): its last answer is older and larger (it also counts the legacy pod: 3+1+5+2 = 11), so a

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from toposcale.adapter import desired
-from toposcale.adapter.api import HANDLERS_KEY
+from toposcale.adapter import desired, desired_config, desired_inputs
+from toposcale.adapter.api import VALUES_KEY
 from toposcale.adapter.rules import RulesError, RuleSet, load_rules, parse_rules
 from toposcale.adapter.selectors import parse_selector
 from toposcale.adapter.sources.pods import StaticTargets, Target
@@ -48,7 +48,7 @@ PRIOR = {"prompt_tokens_s": 10_000.0, "generation_tokens_s": 2_000.0}
 
 def expected(obs: Any) -> Any:
     """The algorithm's first decision on `obs` (what a fresh selector's state gives)."""
-    return algo.decide(desired.make_config({"prior": PRIOR}), algo.DesiredState(), obs)
+    return algo.decide(desired_config.make_config({"prior": PRIOR}), algo.DesiredState(), obs)
 
 
 def desired_rules(front_door: dict[str, Any] | None = None, window: int = 60, **spec: Any) -> RuleSet:
@@ -106,8 +106,8 @@ def test_rule_kind_validation(seen: list[Any]) -> None:
 # -- pure parts --
 
 
-def counters(prompt: float, gen: float, **kw: Any) -> desired.PodCounters:
-    return desired.PodCounters(
+def counters(prompt: float, gen: float, **kw: Any) -> desired_inputs.PodCounters:
+    return desired_inputs.PodCounters(
         prompt=prompt,
         generation=gen,
         success=kw.get("success"),
@@ -122,32 +122,33 @@ def counters(prompt: float, gen: float, **kw: Any) -> desired.PodCounters:
 
 def test_window_rates_per_pod_spans_resets_and_new_pods() -> None:
     h = [
-        desired.Snapshot(0.0, {"a": counters(0, 0)}),
-        desired.Snapshot(30.0, {"a": counters(3000, 300), "b": counters(50, 5)}),
+        desired_inputs.Snapshot(0.0, {"a": counters(0, 0)}),
+        desired_inputs.Snapshot(30.0, {"a": counters(3000, 300), "b": counters(50, 5)}),
     ]
-    now = desired.Snapshot(60.0, {"a": counters(6000, 600), "b": counters(20, 2), "c": counters(9, 9)})
-    r = desired.window_rates(now, h, window=60)
+    now = desired_inputs.Snapshot(60.0, {"a": counters(6000, 600), "b": counters(20, 2), "c": counters(9, 9)})
+    r = desired_inputs.window_rates(now, h, window=60)
     assert r is not None
     # a: 6000 over its 60 s; b reset (20 < 50): counts from zero over its 30 s; c is new: not counted yet
     assert r.prompt_tokens_per_s == pytest.approx(6000 / 60 + 20 / 30)
     assert r.generation_tokens_per_s == pytest.approx(600 / 60 + 2 / 30)
     assert r.pods == 2 and r.span_s == 30.0
     # the oldest snapshot inside the window is the base; outside it, none
-    assert desired.window_rates(now, h, window=20) is None
-    assert desired.window_rates(desired.Snapshot(60.0, {"z": counters(1, 1)}), h, 60) is None
+    assert desired_inputs.window_rates(now, h, window=20) is None
+    assert desired_inputs.window_rates(desired_inputs.Snapshot(60.0, {"z": counters(1, 1)}), h, 60) is None
 
 
 def test_backlog_in_tokens_and_quantiles() -> None:
-    assert desired.waiting_tokens(0, None) == 0.0
-    assert desired.waiting_tokens(3, 4000.0) == 12000.0  # three 4k-token prompts, not "3"
+    assert desired_inputs.waiting_tokens(0, None) == 0.0
+    assert desired_inputs.waiting_tokens(3, 4000.0) == 12000.0  # three 4k-token prompts, not "3"
     with pytest.raises(desired.SourceUnavailable, match="prompt length"):
-        desired.waiting_tokens(2, None)
-    assert desired.mean_prompt_tokens(0, 0, 2048.0, 2.0) == 1024.0
-    assert desired.mean_prompt_tokens(9000, 3, 2048.0, 2.0) == 3000.0  # the window's own histogram first
-    assert desired.mean_prompt_tokens(0, 0, 10.0, 0.0) is None
-    assert desired.quantile_or_none({}) is None
-    assert desired.quantile_or_none({0.5: 0.0, math.inf: 0.0}) is None  # nothing finished: no latency
-    assert desired.quantile_or_none({0.5: 10.0, 1.0: 10.0, math.inf: 10.0}) == pytest.approx(0.45)
+        desired_inputs.waiting_tokens(2, None)
+    assert desired_inputs.mean_prompt_tokens(0, 0, 2048.0, 2.0) == 1024.0
+    # the window's own histogram first
+    assert desired_inputs.mean_prompt_tokens(9000, 3, 2048.0, 2.0) == 3000.0
+    assert desired_inputs.mean_prompt_tokens(0, 0, 10.0, 0.0) is None
+    assert desired_inputs.quantile_or_none({}) is None
+    assert desired_inputs.quantile_or_none({0.5: 0.0, math.inf: 0.0}) is None  # nothing finished: no latency
+    assert desired_inputs.quantile_or_none({0.5: 10.0, 1.0: 10.0, math.inf: 10.0}) == pytest.approx(0.45)
 
 
 def test_state_is_bounded_and_forgets_idle_selectors() -> None:
@@ -165,7 +166,7 @@ def test_prometheus_query_has_every_part() -> None:
     rule = RuleSet.model_validate(
         {"rules": [{"name": "d", "aggregation": "vllm_desired_replicas", "window_seconds": 120}]}
     ).rules[0]
-    q = desired.prometheus_query(rule, "ml", parse_selector("app=vllm"))
+    q = desired_inputs.prometheus_query(rule, "ml", parse_selector("app=vllm"))
     for part in (
         "prompt",
         "generation",
@@ -217,7 +218,7 @@ class FrontDoor(Exporter):
 async def start(serve_adapter: Any, rules: RuleSet, targets: list[Target], clock: Clock) -> Any:
     source = ScrapeSource(StaticTargets(targets), rules, ttl=0.0, timeout=1.0)
     running = await serve_adapter(rules, source, cache_ttl=0.0)
-    running.app[HANDLERS_KEY].desired.clock = clock  # rates over the test's own seconds
+    running.app[VALUES_KEY].desired.clock = clock  # rates over the test's own seconds
     return running
 
 

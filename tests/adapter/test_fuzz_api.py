@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from toposcale.adapter.desired import prometheus_query as desired_query
+from toposcale.adapter.desired_inputs import prometheus_query as desired_query
 from toposcale.adapter.metrics import AdapterMetrics
 from toposcale.adapter.promql import combined_query
 from toposcale.adapter.rules import GpuOwner, Rule, RuleSet, load_rules

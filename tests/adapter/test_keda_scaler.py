@@ -22,7 +22,7 @@ import grpc
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
-from toposcale.adapter.api import HANDLERS_KEY
+from toposcale.adapter.api import VALUES_KEY
 from toposcale.adapter.keda import externalscaler_pb2 as pb
 from toposcale.adapter.keda import externalscaler_pb2_grpc as pb_grpc
 from toposcale.adapter.keda import scaler
@@ -33,7 +33,7 @@ from toposcale.adapter.sources.scrape import ScrapeSource
 from lab.peers.exporters import VllmExporter
 from lab.pki import TestPKI
 from lab.procs import Child, port_open
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE
 
@@ -61,10 +61,10 @@ def ref(metric: str = "vllm_requests_waiting", selector: str | None = "app=vllm"
 class Adapter:
     """The adapter's HTTP app and KEDA gRPC server, in process."""
 
-    def __init__(self, http_url: str, keda: scaler.KedaServer, handlers: Any) -> None:
+    def __init__(self, http_url: str, keda: scaler.KedaServer, values: Any) -> None:
         self.http_url = http_url
         self.keda = keda
-        self.handlers = handlers
+        self.values = values
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{keda.port}")
         self.stub = pb_grpc.ExternalScalerStub(self.channel)
 
@@ -95,11 +95,11 @@ async def start_adapter(tmp_path: Path, rules, serve_adapter, vllm) -> AsyncIter
     async def start(*, cache_ttl: float = 0.2, **kwargs: Any) -> Adapter:
         source = ScrapeSource(TargetsFile(targets), rules, ttl=cache_ttl, timeout=1.0)
         running = await serve_adapter(rules, source, cache_ttl=cache_ttl, request_timeout=3.0)
-        handlers = running.app[HANDLERS_KEY]
-        keda = await scaler.start(handlers, host="127.0.0.1", port=0, registry=handlers.metrics.registry,
+        values = running.app[VALUES_KEY]
+        keda = await scaler.start(values, host="127.0.0.1", port=0, registry=values.metrics.registry,
                                   **kwargs)
         servers.append(keda)
-        return Adapter(running.url, keda, handlers)
+        return Adapter(running.url, keda, values)
 
     yield start
     for s in servers:
@@ -143,7 +143,7 @@ async def test_grpc_and_http_share_one_cache(adapter: Adapter, vllm) -> None:
     await adapter.http_value("vllm_requests_waiting", "app=vllm")
     await adapter.stub.IsActive(ref())
     assert a.scrapes == before + 1  # one scrape for the three answers: one code path below the wires
-    hits = adapter.handlers.metrics.cache.labels("hit")._value.get()
+    hits = adapter.values.metrics.cache.labels("hit")._value.get()
     assert hits >= 2
 
 
@@ -571,7 +571,7 @@ def test_adapter_help_documents_the_grpc_option() -> None:
 async def test_a_taken_port_fails_the_start(adapter: Adapter) -> None:
     """gRPC sets SO_REUSEPORT by default, which would let a second adapter share the port silently."""
     with pytest.raises(OSError, match=r"--keda-grpc-port: cannot listen on 127\.0\.0\.1:"):
-        await scaler.start(adapter.handlers, host="127.0.0.1", port=adapter.keda.port,
+        await scaler.start(adapter.values, host="127.0.0.1", port=adapter.keda.port,
                            registry=CollectorRegistry())
 
 

@@ -16,7 +16,7 @@ from toposcale.adapter.sources.prometheus import PrometheusSource
 from lab.peers.exporters import DcgmExporter, Gpu, VllmExporter
 from lab.peers.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
 from lab.procs import Child, http_ok
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 from .conftest import LOCAL, TOPOSCALE
 

@@ -64,9 +64,9 @@ def kube(kube_cluster: Any, deployed: Any) -> Iterator[RealKube]:
 
 @pytest.fixture
 async def api(kube: RealKube, deployed: Any) -> AsyncIterator[Any]:
-    """A real kubernetes-asyncio ApiClient (from toposcale.kube) with the agent's own ServiceAccount token:
+    """A real kubernetes-asyncio ApiClient (toposcale.core.kube) with the agent's own ServiceAccount token:
     every call the agent code makes in these tests is decided by the real RBAC of deploy/agent."""
-    from toposcale.kube import api_client
+    from toposcale.core.kube import api_client
 
     client = await api_client(str(deployed.kubeconfigs["toposcale-agent"]))
     try:

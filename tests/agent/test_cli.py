@@ -121,7 +121,8 @@ def test_an_unwritable_output_is_refused_before_discovery(capsys, tmp_path) -> N
 
 
 def test_kubeconfig_help_says_every_place_it_is_read_from() -> None:
-    # toposcale.kube.api_client: in a pod the service account, else --kubeconfig, $KUBECONFIG, ~/.kube/config.
+    # toposcale.core.kube.api_client: in a pod the service account, else --kubeconfig, $KUBECONFIG,
+    # ~/.kube/config.
     from toposcale.cli import build_parser
 
     parser = build_parser()

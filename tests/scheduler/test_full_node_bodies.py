@@ -2,7 +2,7 @@
 the extender were cut at 1,000 nodes (every one: "failed filter with extender ..., code 431", the extender
 skipped as ignorable), and at about 20 nodes already.
 
-The extender's listener (adapter/security/serving.py, BoundedProtocol) bounds the headers of each request
+The extender's listener (toposcale/core/listener.py, BoundedProtocol) bounds the headers of each request
 (64 KiB, 10 s). It took the second chunk of a request body for the start of the next request's headers: a
 full-Node body (about 3 KB a node) past 64 KiB was answered 431 and the connection closed, and a shorter
 body's tail started a header deadline that ran out on an idle keep-alive connection (408). Now the body

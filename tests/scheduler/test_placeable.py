@@ -102,7 +102,7 @@ def test_the_adapters_cap_reads_the_real_extender(
     from toposcale.adapter.selectors import parse_selector
     from toposcale.adapter.victims_keeper import ExtenderClient
 
-    from toposcale import kube
+    from toposcale.core import kube
 
     ext = Extender(deployed, tmp_path)
     sched = Scheduler(deployed, tmp_path, ext.url)

@@ -21,12 +21,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from toposcale.adapter.security import options, serving
+from toposcale.adapter.security import options
 from toposcale.adapter.security.authconfig import CONFIGMAP_NAME, CONFIGMAP_NAMESPACE
 from toposcale.adapter.security.middleware import USER_KEY
 
 from lab.kube.standin import KubeStandIn
 from lab.pki import Issued, TestPKI
+from toposcale.core import listener
 
 METRIC_PATH = "/apis/external.metrics.k8s.io/v1beta1/namespaces/llm/vllm_queue_depth"
 
@@ -97,7 +98,7 @@ async def _echo(request: web.Request) -> web.Response:
 @dataclass
 class Server:
     security: options.Security
-    site: serving.SecureSite
+    site: listener.SecureSite
     runner: web.AppRunner
     registry: CollectorRegistry
     ca_file: Path
@@ -153,7 +154,7 @@ async def start_server(pki: PKI) -> AsyncIterator[StartServer]:
         app.router.add_get("/hang", hang)
         app.router.add_get("/apis/external.metrics.k8s.io/v1beta1", _echo)
         app.router.add_get("/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{metric}", _echo)
-        runner, site = await serving.serve(app, "127.0.0.1", 0, sec.ssl_context, sec.limits, sec.on_cut)
+        runner, site = await listener.serve(app, "127.0.0.1", 0, sec.ssl_context, sec.limits, sec.on_cut)
         srv = Server(sec, site, runner, registry, ca_file or pki.ca.cert_path)
         srv.url = f"{'https' if sec.ssl_context else 'http'}://127.0.0.1:{site.port}"
         started.append(srv)

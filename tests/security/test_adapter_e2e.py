@@ -22,7 +22,7 @@ import yaml
 
 from lab.kube.standin import KubeStandIn
 from lab.peers.exporters import VllmExporter
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 from .conftest import PKI, auth_configmap
 from .test_kubectl import kubeconfig, kubectl

@@ -126,7 +126,7 @@ async def test_memory_of_many_tls_connections_comes_back(
     srv = await start_server(tls_flags(pki, kube))
     gc.collect()
     start = _rss_mib()
-    # 300: enough closes for a heap trim (serving.TRIM_AFTER_CLOSES), ~220 MiB held in this process
+    # 300: enough closes for a heap trim (listener.TRIM_AFTER_CLOSES), ~220 MiB held in this process
     async with held_connections("127.0.0.1", srv.site.port, 300, ssl=srv.client_ssl()) as conns:
         assert len(conns) == 300
         held = _rss_mib()

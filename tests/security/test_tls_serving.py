@@ -21,12 +21,12 @@ import pytest
 from aiohttp import web
 from cryptography import x509
 from prometheus_client import CollectorRegistry
-from toposcale.adapter.security import serving
 from toposcale.adapter.security.metrics import SecurityMetrics
 from toposcale.adapter.security.middleware import SecurityFilter
 from toposcale.adapter.security.tls import InsecureCertDir, ensure_self_signed, fingerprint
 
 from lab.kube.standin import KubeStandIn
+from toposcale.core import listener
 
 from .conftest import METRIC_PATH, PKI, StartServer, auth_configmap, parse_flags, tls_flags, until
 
@@ -169,7 +169,7 @@ async def test_plain_http_on_the_tls_port_gets_gos_one_line_400(pki: PKI, kube: 
                                                                 start_server: StartServer) -> None:
     """As kube-apiserver answers (Go's net/http): 400 and one line saying what is wrong, then closed; nothing
     is served over plain HTTP, and TLS clients are served as before."""
-    from toposcale.adapter.security.plainhttp import ANSWER
+    from toposcale.core.plainhttp import ANSWER
 
     kube.add(auth_configmap(pki))
     srv = await start_server(tls_flags(pki, kube))
@@ -327,7 +327,7 @@ async def test_requests_in_flight_are_bounded() -> None:
                           max_requests_inflight=1)
     app = web.Application(middlewares=[filt.middleware])
     app.router.add_get("/slow", slow)
-    runner, site = await serving.serve(app, "127.0.0.1", 0, None)
+    runner, site = await listener.serve(app, "127.0.0.1", 0, None)
     try:
         async with aiohttp.ClientSession() as s:
             first = asyncio.create_task(s.get(f"http://127.0.0.1:{site.port}/slow"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toposcale.cliargs import finite_number, output_problem, plot_problem
+from toposcale.core.cliargs import finite_number, output_problem, plot_problem
 
 MAX_SPEED = 100.0
 BASE_RPS = 2.0
@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
     import sys
     import tempfile
 
-    from toposcale import logs
+    from toposcale.core import logs
 
     from .runner import DemoConfig, run_demo
 

@@ -11,34 +11,14 @@ caller's clock in seconds (the demo's compressed one), so windows and policy per
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Literal
+
+from toposcale.core.quantity import QuantityError
+from toposcale.core.quantity import milli_value as core_milli_value
 
 TargetType = Literal["Value", "AverageValue"]
 DEFAULT_TOLERANCE = 0.1  # --horizontal-pod-autoscaler-tolerance
-
-# Matched whole (fullmatch; "^...$" with re.match takes a trailing newline), ASCII digits only.
-_QUANTITY = re.compile(r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?")
-_SUFFIX = {
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "": Decimal(1),
-    "k": Decimal("1e3"),
-    "M": Decimal("1e6"),
-    "G": Decimal("1e9"),
-    "T": Decimal("1e12"),
-    "P": Decimal("1e15"),
-    "E": Decimal("1e18"),
-    "Ki": Decimal(2**10),
-    "Mi": Decimal(2**20),
-    "Gi": Decimal(2**30),
-    "Ti": Decimal(2**40),
-    "Pi": Decimal(2**50),
-    "Ei": Decimal(2**60),
-}
 
 
 class MetricError(Exception):
@@ -46,18 +26,13 @@ class MetricError(Exception):
 
 
 def milli_value(quantity: str) -> int:
-    """`resource.Quantity.MilliValue()`: the value in thousandths, rounded up as Go's ceil does."""
+    """`resource.Quantity.MilliValue()` (toposcale.core.quantity): the value in thousandths, rounded up as
+    Go's ceil does; MetricError when it is not a quantity."""
     # strip: Quantity.UnmarshalJSON trims spaces (strings.TrimSpace) before ParseQuantity
-    m = _QUANTITY.fullmatch(quantity.strip()) if isinstance(quantity, str) else None
-    if not m:
-        raise MetricError(f"{quantity!r} is not a Kubernetes quantity")
-    number, suffix = m.group(1), m.group(2) or ""
     try:
-        base = Decimal(number)
-        scale = Decimal(f"1{suffix}") if suffix[:1] in ("e", "E") else _SUFFIX[suffix]
-    except (InvalidOperation, KeyError) as exc:
-        raise MetricError(f"{quantity!r} is not a Kubernetes quantity") from exc
-    return math.ceil(base * scale * 1000)
+        return core_milli_value(quantity.strip() if isinstance(quantity, str) else quantity)
+    except QuantityError as exc:
+        raise MetricError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import yaml
 
+from toposcale.core.ports import free_port
 from toposcale.extender.nodeview import view_of_node
 from toposcale.extender.placeable import placeable
-from toposcale.ports import free_port
 
 from . import view
 from .external_metrics import read_external_metric

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
-from toposcale.ports import free_port
+from toposcale.core.ports import free_port
 
 logger = logging.getLogger("toposcale.demo.supervisor")
 

@@ -37,7 +37,7 @@ def _policies(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from toposcale.logs import add_log_level_argument
+    from toposcale.core.logs import add_log_level_argument
 
     parser.epilog = "toposcale simulate autoscale --help: the trace-driven autoscaling benchmark (issue 26)"
     parser.add_argument("--fleet", required=True, help="fleet YAML: nodes: [{topology: FILE, count: N}, ...]")
@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    from toposcale import logs
+    from toposcale.core import logs
 
     logs.setup(args.log_level)
     log = logging.getLogger("toposcale.simulate")
@@ -99,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"toposcale simulate: error: {msg}", file=sys.stderr)
         return 2
 
-    from toposcale.cliargs import output_problem, plot_problem
+    from toposcale.core.cliargs import output_problem, plot_problem
 
     from .extender_api import ExtenderUnavailable
     from .fleet import FleetError, load_fleet

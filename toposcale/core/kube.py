@@ -282,13 +282,6 @@ class Reflector:
             resp.release()
 
 
-async def watch_list(
-    list_fn: Callable[..., Awaitable[Any]], *, on_event: OnEvent, on_relist: OnRelist, **kwargs: Any
-) -> None:
-    """Run a `Reflector` until cancelled (see `Reflector` for the arguments)."""
-    await Reflector(list_fn, on_event=on_event, on_relist=on_relist, **kwargs).run()
-
-
 class Store:
     """The current objects of a reflected collection, keyed by (namespace, name); pass its methods as
     callbacks: `Reflector(list_fn, on_relist=store.replace, on_event=store.apply)`."""

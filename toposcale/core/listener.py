@@ -1,4 +1,5 @@
-"""The secure listener: an aiohttp site whose connections are bounded in time, header size and number.
+"""The bounded listener both services serve on (the adapter's HTTPS API, the extender's HTTP one): an aiohttp
+site whose connections are bounded in time, header size and number.
 
 aiohttp bounds each header line and field (8190 bytes) but has no deadline for receiving a request's headers,
 so one client dribbling a byte a second (slowloris) would hold a connection forever. Each connection here goes

@@ -1,5 +1,6 @@
-"""The one free-port helper, for the demo, the tests and the benchmarks. Standard library only: the lab's
-control plane (`lab/kube/cluster.py`, run by `scripts/kube.sh`) imports it without the venv."""
+"""The one free-port helper, for the demo, the tests and the benchmarks. Standard library only (as
+`toposcale/__init__.py` and `toposcale/core/__init__.py`): the lab's control plane, which `scripts/kube.sh`
+runs with the system python3 when there is no venv, imports it."""
 
 from __future__ import annotations
 
