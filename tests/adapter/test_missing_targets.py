@@ -23,6 +23,7 @@ from toposcale.adapter.sources.prometheus import PrometheusSource
 from toposcale.adapter.sources.scrape import ScrapeSource
 
 from lab.kube.client import RealKube
+from lab.objects import make_node
 from lab.peers.exporters import DcgmExporter, Exporter, Gpu, VllmExporter
 from lab.peers.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
 from toposcale.core import kube
@@ -228,7 +229,7 @@ async def test_kubernetes_expects_running_and_ready_pods(serve_adapter, kube_clu
             for ns in (ml, gpu_ns):
                 real.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
             for n in node.values():
-                real.add({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}})
+                real.add(make_node(n))
             real.add(pod("vllm-a", ml, {"app": "vllm", "name": "a"}, "127.0.0.1", node=node["a"]))
             real.add(pod("vllm-b", ml, {"app": "vllm"}, "127.0.0.2", node=node["b"]))
             real.add(pod("vllm-c", ml, {"app": "vllm"}, "127.0.0.3", node=node["c"], ready=False))

@@ -22,6 +22,7 @@ from kubernetes_asyncio.config import ConfigException
 
 from lab.kube.client import RealKube
 from lab.kube.cluster import Cluster, write_kubeconfig
+from lab.objects import make_node
 from lab.peers.deployed import kubectl, sa_token
 from toposcale.core.kube import Reflector, Store, api_client
 
@@ -49,11 +50,7 @@ def kube(kube_cluster: Cluster) -> Iterator[RealKube]:
 
 def node(kube: RealKube, name: str, **labels: str) -> dict[str, Any]:
     tag = kube.tag  # type: ignore[attr-defined]
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": f"{name}-{tag}", "labels": {"toposcale.io/test": tag, **labels}},
-    }
+    return make_node(f"{name}-{tag}", labels={"toposcale.io/test": tag, **labels})
 
 
 @pytest.fixture

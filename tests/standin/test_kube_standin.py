@@ -17,11 +17,12 @@ import pytest
 from kubernetes_asyncio import client
 
 from lab.kube.standin import KubeStandIn
+from lab.objects import make_node
 from toposcale.core.kube import Reflector, Store, api_client
 
 
 def node(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels or {}}}
+    return make_node(name, labels=labels)
 
 
 def pod(name: str, ns: str = "llm") -> dict[str, Any]:
