@@ -24,6 +24,16 @@ def test_no_reference_to_the_project_tracker(path: Path) -> None:
     assert not re.search(r"\b[Ii]ssues? \d+|\bthe issue\b|\bissue's\b", text), path
 
 
+def test_no_sentence_says_the_tests_have_no_api_server() -> None:
+    """The suite runs a real control plane (lab/kube/cluster.py): no README, doc or test says otherwise."""
+    said = re.compile(
+        r"\b[Nn]o kube-apiserver (exists|here|on (the |these )?(test )?machines)|[Tt]here is no kube-api"
+    )
+    code = sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "lab").rglob("*.py"))
+    hits = [p for p in [*DOCS, *code] if p != Path(__file__).resolve() and said.search(_text(p))]
+    assert hits == []
+
+
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_a_command_never_writes_over_a_committed_image(path: Path) -> None:
     for line in path.read_text().splitlines():

@@ -1,9 +1,9 @@
 """Security test fixtures: a real test PKI, the in-process Kubernetes API stand-in, and a TLS server built
 by the adapter's own security builder (`build_security`) in front of a small aiohttp app.
 
-No kube-apiserver exists here: TokenReview, SubjectAccessReview and the extension-apiserver-authentication
-ConfigMap are served by `lab/kube/standin.py` (the real wire format), reached through
-kubernetes-asyncio exactly as in a cluster.
+The real kube-apiserver cannot answer a TokenReview or a SubjectAccessReview the way each test decides, so
+those and the extension-apiserver-authentication ConfigMap are served by `lab/kube/standin.py` (the real wire
+format), reached through kubernetes-asyncio exactly as in a cluster.
 """
 
 from __future__ import annotations
