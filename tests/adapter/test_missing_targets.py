@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
+import uuid
 
 import pytest
 from toposcale.adapter.metrics import AdapterMetrics
@@ -23,7 +23,6 @@ from toposcale.adapter.sources.prometheus import PrometheusSource
 from toposcale.adapter.sources.scrape import ScrapeSource
 
 from tests.harness.exporters import DcgmExporter, Exporter, Gpu, VllmExporter
-from tests.harness.kube_standin import KubeStandIn
 from tests.harness.prometheus import PROMETHEUS, PrometheusServer, ScrapeJob
 from tests.harness.real_kube import RealKube
 from toposcale import kube
@@ -202,32 +201,40 @@ def pod(name: str, ns: str, labels: dict[str, str], ip: str, *, ready: bool = Tr
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {"containers": [{"name": "c", "image": "x"}], **({"nodeName": node} if node else {})},
+        "spec": {"containers": [{"name": "c", "image": "x"}], "schedulerName": "nobody",
+                 **({"nodeName": node} if node else {})},
         "status": {"phase": "Running", "podIP": ip,
                    "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
 
 
-async def test_kubernetes_expects_running_and_ready_pods(serve_adapter, tmp_path: Path) -> None:
+async def test_kubernetes_expects_running_and_ready_pods(serve_adapter, kube_cluster) -> None:
+    # The session's real kube-apiserver, with namespaces and Nodes of the test's own.
+    tag = uuid.uuid4().hex[:6]
+    ml, gpu_ns = f"ml-{tag}", f"gpu-{tag}"
+    node = {n: f"node-{n}-{tag}" for n in "abc"}
+    real = RealKube(kube_cluster)
     # one exporter per loopback address on one port: the rule's port reaches each pod's own
     a = VllmExporter(waiting=3, host="127.0.0.1")
     await a.start()
     b = VllmExporter(waiting=5, host="127.0.0.2", port=a.port)
     unready = VllmExporter(waiting=100, host="127.0.0.3", port=a.port)
-    dcgm_a = DcgmExporter([Gpu(0, "ml", "vllm-a", util=80)], host="127.0.0.1")
+    dcgm_a = DcgmExporter([Gpu(0, ml, "vllm-a", util=80)], host="127.0.0.1")
     await dcgm_a.start()
-    dcgm_b = DcgmExporter([Gpu(0, "ml", "vllm-b", util=20)], host="127.0.0.2", port=dcgm_a.port)
+    dcgm_b = DcgmExporter([Gpu(0, ml, "vllm-b", util=20)], host="127.0.0.2", port=dcgm_a.port)
     dcgm_c = DcgmExporter([], host="127.0.0.3", port=dcgm_a.port)  # a node without selected pods
-    async with b, unready, dcgm_b, dcgm_c, KubeStandIn() as k:
+    async with b, unready, dcgm_b, dcgm_c:
         try:
-            k.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"},
-                   "status": {"phase": "Active"}})
-            k.add(pod("vllm-a", "ml", {"app": "vllm", "name": "a"}, "127.0.0.1", node="node-a"))
-            k.add(pod("vllm-b", "ml", {"app": "vllm"}, "127.0.0.2", node="node-b"))
-            k.add(pod("vllm-c", "ml", {"app": "vllm"}, "127.0.0.3", node="node-c", ready=False))
+            for ns in (ml, gpu_ns):
+                real.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            for n in node.values():
+                real.add({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}})
+            real.add(pod("vllm-a", ml, {"app": "vllm", "name": "a"}, "127.0.0.1", node=node["a"]))
+            real.add(pod("vllm-b", ml, {"app": "vllm"}, "127.0.0.2", node=node["b"]))
+            real.add(pod("vllm-c", ml, {"app": "vllm"}, "127.0.0.3", node=node["c"], ready=False))
             dcgm = {"app.kubernetes.io/name": "dcgm-exporter"}
             for i, n in enumerate("abc"):
-                k.add(pod(f"dcgm-{n}", "gpu", dcgm, f"127.0.0.{i + 1}", node=f"node-{n}"))
+                real.add(pod(f"dcgm-{n}", gpu_ns, dcgm, f"127.0.0.{i + 1}", node=node[n]))
             spec = ScrapeSpec(port=a.port)
             owner = GpuOwner(port=dcgm_a.port)
             rules = RuleSet(rules=[
@@ -237,33 +244,36 @@ async def test_kubernetes_expects_running_and_ready_pods(serve_adapter, tmp_path
                 Rule(name="gpu", series=["DCGM_FI_DEV_GPU_UTIL"], aggregation="avg", per_pod="none",
                      gpu_owner=owner, on_missing="error"),
             ])
-            api = await kube.api_client(k.write_kubeconfig(tmp_path / "kubeconfig"))
-            source = ScrapeSource(KubePods(api, ttl=0.0), rules, ttl=0.0, timeout=0.5)
+            api = await kube.api_client(str(kube_cluster.admin_kubeconfig))
+            pods = KubePods(api, ttl=0.0)
+            source = ScrapeSource(pods, rules, ttl=0.0, timeout=0.5)
             adapter = await serve_adapter(rules, source, cache_ttl=0.0)
-            code, body = await adapter.metric("waiting", selector="app=vllm")
+            code, body = await adapter.metric("waiting", namespace=ml, selector="app=vllm")
             assert (code, value(body)) == (200, "8")  # the pod that is not Ready is neither read nor expected
             assert unready.scrapes == 0
             b.mode = "error"
-            code, body = await adapter.metric("waiting", selector="app=vllm")
+            code, body = await adapter.metric("waiting", namespace=ml, selector="app=vllm")
             assert (code, value(body)) == (200, "6")
-            code, _, msg = status(*await adapter.metric("waiting_strict", selector="app=vllm"))
-            assert code == 503 and "ml/vllm-b (http://127.0.0.2:" in msg and "vllm-c" not in msg
+            code, _, msg = status(*await adapter.metric("waiting_strict", namespace=ml, selector="app=vllm"))
+            assert code == 503 and f"{ml}/vllm-b (http://127.0.0.2:" in msg and "vllm-c" not in msg
             text = await _metrics_text(adapter)
-            assert 'toposcale_adapter_targets_expected{metric="waiting",namespace="ml"} 2.0' in text
+            assert f'toposcale_adapter_targets_expected{{metric="waiting",namespace="{ml}"}} 2.0' in text
             # GPU rule: the exporters on node-a and node-b are expected; node-c's failing is nobody's loss
             dcgm_c.mode = "error"
-            code, body = await adapter.metric("gpu", selector="app=vllm")
+            code, body = await adapter.metric("gpu", namespace=ml, selector="app=vllm")
             assert (code, value(body)) == (200, "50"), body
-            assert 'toposcale_adapter_targets_expected{metric="gpu",namespace="ml"} 2.0' in \
+            assert f'toposcale_adapter_targets_expected{{metric="gpu",namespace="{ml}"}} 2.0' in \
                 await _metrics_text(adapter)
             dcgm_b.mode = "error"
-            code, _, msg = status(*await adapter.metric("gpu", selector="app=vllm"))
-            assert code == 503 and "gpu/dcgm-b" in msg and "dcgm-c" not in msg
-            code, body = await adapter.metric("gpu", selector="name=a")  # only node-a's exporter
+            code, _, msg = status(*await adapter.metric("gpu", namespace=ml, selector="app=vllm"))
+            assert code == 503 and f"{gpu_ns}/dcgm-b" in msg and "dcgm-c" not in msg
+            code, body = await adapter.metric("gpu", namespace=ml, selector="name=a")  # node-a only
             assert (code, value(body)) == (200, "80")
+            await pods.close()
         finally:
             await a.stop()
             await dcgm_a.stop()
+            real.cleanup()
 
 
 # --- Prometheus mode -------------------------------------------------------------------------------------

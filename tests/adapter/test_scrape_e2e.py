@@ -1,7 +1,7 @@
 """Direct-scrape mode end to end: in-test vLLM/DCGM exporters serving real exporter text, the adapter in
 front, and the real kubectl as the client. No cluster: targets come from a static targets list (the
-`--scrape-targets` mode); the Kubernetes pod-finding path is covered separately against
-tests/harness/kube_standin.py."""
+`--scrape-targets` mode); the Kubernetes pod-finding path is covered separately against the real
+kube-apiserver (tests/adapter/test_kube_and_cli.py, test_missing_targets.py)."""
 
 from __future__ import annotations
 

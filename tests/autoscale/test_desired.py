@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from toposcale.autoscale.desired import (
+    STEADY_S,
     Capacity,
     DesiredConfig,
     DesiredError,
@@ -104,9 +105,16 @@ def test_idle_replicas_go_to_zero_after_the_window_and_busy_ones_never() -> None
     assert decide(CFG, DesiredState(), obs(0, prompt=0, waiting_requests=1)).replicas == 1
 
 
+def steady_state(cfg: DesiredConfig) -> DesiredState:
+    """A state whose replicas have served, none starting, for STEADY_S (capacity is judged from then on)."""
+    st = DesiredState()
+    decide(cfg, st, obs(-STEADY_S, prompt=5_000))
+    return st
+
+
 def test_a_miss_cuts_capacity_by_its_size_and_met_targets_bring_it_back() -> None:
     cfg = DesiredConfig(prior=CAP, learn=True)
-    st = DesiredState()
+    st = steady_state(cfg)
     decide(cfg, st, obs(0, prompt=5_000, ttft_p90_s=3.0, tpot_p90_s=0.05))  # 1.5x the TTFT target
     assert st.kappa == pytest.approx(1 / 1.5)
     decide(cfg, st, obs(15, prompt=5_000, ttft_p90_s=20.0, tpot_p90_s=0.05))  # 10x: at most halved
@@ -117,8 +125,27 @@ def test_a_miss_cuts_capacity_by_its_size_and_met_targets_bring_it_back() -> Non
     assert low < st.kappa <= 1.0  # back toward the prior, never above it on met targets alone
 
 
+def test_a_miss_while_replicas_start_is_not_taken_for_lack_of_capacity() -> None:
+    """A burst served by too few replicas while more start misses its targets: that is the cold start's
+    doing. Capacity is judged again only once no replica has started or joined for STEADY_S."""
+    cfg = DesiredConfig(prior=CAP, learn=True)
+    st = steady_state(cfg)
+    missed = {"ttft_p90_s": 6.0, "tpot_p90_s": 0.05}
+    decide(cfg, st, obs(0, prompt=5_000, starting_replicas=2, **missed))
+    assert st.kappa == 1.0
+    decide(
+        cfg, st, obs(15, prompt=5_000, ready=4, **missed)
+    )  # they joined: the histograms still hold the burst
+    decide(cfg, st, obs(15 + STEADY_S - 15, prompt=5_000, ready=4, **missed))
+    assert st.kappa == 1.0
+    decide(
+        cfg, st, obs(15 + STEADY_S, prompt=5_000, ready=4, **missed)
+    )  # steady, still missing: a real limit
+    assert st.kappa == pytest.approx(0.5)
+
+
 def test_a_p99_when_given_is_what_counts() -> None:
     cfg = DesiredConfig(prior=CAP, learn=True)
-    st = DesiredState()
+    st = steady_state(cfg)
     decide(cfg, st, obs(0, prompt=5_000, ttft_p90_s=1.0, ttft_p99_s=4.0, tpot_p90_s=0.05))
     assert st.kappa == pytest.approx(0.5)

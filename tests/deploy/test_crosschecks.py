@@ -802,55 +802,59 @@ def test_agent_probes_hit_routes_the_agent_serves(builds: dict[str, Build]) -> N
         assert port_number(c, c[probe]["httpGet"]["port"]) == int(arg_value(c, "--port") or 0)
 
 
-async def test_readme_explain_command_is_answered_by_the_extender(tmp_path: Path) -> None:
+async def test_readme_explain_command_is_answered_by_the_extender(kube_cluster: Any) -> None:
     """The README's `curl .../explain?...` against the real extender app, whose cluster view is read through
-    kubernetes-asyncio from tests/harness/kube_standin.py (there is no kube-apiserver here; the stand-in
-    speaks the real wire format). A query key the extender does not read answers 400, not the pod."""
+    kubernetes-asyncio from the session's real kube-apiserver (the pod in a namespace of the test's own, in
+    place of the README's `llm`). A query key the extender does not read answers 400, not the pod."""
     import asyncio
     import time
+    import uuid
 
     import aiohttp
     from aiohttp import web
     from toposcale.extender.server import Extender, ServerConfig
     from toposcale.extender.state import ClusterState
 
-    from tests.harness.kube_standin import KubeStandIn
+    from tests.harness.real_kube import RealKube
     from toposcale.kube import api_client
 
     text = (DEPLOY / "README.md").read_text()
     (url,) = re.findall(r"curl -s \"(localhost:8888/explain\?[^\"]+)\"", text)
     # the README's port-forward goes to the extender Service's port: the extender's own default port
     assert urlparse("http://" + url).port == cli.build_parser().parse_args(["extender"]).port
-    path_query = url.removeprefix("localhost:8888").replace("<vllm-pod>", "vllm-qwen-0")
+    ns = f"llm-{uuid.uuid4().hex[:6]}"
+    assert "pod=llm/<vllm-pod>" in url
+    path_query = url.removeprefix("localhost:8888").replace("llm/<vllm-pod>", f"{ns}/vllm-qwen-0")
     pod = {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "vllm-qwen-0", "namespace": "llm", "annotations": {}},
-        "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai",
+        "metadata": {"name": "vllm-qwen-0", "namespace": ns, "annotations": {}},
+        "spec": {"schedulerName": "nobody",  # stays Pending, as the README's pod is while it is explained
+                 "containers": [{"name": "vllm", "image": "vllm/vllm-openai",
                                  "resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
-        "status": {"phase": "Pending"},
     }
-    async with KubeStandIn() as kube:
-        kube.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "llm"}})
-        kube.add(pod)
-        api = await api_client(kube.write_kubeconfig(tmp_path / "kubeconfig"))
-        state = ClusterState("nvidia.com/gpu", reflect_grace_s=1.0)
-        await state.start(api)
-        runner = web.AppRunner(Extender(ServerConfig(), state).app(), access_log=None)
-        try:
-            deadline = time.monotonic() + 10
-            while not state.synced:
-                assert time.monotonic() < deadline, "extender never synced with the stand-in"
-                await asyncio.sleep(0.02)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path_query}") as r:
-                body = await r.text()
-        finally:
-            await runner.cleanup()
-            await state.stop()
-            await api.close()
+    kube = RealKube(kube_cluster)
+    kube.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    kube.add(pod)
+    api = await api_client(str(kube_cluster.admin_kubeconfig))
+    state = ClusterState("nvidia.com/gpu", reflect_grace_s=1.0)
+    await state.start(api)
+    runner = web.AppRunner(Extender(ServerConfig(), state).app(), access_log=None)
+    try:
+        deadline = time.monotonic() + 30
+        while not state.synced:
+            assert time.monotonic() < deadline, "extender never synced with the API server"
+            await asyncio.sleep(0.02)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path_query}") as r:
+            body = await r.text()
+    finally:
+        await runner.cleanup()
+        await state.stop()
+        await api.close()
+        kube.cleanup()
     assert r.status == 200, body
     assert yaml.safe_load(body)["gpus"] == 4  # the pod the README names, read from the cluster
 

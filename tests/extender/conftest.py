@@ -1,9 +1,12 @@
-"""Extender test helpers: Node objects carrying the agent's annotations for real topologies, and the
-extender served in-process on a loopback port (the real aiohttp app, spoken to over HTTP)."""
+"""Extender test helpers: Node objects carrying the agent's annotations for real topologies, the extender
+served in-process on a loopback port (the real aiohttp app, spoken to over HTTP), and `lab`: the session's
+real kube-apiserver (tests/conftest.py `kube_cluster`) with names of the test's own."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from toposcale.extender.topology.annotations import (
 )
 from toposcale.extender.topology.topo_text import parse_topo_text
 
+from tests.harness.real_kube import RealKube
 from toposcale.ports import free_port
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "topologies"
@@ -122,3 +126,35 @@ def serve() -> Callable[..., Any]:
             await runner.cleanup()
 
     return run
+
+
+@dataclass
+class Lab:
+    """The real kube-apiserver for one test: `kube` adds objects (deleted after the test), `ns` is the test's
+    namespace, `name("hgx")` a cluster-wide name of its own, `kubeconfig` the admin's."""
+
+    kube: RealKube
+    ns: str
+    tag: str
+    kubeconfig: str
+
+    def name(self, base: str) -> str:
+        return f"{base}-{self.tag}"
+
+    def pod(self, name: str, gpus: int, **kw: Any) -> dict[str, Any]:
+        """pod_obj in the test's namespace; no scheduler binds it (`schedulerName: nobody`)."""
+        pod = pod_obj(name, gpus, namespace=self.ns, **kw)
+        pod["spec"]["schedulerName"] = "nobody"
+        return pod
+
+
+@pytest.fixture
+def lab(kube_cluster: Any) -> Iterator[Lab]:
+    tag = uuid.uuid4().hex[:6]
+    kube = RealKube(kube_cluster)
+    lab = Lab(kube, f"extender-{tag}", tag, str(kube_cluster.admin_kubeconfig))
+    kube.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": lab.ns}})
+    try:
+        yield lab
+    finally:
+        kube.cleanup()

@@ -2,8 +2,7 @@
 X off the diagonal, repeated GPU indices, a non-RFC-3339 `observed`) is an invalid document, so the node is
 answered neutral and the watch keeps going; every fixture the project ships still validates.
 
-Watch-mode tests use tests/harness/kube_standin.py (the apiserver's list/watch wire format served to the real
-kubernetes-asyncio client; there is no kube-apiserver on test machines).
+The watch-mode test runs against the session's real kube-apiserver (tests/extender/conftest.py `lab`).
 """
 
 from __future__ import annotations
@@ -26,9 +25,8 @@ from toposcale.extender.topology.annotations import (
 )
 from toposcale.extender.topology.topo_text import parse_topo_text
 
-from tests.extender.conftest import node_obj, pod_obj
+from tests.extender.conftest import Lab, node_obj, pod_obj
 from tests.extender.test_watch import until
-from tests.harness.kube_standin import KubeStandIn
 from toposcale.kube import api_client
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -149,21 +147,22 @@ async def test_extender_answers_a_node_with_deep_annotation_neutral_over_http(se
     assert scores["deep"] == 5 and scores["ok"] > 5
 
 
-async def test_watch_survives_a_deep_annotation_and_sees_the_fix(tmp_path: Path) -> None:
-    async with KubeStandIn() as kube:
-        kube.add(node_obj("deep", None, extra_annotations={TOPOLOGY_ANNOTATION: DEEP}))
-        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu"))
-        api = await api_client(kube.write_kubeconfig(tmp_path / "kubeconfig"))
-        state = ClusterState("nvidia.com/gpu")
-        await state.start(api)
-        try:
-            await until(lambda: state.synced, "initial list despite the deep annotation")
-            deep = state.view("deep")
-            assert deep is not None and deep.topology is None and "not JSON" in (deep.problem or "")
-            assert state.view("hgx") is not None and state.view("hgx").topology is not None
-            kube.add(node_obj("deep", "hgx-h100-nvswitch-8gpu"))  # the agent overwrites it with the truth
-            await until(lambda: (v := state.view("deep")) is not None and v.topology is not None,
-                        "the corrected annotation, seen through the same watch")
-        finally:
-            await state.stop()
-            await api.close()
+async def test_watch_survives_a_deep_annotation_and_sees_the_fix(lab: Lab) -> None:
+    deep_name, hgx = lab.name("deep"), lab.name("hgx")
+    lab.kube.add(node_obj(deep_name, None, extra_annotations={TOPOLOGY_ANNOTATION: DEEP}))
+    lab.kube.add(node_obj(hgx, "hgx-h100-nvswitch-8gpu"))
+    api = await api_client(lab.kubeconfig)
+    state = ClusterState("nvidia.com/gpu")
+    await state.start(api)
+    try:
+        await until(lambda: state.synced and state.view(hgx) is not None,
+                    "initial list despite the deep annotation")
+        deep = state.view(deep_name)
+        assert deep is not None and deep.topology is None and "not JSON" in (deep.problem or "")
+        assert state.view(hgx).topology is not None
+        lab.kube.add(node_obj(deep_name, "hgx-h100-nvswitch-8gpu"))  # the agent overwrites it with the truth
+        await until(lambda: (v := state.view(deep_name)) is not None and v.topology is not None,
+                    "the corrected annotation, seen through the same watch")
+    finally:
+        await state.stop()
+        await api.close()

@@ -1,4 +1,5 @@
-"""Acceptance: `toposcale extender --standalone --port N` as a real process, no Kubernetes connection."""
+"""Acceptance: `toposcale extender` as a real process: `--standalone --port N` with no Kubernetes connection,
+and in watch mode against the session's real kube-apiserver."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from tests.extender.conftest import free_port, node_obj, pod_obj
+from tests.extender.conftest import Lab, free_port, node_obj, pod_obj
 
 TOPOSCALE = Path(sys.executable).parent / "toposcale"
 
@@ -69,41 +70,37 @@ async def test_standalone_process_serves_every_route() -> None:
     assert b'"msg": "extender serving"' in err
 
 
-async def test_watch_mode_process_answers_names_from_its_cache(tmp_path) -> None:
-    # No kube-apiserver here: the in-process stand-in (tests/harness/kube_standin.py) serves the real wire
-    # format to the extender process's kubernetes-asyncio client.
-    from tests.harness.kube_standin import KubeStandIn
-
-    async with KubeStandIn() as kube:
-        kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu"))
-        kube.add(node_obj("l40s", "l40s-4gpu-two-per-socket"))
-        cfg = kube.write_kubeconfig(tmp_path / "kubeconfig")
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
-        proc = await asyncio.create_subprocess_exec(
-            str(TOPOSCALE), "extender", "--kubeconfig", cfg, "--port", str(port), "--url-prefix", "/x",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-        )
-        url = f"http://127.0.0.1:{port}/x"
-        body = {"Pod": pod_obj("vllm", 4, scope="nvlink"), "Nodes": None, "NodeNames": ["l40s", "hgx"]}
-        try:
-            async with aiohttp.ClientSession() as s:
-                synced = False
-                for _ in range(200):
-                    try:
-                        async with s.get(url + "/readyz") as r:  # 503 Status until both caches listed
-                            synced = r.status == 200
-                    except aiohttp.ClientConnectionError:
-                        pass
-                    if synced:
-                        break
-                    await asyncio.sleep(0.05)
-                assert synced
-                async with s.post(url + "/filter", data=orjson.dumps(body)) as r:
-                    res = await r.json()
-                assert res["NodeNames"] == ["hgx"]
-                assert "no two connected by NVLink" in res["FailedAndUnresolvableNodes"]["l40s"]
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            _, err = await asyncio.wait_for(proc.communicate(), 10)
-        assert proc.returncode == 0, err.decode()
+async def test_watch_mode_process_answers_names_from_its_cache(lab: Lab) -> None:
+    # The extender process reads the session's real kube-apiserver through its kubernetes-asyncio client.
+    hgx, l40s = lab.name("hgx"), lab.name("l40s")
+    lab.kube.add(node_obj(hgx, "hgx-h100-nvswitch-8gpu"))
+    lab.kube.add(node_obj(l40s, "l40s-4gpu-two-per-socket"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+    proc = await asyncio.create_subprocess_exec(
+        str(TOPOSCALE), "extender", "--kubeconfig", lab.kubeconfig, "--port", str(port), "--url-prefix", "/x",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    url = f"http://127.0.0.1:{port}/x"
+    body = {"Pod": pod_obj("vllm", 4, scope="nvlink"), "Nodes": None, "NodeNames": [l40s, hgx]}
+    try:
+        async with aiohttp.ClientSession() as s:
+            synced = False
+            for _ in range(200):
+                try:
+                    async with s.get(url + "/readyz") as r:  # 503 Status until both caches listed
+                        synced = r.status == 200
+                except aiohttp.ClientConnectionError:
+                    pass
+                if synced:
+                    break
+                await asyncio.sleep(0.05)
+            assert synced
+            async with s.post(url + "/filter", data=orjson.dumps(body)) as r:
+                res = await r.json()
+            assert res["NodeNames"] == [hgx], res
+            assert "no two connected by NVLink" in res["FailedAndUnresolvableNodes"][l40s]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0, err.decode()

@@ -4,17 +4,14 @@ The agent re-publishes `toposcale.io/gpu-allocation` at least every --refresh-in
 one means the agent stopped, and answering from it would be serving a made-up value. A stale node passes
 with the neutral score, fails now for pods with a required scope, is counted under
 `unknown_topology_nodes_total{reason="stale-allocation"}` and logged once. In names-only mode a node turns
-stale with no watch event at all (the cache's entries carry their expiry): the watch runs against
-tests/harness/kube_standin.py, the in-process Kubernetes API stand-in speaking the real list/watch wire
-format to the unmodified kubernetes-asyncio client, since no kube-apiserver exists on the test machines.
+stale with no watch event at all (the cache's entries carry their expiry): the watch runs against the
+session's real kube-apiserver (tests/extender/conftest.py `lab`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,9 +19,8 @@ from toposcale.extender.server import ServerConfig
 from toposcale.extender.state import ClusterState
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE
 
-from tests.extender.conftest import node_obj, pod_obj
+from tests.extender.conftest import Lab, node_obj, pod_obj
 from tests.extender.test_watch import names_args, stamp, until
-from tests.harness.kube_standin import KubeStandIn
 from toposcale.kube import api_client
 
 STALE_METRIC = 'toposcale_extender_unknown_topology_nodes_total{reason="stale-allocation"}'
@@ -83,49 +79,48 @@ async def test_full_nodes_age_by_the_clock_and_zero_disables(serve) -> None:
         assert len(res["Nodes"]["items"]) == 1
 
 
-@pytest.fixture
-async def kube() -> AsyncIterator[KubeStandIn]:
-    async with KubeStandIn() as k:
-        yield k
-
-
 async def test_cached_node_turns_stale_without_a_watch_event_and_back(
-    serve, kube: KubeStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    serve, lab: Lab, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = {"offset": 0.0}
-    kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(0)))
-    kube.add(node_obj("l40s", "l40s-4gpu-two-per-socket", observed=stamp(0)))
-    api = await api_client(kube.write_kubeconfig(tmp_path / "kubeconfig"))
+    hgx, l40s = lab.name("hgx"), lab.name("l40s")
+    lab.kube.add(node_obj(hgx, "hgx-h100-nvswitch-8gpu", observed=stamp(0)))
+    lab.kube.add(node_obj(l40s, "l40s-4gpu-two-per-socket", observed=stamp(0)))
+    api = await api_client(lab.kubeconfig)
     st = ClusterState("nvidia.com/gpu", allocation_max_age_s=900, wall=lambda: time.time() + clock["offset"])
     await st.start(api)
     caplog.set_level(logging.WARNING, "toposcale.extender")
+
+    def versions() -> list[str]:
+        return [lab.kube.get("Node", n)["metadata"]["resourceVersion"] for n in (hgx, l40s)]
+
     try:
-        await until(lambda: st.synced, "initial list of nodes and pods")
+        await until(lambda: st.synced and st.view(hgx) and st.view(l40s), "initial list of nodes and pods")
         async with serve(state=st) as s:
-            scoped = names_args(pod_obj("tp4", 4, scope="nvlink"), ["hgx"])
-            plain = names_args(pod_obj("tp4", 4), ["hgx", "l40s"])
+            scoped = names_args(pod_obj("tp4", 4, scope="nvlink"), [hgx])
+            plain = names_args(pod_obj("tp4", 4), [hgx, l40s])
             _, res = await s.post("/filter", scoped)
-            assert res["NodeNames"] == ["hgx"]  # cached in the (4, nvlink) table: fits
+            assert res["NodeNames"] == [hgx]  # cached in the (4, nvlink) table: fits
             _, prio = await s.post("/prioritize", plain)
             assert prio[0]["Score"] != NEUTRAL_SCORE
-            rv = kube.resource_version
+            before = versions()
             clock["offset"] = 901.0  # the agent went quiet: no event, only time passes
             _, res = await s.post("/filter", scoped)
-            assert res["NodeNames"] == [] and "GPU allocation stale" in res["FailedNodes"]["hgx"]
+            assert res["NodeNames"] == [] and "GPU allocation stale" in res["FailedNodes"][hgx]
             _, prio = await s.post("/prioritize", plain)
             assert [h["Score"] for h in prio] == [NEUTRAL_SCORE, NEUTRAL_SCORE]
-            _, res = await s.post("/filter", names_args(pod_obj("tp4", 4), ["hgx"]))
-            assert res["NodeNames"] == ["hgx"]  # no scope: passes, neutral
-            assert kube.resource_version == rv  # nothing was written to the API meanwhile
+            _, res = await s.post("/filter", names_args(pod_obj("tp4", 4), [hgx]))
+            assert res["NodeNames"] == [hgx]  # no scope: passes, neutral
+            assert versions() == before  # nothing was written to the Nodes meanwhile
             _, text = await s.get("/metrics")
             assert metric(text, STALE_METRIC) >= 4.0
             logged = [r.__dict__.get("node") for r in caplog.records if r.getMessage() == LOG_LINE]
-            assert sorted(logged) == ["hgx", "l40s"]  # once each
+            assert sorted(logged) == [hgx, l40s]  # once each
             # The agent publishes again: a fresh allocation arrives through the watch, the node is back.
-            kube.add(node_obj("hgx", "hgx-h100-nvswitch-8gpu", observed=stamp(901)))
-            await until(lambda: not st.view("hgx").stale, "fresh allocation applied")
+            lab.kube.add(node_obj(hgx, "hgx-h100-nvswitch-8gpu", observed=stamp(901)))
+            await until(lambda: not st.view(hgx).stale, "fresh allocation applied")
             _, res = await s.post("/filter", scoped)
-            assert res["NodeNames"] == ["hgx"]
+            assert res["NodeNames"] == [hgx]
     finally:
         await st.stop()
         await api.close()

@@ -12,7 +12,9 @@ The algorithm, each observation (every HPA sync, 15 s):
    replicas were less busy than the prior says they can be, kappa is divided by how far it missed (at most
    halved per observation): a queueing limit, such as long prompts blocking the ones behind them, is found in
    a few syncs. While targets are met it recovers slowly toward the prior (RECOVER_RATE), and above it only
-   when targets were met at a higher load than the prior calls full. No offline benchmark beyond the prior.
+   when targets were met at a higher load than the prior calls full. Capacity is judged only in a steady
+   state (STEADY_S with no replica starting and the ready count unchanged): a miss while replicas start is
+   the cold start's, not a capacity the replicas lack. No offline benchmark beyond the prior.
 3. Headroom for the cold start: Holt's linear trend (double exponential smoothing) on the demand, projected
    over the cold-start horizon; scale-up uses the larger of now and the projection.
 4. Backlog: waiting requests x mean prompt tokens, as prefill work that must be done within the horizon a
@@ -47,8 +49,13 @@ LEARN_RATE = 0.1  # kappa moves this share of the way toward what an observation
 # says nothing about how far the cliff is; probing on it overloaded replicas in the benchmark.)
 KAPPA_BOUNDS = (0.05, 2.0)  # the learned correction stays within these (20x below the prior at most)
 MAX_CUT = 2.0  # one observation at most halves the learned capacity
-RECOVER_RATE = 0.02  # per observation met, kappa regains this share of the way back to the prior (half-life
-# about 9 minutes at a 15 s sync: slower than the cuts, so it does not undo them within a burst)
+RECOVER_RATE = 0.005  # per observation met, kappa regains this share of the way back to the prior (half-life
+# about 35 minutes at a 15 s sync: a queueing limit found by a cut is a property of the traffic mix, and a
+# faster recovery (0.02, 9 minutes) gave it back within one scale-down window, so the count oscillated:
+# cut, scale up, recover, scale down, miss, cut again)
+STEADY_S = 60.0  # capacity is judged only after this long with no replica starting and the ready count
+# unchanged: the latency histograms' window (the rule's 60 s), so a miss caused by a cold start (a burst
+# served by too few replicas while more start) is not taken for a capacity the replicas lack
 DECODE_STEP_SHARE = 0.5  # the share of the TPOT target a pure decode step may take at the capacity batch
 # (the rest is left to the prefill chunks vLLM mixes into the same steps)
 REF_CONTEXT = 2048  # context (tokens) at which the prior's capacity is read when none is observed
@@ -168,6 +175,8 @@ class DesiredState:
     kappa: float = 1.0
     backlog_tokens: float | None = None  # waiting prompt tokens at the last observation (for its growth)
     history: deque[tuple[float, int]] = field(default_factory=deque)  # (t, raw desired) for hysteresis
+    unsteady_t: float = -math.inf  # the last observation with a replica starting or the ready count changed
+    last_ready: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +269,10 @@ def decide(cfg: DesiredConfig, state: DesiredState, obs: Observation) -> Decisio
             f"demand {demand:.2f} replicas: prompt {obs.prompt_tokens_rate:.0f} tok/s / {pcap:.0f} + "
             f"generation {obs.generation_tokens_rate:.0f} tok/s / {gcap:.0f} per replica"
         )
-        if cfg.learn:
+        if obs.starting_replicas > 0 or obs.ready_replicas != state.last_ready:
+            state.unsteady_t = obs.t
+        state.last_ready = obs.ready_replicas
+        if cfg.learn and obs.t - state.unsteady_t >= STEADY_S:
             _learn(cfg, state, obs, demand, reasons)
 
     # Holt's linear trend on the demand, per second of observation time.
