@@ -265,13 +265,25 @@ def run_reports(
     timelines per trace when asked. Progress on stderr."""
     from .bench import default_scale, report
 
-    scales = {t.name: default_scale(t, profile, cfg, rate_scale) for t in traces}
+    workers = max(1, min(jobs_wanted or os.cpu_count() or 1, len(traces) * len(seeds)))
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers)
+    # Each trace's auto rate scale is a clairvoyant search of its own: in the pool too, not one by one.
+    scale_args = [(t, profile, cfg, rate_scale) for t in traces]
+    found = (
+        pool.starmap(default_scale, scale_args)
+        if pool is not None
+        else [default_scale(*a) for a in scale_args]
+    )
+    scales = {t.name: sc for t, sc in zip(traces, found, strict=True)}
     jobs = [
         (t, profile, cfg, policies, s, scales[t.name], keep_timelines and s == seeds[0])
         for t in traces
         for s in seeds
     ]
-    workers = max(1, min(jobs_wanted or os.cpu_count() or 1, len(jobs)))
     started = time.monotonic()
     print(
         f"{PROG}: {len(traces)} trace(s) x {len(seeds)} seed(s) x {len(policies)} policies on "
@@ -280,13 +292,7 @@ def run_reports(
         flush=True,
     )
     results: dict[str, list[Any]] = {t.name: [] for t in traces}
-    if workers == 1:
-        done = map(_job, jobs)
-    else:
-        import multiprocessing as mp
-
-        pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers)
-        done = pool.imap_unordered(_job, jobs)
+    done = map(_job, jobs) if pool is None else pool.imap_unordered(_job, jobs)
     for i, (name, res) in enumerate(done, 1):
         results[name].append(res)
         print(
@@ -294,7 +300,7 @@ def run_reports(
             file=sys.stderr,
             flush=True,
         )
-    if workers > 1:
+    if pool is not None:
         pool.close()
         pool.join()
     reports = []
