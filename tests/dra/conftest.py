@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from toposcale.extender.topology import dra
+from toposcale.extender.topology.dra import synth
 
 from tests.harness.kube_cluster import Cluster
 from tests.harness.kubelet import ApiError, ApiSession, node_object
@@ -44,7 +45,7 @@ class DraLab:
         await self.api.create("/api/v1/namespaces", {"metadata": {"name": self.ns}})
         with contextlib.suppress(ApiError):
             await self.api.delete(f"{RES}/deviceclasses/{CLASS}")
-        self.device_class = await self.api.create(f"{RES}/deviceclasses", dra.gpu_device_class(CLASS))
+        self.device_class = await self.api.create(f"{RES}/deviceclasses", synth.gpu_device_class(CLASS))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
