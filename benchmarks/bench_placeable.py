@@ -103,6 +103,7 @@ def http_row(size: int, seed: int, calls: int) -> list[float]:
 
 def in_process_rows(size: int, seed: int, calls: int) -> dict[str, list[float]]:
     import orjson
+    from toposcale.extender import wire
     from toposcale.extender.server import Extender, ServerConfig
     from toposcale.extender.state import ClusterState
 
@@ -115,7 +116,7 @@ def in_process_rows(size: int, seed: int, calls: int) -> dict[str, list[float]]:
     state.pods_relisted([], "1")
     state.unbound_relisted([], "1")
     t0 = time.perf_counter()
-    ext._placeable_doc(bodies[0])
+    ext.answers.placeable(wire.pod_template(bodies[0]))
     rows: dict[str, list[float]] = {"cold": [time.perf_counter() - t0]}
 
     def churn() -> None:
@@ -154,7 +155,7 @@ def in_process_rows(size: int, seed: int, calls: int) -> dict[str, list[float]]:
         for i in range(calls):
             churn()
             t0 = time.perf_counter()
-            ext._placeable_doc(bodies[i % len(bodies)])
+            ext.answers.placeable(wire.pod_template(bodies[i % len(bodies)]))
             lat.append(time.perf_counter() - t0)
         rows[label] = lat
     return rows

@@ -6,7 +6,7 @@ horizontalpodautoscaler.go: every family carries `namespace` and `horizontalpoda
 as a float (current releases convert the Quantity with MilliValue()/1000, so `750m` is 0.75; releases that
 used AsInt64 skipped non-integer targets); `..._status_condition` adds `condition` and `status`
 (true|false|unknown).
-toposcale's own names are the ones its services register (adapter/metrics.py, extender/server.py,
+toposcale's own names are the ones its services register (adapter/metrics.py, extender/metrics.py,
 extender/agent/metrics.py); the dashboard tests scrape the real services, so a rename breaks a test. The
 labels Prometheus adds are the ones deploy/monitors sets up: `node` on the agents (from the pod's node), and
 the adapter's own `namespace` label kept (honorLabels) on its served-value series.

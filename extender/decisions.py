@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from .draview import dra_decision
+from .draview import ClaimAsk, dra_decision
 from .nodeview import NodeView
 from .topology.model import Tier
 from .topology.scoring import NEUTRAL_SCORE, NodeDecision, decide_raw, materialize
@@ -87,6 +87,32 @@ def outcome_for(view: NodeView | None, k: int, need: Tier | None) -> Outcome:
         else:
             hit = Outcome(False, d.unresolvable, 0, "", d)
     view.memo[key] = hit
+    return hit
+
+
+def claim_outcome(v: NodeView | None, ask: ClaimAsk, need: Tier | None) -> Outcome:
+    """The outcome for one node of a pod asking devices through an explicit claim (memoized on the view).
+    A node no slice serves passes with score 0: the scheduler's own DRA plugin decides."""
+    scoped = need is not None
+    if v is None:
+        return _unknown("uncached", "node not in the extender's cache (yet)", scoped)
+    if v.dra is None:
+        return Outcome(True, False, 0, "no ResourceSlice serves this node: the DRA plugin decides")
+    key = ("claim", ask.key, need)
+    hit = v.memo.get(key)
+    if hit is not None:
+        return hit  # type: ignore[no-any-return]
+    if v.topology is None:
+        hit = _unknown(v.problem_kind, f"GPU topology unknown: {v.problem}", scoped)
+    else:
+        d = dra_decision(v.topology, v.dra, ask.k, need, ask)
+        if isinstance(d, str):
+            hit = _unknown("dra", f"{ask.source}: {d}", scoped)
+        elif d.fits:
+            hit = Outcome(True, False, d.score, "", d)
+        else:
+            hit = Outcome(False, d.unresolvable, 0, "", d)
+    v.memo[key] = hit
     return hit
 
 
@@ -155,6 +181,10 @@ def _pick(names: Sequence[str], table: dict[str, object]) -> Sequence[object]:
         return itemgetter(*names)(table)  # type: ignore[no-any-return]
     return [table[n] for n in names]
 
+
+# Entries per outcome table (and per view cache): names the scheduler asks about that the cache lacks are
+# kept too (answered "uncached" until their Node arrives), so bound them; a real cluster has at most ~5,000.
+TABLE_LIMIT = 100_000
 
 # A node's entry in an OutcomeTable: its HostPriority fragment, its Outcome and score, in one object, so one
 # hashed lookup per node serves both the answer and the metrics.

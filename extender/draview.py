@@ -2,7 +2,7 @@
 
 A node is a DRA node for the managed resource when a DeviceClass declares `spec.extendedResourceName`
 equal to it and ResourceSlices serve that node: kube-scheduler then picks the devices itself, first-fit
-(`topology/dra.py`), and the node is scored on that predicted set with `dra.score_prediction`. Free devices
+(`topology/dra/`), and the node is scored on that predicted set with `dra.score_prediction`. Free devices
 come from the ResourceClaims' allocations, not from the agent's allocation annotation. Anything the
 predictor cannot judge (a slice feature or attribute it does not model, a claim the allocator cannot
 satisfy, a device missing from the topology annotation) is an unknown node: neutral score with the reason.

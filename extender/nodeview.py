@@ -7,7 +7,6 @@ A node whose annotation is missing or invalid gets a view with `problem` set, ne
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -78,10 +77,6 @@ def _topology(text: str) -> Topology | str:
 
 def _allocation(text: str) -> Allocation | str:
     return _parsed(_allocations, allocation_from_doc, text)
-
-
-def annotation_digest(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def free_mask_of(topo: Topology, alloc: Allocation) -> int | None:

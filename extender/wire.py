@@ -4,7 +4,8 @@ The Go types carry no JSON tags, so the scheduler sends and reads PascalCase key
 `NodeNames`; `FailedNodes`, `FailedAndUnresolvableNodes`, `Error`; `Host`, `Score`). Older extender clients
 used lowercase tags (`pod`, `nodes`, `nodenames`): input keys are matched case-insensitively; answers are
 always PascalCase. The Pod and Node objects inside are ordinary v1 objects (camelCase). orjson throughout:
-5,000-node payloads are the hot path.
+5,000-node payloads are the hot path. Also: the metav1.Status body of every refusal, and the bodies of
+the extender's own verbs (/placeable, /freeing).
 """
 
 from __future__ import annotations
@@ -181,3 +182,53 @@ def host_priority(host: str, score: int) -> bytes:
 def priority_list_of(fragments: Iterable[bytes]) -> bytes:
     """HostPriorityList from `host_priority` fragments."""
     return b"[" + b",".join(fragments) + b"]"
+
+
+# --- the extender's own verbs: /placeable and /freeing bodies -----------------------------------------------
+
+MAX_FREEING_PODS = 10_000
+_WORKLOADS = ("Deployment", "ReplicaSet", "StatefulSet", "Job", "PodTemplate", "LeaderWorkerSet")
+
+
+def spec_of(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def pod_template(body: bytes) -> dict[str, Any]:
+    """The pod template of a /placeable body: a Pod, a PodTemplateSpec (`{metadata, spec}`), or a workload
+    holding one (`spec.template`, or `template` of a PodTemplate); WireError naming what is wrong."""
+    if not body:
+        raise WireError("empty request body: expected a Pod, a PodTemplateSpec or a Deployment")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise WireError(f"pod template must be a JSON object, got {type(doc).__name__}")
+    kind = doc.get("kind")
+    if kind == "PodTemplate":
+        doc = doc.get("template")
+    elif kind in _WORKLOADS:
+        doc = spec_of(doc).get("template")
+    elif kind not in (None, "Pod"):
+        raise WireError(f"kind {str(kind)[:64]!r} holds no pod template: expected Pod or a workload")
+    if not isinstance(doc, dict) or not isinstance(doc.get("spec"), dict):
+        raise WireError(f"{kind or 'pod template'}: no pod spec (expected metadata and spec)")
+    if not isinstance(doc.get("metadata", {}), dict):
+        raise WireError("pod template: metadata must be an object")
+    return doc
+
+
+def freeing_pods(body: bytes) -> list[str]:
+    """The pods of a /freeing body, `{"pods": ["namespace/name", ...]}`; WireError naming what is wrong."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"malformed JSON: {exc}") from None
+    pods = doc.get("pods") if isinstance(doc, dict) else None
+    if not isinstance(pods, list) or not all(isinstance(p, str) and "/" in p for p in pods):
+        raise WireError('expected {"pods": ["namespace/name", ...]}')
+    if len(pods) > MAX_FREEING_PODS:
+        raise WireError(f"{len(pods)} pods asked, at most {MAX_FREEING_PODS} per request")
+    return pods

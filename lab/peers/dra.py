@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from toposcale.extender.topology import dra
+from toposcale.extender.topology.dra import synth
 
 from lab import FIXTURES as LAB_FIXTURES
 from lab.kube.client import ApiError, ApiSession
@@ -45,7 +46,7 @@ class DraLab:
         await self.api.create("/api/v1/namespaces", {"metadata": {"name": self.ns}})
         with contextlib.suppress(ApiError):
             await self.api.delete(f"{RES}/deviceclasses/{CLASS}")
-        self.device_class = await self.api.create(f"{RES}/deviceclasses", dra.gpu_device_class(CLASS))
+        self.device_class = await self.api.create(f"{RES}/deviceclasses", synth.gpu_device_class(CLASS))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

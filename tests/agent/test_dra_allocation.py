@@ -27,6 +27,7 @@ from toposcale.extender.agent.observe import observe_allocation
 from toposcale.extender.agent.podresources.client import Snapshot
 from toposcale.extender.topology import dra
 from toposcale.extender.topology.annotations import ALLOCATION_ANNOTATION
+from toposcale.extender.topology.dra import synth
 from toposcale.extender.topology.model import Topology
 
 from lab.kube.client import ApiError, ApiSession, RealKube
@@ -50,7 +51,7 @@ def topo() -> Topology:
 
 def x4_slice(*, with_uuid: bool = True, name: str = f"{NODE}-{D}") -> dict[str, Any]:
     t = topo()
-    s = dra.slice_from_topology(t, NODE, name=name)
+    s = synth.slice_from_topology(t, NODE, name=name)
     for i, dev in enumerate(s["spec"]["devices"]):
         dev["name"] = f"gpu-{MINOR[i]}"
         if not with_uuid:

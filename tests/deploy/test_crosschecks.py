@@ -423,7 +423,7 @@ def test_probes_hit_routes_the_extender_serves(builds: dict[str, Build]) -> None
 
 
 def test_extender_body_limit_fits_its_memory_limit(builds: dict[str, Build]) -> None:
-    from toposcale.extender.server import PENDING_PER_SLOT
+    from toposcale.extender.admission import PENDING_PER_SLOT
 
     c = container(builds["extender"].one("Deployment", "toposcale-extender"))
     args = _extender_args(builds["extender"])

@@ -1,7 +1,7 @@
 """deploy/examples/qwen-dra: where its claim (4 GPUs of gpu.nvidia.com, matchAttribute pcieRoot) can be met.
 
 The claim template is taken from the built example and run through toposcale's DRA first-fit predictor
-(extender/topology/dra.py, equal to the real kube-scheduler's allocation on thousands of states in
+(extender/topology/dra/, equal to the real kube-scheduler's allocation on thousands of states in
 tests/dra) over NVIDIA-shaped ResourceSlices of fixture machines. A GPU's `resource.kubernetes.io/pcieRoot`
 is its host bridge: GPUs that `nvidia-smi topo -m` shows PIX/PXB/PHB to each other share one, NODE/SYS
 means different ones. What resourceclaimtemplate.yaml says about each kind of box is checked here.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 from toposcale.extender.agent.observe import observe_topology
 from toposcale.extender.topology import dra
+from toposcale.extender.topology.dra import synth
 from toposcale.extender.topology.model import Topology
 from toposcale.extender.topology.topo_text import parse_topo_text
 
@@ -19,7 +20,7 @@ from .conftest import ROOT, Build
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SAME_ROOT = {"PIX", "PXB", "PHB"}
-CLASSES = {dra.DRIVER: dra.gpu_device_class(extended_resource=None)}
+CLASSES = {dra.DRIVER: synth.gpu_device_class(extended_resource=None)}
 
 
 def roots_from_levels(topo: Topology) -> list[str]:
@@ -55,7 +56,7 @@ def claim(builds: dict[str, Build], constrained: bool = True) -> tuple[list[dra.
 
 
 def first_fit(topo: Topology, roots: list[str], reqs: list[dra.Request], constraints: list[dict]) -> str:
-    pools = dra.prepare_pools([dra.slice_from_topology(topo, "n1", pcie_roots=roots)], "n1")
+    pools = dra.prepare_pools([synth.slice_from_topology(topo, "n1", pcie_roots=roots)], "n1")
     p = dra.predict(pools, set(), reqs, constraints, CLASSES)
     return p.status if not p.ok else ",".join(d[2] for d in p.devices)
 
@@ -102,7 +103,7 @@ def test_a_gpu_without_the_attribute_never_matches(builds: dict[str, Build]) -> 
     topo = parse_topo_text((FIXTURES / "topologies" / "pcie-8gpu-two-switch-trees.txt").read_text())
     roots: list[str | None] = list(roots_from_levels(topo))
     roots[1] = None  # the driver did not know gpu-1's root
-    pools = dra.prepare_pools([dra.slice_from_topology(topo, "n1", pcie_roots=roots)], "n1")
+    pools = dra.prepare_pools([synth.slice_from_topology(topo, "n1", pcie_roots=roots)], "n1")
     p = dra.predict(pools, set(), *claim(builds), CLASSES)
     assert [d[2] for d in p.devices] == ["gpu-4", "gpu-5", "gpu-6", "gpu-7"]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from toposcale.extender.state import ClusterState
 from toposcale.extender.topology import dra
+from toposcale.extender.topology.dra import synth
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE
 
 from lab.objects import gpu_node, make_pod, topology
@@ -19,7 +20,7 @@ PAIRS = "a6000-8gpu-nvlink-bridge-pairs"  # NVLink pairs 0-1, 2-3 (socket 0), 4-
 def gpu_slice(node: str, order: list[int], roots: list[str | None] | None = None) -> dict[str, Any]:
     topo = topology(PAIRS, node)
     devs = [
-        dra.nvidia_device(
+        synth.nvidia_device(
             i,
             uuid=topo.gpus[i].id,
             pci=f"0000:{0x10 + i:02x}:00.0",
@@ -86,7 +87,7 @@ def fed(*, extended_class: bool = False) -> ClusterState:
     st.claims_relisted([], "1")
     # The class need not serve an extended resource for explicit claims.
     st.classes_relisted(
-        [dra.gpu_device_class(extended_resource="nvidia.com/gpu" if extended_class else None)], "1"
+        [synth.gpu_device_class(extended_resource="nvidia.com/gpu" if extended_class else None)], "1"
     )
     st.templates_relisted(
         [

@@ -1,4 +1,4 @@
-"""The DRA predictor (extender/topology/dra.py) against the real kube-scheduler's allocator.
+"""The DRA predictor (extender/topology/dra/) against the real kube-scheduler's allocator.
 
 Many random states: fixture topologies published as NVIDIA-shaped ResourceSlices (devices in random slice
 order, sometimes split over two slices, random `resource.kubernetes.io/pcieRoot` values, some missing),
@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Any
 
 from toposcale.extender.topology import dra
+from toposcale.extender.topology.dra import synth
 from toposcale.extender.topology.topo_text import parse_topo_text
 
 from lab.peers.dra import CLASS, FIXTURES, DraLab, outcome, pod_claim_name
@@ -54,13 +55,13 @@ def random_node(rng: random.Random, name: str) -> tuple[Any, list[dict]]:
         cut = rng.randrange(1, n)
         names = rng.sample(["a", "m", "z", "b"], 2)
         slices = [
-            dra.slice_from_topology(topo, name, order=part, pcie_roots=roots, name=f"{name}-{sfx}")
+            synth.slice_from_topology(topo, name, order=part, pcie_roots=roots, name=f"{name}-{sfx}")
             for part, sfx in ((order[:cut], names[0]), (order[cut:], names[1]))
         ]
         for s in slices:
             s["spec"]["pool"]["resourceSliceCount"] = 2
     else:
-        slices = [dra.slice_from_topology(topo, name, order=order, pcie_roots=roots)]
+        slices = [synth.slice_from_topology(topo, name, order=order, pcie_roots=roots)]
     return topo, slices
 
 

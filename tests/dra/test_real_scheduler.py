@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from toposcale.extender.topology import annotations, dra
+from toposcale.extender.topology import annotations
+from toposcale.extender.topology.dra import synth
 from toposcale.extender.topology.model import Tier, Topology
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE, set_tier
 from toposcale.extender.topology.topo_text import parse_topo_text
@@ -52,11 +53,11 @@ FLEET = (("hgx", HGX, None), ("hgx", HGX, None), ("hgx", HGX, None)) + (("a6000"
 
 def topo_for(text: str, node: str) -> Topology:
     n = len(parse_topo_text(text))
-    return parse_topo_text(text, ids=[dra.fake_uuid(node, i) for i in range(n)])
+    return parse_topo_text(text, ids=[synth.fake_uuid(node, i) for i in range(n)])
 
 
 def permuted(topo: Topology, order: list[int] | None) -> Topology:
-    """The same machine with its GPUs listed in slice order: what `dra.first_fit_mask` (the simulator's DRA
+    """The same machine with its GPUs listed in slice order: what `synth.first_fit_mask` (the simulator's DRA
     node, one slice in list order) then allocates is what the real node's slice gives."""
     if order is None:
         return topo
@@ -184,7 +185,7 @@ async def test_placement_with_and_without_the_extender(deployed: Any, tmp_path: 
             for i, (_kind, text, order) in enumerate(FLEET):
                 name = f"{lab.ns}-{run}-{i}"
                 topo = topos[name] = topo_for(text, name)
-                sl = dra.slice_from_topology(topo, name, order=order)
+                sl = synth.slice_from_topology(topo, name, order=order)
                 await add_dra_node(lab, name, topo, [sl], {"toposcale.test/dra-run": f"{lab.ns}-{run}"})
         await asyncio.sleep(1.0)  # the schedulers' informers see the slices
         base = await stream(lab, f"{lab.ns}-without", topos, None, None)
@@ -227,7 +228,7 @@ async def test_mixed_fleet_and_bad_input(deployed: Any, tmp_path: Path) -> None:
         run = {"toposcale.test/dra-run": f"{ns}-mixed"}
         good, plugin, attr, missing = (f"{ns}-{s}" for s in ("good", "plugin", "attr", "missing"))
         topo = topo_for(A6000, good)
-        await add_dra_node(lab, good, topo, [dra.slice_from_topology(topo, good, order=INTERLEAVED)], run)
+        await add_dra_node(lab, good, topo, [synth.slice_from_topology(topo, good, order=INTERLEAVED)], run)
         # A device-plugin node: nvidia.com/gpu in its allocatable, no slice; topology and allocation as the
         # agent publishes them.
         ptopo = topo_for(A6000, plugin)
@@ -248,7 +249,7 @@ async def test_mixed_fleet_and_bad_input(deployed: Any, tmp_path: Path) -> None:
         )
         # Bad: attributes the class's selector cannot evaluate; devices the annotation does not hold.
         atopo = topo_for(HGX, attr)
-        bad = dra.slice_from_topology(atopo, attr)
+        bad = synth.slice_from_topology(atopo, attr)
         # gpu-0's `type` an int where the class's selector compares a string (CEL: no such overload), and an
         # attribute nobody defined: the latter is harmless, the former makes the prediction unknown.
         bad["spec"]["devices"][0]["attributes"]["type"] = {"int": 1}
@@ -256,10 +257,10 @@ async def test_mixed_fleet_and_bad_input(deployed: Any, tmp_path: Path) -> None:
             d["attributes"]["example.com/fancy"] = {"string": "x"}
         await add_dra_node(lab, attr, atopo, [bad], run)
         mtopo = topo_for(HGX, missing)
-        other = dra.slice_from_topology(mtopo, missing)  # then other UUIDs and PCI addresses
+        other = synth.slice_from_topology(mtopo, missing)  # then other UUIDs and PCI addresses
         for k, d in enumerate(other["spec"]["devices"]):
             d["attributes"]["pcieBusID"] = {"string": f"0000:{0xE0 + k:02x}:00.0"}
-            d["attributes"]["uuid"] = {"string": dra.fake_uuid("elsewhere", k)}
+            d["attributes"]["uuid"] = {"string": synth.fake_uuid("elsewhere", k)}
         await add_dra_node(lab, missing, mtopo, [other], run)
         await lab.template("nine", 9, False)
         nodes = [good, plugin, attr, missing]
@@ -323,7 +324,7 @@ async def test_explicit_claims_through_the_real_scheduler(deployed: Any, tmp_pat
         topos: dict[str, Topology] = {}
         for name, text, order in ((f"{lab.ns}-a6000", A6000, INTERLEAVED), (f"{lab.ns}-hgx", HGX, None)):
             topo = topos[name] = topo_for(text, name)
-            await add_dra_node(lab, name, topo, [dra.slice_from_topology(topo, name, order=order)], run)
+            await add_dra_node(lab, name, topo, [synth.slice_from_topology(topo, name, order=order)], run)
         await lab.template("four", 4, False)
         ext = Extender(deployed, tmp_path).start()
         sched = Scheduler(deployed, tmp_path, ext.url)

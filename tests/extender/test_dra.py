@@ -1,4 +1,4 @@
-"""The DRA predictor (extender/topology/dra.py): order, backtracking, CEL subset, joins and scoring.
+"""The DRA predictor (extender/topology/dra/): order, backtracking, CEL subset, joins and scoring.
 
 Answers worked out by hand from the structured allocator's incubating variant; a brute-force model (the first
 combination, in device order, that satisfies selectors and matchAttribute) cross-checks random states.
@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from toposcale.extender.topology import dra
 from toposcale.extender.topology.allocator import mask_of
+from toposcale.extender.topology.dra import synth
 from toposcale.extender.topology.model import Tier
 from toposcale.extender.topology.topo_text import parse_topo_text
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "topologies"
-CLASSES = {"gpu.nvidia.com": dra.gpu_device_class()}
+CLASSES = {"gpu.nvidia.com": synth.gpu_device_class()}
 
 
 def topo(name: str):
@@ -36,7 +37,7 @@ def names(p: dra.Prediction) -> list[str]:
 
 def node_slice(n: int = 8, node: str = "n1", order=None, roots=None, **kw) -> dict:
     t = topo("dgx-a100-nvswitch-8gpu") if n == 8 else topo("a100-4gpu-bridged-pairs-two-sockets")
-    return dra.slice_from_topology(t, node, order=order, pcie_roots=roots, **kw)
+    return synth.slice_from_topology(t, node, order=order, pcie_roots=roots, **kw)
 
 
 def run(slices, allocated=(), requests=None, constraints=(), node="n1", classes=CLASSES) -> dra.Prediction:
@@ -65,14 +66,14 @@ def test_slice_order_not_device_names():
 
 def test_slices_by_name_pools_by_name():
     t = topo("dgx-a100-nvswitch-8gpu")
-    a = dra.slice_from_topology(t, "n1", order=[4, 5, 6, 7], name="z-slice")
-    b = dra.slice_from_topology(t, "n1", order=[0, 1, 2, 3], name="a-slice")
+    a = synth.slice_from_topology(t, "n1", order=[4, 5, 6, 7], name="z-slice")
+    b = synth.slice_from_topology(t, "n1", order=[0, 1, 2, 3], name="a-slice")
     for s in (a, b):
         s["spec"]["pool"]["resourceSliceCount"] = 2
     assert names(run([a, b], allocated=[0])) == ["gpu-1", "gpu-2", "gpu-3", "gpu-4"]
     # Two pools: "n1-b" sorts after "n1-a" whatever the listing order.
-    pa = dra.slice_from_topology(t, "n1", order=[6, 7], name="x")
-    pb = dra.slice_from_topology(t, "n1", order=[0, 1, 2, 3], name="y")
+    pa = synth.slice_from_topology(t, "n1", order=[6, 7], name="x")
+    pb = synth.slice_from_topology(t, "n1", order=[0, 1, 2, 3], name="y")
     pa["spec"]["pool"]["name"], pb["spec"]["pool"]["name"] = "n1-a", "n1-b"
     p = run([pb, pa])
     assert p.devices[:2] == (("gpu.nvidia.com", "n1-a", "gpu-6"), ("gpu.nvidia.com", "n1-a", "gpu-7"))
@@ -235,7 +236,7 @@ def test_class_and_request_selectors():
     assert p.status == "unsatisfiable"
     p = run([node_slice()], requests=[dra.Request("r", "missing", 1)])
     assert p.status == "error"
-    sel = f'device.attributes["gpu.nvidia.com"].uuid != "{dra.fake_uuid("n1", 0)}"'
+    sel = f'device.attributes["gpu.nvidia.com"].uuid != "{synth.fake_uuid("n1", 0)}"'
     t = topo("dgx-a100-nvswitch-8gpu")
     assert t.gpus[0].uuid is None  # the fixture has no UUIDs: the slice gets made-up ones
     assert names(run([node_slice()], requests=[req(2, sel)])) == ["gpu-1", "gpu-2"]
@@ -334,11 +335,11 @@ def test_allocated_devices_from_claims():
 
 def test_join_by_uuid_then_pci():
     t = topo("dgx-a100-nvswitch-8gpu")
-    pools = dra.prepare_pools([dra.slice_from_topology(t, "n1", order=[2, 0])], "n1")
+    pools = dra.prepare_pools([synth.slice_from_topology(t, "n1", order=[2, 0])], "n1")
     assert dra.join_topology(t, pools.devices) == [None, None]  # fixture GPUs carry neither uuid nor pci
     from dataclasses import replace
 
-    gpus = [replace(g, uuid=dra.fake_uuid("n1", g.index)) for g in t.gpus]
+    gpus = [replace(g, uuid=synth.fake_uuid("n1", g.index)) for g in t.gpus]
     gpus[0] = replace(gpus[0], uuid=None, pci="00000000:10:00.0")  # nvidia-smi's 8-digit domain
     t2 = type(t)(gpus=gpus, links=t.links)
     assert dra.join_topology(t2, pools.devices) == [2, 0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from toposcale.extender import draview
 from toposcale.extender.topology import dra
+from toposcale.extender.topology.dra import synth
 
 from .test_dra import node_slice, topo
 
@@ -66,7 +67,7 @@ def test_a_claim_with_a_hostile_selector_gives_a_reason() -> None:
     }
     refs = [{"name": "g", "resourceClaimName": "c"}]
     pod = {"metadata": {"namespace": "ml"}, "spec": {"resourceClaims": refs}}
-    classes = {"gpu.nvidia.com": dra.gpu_device_class()}
+    classes = {"gpu.nvidia.com": synth.gpu_device_class()}
     ask = draview.claim_ask(pod, {}, {"ml/c": claim}, classes)
     assert isinstance(ask, draview.ClaimAsk)
     node = draview.dra_node("gpu.nvidia.com", [node_slice()], "n1", set(), classes)
@@ -102,6 +103,6 @@ def test_a_huge_node_search_is_unknown_within_a_bounded_number_of_devices_examin
     ]
     pools = dra.prepare_pools(slices, "n1")
     ask = dra.Request("gpu", "gpu.nvidia.com", 4, False, [])
-    classes = {"gpu.nvidia.com": dra.gpu_device_class()}
+    classes = {"gpu.nvidia.com": synth.gpu_device_class()}
     p = dra.predict(pools, set(), [ask], [{"matchAttribute": dra.PCIE_ROOT}], classes)
     assert (p.status, p.reason) == ("unknown", "search beyond 200000 devices examined")  # before: 16.9 s

@@ -1,5 +1,5 @@
 """The extender server on DRA nodes: the watch state fed by hand with ResourceSlices, ResourceClaims and
-DeviceClasses (resource.k8s.io/v1), answers scored on DRA first-fit (topology/dra.py), device-plugin nodes
+DeviceClasses (resource.k8s.io/v1), answers scored on DRA first-fit (topology/dra/), device-plugin nodes
 unchanged, bad input neutral with a reason, full-Node requests too (the watched slices), --standalone on the
 device-plugin prediction."""
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from toposcale.extender.state import ClusterState
 from toposcale.extender.topology import dra
+from toposcale.extender.topology.dra import synth
 from toposcale.extender.topology.scoring import NEUTRAL_SCORE
 
 from lab.objects import gpu_node, make_pod, topology
@@ -22,8 +23,8 @@ def gpu_slice(
     """NVIDIA's slice for the node: gpu-<i> carrying the topology's device id as uuid (the join key)."""
     topo = topology(fixture, node)
     devs = [
-        dra.nvidia_device(
-            i, uuid=topo.gpus[i].id if uuids else dra.fake_uuid(node, i), pci=f"0000:{0x10 + i:02x}:00.0"
+        synth.nvidia_device(
+            i, uuid=topo.gpus[i].id if uuids else synth.fake_uuid(node, i), pci=f"0000:{0x10 + i:02x}:00.0"
         )
         for i in (order if order is not None else range(len(topo.gpus)))
     ]
@@ -54,7 +55,7 @@ def fed(*, dra_nodes: tuple[str, ...] = ("dra",), klass: dict[str, Any] | None =
     st.pods_relisted([], "1")
     st.slices_relisted([gpu_slice(n, PAIRS) for n in dra_nodes], "1")
     st.claims_relisted([], "1")
-    st.classes_relisted([klass if klass is not None else dra.gpu_device_class()], "1")
+    st.classes_relisted([klass if klass is not None else synth.gpu_device_class()], "1")
     return st
 
 
@@ -106,11 +107,11 @@ async def test_first_fit_follows_slice_order_and_claims(serve) -> None:
 
 async def test_predictor_follows_the_cluster(serve) -> None:
     # No DeviceClass serving the resource: device plugin, even with slices.
-    st = fed(klass=dra.gpu_device_class(extended_resource=None))
+    st = fed(klass=synth.gpu_device_class(extended_resource=None))
     async with serve(state=st) as s:
         pod = make_pod("vllm", 4)
         assert not (await explain(s, pod, ["dra"]))["dra"]["reason"].startswith("DRA")
-        st.class_event("ADDED", dra.gpu_device_class("other", extended_resource="nvidia.com/gpu"))
+        st.class_event("ADDED", synth.gpu_device_class("other", extended_resource="nvidia.com/gpu"))
         assert (await explain(s, pod, ["dra"]))["dra"]["reason"].startswith("DRA first-fit")
         st.slice_event("DELETED", gpu_slice("dra", PAIRS))
         assert not (await explain(s, pod, ["dra"]))["dra"]["reason"].startswith("DRA")

@@ -126,7 +126,7 @@ def _explain_row(ext: Any, node: dict[str, Any]) -> dict[str, Any]:
     from toposcale.extender import wire
 
     args = wire.parse_args(orjson.dumps(full_args(make_pod("tp4", 4), [node])))
-    (row,) = ext._explain_doc(args)["nodes"]
+    (row,) = ext.answers.explain(args)["nodes"]
     return row
 
 

@@ -57,7 +57,7 @@ async def test_stalled_uploads_do_not_hold_decision_slots(serve) -> None:
             _, w = await stack.enter_async_context(raw(s.url))
             w.write(head("/filter", len(body)) + body[: len(body) // 2])
             await w.drain()
-        await until(lambda: s.extender._pending == 6, "six uploads being received")
+        await until(lambda: s.extender.admission.pending == 6, "six uploads being received")
         code, res = await s.post("/filter", full_args(make_pod("tp4", 4), NODES))
         assert code == 200, res  # answered, not 429 after waiting for a slot the uploads hold
         assert [n["metadata"]["name"] for n in res["Nodes"]["items"]] == ["hgx", "bare"]
@@ -83,14 +83,15 @@ async def test_full_house_answers_429_too_many_requests(serve) -> None:
         async with raw(s.url) as (_, w):
             w.write(head("/filter", len(body)) + body)
             await w.drain()
-            await until(lambda: s.extender._sem.locked(), "the answer stuck in the socket, slot held")
+            slots = s.extender.admission.slots
+            await until(slots.locked, "the answer stuck in the socket, slot held")
             other = orjson.dumps(full_args(make_pod("a", 4), NODES))
             async with s.session.post(s.url + "/filter", data=other) as r:
                 assert r.status == 429
                 assert r.headers["Retry-After"] == "1"
                 assert r.content_type == "application/json"
                 assert_status(await r.json(), 429, "TooManyRequests")
-        await until(lambda: not s.extender._sem.locked(), "slot freed when the client went away")
+        await until(lambda: not s.extender.admission.slots.locked(), "slot freed when the client went away")
         code, _ = await s.post("/filter", full_args(make_pod("a", 4), NODES))
         assert code == 200
         _, text = await s.get("/metrics")
@@ -99,12 +100,12 @@ async def test_full_house_answers_429_too_many_requests(serve) -> None:
 
 async def test_too_many_pending_uploads_answer_429_at_once(serve) -> None:
     async with serve(ServerConfig(max_inflight=1)) as s, contextlib.AsyncExitStack() as stack:
-        limit = s.extender.max_pending
+        limit = s.extender.admission.max_pending
         for _ in range(limit):
             _, w = await stack.enter_async_context(raw(s.url))
             w.write(head("/prioritize", 100) + b"{")
             await w.drain()
-        await until(lambda: s.extender._pending == limit, "uploads being received")
+        await until(lambda: s.extender.admission.pending == limit, "uploads being received")
         code, doc = await s.post("/prioritize", full_args(make_pod("a", 4), NODES))
         assert code == 429
         assert_status(doc, 429, "TooManyRequests")

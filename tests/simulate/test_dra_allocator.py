@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from toposcale.extender.topology import dra
 from toposcale.extender.topology.allocator import mask_of
+from toposcale.extender.topology.dra import synth
 from toposcale.extender.topology.topo_text import parse_topo_text
 
 from toposcale.simulate.extender_api import dra_choice, dra_node_score
@@ -24,7 +24,7 @@ def test_dra_choice_is_first_free_in_slice_order():
     assert dra_choice(t, mask_of([6, 7]), 4) == ()
     # The extender's score of that set: crossing sockets scores below a set on one socket.
     assert dra_node_score(t, free, 4) < dra_node_score(t, 0xFF, 4)
-    assert dra.first_fit_mask(t, 0xFF, 2) == 0b11
+    assert synth.first_fit_mask(t, 0xFF, 2) == 0b11
 
 
 def test_cli_dra_rows(tmp_path):

@@ -16,6 +16,7 @@ from toposcale.extender.topology.model import Tier, Topology
 ALLOCATOR = "toposcale.extender.topology.allocator"
 SCORING = "toposcale.extender.topology.scoring"
 DRA = "toposcale.extender.topology.dra"
+DRA_SYNTH = "toposcale.extender.topology.dra.synth"  # the simulator's DRA node
 
 
 class ExtenderUnavailable(RuntimeError):
@@ -52,7 +53,7 @@ def node_score(topo: Topology, free: int, k: int) -> int | None:
 def dra_choice(topo: Topology, free: int, k: int) -> tuple[int, ...]:
     """The one k-GPU set kube-scheduler's DRA allocator (first-fit over the node's slice) gives; () when it
     cannot allocate."""
-    m = _module(DRA, "first_fit_mask").first_fit_mask(topo, free, k)
+    m = _module(DRA_SYNTH, "first_fit_mask").first_fit_mask(topo, free, k)
     return (m,) if m else ()
 
 
@@ -60,7 +61,7 @@ def dra_node_score(topo: Topology, free: int, k: int) -> int | None:
     """The extender's 0..10 score of a DRA node: its formula on the set DRA first-fit would give; None when
     DRA cannot allocate there."""
     dra = _module(DRA, "score_prediction")
-    chosen = dra.first_fit_mask(topo, free, k)
+    chosen = _module(DRA_SYNTH, "first_fit_mask").first_fit_mask(topo, free, k)
     if not chosen:
         return None
     decision = dra.score_prediction(topo, free, chosen, k)

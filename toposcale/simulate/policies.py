@@ -10,7 +10,7 @@ the same way (NodeResourcesFit: enough free GPUs); only scoring differs.
   MostAllocated on the GPU count plus the extender's own 0..10 score (imported from the extender, see
   `extender_api`) times the extender weight (5), scaled as the scheduler does.
 - With `--allocator dra-first-fit` the extender scores the set kube-scheduler's DRA allocator would give
-  (`dra.score_prediction` on `dra.first_fit_mask`) instead of the device plugin's candidates.
+  (`dra.score_prediction` on `dra.synth.first_fit_mask`) instead of the device plugin's candidates.
 - `toposcale-spread` (not run by default): the same extender on top of kube-scheduler's default
   LeastAllocated, for a cluster that keeps the default NodeResourcesFit strategy.
 """
