@@ -76,7 +76,7 @@ def serve(
     from toposcale.extender.server import Extender, ServerConfig
     from toposcale.extender.state import ClusterState
 
-    state = ClusterState("nvidia.com/gpu")
+    state = ClusterState("nvidia.com/gpu", freeze_gc=True)  # as `toposcale extender` runs it (its cli.py)
     state.nodes_relisted(extender_fleet(fleet_size, seed), "1")
     state.pods_relisted([], "1")
     ext = Extender(ServerConfig(host="127.0.0.1", port=port), state)

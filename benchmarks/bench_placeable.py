@@ -56,7 +56,7 @@ def serve(size: int, seed: int, port: int, cpu: int | None, ready: Any) -> None:
     from toposcale.extender.server import Extender, ServerConfig
     from toposcale.extender.state import ClusterState
 
-    state = ClusterState("nvidia.com/gpu")
+    state = ClusterState("nvidia.com/gpu", freeze_gc=True)  # as `toposcale extender` runs it (its cli.py)
     state.nodes_relisted(extender_fleet(size, seed), "1")
     state.pods_relisted([], "1")
     state.unbound_relisted([], "1")
@@ -109,7 +109,7 @@ def in_process_rows(size: int, seed: int, calls: int) -> dict[str, list[float]]:
 
     fleet = extender_fleet(size, seed)
     rng = random.Random(seed)
-    state = ClusterState("nvidia.com/gpu")
+    state = ClusterState("nvidia.com/gpu", freeze_gc=True)  # as `toposcale extender` runs it (its cli.py)
     ext = Extender(ServerConfig(), state)
     bodies = [orjson.dumps(pod(k)) for k in POD_GPUS]
     state.nodes_relisted(fleet, "1")
