@@ -135,8 +135,11 @@ def test_build_image_cleanup_runs_every_step_and_keeps_the_status(tmp_path: Path
         CLEAN_DIRS=(/d1 /d2)
         """) + _cleanup_function() + textwrap.dedent(f"""\
         trap cleanup EXIT
-        sleep 60 &
+        sleep 60 >/dev/null 2>&1 &
         SERVER_PID=$!
+        # as in the build, the server has started (exec'd) before the trap runs: a kill between fork and exec
+        # could be lost under load, leaving `sleep` to hold the test's pipes for 60 s
+        until [ "$(cat /proc/$SERVER_PID/comm 2>/dev/null || true)" = sleep ]; do sleep 0.01; done
         echo "server $SERVER_PID" >>"$log"
         exit {status}
         """)
