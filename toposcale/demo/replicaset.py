@@ -11,6 +11,12 @@ from . import view
 from .fleet import SimNode
 from .vllm_sim import ReplicaServer, SimReplica
 
+# With a Prometheus (file_sd), a terminating replica keeps serving /metrics this long (real seconds) after it
+# left the target list, as a Kubernetes pod's container does while Prometheus' service discovery drops it:
+# stopped at once, a scrape already due meets a closed port (up == 0), which the adapter rightly reports
+# as a pod it cannot read.
+SD_DROP_S = 3.0
+
 logger = logging.getLogger("toposcale.demo")
 
 
@@ -72,6 +78,8 @@ class ReplicaSetLoop:
             if r.phase != "Terminating":
                 continue
             idle = r.sim is None or r.sim.model.idle
+            if self.cfg.file_sd is not None and now - r.terminating_at < SD_DROP_S * self.cfg.speed:
+                continue
             if idle or now - r.terminating_at >= self.cfg.grace_s:
                 if r.server is not None:
                     await r.server.stop()
