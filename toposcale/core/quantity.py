@@ -36,14 +36,18 @@ class QuantityError(ValueError):
     """The text is not a Kubernetes Quantity, or is one beyond the modelled range."""
 
 
-def parse_quantity(text: str) -> Fraction:
-    """The exact value of Quantity `text` ("80Gi", "81559Mi", "1.5T", "100m", "1e3"); QuantityError when it
-    is not one (or is beyond MAX_CHARS / MAX_EXPONENT)."""
+def parse_quantity(text: str, *, trim: bool = False, error: type[Exception] = QuantityError) -> Fraction:
+    """The exact value of Quantity `text` ("80Gi", "81559Mi", "1.5T", "100m", "1e3"); `error` (QuantityError
+    unless a caller names its own, e.g. the DRA predictor's DraUnknown) when it is not one (or is beyond
+    MAX_CHARS / MAX_EXPONENT). `trim`: spaces around it are dropped first, as Quantity.UnmarshalJSON does
+    (strings.TrimSpace) before ParseQuantity, for a quantity read from a JSON document."""
     if not isinstance(text, str):
-        raise QuantityError(f"{str(text)[:MAX_CHARS]!r} is not a Kubernetes quantity")
+        raise error(f"{str(text)[:MAX_CHARS]!r} is not a Kubernetes quantity")
+    if trim:
+        text = text.strip()
     m = _QUANTITY.fullmatch(text) if len(text) <= MAX_CHARS else None
     if m is None:
-        raise QuantityError(f"{text[:MAX_CHARS]!r} is not a Kubernetes quantity")
+        raise error(f"{text[:MAX_CHARS]!r} is not a Kubernetes quantity")
     sign, number, suffix = m.groups()
     value = Fraction(number.removesuffix(".") or "0")
     if suffix in _BINARY:
@@ -51,12 +55,12 @@ def parse_quantity(text: str) -> Fraction:
     else:
         exponent = _DECIMAL[suffix] if suffix in _DECIMAL else int(suffix[1:])
         if abs(exponent) > MAX_EXPONENT:
-            raise QuantityError(f"quantity {text!r} is beyond the modelled range (exponent {exponent})")
+            raise error(f"quantity {text!r} is beyond the modelled range (exponent {exponent})")
         value *= Fraction(10) ** exponent
     return -value if sign == "-" else value
 
 
-def milli_value(text: str) -> int:
+def milli_value(text: str, *, trim: bool = False, error: type[Exception] = QuantityError) -> int:
     """`Quantity.MilliValue()` of `text`: the value in thousandths, rounded up (ceil), as the HPA controller
-    reads a metric value (never negative there)."""
-    return math.ceil(parse_quantity(text) * 1000)
+    reads a metric value (never negative there). `trim` and `error` as for parse_quantity."""
+    return math.ceil(parse_quantity(text, trim=trim, error=error) * 1000)

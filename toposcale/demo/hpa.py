@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
-from toposcale.core.quantity import QuantityError
 from toposcale.core.quantity import milli_value as core_milli_value
 
 TargetType = Literal["Value", "AverageValue"]
@@ -25,14 +25,9 @@ class MetricError(Exception):
     """The metric could not be read: the HPA keeps its replicas (condition ScalingActive=False)."""
 
 
-def milli_value(quantity: str) -> int:
-    """`resource.Quantity.MilliValue()` (toposcale.core.quantity): the value in thousandths, rounded up as
-    Go's ceil does; MetricError when it is not a quantity."""
-    # strip: Quantity.UnmarshalJSON trims spaces (strings.TrimSpace) before ParseQuantity
-    try:
-        return core_milli_value(quantity.strip() if isinstance(quantity, str) else quantity)
-    except QuantityError as exc:
-        raise MetricError(str(exc)) from None
+# `resource.Quantity.MilliValue()` of a served value (toposcale.core.quantity), trimmed as
+# Quantity.UnmarshalJSON trims it; not a quantity is MetricError (the HPA holds).
+milli_value = partial(core_milli_value, trim=True, error=MetricError)
 
 
 @dataclass(frozen=True, slots=True)

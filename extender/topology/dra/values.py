@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from fractions import Fraction
+from functools import partial
 from typing import Any
 
-from toposcale.core.quantity import QuantityError
 from toposcale.core.quantity import parse_quantity as core_parse_quantity
 
 DRIVER = "gpu.nvidia.com"
@@ -28,15 +27,10 @@ class CelRuntimeError(Exception):
     """A selector that the real allocator evaluates to an error (the scheduler then fails the pod)."""
 
 
-def parse_quantity(text: str) -> Fraction:
-    """A Kubernetes resource.Quantity string ("80Gi", "81559Mi", "1.5T", "100m", "1e3") as an exact number:
-    toposcale.core.quantity's, on the text trimmed as Quantity.UnmarshalJSON trims it. Beyond the modelled
-    range (64 characters, decimal exponents beyond +-64: "1e99999999" made Fraction compute a 10^8-digit
-    number, holding the extender, issue 28) is DraUnknown, as is any text that is not a quantity."""
-    try:
-        return core_parse_quantity(text.strip() if isinstance(text, str) else text)
-    except QuantityError as exc:
-        raise DraUnknown(str(exc)) from None
+# A device's capacity or a selector's quantity(): toposcale.core.quantity's parser on the JSON text (trimmed
+# as Quantity.UnmarshalJSON trims it); not a quantity, or beyond the modelled range ("1e99999999" made
+# Fraction compute a 10^8-digit number, holding the extender, issue 28), is DraUnknown.
+parse_quantity = partial(core_parse_quantity, trim=True, error=DraUnknown)
 
 
 @dataclass(frozen=True, slots=True)
