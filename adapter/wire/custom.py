@@ -11,6 +11,7 @@ from typing import Any
 from ..model import PodValue
 from ..quantity import format_quantity
 from ..rules import Rule
+from . import meta
 from .meta import rfc3339
 
 GROUP = "custom.metrics.k8s.io"
@@ -22,18 +23,8 @@ BASE = f"/apis/{GROUP_VERSION}"  # the resources' path prefix
 OBJECTS = {"deployments.apps": ("Deployment", "apps/v1")}
 
 
-def group_version_for_discovery() -> dict[str, str]:
-    return {"groupVersion": GROUP_VERSION, "version": VERSION}
-
-
 def api_group() -> dict[str, Any]:
-    return {
-        "kind": "APIGroup",
-        "apiVersion": "v1",
-        "name": GROUP,
-        "versions": [group_version_for_discovery()],
-        "preferredVersion": group_version_for_discovery(),
-    }
+    return meta.api_group(GROUP, VERSION)
 
 
 def api_resource_list(rules: Iterable[Rule]) -> dict[str, Any]:
