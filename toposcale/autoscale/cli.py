@@ -357,4 +357,13 @@ def table(rep: dict[str, Any]) -> str:
             v = s.get(key, math.nan)
             cells.append("n/a" if not math.isfinite(v) else fmt.format(v))
         rows.append("| " + " | ".join(cells) + " |")
-    return head + "\n\n" + "\n".join(rows) + "\n"
+    tail = ""
+    if "nowcast" in rep:  # the yardstick's chosen setting (toposcale/autoscale/nowcast.py)
+        nc = rep["nowcast"]
+        tail = (
+            f"\nnowcast (knows each minute's need when it starts, not later): {nc['setting']}; the goal "
+            f"(target at <= 1.15x clairvoyant GPU-hours) is "
+            f"{'reachable' if nc['goal_reachable'] else 'NOT reachable'} by any of its "
+            f"{len(nc['grid'])} settings\n"
+        )
+    return head + "\n\n" + "\n".join(rows) + "\n" + tail

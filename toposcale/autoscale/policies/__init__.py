@@ -15,6 +15,7 @@ NAMES = (
     "llm-d-slo",
     "dynamo-throughput",
     "clairvoyant",
+    "nowcast",
     "toposcale",
 )
 
@@ -37,6 +38,6 @@ def make(name: str, ctx: PolicyContext):  # type: ignore[no-untyped-def]
         return dynamo.throughput(ctx)
     if name == "toposcale":
         return toposcale_policy.make(ctx)
-    if name == "clairvoyant":
-        raise ValueError("clairvoyant is built by toposcale.autoscale.clairvoyant (it needs the trace)")
+    if name in ("clairvoyant", "nowcast"):
+        raise ValueError(f"{name} is built by toposcale.autoscale.bench (it needs the trace)")
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(NAMES)}")
