@@ -1,12 +1,16 @@
 """Benchmark: every autoscaling policy over the three shipped traces, the issue 26 table, in one command.
 
     .venv/bin/python benchmarks/bench_autoscale.py [--profile h100-tp1] [--seeds 5] [--jobs N] [--json FILE]
+                                                   [--nowcast]
 
 For each profile (default: h100-tp1 and rtx4090d-tp4): the per-trace tables of `toposcale simulate
 autoscale` (mean over the seeds), then the goal check per trace: toposcale's attainment against the target
 (99 % of the requests that can meet the SLO at all), its GPU-hours against the clairvoyant's (goal <= 1.15x),
 and every baseline at least as good on both (attainment >= and GPU-hours <=). The last line states the wall
 time against the budget (all policies x 3 traces x 5 seeds in 10 minutes per profile on 2 cores).
+`--nowcast` adds the nowcast yardstick (toposcale/autoscale/nowcast.py: a grid of nine runs per seed, about
+twice the time; the budget is for the eight policies without it) and says per trace whether a reactive
+policy with perfect measurement can meet the goal at all.
 """
 
 from __future__ import annotations
@@ -63,11 +67,12 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: the CPU count)")
     ap.add_argument("--json", metavar="FILE", help="also write all reports here")
+    ap.add_argument("--nowcast", action="store_true", help="add the nowcast yardstick (twice the time)")
     args = ap.parse_args()
 
     from toposcale.autoscale.bench import BenchConfig
     from toposcale.autoscale.cli import run_reports, table
-    from toposcale.autoscale.policies import NAMES
+    from toposcale.autoscale.policies import DEFAULT, NAMES
     from toposcale.autoscale.traces import SHIPPED, load_trace
     from toposcale.serving.profile import load_profile
 
@@ -77,8 +82,9 @@ def main() -> int:
     for name in args.profile or ["h100-tp1", "rtx4090d-tp4"]:
         profile = load_profile(name)
         started = time.monotonic()
+        names = list(NAMES if args.nowcast else DEFAULT)
         reports, _ = run_reports(
-            traces, profile, BenchConfig(), list(NAMES), list(range(1, args.seeds + 1)), None, args.jobs
+            traces, profile, BenchConfig(), names, list(range(1, args.seeds + 1)), None, args.jobs
         )
         took = time.monotonic() - started
         for rep in reports:
@@ -86,7 +92,7 @@ def main() -> int:
         for rep in reports:
             print("\n".join(goal_lines(rep)))
         print(
-            f"\n{profile.name}: {len(NAMES)} policies x {len(traces)} traces x {args.seeds} seeds "
+            f"\n{profile.name}: {len(names)} policies x {len(traces)} traces x {args.seeds} seeds "
             f"in {took:.0f} s "
             f"(budget {BUDGET_S:.0f} s) on {platform.machine()}, {platform.python_implementation()} "
             f"{platform.python_version()}\n"

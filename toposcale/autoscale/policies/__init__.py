@@ -1,6 +1,8 @@
 """The autoscaling policies the benchmark compares, one module each, each citing where its recipe comes from.
 
-`make(name, ctx)` builds one; `NAMES` lists them in the report's order.
+`make(name, ctx)` builds one; `NAMES` lists them in the report's order; `DEFAULT` is what runs unless
+`--policies` says otherwise: all but the nowcast, whose grid of nine runs would double the run's time
+(asked for by name, or by `benchmarks/bench_autoscale.py --nowcast`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ NAMES = (
     "nowcast",
     "toposcale",
 )
+DEFAULT = tuple(n for n in NAMES if n != "nowcast")
 
 
 def make(name: str, ctx: PolicyContext):  # type: ignore[no-untyped-def]
