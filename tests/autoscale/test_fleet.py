@@ -143,3 +143,18 @@ def test_the_replicasets_victim_aborts_what_toposcales_lets_finish(victims: str,
     sim.replicas[0].model.submit(Request(arrival=0.0, prompt=200, output=5000))
     sim.run()
     assert (sim.aborted > 0) is aborted
+
+
+def test_the_auto_rate_scale_is_the_traces_not_the_fleets() -> None:
+    """`--rate-scale auto` sizes the trace so its busiest minute needs about 6 replicas of the profile; a
+    finite fleet (room for 2 replicas here) must not shrink it (a search that waits for nodes would ask for
+    ever more replicas, and the scale would fall until the busiest minute fit the first nodes)."""
+    import dataclasses
+
+    from toposcale.autoscale.bench import BenchConfig, default_scale
+
+    t = [i * 0.25 for i in range(480)] + [120 + i * 0.05 for i in range(1200)]
+    trace = Trace("burst", tuple(t), (600,) * len(t), (60,) * len(t))
+    cfg = BenchConfig(cold_start_s=30.0)
+    small = dataclasses.replace(cfg, fleet=spec("rtx4090-8gpu-node-per-socket", provision_s=300.0))
+    assert default_scale(trace, P4, small, None) == pytest.approx(default_scale(trace, P4, cfg, None))

@@ -371,7 +371,10 @@ def default_scale(base: Trace, profile: Profile, cfg: BenchConfig, rate_scale: f
     cap = Capacity.from_profile(profile, cfg.tpot_slo_s)
     guess = auto_rate_scale(base, cap)
     trace = replay(base, guess, 0)
-    wide = dataclasses.replace(cfg, max_replicas=max(cfg.max_replicas, 64))  # the guess may need more
+    # the guess may need more replicas; and the scale is the trace's and the profile's, not the fleet's: on a
+    # finite fleet (--fleet) the search's windows that wait for nodes would ask for ever more replicas, and
+    # the scale would shrink until the busiest minute fit the first nodes
+    wide = dataclasses.replace(cfg, max_replicas=max(cfg.max_replicas, 64), fleet=None)
     counts, _ = search_clairvoyant(
         trace, profile, wide, cfg.target_attainment, initial_replicas(trace, cap, cfg)
     )
