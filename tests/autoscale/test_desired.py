@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from toposcale.autoscale.desired import (
+    SCALE_DOWN_HOLD_WINDOWS,
+    SCALE_DOWN_MARGIN,
     STEADY_S,
     Capacity,
     DesiredConfig,
@@ -58,6 +60,28 @@ def test_scale_down_waits_for_the_window() -> None:
     for t in range(15, 300, 15):
         assert decide(CFG, st, obs(t, prompt=5_000)).replicas == 4  # still inside the window
     assert decide(CFG, st, obs(315, prompt=5_000)).replicas < 4
+
+
+def _down_after_window(**latency: float) -> list[int]:
+    """4 replicas Ready, demand for 1 after the first sync: the answers until 30 minutes in."""
+    st = DesiredState()
+    out = [decide(CFG, st, obs(0, prompt=30_000, ready=4)).replicas]
+    for t in range(15, 1800, 15):
+        out.append(decide(CFG, st, obs(t, prompt=5_000, ready=out[-1], **latency)).replicas)
+    return out
+
+
+def test_no_scale_down_while_a_p90_is_past_half_its_target() -> None:
+    """The token rates say 1 replica; a TTFT (or TPOT) p90 past half its target says the replicas there are
+    near the cliff: the count holds (after the window, for at most two more windows), then falls."""
+    near_ttft = SCALE_DOWN_MARGIN * CFG.ttft_slo_s * 1.1
+    for latency in ({"ttft_p90_s": near_ttft}, {"tpot_p90_s": SCALE_DOWN_MARGIN * CFG.tpot_slo_s * 1.1}):
+        held = _down_after_window(**latency)
+        window, hold = 300 // 15, SCALE_DOWN_HOLD_WINDOWS * 300 // 15
+        assert held[: window + hold] == [4] * (window + hold)  # the window, then the hold
+        assert held[-1] < 4  # the hold expired: a p90 high at any count does not pin it
+    calm = _down_after_window(ttft_p90_s=SCALE_DOWN_MARGIN * CFG.ttft_slo_s * 0.9, tpot_p90_s=0.01)
+    assert calm[window + 1] < 4  # within the margin: down right after the window, as before
 
 
 def test_zero_replicas_needs_a_front_door_series() -> None:

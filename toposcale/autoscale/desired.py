@@ -20,7 +20,8 @@ The algorithm, each observation (every HPA sync, 15 s):
 4. Backlog: waiting requests x mean prompt tokens, as prefill work that must be done within the horizon a
    new replica needs (cold start + the TTFT target), so a queue of 12k-token prompts weighs what it costs.
 5. desired = ceil((demand + backlog) / TARGET_UTILISATION); scale-down only when the desired count has
-   stayed lower for `scale_down_window_s` (hysteresis: the output is the window's maximum).
+   stayed lower for `scale_down_window_s` (hysteresis: the output is the window's maximum), and not while
+   TTFT or TPOT p90 is above half its target (SCALE_DOWN_MARGIN; at most two windows in a row).
 6. Zero replicas: no pod to read; the demand comes from `front_door_pending` (the gateway's or router's
    pending requests) or, without one, `decide` raises DesiredError (the HPA holds), never answers 0.
 
@@ -59,6 +60,13 @@ STEADY_S = 60.0  # capacity is judged only after this long with no replica start
 DECODE_STEP_SHARE = 0.5  # the share of the TPOT target a pure decode step may take at the capacity batch
 # (the rest is left to the prefill chunks vLLM mixes into the same steps)
 REF_CONTEXT = 2048  # context (tokens) at which the prior's capacity is read when none is observed
+SCALE_DOWN_MARGIN = 0.5  # no scale-down while a p90 is above this share of its target: taking one replica
+# of n away raises each survivor's load by n/(n-1), and latency is a cliff (see above): a p90 already past
+# half its target leaves no room to find out. Mooncake on the H100 (long prompts: the count that meets the
+# target is far above what the token rates say) scaled down into misses and back up ten times an hour
+# without it; 5 seeds: 91.5 % -> 93.6 % of requests in SLO. Traffic whose p90 stays low is not affected.
+SCALE_DOWN_HOLD_WINDOWS = 2  # ... for at most this many scale-down windows in a row: a p90 that stays above
+# half its target whatever the count (prompts too long for the target even alone) must not pin the count
 
 
 class DesiredError(Exception):
@@ -177,6 +185,7 @@ class DesiredState:
     history: deque[tuple[float, int]] = field(default_factory=deque)  # (t, raw desired) for hysteresis
     unsteady_t: float = -math.inf  # the last observation with a replica starting or the ready count changed
     last_ready: int | None = None
+    held_since: float | None = None  # since when a scale-down has been held back by the latency margin
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +317,7 @@ def decide(cfg: DesiredConfig, state: DesiredState, obs: Observation) -> Decisio
         reasons.append(
             f"holding {desired} (raw {raw}) for the {cfg.scale_down_window_s:g} s scale-down window"
         )
+    desired = _latency_margin(cfg, state, obs, desired, reasons)
     lo, hi = cfg.min_replicas, cfg.max_replicas
     if obs.placeable_replicas is not None:
         room = obs.ready_replicas + obs.starting_replicas + max(obs.placeable_replicas, 0)
@@ -330,6 +340,30 @@ def decide(cfg: DesiredConfig, state: DesiredState, obs: Observation) -> Decisio
         raw=raw,
         reasons=tuple(reasons),
     )
+
+
+def _latency_margin(
+    cfg: DesiredConfig, state: DesiredState, obs: Observation, desired: int, reasons: list[str]
+) -> int:
+    """No scale-down while TTFT or TPOT p90 is above SCALE_DOWN_MARGIN of its target, for at most
+    SCALE_DOWN_HOLD_WINDOWS scale-down windows in a row."""
+    there = obs.ready_replicas + obs.starting_replicas
+    p90s = (("TTFT", obs.ttft_p90_s, cfg.ttft_slo_s), ("TPOT", obs.tpot_p90_s, cfg.tpot_slo_s))
+    near = [
+        f"{name} p90 {v:.3g} s > {SCALE_DOWN_MARGIN:g} x target {slo:g} s"
+        for name, v, slo in p90s
+        if v is not None and v > SCALE_DOWN_MARGIN * slo
+    ]
+    if obs.ready_replicas == 0 or desired >= there or not near:
+        state.held_since = None
+        return desired
+    if state.held_since is None:
+        state.held_since = obs.t
+    if obs.t - state.held_since >= SCALE_DOWN_HOLD_WINDOWS * cfg.scale_down_window_s:
+        reasons.append(f"latency margin hold expired ({'; '.join(near)})")
+        return desired
+    reasons.append(f"no scale-down below {there}: {'; '.join(near)}")
+    return there
 
 
 def _learn(
