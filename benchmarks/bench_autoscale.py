@@ -1,7 +1,7 @@
 """Benchmark: every autoscaling policy over the three shipped traces, the issue 26 table, in one command.
 
     .venv/bin/python benchmarks/bench_autoscale.py [--profile h100-tp1] [--seeds 5] [--jobs N] [--json FILE]
-                                                   [--nowcast]
+                                                   [--nowcast] [--plot PNG]
 
 For each profile (default: h100-tp1 and rtx4090d-tp4): the per-trace tables of `toposcale simulate
 autoscale` (mean over the seeds), then the goal check per trace: toposcale's attainment against the target
@@ -68,6 +68,9 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: the CPU count)")
     ap.add_argument("--json", metavar="FILE", help="also write all reports here")
     ap.add_argument("--nowcast", action="store_true", help="add the nowcast yardstick (twice the time)")
+    ap.add_argument(
+        "--plot", metavar="PNG", help="draw each trace's policies against the goal (the plot extra)"
+    )
     args = ap.parse_args()
 
     from toposcale.autoscale.bench import BenchConfig
@@ -100,6 +103,12 @@ def main() -> int:
         all_reports += reports
     if args.json:
         Path(args.json).write_text(json.dumps(all_reports, indent=1))
+    if args.plot:
+        from toposcale.autoscale.bench import GOAL_RATIO
+        from toposcale.autoscale.plot import plot_frontier
+
+        plot_frontier(all_reports, GOAL_RATIO, args.plot)
+        print(f"plot: {args.plot}")
     print(f"total {time.monotonic() - total:.0f} s")
     return 0
 

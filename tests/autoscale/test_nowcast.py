@@ -75,3 +75,23 @@ def test_the_report_has_a_nowcast_row_its_setting_and_grid(
     assert chosen["slo_attainment"] == pytest.approx(row["slo_attainment"])
     assert main([*args, "--policies", "nowcast"]) == 0
     assert "nowcast (knows each minute's need when it starts, not later)" in capsys.readouterr().out
+
+
+def test_the_frontier_plot_draws_every_trace(tmp_path: Path) -> None:
+    """`bench_autoscale.py --plot`: one panel per report, a point far below the goal drawn on the edge."""
+    from toposcale.autoscale.plot import plot_frontier
+
+    def rep(trace: str) -> dict:
+        pol = {"clairvoyant": _s(0.99, 10.0), "toposcale": _s(0.94, 12.7), "dynamo-throughput": _s(0.3, 4.0)}
+        grid = {g.key: _s(0.9 + 0.01 * g.hold, 10.0 + g.extra) for g in GRID}
+        return {
+            "trace": trace,
+            "profile": "h100-tp1",
+            "attainment_target": 0.99,
+            "policies": pol,
+            "nowcast": {"grid": grid},
+        }
+
+    out = tmp_path / "frontier.png"
+    plot_frontier([rep("a"), rep("b"), rep("c"), rep("d")], 1.15, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
