@@ -168,6 +168,20 @@ def test_a_miss_while_replicas_start_is_not_taken_for_lack_of_capacity() -> None
     assert st.kappa == pytest.approx(0.5)
 
 
+def test_a_fresh_state_judges_capacity_without_waiting_for_a_change() -> None:
+    """An adapter that just started (or a selector first asked) has seen no replica come or go: a miss with
+    none starting is a capacity limit at once, as it would be an hour in; with one starting it waits."""
+    cfg = DesiredConfig(prior=CAP, learn=True)
+    missed = {"ttft_p90_s": 6.0, "tpot_p90_s": 0.05}
+    st = DesiredState()
+    decide(cfg, st, obs(0, prompt=5_000, ready=2, **missed))
+    assert st.kappa == pytest.approx(0.5)
+    st = DesiredState()
+    decide(cfg, st, obs(0, prompt=5_000, ready=2, starting_replicas=1, **missed))
+    decide(cfg, st, obs(15, prompt=5_000, ready=3, **missed))
+    assert st.kappa == 1.0  # the cold start's miss, not the replicas'
+
+
 def test_a_p99_when_given_is_what_counts() -> None:
     cfg = DesiredConfig(prior=CAP, learn=True)
     st = steady_state(cfg)

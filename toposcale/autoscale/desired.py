@@ -279,7 +279,10 @@ def decide(cfg: DesiredConfig, state: DesiredState, obs: Observation) -> Decisio
             f"demand {demand:.2f} replicas: prompt {obs.prompt_tokens_rate:.0f} tok/s / {pcap:.0f} + "
             f"generation {obs.generation_tokens_rate:.0f} tok/s / {gcap:.0f} per replica"
         )
-        if obs.starting_replicas > 0 or obs.ready_replicas != state.last_ready:
+        # (a first observation is no change: an adapter that just started has seen no replica come or go,
+        # and waiting STEADY_S for one delayed the first capacity cut by a minute at a cold burst)
+        changed = state.last_ready is not None and obs.ready_replicas != state.last_ready
+        if obs.starting_replicas > 0 or changed:
             state.unsteady_t = obs.t
         state.last_ready = obs.ready_replicas
         if cfg.learn and obs.t - state.unsteady_t >= STEADY_S:
