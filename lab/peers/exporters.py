@@ -77,6 +77,7 @@ class Exporter:
         self.port = port
         self.mode = "ok"
         self.scrapes = 0
+        self.served = 0  # scrapes answered with metrics (mode "ok")
         self._runner: web.AppRunner | None = None
         self._hang = asyncio.Event()
 
@@ -101,6 +102,7 @@ class Exporter:
             return web.Response(text="<html><body>502 Bad Gateway</body></html>\n{{{ not metrics\n")
         if self.mode == "huge":
             return web.Response(text="# padding\n" * 2_000_000, content_type="text/plain")
+        self.served += 1
         return web.Response(text=self.render(), content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"})
 

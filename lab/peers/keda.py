@@ -88,6 +88,21 @@ class Keda:
         return (f"--- keda operator log:\n{tail(self.operator_log)}\n"
                 f"--- keda metrics server log:\n{tail(self.metrics_log)}")
 
+    def operator_log_size(self) -> int:
+        return self.operator_log.stat().st_size
+
+    def cache_closed_reads(self, since: int) -> list[str]:
+        """The operator's debug lines (after byte `since`) where a trigger read met its scalers cache closed:
+        KEDA v2.21.0's race. A ScaledObject's scalers cache is cleared after any failing read, by the poll
+        loop and by the metrics server's path (the HPA's queries) alike; a poll tick that reads the closed
+        cache skips the trigger (pkg/scaling/scale_handler.go, getScalerState: observeMetric returns
+        cache.ErrCacheClosed, `continue`, kedacore/keda#7737), so a failing trigger counts as neither active
+        nor failed in that tick, and with no other trigger active KEDA scales to minReplicaCount."""
+        with self.operator_log.open("rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        return [ln for ln in text.splitlines() if "scalers cache is closed" in ln]
+
 
 def _apply(cluster: Cluster, obj: dict[str, Any]) -> None:
     kubectl(cluster, "apply", "--server-side", "--force-conflicts", "--field-manager=toposcale-tests",
@@ -119,7 +134,9 @@ async def run_keda(cluster: Cluster, work: Path) -> AsyncIterator[Keda]:
     operator_log, metrics_log = work / "keda-operator.log", work / "keda-metrics-server.log"
     operator = [
         str(bins / "keda"),
-        "--zap-log-level=info",
+        # debug: each trigger read is logged with its error, so a test can tell KEDA's scalers-cache race
+        # (Keda.cache_closed_reads) from a value the scaler served
+        "--zap-log-level=debug",
         "--zap-encoder=console",
         f"--cert-dir={certs}",
         f"--metrics-service-bind-address=127.0.0.1:{grpc_port}",
