@@ -47,6 +47,23 @@ class DraObjects:
         ns, name = meta.get("namespace"), meta.get("name")
         return f"{ns}/{name}" if ns else str(name or "")
 
+    @classmethod
+    def _keyed(cls, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """A relist's objects by key (namespace/name, or name), those without one left out."""
+        return {k: o for o in items if isinstance(o, dict) and (k := cls._key(o))}
+
+    @classmethod
+    def _store(cls, store: dict[str, Any], etype: str, obj: dict[str, Any]) -> tuple[str, Any]:
+        """A watch event applied to `store`: (the object's key, "" when it has none and nothing changed;
+        the object stored before under it, or None)."""
+        key = cls._key(obj)
+        if not key:
+            return "", None
+        old = store.pop(key, None)
+        if etype != "DELETED":
+            store[key] = obj
+        return key, old
+
     @staticmethod
     def _slice_node(obj: dict[str, Any]) -> str | None:
         spec = obj.get("spec")
@@ -62,17 +79,14 @@ class DraObjects:
         self._slices_of = by_node
 
     def slices_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
-        self.slices = {self._key(o): o for o in items if isinstance(o, dict) and self._key(o)}
+        self.slices = self._keyed(items)
         self._index_slices()
         self._forget()
 
     def slice_event(self, etype: str, obj: dict[str, Any]) -> None:
-        key = self._key(obj)
+        key, old = self._store(self.slices, etype, obj)
         if not key:
             return
-        old = self.slices.pop(key, None)
-        if etype != "DELETED":
-            self.slices[key] = obj
         for o in (old, obj):
             node = self._slice_node(o) if isinstance(o, dict) else None
             if node is None:
@@ -86,17 +100,14 @@ class DraObjects:
             self._forget(node)
 
     def claims_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
-        self.claims = {self._key(o): o for o in items if isinstance(o, dict) and self._key(o)}
+        self.claims = self._keyed(items)
         self._allocated = None
         self._forget_dra()
 
     def claim_event(self, etype: str, obj: dict[str, Any]) -> None:
-        key = self._key(obj)
+        key, old = self._store(self.claims, etype, obj)
         if not key:
             return
-        old = self.claims.pop(key, None)
-        if etype != "DELETED":
-            self.claims[key] = obj
         if self._devices_of(old) != self._devices_of(obj if etype != "DELETED" else None):
             self._allocated = None
             self._forget_dra()
@@ -111,30 +122,21 @@ class DraObjects:
             return set()
 
     def classes_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
-        self.classes = {self._key(o): o for o in items if isinstance(o, dict) and self._key(o)}
+        self.classes = self._keyed(items)
         self._dra_class = None
         self._forget()
 
     def class_event(self, etype: str, obj: dict[str, Any]) -> None:
-        key = self._key(obj)
-        if not key:
+        if not self._store(self.classes, etype, obj)[0]:
             return
-        self.classes.pop(key, None)
-        if etype != "DELETED":
-            self.classes[key] = obj
         self._dra_class = None
         self._forget()
 
     def templates_relisted(self, items: list[dict[str, Any]], _rv: str) -> None:
-        self.templates = {self._key(o): o for o in items if isinstance(o, dict) and self._key(o)}
+        self.templates = self._keyed(items)
 
     def template_event(self, etype: str, obj: dict[str, Any]) -> None:
-        key = self._key(obj)
-        if not key:
-            return
-        self.templates.pop(key, None)
-        if etype != "DELETED":
-            self.templates[key] = obj
+        self._store(self.templates, etype, obj)
 
     def _forget_dra(self) -> None:
         for node in list(self._slices_of):

@@ -63,16 +63,22 @@ def _ci(doc: dict[str, Any], key: str) -> Any:
     return None
 
 
-def parse_args(body: bytes) -> ExtenderArgs:
-    """ExtenderArgs from a request body; WireError with a message a person can act on."""
+def _json_object(body: bytes, what: str, expected: str) -> dict[str, Any]:
+    """A request body that must be one JSON object; WireError for an empty body, bad JSON or another type."""
     if not body:
-        raise WireError("empty request body: expected ExtenderArgs JSON {Pod, Nodes, NodeNames}")
+        raise WireError(f"empty request body: expected {expected}")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise WireError(f"malformed JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise WireError(f"ExtenderArgs must be a JSON object, got {type(doc).__name__}")
+        raise WireError(f"{what} must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def parse_args(body: bytes) -> ExtenderArgs:
+    """ExtenderArgs from a request body; WireError with a message a person can act on."""
+    doc = _json_object(body, "ExtenderArgs", "ExtenderArgs JSON {Pod, Nodes, NodeNames}")
     pod = _ci(doc, "Pod")
     if not isinstance(pod, dict):
         raise WireError("ExtenderArgs.Pod is missing or not an object")
@@ -198,14 +204,7 @@ def spec_of(obj: dict[str, Any]) -> dict[str, Any]:
 def pod_template(body: bytes) -> dict[str, Any]:
     """The pod template of a /placeable body: a Pod, a PodTemplateSpec (`{metadata, spec}`), or a workload
     holding one (`spec.template`, or `template` of a PodTemplate); WireError naming what is wrong."""
-    if not body:
-        raise WireError("empty request body: expected a Pod, a PodTemplateSpec or a Deployment")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise WireError(f"malformed JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise WireError(f"pod template must be a JSON object, got {type(doc).__name__}")
+    doc = _json_object(body, "pod template", "a Pod, a PodTemplateSpec or a Deployment")
     kind = doc.get("kind")
     if kind == "PodTemplate":
         doc = doc.get("template")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .cluster import TimelinePoint
@@ -79,7 +80,7 @@ def plot_frontier(reports: list[dict], goal_ratio: float, path: str | Path) -> N
         pts = [
             (s["gpu_hours_vs_clairvoyant"], s["slo_attainment"], n)
             for n, s in rep["policies"].items()
-            if s["gpu_hours_vs_clairvoyant"] == s["gpu_hours_vs_clairvoyant"]  # not NaN
+            if math.isfinite(s["gpu_hours_vs_clairvoyant"])
         ]
         grid = rep.get("nowcast", {}).get("grid", {})
         # zoomed on the goal: a point far below it is drawn on the bottom edge (a down triangle, its value
