@@ -337,7 +337,8 @@ def report(base: Trace, profile: Profile, cfg: BenchConfig, scale: float, result
     }
     top = sum(r.ceiling for r in results) / len(results)
     target = cfg.target_attainment * top
-    grid = {k: pol.pop(k) for k in [k for k in pol if k.startswith("nowcast[")]}
+    keys = {g.key for g in GRID}
+    grid = {k: pol.pop(k) for k in [k for k in pol if k in keys]}
     nowcast = None
     if grid:  # the nowcast row: its best setting, in the policies' order
         key, nowcast = pick(grid, target, GOAL_RATIO)
